@@ -1,0 +1,80 @@
+"""The ``nntrtool`` Typer application and its entry point.
+
+Each command lives in its own ``cmd_*`` module and only parses options, calls one library
+function and renders the result. Heavy imports (numba, torch, transformers) happen inside the
+commands that need them, never here, so ``nntrtool --help`` and ``inspect`` start fast.
+Errors a user can cause (:class:`nntrtool.errors.NntrError`) become one line on stderr and an
+exit code; Ctrl-C exits 130 without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from nntrtool import __version__
+from nntrtool.cli import cmd_bench, cmd_convert, cmd_export, cmd_inspect, cmd_repack, cmd_verify
+from nntrtool.errors import NntrError
+
+app = typer.Typer(
+    name="nntrtool",
+    help="Convert Hugging Face / PyTorch weights into NNTR files quantized in GGML block formats.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nntrtool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Convert Hugging Face / PyTorch weights into NNTR files quantized in GGML block formats."""
+
+
+app.command("convert")(cmd_convert.convert_command)
+app.command("inspect")(cmd_inspect.inspect_command)
+app.command("verify")(cmd_verify.verify_command)
+app.command("repack")(cmd_repack.repack_command)
+app.command("bench")(cmd_bench.bench_command)
+app.command("export")(cmd_export.export_command)
+
+
+def error_line(message: str) -> None:
+    """Print one error line on stderr (``error: ...``)."""
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"[bold red]error:[/] {message}", markup=True
+    ) if sys.stderr.isatty() else print(f"error: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the tool; exits with the command's status (0 ok, 1 failure, 2 bad input, 130 Ctrl-C)."""
+    try:
+        rc = app(args=argv, prog_name="nntrtool", standalone_mode=False)
+    except NntrError as err:
+        error_line(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as ex:
+        sys.exit(ex.exit_code)
+    except click.ClickException as ex:
+        ex.show()
+        sys.exit(ex.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("interrupted: nothing was written", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+    sys.exit(rc if isinstance(rc, int) else 0)
