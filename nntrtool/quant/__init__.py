@@ -1,0 +1,1 @@
+"""Quantization kernels: quantize, dequantize and repack GGML block formats (numpy, numba, cupy)."""

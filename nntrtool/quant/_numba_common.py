@@ -1,0 +1,169 @@
+"""Scalar helpers for the numba kernels: fp16 <-> float32 bits, ``nearest_int``, and loading
+one source element (float32, fp16 or bf16 bits) as float32 so kernels decode on the fly.
+
+This is the only shared module that imports numba; kernels import it lazily. Every helper is
+inlined into its caller and does float32 arithmetic only (numba keeps float32 op float32 in
+float32; fastmath stays off so no operation is fused or reassociated).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+
+def _ensure_cache_dir() -> None:
+    """Point numba's on-disk cache somewhere writable when the package directory is not."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    pkg_dir = os.path.dirname(os.path.abspath(__file__))
+    if os.access(pkg_dir, os.W_OK):
+        return  # numba writes __pycache__ next to the sources
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    if not os.access(os.path.dirname(base) if not os.path.exists(base) else base, os.W_OK):
+        base = tempfile.gettempdir()
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(base, "nntrtool", "numba")
+
+
+# numba reads NUMBA_CACHE_DIR when it is first imported, so this must run before that.
+if "numba" not in sys.modules:
+    _ensure_cache_dir()
+
+from llvmlite import ir  # noqa: E402
+from numba import njit, types  # noqa: E402
+from numba.extending import intrinsic, overload, register_jitable  # noqa: E402
+
+from nntrtool.quant.common import SRC_F16  # noqa: E402
+
+F32 = np.float32
+U32 = np.uint32
+
+_NEAREST_INT_BIAS = np.float32(12582912.0)
+_HALF = np.float32(0.5)
+
+
+@intrinsic
+def _bitcast_f32_to_u32(typingctx, v):
+    sig = types.uint32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
+@intrinsic
+def _bitcast_u32_to_f32(typingctx, u):
+    sig = types.float32(types.uint32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@register_jitable(inline="always")
+def f32_bits(v):
+    """The uint32 bits of a float32 scalar."""
+    return _bitcast_f32_to_u32(np.float32(v))
+
+
+@register_jitable(inline="always")
+def f32_from_bits(u):
+    """The float32 whose bits are ``u`` (low 32 bits)."""
+    return _bitcast_u32_to_f32(np.uint32(u))
+
+
+@register_jitable(inline="always")
+def f32_to_f16_bits(v):
+    """fp16 bits (int) of a float32, round to nearest even; overflow to inf; NaN kept NaN."""
+    u = f32_bits(np.float32(v))
+    sign = (u >> U32(16)) & U32(0x8000)
+    a = u & U32(0x7FFFFFFF)
+    if a >= U32(0x47800000):  # |v| >= 65536, inf or NaN
+        if a > U32(0x7F800000):
+            h = U32(0x7C00) + ((a & U32(0x7FFFFF)) >> U32(13))
+            if h == U32(0x7C00):
+                h = U32(0x7C01)
+            return np.uint16(sign | h)
+        return np.uint16(sign | U32(0x7C00))
+    if a < U32(0x38800000):  # below 2^-14: fp16 subnormal or zero
+        # Adding 0.5 aligns the fp16 subnormal ulp (2^-24) with the float32 ulp of 0.5, so
+        # the float32 adder does the round to nearest even.
+        t = f32_from_bits(a) + _HALF
+        return np.uint16(sign | (f32_bits(t) - U32(0x3F000000)))
+    odd = (a >> U32(13)) & U32(1)
+    # Rebias the exponent (127 -> 15) and round half to even: add 0xFFF plus the lowest kept
+    # bit, so an exact half rounds up only when that bit is odd.
+    a = a - U32(0x38000000) + U32(0xFFF) + odd
+    return np.uint16(sign | (a >> U32(13)))
+
+
+@register_jitable(inline="always")
+def f16_bits_to_f32(h):
+    """The float32 value of fp16 bits ``h`` (exact, NaN payload kept)."""
+    h = U32(h)
+    sign = (h & U32(0x8000)) << U32(16)
+    e = (h >> U32(10)) & U32(0x1F)
+    m = h & U32(0x3FF)
+    if e == U32(0):
+        # Subnormal or zero: m * 2^-24 is exact in float32.
+        mag = F32(m) * F32(5.9604644775390625e-08)
+        return f32_from_bits(f32_bits(mag) | sign)
+    if e == U32(31):
+        return f32_from_bits(sign | U32(0x7F800000) | (m << U32(13)))
+    return f32_from_bits(sign | ((e + U32(112)) << U32(23)) | (m << U32(13)))
+
+
+@register_jitable(inline="always")
+def bf16_bits_to_f32(h):
+    """The float32 value of bfloat16 bits ``h``."""
+    return f32_from_bits(U32(h) << U32(16))
+
+
+@register_jitable(inline="always")
+def nearest_int(v):
+    """GGML's ``nearest_int`` of a float32 (round half to even for |v| <= 2^22)."""
+    t = np.float32(v) + _NEAREST_INT_BIAS
+    return np.int32(f32_bits(t) & U32(0x7FFFFF)) - np.int32(0x400000)
+
+
+def load_f32(row, j, src_kind):
+    """Element ``j`` of a source row as float32 (float32 row, or uint16 fp16/bf16 bits)."""
+    raise NotImplementedError  # replaced by the overload below inside jitted code
+
+
+@overload(load_f32, inline="always")
+def _load_f32_overload(row, j, src_kind):
+    dtype = row.dtype
+    if dtype == types.float32:
+
+        def impl(row, j, src_kind):
+            return row[j]
+
+        return impl
+    if dtype == types.uint16:
+
+        def impl(row, j, src_kind):
+            h = row[j]
+            if src_kind == SRC_F16:
+                return f16_bits_to_f32(h)
+            return bf16_bits_to_f32(h)
+
+        return impl
+    return None
+
+
+__all__ = [
+    "njit",
+    "f32_bits",
+    "f32_from_bits",
+    "f32_to_f16_bits",
+    "f16_bits_to_f32",
+    "bf16_bits_to_f32",
+    "nearest_int",
+    "load_f32",
+]

@@ -1,0 +1,101 @@
+"""Helpers shared by every type's kernels: fp16/bf16 bit conversions, GGML's ``nearest_int``,
+the non-finite check and the source-dtype codes the numba kernels take.
+
+The array functions take ``xp`` (``numpy`` or ``cupy``) so the same code runs on the CPU and on
+a GPU. Everything stays float32: a Python float or a float64 scalar in an expression would
+promote the arithmetic and change bits, so constants are spelled ``np.float32(...)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nntrtool.errors import NonFiniteError, QuantError
+
+#: Source element kinds the numba kernels decode on the fly (``quantize_numba(x, src_kind)``).
+SRC_F32 = 0
+SRC_F16 = 1
+SRC_BF16 = 2
+
+SRC_NAMES = {SRC_F32: "F32", SRC_F16: "F16", SRC_BF16: "BF16"}
+
+_SRC_BY_NAME = {
+    "f32": SRC_F32,
+    "float32": SRC_F32,
+    "f16": SRC_F16,
+    "float16": SRC_F16,
+    "half": SRC_F16,
+    "bf16": SRC_BF16,
+    "bfloat16": SRC_BF16,
+}
+
+#: The float32 bias of GGML's ``nearest_int``: 1.5 * 2^23 puts the integer part of
+#: ``v + bias`` in the low mantissa bits, rounding half to even.
+NEAREST_INT_BIAS = np.float32(12582912.0)
+
+
+def source_kind(dtype_name: str) -> int:
+    """The ``SRC_*`` code of a source dtype name (``"F32"``, ``"f16"``, ``"BF16"``, ...)."""
+    try:
+        return _SRC_BY_NAME[str(dtype_name).lower()]
+    except KeyError:
+        raise QuantError(
+            f"unknown source dtype {dtype_name!r}: use one of F32, F16, BF16"
+        ) from None
+
+
+def f16_bits(x_f32: Any, xp: Any = np) -> Any:
+    """fp16 bits (uint16) of float32 values, round to nearest even, overflow to inf."""
+    return x_f32.astype(xp.float16).view(xp.uint16)
+
+
+def f16_to_f32(bits_u16: Any, xp: Any = np) -> Any:
+    """float32 values of fp16 bit patterns (exact)."""
+    return bits_u16.view(xp.float16).astype(xp.float32)
+
+
+def bf16_to_f32(bits_u16: Any, xp: Any = np) -> Any:
+    """float32 values of bfloat16 bit patterns (exact: bf16 is the top half of a float32)."""
+    return (bits_u16.astype(xp.uint32) << xp.uint32(16)).view(xp.float32)
+
+
+def nearest_int(v_f32: Any, xp: Any = np) -> Any:
+    """GGML's ``nearest_int``: round half to even via the float32 ``+12582912`` trick (int32)."""
+    t = (v_f32 + NEAREST_INT_BIAS).astype(xp.float32)
+    return (t.view(xp.int32) & xp.int32(0x7FFFFF)) - xp.int32(0x400000)
+
+
+def to_f32(raw: Any, src_kind: int, xp: Any = np) -> Any:
+    """Decode a chunk of source elements (float32, or uint16 fp16/bf16 bits) to float32."""
+    if src_kind == SRC_F32:
+        return raw
+    if src_kind == SRC_F16:
+        return f16_to_f32(raw, xp)
+    if src_kind == SRC_BF16:
+        return bf16_to_f32(raw, xp)
+    raise QuantError(f"unknown source kind {src_kind}")
+
+
+def non_finite_error(row: int, col: int, value: float) -> NonFiniteError:
+    """The error for a NaN/inf at (row, col), one line saying what to do."""
+    what = "NaN" if value != value else ("+inf" if value > 0 else "-inf")
+    return NonFiniteError(
+        f"tensor holds {what} at row {row}, column {col}: quantization needs finite weights; "
+        "fix or drop this tensor (or keep it in f32)",
+        row=row,
+        col=col,
+        value=float(value),
+    )
+
+
+def check_finite(x: Any, xp: Any = np, row_offset: int = 0) -> None:
+    """Raise :class:`NonFiniteError` naming the row and column of the first NaN/inf in ``x``."""
+    finite = xp.isfinite(x)
+    if bool(finite.all()):
+        return
+    x2 = x.reshape(1, -1) if x.ndim == 1 else x.reshape(x.shape[0], -1)
+    flat = int(xp.argmin(finite.reshape(-1)))
+    row, col = divmod(flat, x2.shape[1])
+    raise non_finite_error(row + row_offset, col, float(x2[row, col]))
