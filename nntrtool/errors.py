@@ -54,3 +54,9 @@ class DiskFullError(NntrError):
     """Not enough free disk space for the output (checked up front, or hit while writing)."""
 
     exit_code = 1
+
+
+class TensorNotFoundError(UsageError, KeyError):
+    """A tensor name asked for that the file or source does not hold (also a ``KeyError``)."""
+
+    __str__ = Exception.__str__  # KeyError would quote the message

@@ -1,0 +1,127 @@
+"""What an NNTR file holds, as plain data: the object behind ``inspect`` and ``inspect --json``.
+
+:func:`describe` reads only the directory (never tensor data) unless asked to check checksums.
+The table, the summary and the JSON output of ``nntrtool inspect`` are all rendered from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from nntrtool.format.binary import MAGIC, TensorEntry
+from nntrtool.format.reader import NntrFile
+
+#: Bumped when a key of the ``describe``/``inspect --json`` object changes meaning or goes away.
+DESCRIBE_SCHEMA = 1
+
+
+def tensor_record(entry: TensorEntry) -> dict[str, Any]:
+    """One tensor as a JSON-ready dict (the ``tensors`` items of ``inspect --json``)."""
+    return {
+        "name": entry.name,
+        "type": entry.display_type,
+        "type_id": entry.ttype.type_id,
+        "shape": list(entry.shape),
+        "offset": entry.offset,
+        "nbytes": entry.nbytes,
+        "numel": entry.numel,
+        "bits_per_weight": round(entry.bits_per_weight, 4),
+        "layout": (
+            {"rows": entry.layout.rows, "interleave": entry.layout.interleave}
+            if entry.layout
+            else None
+        ),
+        "checksum": entry.checksum,
+    }
+
+
+def _lookup(config: dict, *keys: str) -> Any:
+    """The first of ``keys`` found in the config or its ``text_config`` (multimodal models)."""
+    for scope in (config, config.get("text_config")):
+        if isinstance(scope, dict):
+            for key in keys:
+                if scope.get(key) is not None:
+                    return scope[key]
+    return None
+
+
+def _source_text(source: Any) -> Any:
+    if isinstance(source, dict):
+        where = source.get("repo_id") or source.get("path") or source.get("id")
+        revision = source.get("revision")
+        if where and revision:
+            return f"{where}@{revision}"
+        return where or None
+    return source
+
+
+def config_summary(config: dict) -> dict[str, Any]:
+    """The few config facts worth a glance: architecture, sizes, and how the file was made."""
+    meta = config.get("nntrtool") if isinstance(config.get("nntrtool"), dict) else {}
+    archs = _lookup(config, "architectures")
+    arch = archs[0] if isinstance(archs, list) and archs else archs
+    return {
+        "architecture": arch or _lookup(config, "model_type"),
+        "model_type": _lookup(config, "model_type"),
+        "hidden_size": _lookup(config, "hidden_size", "n_embd", "d_model"),
+        "layers": _lookup(config, "num_hidden_layers", "n_layer", "num_layers"),
+        "vocab_size": _lookup(config, "vocab_size"),
+        "quant_type": meta.get("quant_type"),
+        "repack_format": meta.get("repack_format"),
+        "tied_embeddings": meta.get("tied", _lookup(config, "tie_word_embeddings")),
+        "source": _source_text(meta.get("source")),
+        "tool_version": meta.get("version"),
+    }
+
+
+def totals_by_type(tensors: list[TensorEntry]) -> dict[str, dict[str, int]]:
+    """Tensors, values and bytes per displayed type, in order of first appearance."""
+    out: dict[str, dict[str, int]] = {}
+    for t in tensors:
+        row = out.setdefault(t.display_type, {"tensors": 0, "params": 0, "nbytes": 0})
+        row["tensors"] += 1
+        row["params"] += t.numel
+        row["nbytes"] += t.nbytes
+    return out
+
+
+def describe(
+    f: NntrFile,
+    *,
+    check: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Everything ``inspect --json`` prints about ``f``; ``check`` also verifies every checksum."""
+    tensors = f.tensors
+    params = sum(t.numel for t in tensors)
+    data_bytes = sum(t.nbytes for t in tensors)
+    records = [tensor_record(t) for t in tensors]
+    out: dict[str, Any] = {
+        "schema": DESCRIBE_SCHEMA,
+        "path": str(f.path),
+        "magic": MAGIC.decode("ascii"),
+        "version": f.version,
+        "file_size": f.file_size,
+        "data_offset": f.data_start,
+        "checksum_algorithm": "crc32",
+        "tensor_count": len(tensors),
+        "params": params,
+        "data_bytes": data_bytes,
+        "bits_per_weight": round(8.0 * data_bytes / params, 4) if params else 0.0,
+        "f32_bytes": 4 * params,
+        "bf16_bytes": 2 * params,
+        "by_type": totals_by_type(tensors),
+        "summary": config_summary(f.config),
+        "config": f.config,
+        "tensors": records,
+    }
+    if check:
+        bad = []
+        for t, rec in zip(tensors, records, strict=True):
+            ok = f.check(t.name, progress)
+            rec["checksum_ok"] = ok
+            if not ok:
+                bad.append(t.name)
+        out["bad_tensors"] = bad
+    return out
