@@ -1,0 +1,38 @@
+"""Export of NNTR files to the folders other runtimes load (today: nntrainer's CausalLM).
+
+``layouts`` holds the per-architecture weight-file order; ``nntrainer`` plans, checks and
+writes the folder. Everything a command does is reachable from here.
+"""
+
+from __future__ import annotations
+
+from nntrtool.export.layouts import ARCHITECTURES, ArchitectureLayout, Role, Slot
+from nntrtool.export.nntrainer import (
+    ISA_LAYOUTS,
+    TARGETS,
+    ExportPlan,
+    ExportResult,
+    RuntimeOptions,
+    TensorExport,
+    check_target,
+    export_nntr,
+    plan_export,
+    write_export,
+)
+
+__all__ = [
+    "ARCHITECTURES",
+    "ISA_LAYOUTS",
+    "TARGETS",
+    "ArchitectureLayout",
+    "ExportPlan",
+    "ExportResult",
+    "Role",
+    "RuntimeOptions",
+    "Slot",
+    "TensorExport",
+    "check_target",
+    "export_nntr",
+    "plan_export",
+    "write_export",
+]
