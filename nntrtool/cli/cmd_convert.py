@@ -1,10 +1,208 @@
-"""`nntrtool convert`: not built yet."""
+"""``nntrtool convert``: parse the options, run :func:`nntrtool.convert.convert`, show the result.
+
+The command only translates flags into :class:`~nntrtool.convert.ConvertOptions` and renders the
+plan (``--dry-run``) or the conversion report; all the work is in :mod:`nntrtool.convert`.
+"""
 
 from __future__ import annotations
 
-from nntrtool.errors import NntrError
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from nntrtool.cli.display import human_bytes, human_count
 
 
-def convert_command() -> None:
-    """Not built yet."""
-    raise NntrError("'convert' is not available in this version")
+def convert_command(
+    src: str = typer.Argument(
+        ...,
+        help="Model folder, .safetensors or .bin file, or Hugging Face id (org/name).",
+        show_default=False,
+    ),
+    out: Path = typer.Argument(
+        None, help="Output NNTR file (not needed with --dry-run).", show_default=False
+    ),
+    quant_type: str = typer.Option(
+        "q4_0", "--quant-type", "-q", help="Type of the weight matrices: q4_0, q6_k, q8_0 (or f32)."
+    ),
+    repack_format: str = typer.Option(
+        "none",
+        "--repack-format",
+        "-r",
+        help="Interleave Q4_0 matrices for CPU SIMD: q4_0_4, q4_0_8, q4_0_4x4 or none.",
+    ),
+    type_override: list[str] = typer.Option(
+        None,
+        "--type",
+        metavar="REGEX=TYPE",
+        help="Store tensors whose name matches REGEX as TYPE (repeatable; first match wins).",
+    ),
+    keep_f32: list[str] = typer.Option(
+        None, "--keep-f32", metavar="REGEX", help="Keep tensors whose name matches REGEX in f32."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show the per-tensor plan and the predicted size; write nothing."
+    ),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output."),
+    threads: int = typer.Option(
+        None,
+        "--threads",
+        "-t",
+        min=1,
+        help="Threads to use (default: all cores).",
+        show_default=False,
+    ),
+    backend: str = typer.Option(
+        "auto", "--backend", help="Quantization backend: auto, numpy, numba or cupy."
+    ),
+    revision: str = typer.Option(
+        None, "--revision", help="Branch, tag or commit of a Hugging Face id.", show_default=False
+    ),
+    config: Path = typer.Option(
+        None, "--config", help="config.json for a lone .safetensors file.", show_default=False
+    ),
+    allow_nonfinite: bool = typer.Option(
+        False,
+        "--allow-nonfinite",
+        help="Store tensors holding NaN or inf as f32 instead of failing.",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress and no summary."),
+) -> None:
+    """Convert a Hugging Face / PyTorch model to an NNTR file."""
+    from nntrtool.cli.display import Progress
+    from nntrtool.convert import ConvertOptions, convert
+    from nntrtool.errors import UsageError
+
+    if out is None and not dry_run:
+        raise UsageError("give the output file: nntrtool convert SRC OUT (or use --dry-run)")
+    options = ConvertOptions(
+        quant_type=quant_type,
+        repack_format=repack_format,
+        type_overrides=tuple(type_override or ()),
+        keep_f32=tuple(keep_f32 or ()),
+        backend=backend,
+        threads=threads,
+        force=force,
+        dry_run=dry_run,
+        allow_nonfinite=allow_nonfinite,
+        revision=revision,
+        config=config,
+    )
+
+    def progress(total: int, description: str) -> Progress:
+        return Progress(total, description, quiet=quiet)
+
+    report = convert(src, out, options, progress=progress)
+    for note in report.plan.notes:
+        _warn(note)
+    if quiet:
+        return
+    if dry_run:
+        render_plan(report)
+    else:
+        render_report(report)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    return Console(highlight=False, width=200, no_color=True)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def _type_table(report: Any, title: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("type")
+    table.add_column("tensors", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("bytes", justify="right")
+    table.add_column("bits/weight", justify="right")
+    for name, (n, params, nbytes) in report.by_type.items():
+        bpw = 8.0 * nbytes / params if params else 0.0
+        table.add_row(name, str(n), human_count(params), human_bytes(nbytes), f"{bpw:.2f}")
+    plan = report.plan
+    total_bpw = 8.0 * plan.tensor_bytes / plan.params if plan.params else 0.0
+    table.add_row(
+        "total",
+        str(len(plan.tensors)),
+        human_count(plan.params),
+        human_bytes(plan.tensor_bytes),
+        f"{total_bpw:.2f}",
+        style="bold",
+    )
+    return table
+
+
+def _render_notes(console: Any, report: Any) -> None:
+    plan = report.plan
+    if plan.tied.tied:
+        console.print(
+            f"tied embeddings: {plan.tied.embedding} is also the output head ({plan.tied.reason})"
+        )
+    for name, reason in plan.skipped:
+        console.print(f"not stored: {name} ({reason})")
+    if plan.fallbacks:
+        console.print(f"fallbacks ({len(plan.fallbacks)}):")
+        for name, reason in plan.fallbacks:
+            console.print(f"  {name}: {reason}")
+    if plan.unrepacked:
+        console.print(f"left unrepacked ({len(plan.unrepacked)}):")
+        for name, reason in plan.unrepacked:
+            console.print(f"  {name}: {reason}")
+
+
+def render_plan(report: Any) -> None:
+    """Print the per-tensor plan of a dry run and the predicted output size."""
+    from rich.table import Table
+
+    plan = report.plan
+    console = _console()
+    table = Table(title="conversion plan (dry run: nothing written)", title_justify="left")
+    table.add_column("tensor", overflow="fold")
+    table.add_column("source dtype")
+    table.add_column("shape")
+    table.add_column("type")
+    table.add_column("bytes", justify="right")
+    table.add_column("reason", overflow="fold")
+    for t in plan.tensors:
+        table.add_row(
+            t.name, t.source_dtype, _shape(t.shape), t.display_type, human_bytes(t.nbytes), t.reason
+        )
+    console.print(table)
+    console.print(_type_table(report, "by type"))
+    _render_notes(console, report)
+    size = plan.predicted_size
+    ratio = plan.source_bytes / size if size else 0.0
+    console.print(
+        f"predicted output size: {human_bytes(size)} ({size} bytes); source "
+        f"{human_bytes(plan.source_bytes)}, {ratio:.2f}x smaller"
+    )
+
+
+def render_report(report: Any) -> None:
+    """Print the summary of a finished conversion."""
+    console = _console()
+    plan = report.plan
+    console.print(_type_table(report, f"wrote {report.out_path}"))
+    _render_notes(console, report)
+    for name, reason in report.nonfinite:
+        console.print(f"non-finite: {name} {reason}")
+    console.print(
+        f"{human_bytes(report.file_size)} from {human_bytes(plan.source_bytes)} of source "
+        f"({report.compression:.2f}x smaller); {human_count(plan.params)} params in "
+        f"{report.seconds:.2f} s = {human_count(report.params_per_s)} params/s "
+        f"(backend {report.backend}, {report.threads} threads)"
+    )

@@ -1,0 +1,122 @@
+"""The options of a conversion, validated once and shared by the plan, the pipeline and the CLI."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from nntrtool.errors import UsageError
+from nntrtool.qtypes import LAYOUTS, TARGET_TYPE_NAMES
+
+#: Source bytes per row chunk: large enough to amortize calls, small enough to bound memory.
+DEFAULT_CHUNK_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class TypeOverride:
+    """One ``--type REGEX=TYPE``: tensors whose name matches ``pattern`` are stored as ``type_name``."""
+
+    pattern: str
+    type_name: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.pattern}={self.type_name}"
+
+    def matches(self, name: str) -> bool:
+        return re.search(self.pattern, name) is not None
+
+
+def parse_type_override(text: str) -> TypeOverride:
+    """Parse ``REGEX=TYPE`` (the type is after the last ``=``); UsageError when malformed."""
+    pattern, sep, type_name = text.rpartition("=")
+    type_name = type_name.strip().lower()
+    if not sep or not pattern:
+        raise UsageError(f"--type {text!r}: expected REGEX=TYPE, e.g. 'mlp\\.down_proj=q8_0'")
+    if type_name not in TARGET_TYPE_NAMES:
+        raise UsageError(
+            f"--type {text!r}: unknown type {type_name!r}; choose one of "
+            f"{', '.join(TARGET_TYPE_NAMES)}"
+        )
+    _compile(pattern, f"--type {text!r}")
+    return TypeOverride(pattern, type_name)
+
+
+def _compile(pattern: str, what: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise UsageError(f"{what}: bad regular expression {pattern!r}: {err}") from None
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Everything that decides what ``convert`` does; the CLI fills it from its flags.
+
+    ``type_overrides`` holds :class:`TypeOverride` objects or ``"REGEX=TYPE"`` strings;
+    ``repack_format`` is a layout name from :data:`nntrtool.qtypes.LAYOUTS` or ``None``.
+    """
+
+    quant_type: str = "q4_0"
+    repack_format: str | None = None
+    type_overrides: tuple[TypeOverride, ...] = ()
+    keep_f32: tuple[str, ...] = ()
+    backend: str = "auto"
+    threads: int | None = None
+    force: bool = False
+    dry_run: bool = False
+    allow_nonfinite: bool = False
+    revision: str | None = None
+    config: str | Path | None = None
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        qt = str(self.quant_type).lower()
+        if qt not in TARGET_TYPE_NAMES:
+            raise UsageError(
+                f"--quant-type {self.quant_type!r} is not known; choose one of "
+                f"{', '.join(TARGET_TYPE_NAMES)}"
+            )
+        object.__setattr__(self, "quant_type", qt)
+        repack = self.repack_format
+        if repack is not None:
+            repack = str(repack).lower()
+            if repack in ("", "none"):
+                repack = None
+            elif repack not in LAYOUTS:
+                raise UsageError(
+                    f"--repack-format {self.repack_format!r} is not known; choose one of "
+                    f"{', '.join(LAYOUTS)} or none"
+                )
+        object.__setattr__(self, "repack_format", repack)
+        overrides = tuple(
+            o if isinstance(o, TypeOverride) else parse_type_override(str(o))
+            for o in (self.type_overrides or ())
+        )
+        object.__setattr__(self, "type_overrides", overrides)
+        keep = tuple(str(p) for p in (self.keep_f32 or ()))
+        for p in keep:
+            _compile(p, f"--keep-f32 {p!r}")
+        object.__setattr__(self, "keep_f32", keep)
+        if self.threads is not None and int(self.threads) < 1:
+            raise UsageError(f"--threads {self.threads}: give at least 1")
+        if int(self.chunk_bytes) < 1:
+            raise UsageError(f"chunk budget {self.chunk_bytes} bytes: give at least 1")
+
+    def with_(self, **changes: Any) -> ConvertOptions:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_file_config(cls, section: dict[str, Any], **kwargs: Any) -> ConvertOptions:
+        """The options that produced a file, from its stored ``config["nntrtool"]`` section."""
+        return cls(
+            quant_type=section.get("quant_type", "q4_0"),
+            repack_format=section.get("repack_format"),
+            type_overrides=tuple(section.get("type_overrides", ())),
+            keep_f32=tuple(section.get("keep_f32", ())),
+            **kwargs,
+        )

@@ -1,0 +1,388 @@
+"""The conversion pipeline: source -> plan -> quantize in row chunks -> streaming NNTR writer.
+
+Each tensor is cut into row chunks of a fixed budget of source bytes, so memory is bounded by
+that budget and not by the model. Three things overlap: a prefetch thread maps the next
+chunk's file pages, one worker thread quantizes (the numba kernels release the GIL and use all
+cores themselves), and the calling thread writes finished chunks in order and then drops their
+source pages from the process. Errors and Ctrl-C leave no output behind (the writer is atomic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from nntrtool.convert.memory import prefault, release_pages
+from nntrtool.convert.options import ConvertOptions
+from nntrtool.convert.plan import ConversionPlan, TensorPlan, make_plan
+from nntrtool.errors import DiskFullError, NonFiniteError, OutputExistsError, UsageError
+
+#: Chunks in flight besides the one being written: enough to overlap, few enough to bound memory.
+_QUEUE_DEPTH = 2
+
+
+class ProgressLike(Protocol):
+    def advance(self, n: int, current: str | None = None) -> None: ...
+
+    def log(self, message: str) -> None: ...
+
+
+#: Called with the total parameter count and a description; returns a context manager that
+#: yields the progress object (``nntrtool.cli.display.Progress`` fits).
+ProgressFactory = Callable[[int, str], Any]
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did: the plan, where it went, how long it took and what it fell back on."""
+
+    plan: ConversionPlan
+    out_path: Path | None
+    dry_run: bool
+    seconds: float = 0.0
+    write_seconds: float = 0.0
+    backend: str = ""
+    threads: int = 0
+    file_size: int = 0
+    nonfinite: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def params(self) -> int:
+        return self.plan.params
+
+    @property
+    def source_bytes(self) -> int:
+        return self.plan.source_bytes
+
+    @property
+    def params_per_s(self) -> float:
+        return self.params / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def compression(self) -> float:
+        """Source bytes over output bytes (predicted size for a dry run)."""
+        size = self.file_size or self.plan.predicted_size
+        return self.source_bytes / size if size else 0.0
+
+    @property
+    def by_type(self) -> dict[str, tuple[int, int, int]]:
+        """``{display type: (tensors, params, bytes)}``."""
+        return self.plan.bytes_by_type()
+
+    @property
+    def fallbacks(self) -> list[tuple[str, str]]:
+        return self.plan.fallbacks
+
+    @property
+    def unrepacked(self) -> list[tuple[str, str]]:
+        return self.plan.unrepacked
+
+
+class _NonFiniteChunk(Exception):
+    """A chunk held NaN or inf; carries the tensor name and the position in the whole tensor."""
+
+    def __init__(self, name: str, row: int, col: int, value: float):
+        super().__init__(name)
+        self.name, self.row, self.col, self.value = name, row, col, value
+
+    def user_error(self) -> NonFiniteError:
+        what = "NaN" if math.isnan(self.value) else f"{self.value}"
+        return NonFiniteError(
+            f"tensor {self.name!r} holds {what} at row {self.row}, column {self.col}: "
+            f"fix the weights, or pass --allow-nonfinite to store such tensors as f32",
+            self.row,
+            self.col,
+            self.value,
+        )
+
+
+def check_output(out_path: str | Path, force: bool) -> Path:
+    """The output path, after checking it can be written (folder exists, not clobbered)."""
+    out = Path(out_path)
+    if out.is_dir():
+        raise UsageError(
+            f"output {str(out)!r} is a folder: give a file name, e.g. {out / 'model.nntr'}"
+        )
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {str(out)!r}: the folder {str(parent)!r} does not exist")
+    if out.exists() and not force:
+        raise OutputExistsError(f"{str(out)!r} already exists: pass --force to overwrite it")
+    return out
+
+
+def check_disk_space(out: Path, needed: int) -> None:
+    """DiskFullError unless the output's file system has ``needed`` bytes free."""
+    from nntrtool.cli.display import human_bytes
+
+    parent = out.parent if str(out.parent) else Path(".")
+    free = shutil.disk_usage(parent).free
+    if free < needed:
+        raise DiskFullError(
+            f"not enough disk space for {str(out)!r}: it needs {human_bytes(needed)}, only "
+            f"{human_bytes(free)} free on {str(parent)!r}; free some space or write elsewhere"
+        )
+
+
+def plan_conversion(source_spec: str | Path, options: ConvertOptions) -> ConversionPlan:
+    """Open the source and make its plan (what ``convert --dry-run`` and ``verify`` need)."""
+    from nntrtool.sources import open_source
+
+    with open_source(source_spec, revision=options.revision, config=options.config) as src:
+        return make_plan(src, options)
+
+
+def convert(
+    source_spec: str | Path,
+    out_path: str | Path | None,
+    options: ConvertOptions,
+    progress: ProgressFactory | None = None,
+) -> ConversionReport:
+    """Convert a model (folder, file or hub id) to an NNTR file at ``out_path``.
+
+    With ``options.dry_run`` only the plan is made and nothing is written (``out_path`` may be
+    ``None``). Every user-caused problem raises an :class:`~nntrtool.errors.NntrError`.
+    """
+    from nntrtool.sources import open_source
+
+    start = time.perf_counter()
+    out = None
+    if not options.dry_run:
+        if out_path is None:
+            raise UsageError("give an output file name")
+        out = check_output(out_path, options.force)
+    with open_source(source_spec, revision=options.revision, config=options.config) as src:
+        plan = make_plan(src, options)
+        if options.dry_run:
+            return ConversionReport(plan, None, True, seconds=time.perf_counter() - start)
+        assert out is not None
+        backend, threads = _setup_backend(options)
+        by_name = {t.name: t for t in src.tensors}
+        nonfinite: list[tuple[str, str]] = []
+        while True:
+            check_disk_space(out, plan.predicted_size)
+            write_start = time.perf_counter()
+            try:
+                found = _write(plan, by_name, out, options, backend, threads, progress)
+            except _NonFiniteChunk as bad:
+                if not options.allow_nonfinite:
+                    raise bad.user_error() from None
+                # Sizes are fixed in the directory before data is written, so the plan is
+                # redone once with every non-finite quantized tensor stored as f32.
+                reasons = _scan_nonfinite(plan, by_name)
+                reasons.setdefault(bad.name, _nonfinite_reason(bad.row, bad.col, bad.value))
+                nonfinite += [(n, r) for n, r in reasons.items()]
+                plan = plan.store_f32(reasons)
+                continue
+            nonfinite += found
+            break
+        end = time.perf_counter()
+    return ConversionReport(
+        plan,
+        out,
+        False,
+        seconds=end - start,
+        write_seconds=end - write_start,
+        backend=backend,
+        threads=threads,
+        file_size=out.stat().st_size,
+        nonfinite=nonfinite,
+    )
+
+
+def _nonfinite_reason(row: int, col: int, value: float) -> str:
+    what = "NaN" if math.isnan(value) else str(value)
+    return f"holds {what} at row {row}, column {col}: stored as f32 (--allow-nonfinite)"
+
+
+def _setup_backend(options: ConvertOptions) -> tuple[str, int]:
+    from nntrtool.quant import resolve_backend
+
+    backend = resolve_backend(options.backend)
+    cores = os.cpu_count() or 1
+    threads = int(options.threads) if options.threads else cores
+    if backend == "numba":
+        import numba
+
+        threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+    return backend, threads
+
+
+def _chunk_rows(tp: TensorPlan, row_bytes: int, budget: int) -> int:
+    """Rows per chunk: the budget's worth, a multiple of 8 so repack groups are never split."""
+    rows = tp.rows
+    per = max(1, budget // max(1, row_bytes))
+    if per >= rows:
+        return rows
+    return max(8, per // 8 * 8)
+
+
+def _chunks(tp: TensorPlan, src_tensor: Any, budget: int) -> Iterator[tuple[int, int]]:
+    rows = tp.rows
+    if rows == 0 or tp.numel == 0:
+        return
+    row_bytes = max(1, int(src_tensor.nbytes) // max(1, rows))
+    step = _chunk_rows(tp, row_bytes, budget)
+    for begin in range(0, rows, step):
+        yield begin, min(rows, begin + step)
+
+
+def _to_f32(x: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "BF16":
+        return (x.astype(np.uint32) << 16).view(np.float32)
+    if x.dtype == np.float32:
+        return x
+    return x.astype(np.float32)
+
+
+def _first_nonfinite(x: np.ndarray) -> tuple[int, int, float] | None:
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return None
+    row, col = np.unravel_index(int(np.argmax(bad)), bad.shape)
+    return int(row), int(col), float(x[row, col])
+
+
+class _Work:
+    """One chunk's job, run on the worker thread: wait for its pages, convert, quantize, repack."""
+
+    def __init__(
+        self,
+        tp: TensorPlan,
+        x: np.ndarray,
+        begin: int,
+        backend: str,
+        check_f32: bool,
+        prefetched: Future[None] | None,
+    ):
+        self.tp, self.x, self.begin, self.backend = tp, x, begin, backend
+        self.check_f32 = check_f32
+        self.prefetched = prefetched
+        self.f32_nonfinite: tuple[int, int, float] | None = None
+
+    def __call__(self) -> np.ndarray:
+        from nntrtool.quant import quantize, repack
+
+        if self.prefetched is not None:
+            self.prefetched.result()
+        tp = self.tp
+        if not tp.quantized:
+            data = _to_f32(self.x, tp.source_dtype)
+            if self.check_f32:
+                self.f32_nonfinite = _first_nonfinite(data.reshape(data.shape[0], -1))
+            return data
+        try:
+            q = quantize(self.x, tp.quant_name, backend=self.backend, source_dtype=tp.source_dtype)
+        except NonFiniteError as err:
+            raise _NonFiniteChunk(
+                tp.name, self.begin + max(err.row, 0), max(err.col, 0), err.value
+            ) from None
+        if tp.layout is not None:
+            q = repack(q, tp.layout.name)
+        return q
+
+
+def _worker_init(backend: str, threads: int) -> Callable[[], None]:
+    def init() -> None:
+        # numba's thread count is per calling thread, so it is set on the worker itself.
+        if backend == "numba":
+            import numba
+
+            numba.set_num_threads(threads)
+
+    return init
+
+
+def _write(
+    plan: ConversionPlan,
+    by_name: dict[str, Any],
+    out: Path,
+    options: ConvertOptions,
+    backend: str,
+    threads: int,
+    progress: ProgressFactory | None,
+) -> list[tuple[str, str]]:
+    """Write the file; returns f32 tensors found holding NaN/inf (only with allow_nonfinite)."""
+    from nntrtool.format import NntrWriter
+
+    workers = 1 if backend in ("numba", "cupy") else max(1, threads)
+    depth = workers + _QUEUE_DEPTH - 1
+    stored_nonfinite: list[tuple[str, str]] = []
+    prog_cm = progress(plan.params, "converting") if progress else contextlib.nullcontext(None)
+    pool = ThreadPoolExecutor(
+        workers, thread_name_prefix="nntr-quant", initializer=_worker_init(backend, threads)
+    )
+    fetcher = ThreadPoolExecutor(1, thread_name_prefix="nntr-prefetch")
+    pending: deque[tuple[_Work, Future[np.ndarray]]] = deque()
+    try:
+        with (
+            NntrWriter(out, plan.file_config(), plan.specs, force=options.force) as writer,
+            prog_cm as prog,
+        ):
+
+            def drain() -> None:
+                work, fut = pending.popleft()
+                data = fut.result()
+                if work.f32_nonfinite is not None:
+                    row, col, value = work.f32_nonfinite
+                    if not options.allow_nonfinite:
+                        raise _NonFiniteChunk(work.tp.name, work.begin + row, col, value)
+                    if not any(n == work.tp.name for n, _ in stored_nonfinite):
+                        what = "NaN" if math.isnan(value) else str(value)
+                        stored_nonfinite.append(
+                            (
+                                work.tp.name,
+                                f"holds {what} at row {work.begin + row}, column "
+                                f"{col}: kept as f32 (--allow-nonfinite)",
+                            )
+                        )
+                writer.write(work.tp.name, data)
+                release_pages(work.x)
+                if prog is not None:
+                    prog.advance(work.x.size if work.tp.numel else 0, current=work.tp.name)
+
+            for tp in plan.tensors:
+                st = by_name[tp.name]
+                for begin, stop in _chunks(tp, st, options.chunk_bytes):
+                    x = st.read(begin, stop)
+                    pre = fetcher.submit(prefault, x)
+                    work = _Work(tp, x, begin, backend, True, pre)
+                    pending.append((work, pool.submit(work)))
+                    while len(pending) > depth:
+                        drain()
+            while pending:
+                drain()
+    finally:
+        for _, fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        fetcher.shutdown(wait=True, cancel_futures=True)
+    return stored_nonfinite
+
+
+def _scan_nonfinite(plan: ConversionPlan, by_name: dict[str, Any]) -> dict[str, str]:
+    """Every quantized tensor of the plan holding NaN/inf, with the reason it goes to f32."""
+    found: dict[str, str] = {}
+    for tp in plan.tensors:
+        if not tp.quantized:
+            continue
+        st = by_name[tp.name]
+        for begin, stop in _chunks(tp, st, 8 << 20):
+            x = st.read(begin, stop)
+            hit = _first_nonfinite(_to_f32(x, tp.source_dtype))
+            release_pages(x)
+            if hit is not None:
+                found[tp.name] = _nonfinite_reason(begin + hit[0], hit[1], hit[2])
+                break
+    return found

@@ -1,0 +1,405 @@
+"""The per-tensor conversion plan: which type and layout each source tensor is stored in, and why.
+
+:func:`make_plan` is the one place that decides it; ``convert --dry-run``, ``convert`` and
+``verify`` all call it, so what is shown, what is written and what is checked cannot disagree.
+The plan reads no tensor data except, when the config does not settle it, a row-by-row
+comparison of the output head with the embeddings to detect tied weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from nntrtool import __version__
+from nntrtool.convert.options import ConvertOptions
+from nntrtool.errors import SourceError, UsageError
+from nntrtool.format import TensorSpec, predict_file_size
+from nntrtool.qtypes import (
+    F32,
+    Q4_0,
+    Q4_0_REPACKED,
+    Q8_0,
+    RepackLayout,
+    TensorType,
+    display_name,
+    get_layout,
+    get_type,
+)
+
+#: Source dtypes the converter reads (safetensors names).
+SUPPORTED_DTYPES = ("F32", "F16", "BF16")
+
+#: Name endings of token-embedding matrices and output heads across common architectures.
+EMBEDDING_SUFFIXES = (
+    "embed_tokens.weight",
+    "tok_embeddings.weight",
+    "word_embeddings.weight",
+    "wte.weight",
+)
+HEAD_NAMES = ("lm_head.weight", "output.weight", "embed_out.weight")
+
+#: Rows compared at a time when checking whether the head holds the embeddings' data.
+_COMPARE_ROWS = 1024
+
+
+class _Tensor(Protocol):
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    rows: int
+
+    def read(self, start_row: int = 0, stop_row: int | None = None) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """How one source tensor is stored: target type, repack layout, and the reason for both."""
+
+    name: str
+    source_dtype: str
+    shape: tuple[int, ...]
+    ttype: TensorType
+    layout: RepackLayout | None
+    reason: str
+    nbytes: int
+    source_nbytes: int = 0
+    fallback: bool = False
+    unrepacked: bool = False
+
+    @property
+    def display_type(self) -> str:
+        """``q4_0_8`` for repacked tensors, else the type's name."""
+        return display_name(self.ttype, self.layout)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def rows(self) -> int:
+        """Rows of the stored 2-D view: every dimension but the last (1 for 0-D and 1-D)."""
+        return math.prod(self.shape[:-1]) if len(self.shape) > 1 else 1
+
+    @property
+    def cols(self) -> int:
+        return self.shape[-1] if self.shape else 1
+
+    @property
+    def quantized(self) -> bool:
+        return self.ttype.quantized
+
+    @property
+    def quant_name(self) -> str:
+        """The kernel's type name (``q4_0`` for repacked tensors too)."""
+        return Q4_0.name if self.ttype is Q4_0_REPACKED else self.ttype.name
+
+    @property
+    def spec(self) -> TensorSpec:
+        return TensorSpec(self.name, self.ttype, self.shape, self.layout)
+
+    def to_config(self) -> dict[str, Any]:
+        return {"type": self.display_type, "source_dtype": self.source_dtype, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class TiedEmbeddings:
+    """Whether the output head shares the token embeddings, and which tensors those are."""
+
+    tied: bool
+    embedding: str | None = None
+    head: str | None = None
+    head_in_source: bool = False
+    reason: str = ""
+
+
+@dataclass
+class ConversionPlan:
+    """The plan for a whole model: the stored tensors in source order plus everything decided."""
+
+    tensors: list[TensorPlan]
+    options: ConvertOptions
+    model_config: dict[str, Any]
+    origin: dict[str, Any]
+    tied: TiedEmbeddings
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    _predicted: int | None = field(default=None, repr=False)
+
+    @property
+    def specs(self) -> list[TensorSpec]:
+        return [t.spec for t in self.tensors]
+
+    @property
+    def fallbacks(self) -> list[tuple[str, str]]:
+        """Tensors that did not get the type asked for, with the reason."""
+        return [(t.name, t.reason) for t in self.tensors if t.fallback]
+
+    @property
+    def unrepacked(self) -> list[tuple[str, str]]:
+        """Q4_0 tensors left plain although a repack format was asked for, with the reason."""
+        return [(t.name, t.reason) for t in self.tensors if t.unrepacked]
+
+    @property
+    def params(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def source_bytes(self) -> int:
+        return sum(t.source_nbytes for t in self.tensors)
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def tensor(self, name: str) -> TensorPlan:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def to_config(self) -> dict[str, Any]:
+        """The ``"nntrtool"`` section stored in the file's config: options, source, per-tensor plan."""
+        opts = self.options
+        return {
+            "version": __version__,
+            "quant_type": opts.quant_type,
+            "repack_format": opts.repack_format,
+            "type_overrides": [o.text for o in opts.type_overrides],
+            "keep_f32": list(opts.keep_f32),
+            "source": dict(self.origin),
+            "tied": self.tied.tied,
+            "tied_embedding": self.tied.embedding if self.tied.tied else None,
+            "tied_head": self.tied.head if self.tied.tied else None,
+            "skipped": {name: reason for name, reason in self.skipped},
+            "tensors": {t.name: t.to_config() for t in self.tensors},
+        }
+
+    def file_config(self) -> dict[str, Any]:
+        """The whole config stored in the file: the model's config plus the ``nntrtool`` section."""
+        cfg = dict(self.model_config)
+        cfg["nntrtool"] = self.to_config()
+        return cfg
+
+    @property
+    def predicted_size(self) -> int:
+        """Exact size in bytes of the file this plan writes."""
+        if self._predicted is None:
+            self._predicted = predict_file_size(self.file_config(), self.specs)
+        return self._predicted
+
+    def bytes_by_type(self) -> dict[str, tuple[int, int, int]]:
+        """``{display type: (tensors, params, bytes)}`` in first-seen order."""
+        out: dict[str, tuple[int, int, int]] = {}
+        for t in self.tensors:
+            n, p, b = out.get(t.display_type, (0, 0, 0))
+            out[t.display_type] = (n + 1, p + t.numel, b + t.nbytes)
+        return out
+
+    def store_f32(self, reasons: dict[str, str]) -> ConversionPlan:
+        """A copy of the plan with the named tensors stored as F32 for the given reasons."""
+        tensors = [
+            replace(
+                t,
+                ttype=F32,
+                layout=None,
+                reason=reasons[t.name],
+                nbytes=F32.nbytes(t.shape),
+                fallback=True,
+                unrepacked=False,
+            )
+            if t.name in reasons
+            else t
+            for t in self.tensors
+        ]
+        return replace(self, tensors=tensors, _predicted=None)
+
+
+def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
+    """Decide the stored type, layout and reason of every tensor of ``source`` (an open source).
+
+    Raises :class:`SourceError` for tensors in a dtype the converter cannot read and
+    :class:`UsageError` for a ``--type`` override that does not fit a matrix it selects.
+    """
+    tensors = list(source.tensors)
+    if not tensors:
+        raise SourceError("the source holds no tensors: nothing to convert")
+    for t in tensors:
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise SourceError(
+                f"tensor {t.name!r} has dtype {t.dtype}, which nntrtool cannot convert "
+                f"(supported: {', '.join(SUPPORTED_DTYPES)})"
+            )
+    config = dict(source.config or {})
+    tied = detect_tied(tensors, config)
+    skip = {tied.head} if tied.tied and tied.head_in_source else set()
+    used_overrides: set[int] = set()
+    plans = [plan_tensor(t, options, used_overrides) for t in tensors if t.name not in skip]
+    skipped = [(name, f"tied to {tied.embedding}: {tied.reason}") for name in sorted(skip)]
+    notes = [
+        f"--type {o.text!r} matched no matrix"
+        for i, o in enumerate(options.type_overrides)
+        if i not in used_overrides
+    ]
+    notes += [
+        f"--keep-f32 {p!r} matched no tensor"
+        for p in options.keep_f32
+        if not any(_search(p, t.name) for t in tensors)
+    ]
+    return ConversionPlan(
+        tensors=plans,
+        options=options,
+        model_config=config,
+        origin=dict(getattr(source, "origin", {}) or {}),
+        tied=tied,
+        skipped=skipped,
+        notes=notes,
+    )
+
+
+def _search(pattern: str, name: str) -> bool:
+    import re
+
+    return re.search(pattern, name) is not None
+
+
+def plan_tensor(
+    t: _Tensor, options: ConvertOptions, used_overrides: set[int] | None = None
+) -> TensorPlan:
+    """The plan of one tensor under ``options`` (see :func:`make_plan` for the rules)."""
+    shape = tuple(int(s) for s in t.shape)
+    common = {
+        "name": t.name,
+        "source_dtype": t.dtype,
+        "shape": shape,
+        "source_nbytes": int(t.nbytes),
+    }
+
+    def f32(reason: str, fallback: bool = False) -> TensorPlan:
+        return TensorPlan(
+            ttype=F32,
+            layout=None,
+            reason=reason,
+            nbytes=F32.nbytes(shape),
+            fallback=fallback,
+            **common,
+        )
+
+    for pattern in options.keep_f32:
+        if _search(pattern, t.name):
+            return f32(f"--keep-f32 {pattern!r}")
+    if len(shape) != 2:
+        what = "scalar" if not shape else f"{len(shape)}-D tensor"
+        return f32(f"{what}: only 2-D matrices are quantized")
+
+    cols = shape[-1]
+    requested = get_type(options.quant_type)
+    override = None
+    for i, o in enumerate(options.type_overrides):
+        if o.matches(t.name):
+            override = o
+            if used_overrides is not None:
+                used_overrides.add(i)
+            break
+
+    if override is not None:
+        ttype = get_type(override.type_name)
+        if ttype.quantized and not ttype.fits(cols):
+            raise UsageError(
+                f"--type {override.text!r} does not fit tensor {t.name!r} {list(shape)}: its last "
+                f"dimension {cols} is not a multiple of {ttype.name}'s block size "
+                f"{ttype.block_size}"
+            )
+        reason = f"--type {override.text!r}"
+        fallback = False
+    elif not requested.quantized or requested.fits(cols):
+        ttype, reason, fallback = requested, f"matrix: {requested.name}", False
+    else:
+        ttype = Q8_0 if requested.block_size > Q8_0.block_size and Q8_0.fits(cols) else F32
+        reason = (
+            f"last dimension {cols} is not a multiple of {requested.block_size} "
+            f"({requested.name}): {ttype.name} instead"
+        )
+        fallback = True
+
+    if ttype is F32:
+        return f32(reason, fallback)
+    layout = None
+    unrepacked = False
+    if ttype is Q4_0 and options.repack_format is not None:
+        wanted = get_layout(options.repack_format)
+        rows = shape[0]
+        if rows % wanted.rows == 0:
+            ttype, layout = Q4_0_REPACKED, wanted
+            reason += f", repacked {wanted.name}"
+        else:
+            unrepacked = True
+            reason += (
+                f"; not repacked: {rows} rows are not a multiple of {wanted.name}'s group of "
+                f"{wanted.rows}"
+            )
+    return TensorPlan(
+        ttype=ttype,
+        layout=layout,
+        reason=reason,
+        nbytes=ttype.nbytes(shape),
+        fallback=fallback,
+        unrepacked=unrepacked,
+        **common,
+    )
+
+
+def _config_tie(config: dict[str, Any]) -> bool | None:
+    value = config.get("tie_word_embeddings")
+    if value is None and isinstance(config.get("text_config"), dict):
+        value = config["text_config"].get("tie_word_embeddings")
+    return None if value is None else bool(value)
+
+
+def _find(tensors: list[_Tensor], match: Any) -> _Tensor | None:
+    return next((t for t in tensors if match(t.name)), None)
+
+
+def detect_tied(tensors: list[_Tensor], config: dict[str, Any]) -> TiedEmbeddings:
+    """Whether the output head is the token embeddings (stored once, config says ``tied``).
+
+    Tied when the config says ``tie_word_embeddings``, when the source has no head at all, or
+    when the head's data is identical to the embeddings' (compared row chunk by row chunk).
+    """
+    embed = _find(tensors, lambda n: n.endswith(EMBEDDING_SUFFIXES))
+    head = _find(tensors, lambda n: n in HEAD_NAMES or n.endswith(".lm_head.weight"))
+    if embed is None:
+        return TiedEmbeddings(
+            False, head=head.name if head else None, head_in_source=head is not None
+        )
+    if head is None:
+        return TiedEmbeddings(
+            True, embed.name, "lm_head.weight", False, "the source has no output head"
+        )
+    if tuple(head.shape) != tuple(embed.shape):
+        return TiedEmbeddings(False, embed.name, head.name, True)
+    if _config_tie(config):
+        return TiedEmbeddings(
+            True, embed.name, head.name, True, "tie_word_embeddings is true in the config"
+        )
+    if head.dtype == embed.dtype and _same_data(head, embed):
+        return TiedEmbeddings(
+            True, embed.name, head.name, True, "the head holds the same data as the embeddings"
+        )
+    return TiedEmbeddings(False, embed.name, head.name, True)
+
+
+def _same_data(a: _Tensor, b: _Tensor) -> bool:
+    rows = a.rows
+    for start in range(0, rows, _COMPARE_ROWS):
+        stop = min(rows, start + _COMPARE_ROWS)
+        x, y = a.read(start, stop), b.read(start, stop)
+        if x.ctypes.data == y.ctypes.data:
+            continue
+        if not np.array_equal(x.view(np.uint8), y.view(np.uint8)):
+            return False
+    return True
