@@ -469,3 +469,45 @@ def test_file_errors_name_the_path(tmp_path):
     os.truncate(path, path.stat().st_size - 4)
     with pytest.raises(FormatError, match=r"cut\.nntr: truncated file: tensor 'a'"):
         NntrFile(path)
+
+
+# -- docs/FORMAT.md is the specification: its example and its reader must be right ----------
+
+FORMAT_MD = Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md"
+
+
+def _doc_block(heading: str, fence: str) -> str:
+    text = FORMAT_MD.read_text(encoding="utf-8")
+    section = text[text.index(heading) :]
+    start = section.index(fence) + len(fence)
+    return section[start : section.index("```", start)]
+
+
+def test_doc_hexdump_matches_the_writer(tmp_path):
+    path = tmp_path / "ex.nntr"
+    with NntrWriter(path, {"model_type": "demo"}, [TensorSpec("w", F32, (2,))]) as w:
+        w.write("w", np.array([1.0, -2.0], np.float32))
+    dump = bytearray()
+    for line in _doc_block("## Example", "```\n").strip().splitlines():
+        hex_part = line.split(":", 1)[1][:40]
+        dump += bytes.fromhex(hex_part.replace(" ", ""))
+    assert bytes(dump) == path.read_bytes()
+
+
+def test_doc_minimal_reader_reads_every_type(tmp_path):
+    namespace: dict = {}
+    exec(_doc_block("## A minimal reader", "```python\n"), namespace)  # noqa: S102
+    path = tmp_path / "m.nntr"
+    specs = every_kind_specs()
+    write_file(path, specs)
+    config, tensors = namespace["read_nntr"](str(path))
+    assert config == CONFIG
+    with NntrFile(path) as f:
+        assert list(tensors) == f.names
+        for entry in f.tensors:
+            t = tensors[entry.name]
+            assert t["type_id"] == entry.ttype.type_id and tuple(t["shape"]) == entry.shape
+            assert t["layout"] == (
+                (entry.layout.rows, entry.layout.interleave) if entry.layout else (0, 0)
+            )
+            assert zlib.crc32(t["data"]) == t["crc32"] == entry.checksum
