@@ -1,0 +1,34 @@
+"""Model sources: every way a model comes in (Hugging Face folder, safetensors file, PyTorch
+checkpoint, hub id), read the same way, one tensor or row chunk at a time.
+
+    with open_source("path/or/org-name") as src:
+        for t in src.tensors:
+            rows = t.read_f32(0, 64)
+
+torch is imported only when a ``.bin``/``.pt`` checkpoint is opened, huggingface_hub only for hub
+ids.
+"""
+
+from nntrtool.sources.base import (
+    DTYPE_BITS,
+    READABLE_DTYPES,
+    ModelSource,
+    SourceTensor,
+    bf16_bits_to_f32,
+    dtype_nbytes,
+)
+from nntrtool.sources.hub import looks_like_hub_id
+from nntrtool.sources.resolve import find_weights, open_source, read_config
+
+__all__ = [
+    "DTYPE_BITS",
+    "READABLE_DTYPES",
+    "ModelSource",
+    "SourceTensor",
+    "bf16_bits_to_f32",
+    "dtype_nbytes",
+    "find_weights",
+    "looks_like_hub_id",
+    "open_source",
+    "read_config",
+]

@@ -1,0 +1,254 @@
+"""What every model source hands out: tensors read by row chunks, and the source they belong to.
+
+:class:`SourceTensor` is the one interface the conversion pipeline reads weights through, whatever
+file they come from (safetensors over a memory map, or a PyTorch checkpoint). Dtypes are named as
+safetensors names them (``"F32"``, ``"BF16"``, ``"I8"`` ...), whatever the file format.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nntrtool.errors import SourceError
+
+#: Bits per element of every dtype safetensors knows (sub-byte float types pack along the data).
+DTYPE_BITS: dict[str, int] = {
+    "BOOL": 8,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "F64": 64,
+    "I64": 64,
+    "U64": 64,
+    "C64": 64,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+}
+
+#: The dtypes nntrtool converts, and the numpy dtype their raw rows are handed out in.
+#: BF16 has no numpy type: its rows come out as the raw 16-bit patterns.
+READABLE_DTYPES: dict[str, np.dtype] = {
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+}
+
+
+def dtype_nbytes(dtype: str, numel: int) -> int:
+    """Bytes that ``numel`` elements of ``dtype`` take in a safetensors file."""
+    return (numel * DTYPE_BITS[dtype] + 7) // 8
+
+
+def bf16_bits_to_f32(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Widen raw bfloat16 bit patterns (uint16) to float32: the bits move to the high half."""
+    if out is None:
+        out = np.empty(bits.shape, dtype=np.float32)
+    wide = out.view(np.uint32)
+    # A uint32 shift amount makes numpy run the shift in 32 bits; a Python int would keep the
+    # loop in uint16 and shift every bit out.
+    np.left_shift(bits, np.uint32(16), out=wide)
+    return out
+
+
+class SourceTensor:
+    """One tensor of a model source, read as a 2-D ``(rows, cols)`` matrix by row ranges.
+
+    ``rows`` is the product of all dimensions but the last (1 for 0-D and 1-D tensors) and
+    ``cols`` is the last dimension, which is the one quantization blocks run along.
+    """
+
+    def __init__(self, name: str, dtype: str, shape: tuple[int, ...], file: Path):
+        self.name = name
+        self.dtype = dtype
+        self.shape = tuple(int(d) for d in shape)
+        #: The file the tensor's bytes live in (named in error messages).
+        self.file = file
+
+    # ---- sizes ---------------------------------------------------------------------------
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return len(self.shape)
+
+    @property
+    def numel(self) -> int:
+        """Number of elements."""
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the tensor takes in its source."""
+        return dtype_nbytes(self.dtype, self.numel)
+
+    @property
+    def rows(self) -> int:
+        """Rows of the 2-D view: product of all dimensions but the last (1 for 0-D and 1-D)."""
+        return math.prod(self.shape[:-1]) if len(self.shape) >= 2 else 1
+
+    @property
+    def cols(self) -> int:
+        """Columns of the 2-D view: the last dimension (1 for a 0-D tensor)."""
+        return self.shape[-1] if self.shape else 1
+
+    @property
+    def supported(self) -> bool:
+        """True when nntrtool can read this tensor's dtype (F32, F16 or BF16)."""
+        return self.dtype in READABLE_DTYPES
+
+    # ---- reading -------------------------------------------------------------------------
+    def read(self, start_row: int = 0, stop_row: int | None = None) -> np.ndarray:
+        """Raw rows ``start_row:stop_row`` as a read-only ``(rows, cols)`` array.
+
+        float32 for F32, float16 for F16, uint16 bit patterns for BF16; a view, not a copy,
+        wherever the source allows it.
+        """
+        start, stop = self._check_rows(start_row, stop_row)
+        if not self.supported:
+            raise SourceError(
+                f"tensor {self.name!r} in {self.file.name} has dtype {self.dtype}, which nntrtool "
+                f"cannot convert (supported: {', '.join(READABLE_DTYPES)}); "
+                "convert the model to one of those first"
+            )
+        arr = self._read_rows(start, stop)
+        if arr.flags.writeable:
+            arr.flags.writeable = False
+        return arr
+
+    def read_f32(
+        self, start_row: int = 0, stop_row: int | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Rows ``start_row:stop_row`` as float32 ``(rows, cols)``, widened from F16/BF16.
+
+        Without ``out``, an F32 source comes back as its read-only view; with ``out`` (a
+        C-contiguous float32 array of the right shape) the values are written there.
+        """
+        raw = self.read(start_row, stop_row)
+        if out is not None:
+            if out.dtype != np.float32 or out.shape != raw.shape or not out.flags.c_contiguous:
+                raise ValueError(
+                    f"out must be C-contiguous float32 of shape {raw.shape}, "
+                    f"got {out.dtype} {out.shape}"
+                )
+        if self.dtype == "BF16":
+            return bf16_bits_to_f32(raw, out)
+        if out is None:
+            return raw if raw.dtype == np.float32 else raw.astype(np.float32)
+        np.copyto(out, raw)
+        return out
+
+    def iter_chunks(self, rows_per_chunk: int) -> Iterator[tuple[int, int]]:
+        """``(start, stop)`` row ranges of at most ``rows_per_chunk`` rows covering the tensor."""
+        if rows_per_chunk <= 0:
+            raise ValueError("rows_per_chunk must be positive")
+        for start in range(0, self.rows, rows_per_chunk):
+            yield start, min(start + rows_per_chunk, self.rows)
+
+    def _check_rows(self, start_row: int, stop_row: int | None) -> tuple[int, int]:
+        stop = self.rows if stop_row is None else int(stop_row)
+        start = int(start_row)
+        if not 0 <= start <= stop <= self.rows:
+            raise ValueError(
+                f"row range {start}:{stop} is outside tensor {self.name!r} with {self.rows} rows"
+            )
+        return start, stop
+
+    def _read_rows(self, start: int, stop: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"SourceTensor({self.name!r}, {self.dtype}, {list(self.shape)})"
+
+
+class ModelSource:
+    """A model opened for reading: its config, where it came from, and its tensors in order.
+
+    Use as a context manager, or call :meth:`close`; arrays read from a closed source stay
+    valid while referenced.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        origin: dict[str, Any],
+        root: Path | None,
+        tensors: list[SourceTensor],
+        files: list[Path],
+        closers: list[Any] | None = None,
+    ):
+        #: The model's ``config.json`` content.
+        self.config = config
+        #: Where the model came from: ``kind`` (folder, safetensors, checkpoint or hub), ``path``,
+        #: and for hub ids ``repo_id``, ``revision`` (the commit) and ``ref`` (what was asked for).
+        self.origin = origin
+        #: The folder holding config and tokenizer files, if there is one.
+        self.root = root
+        #: Every tensor, in file order (shards in name order, tensors in data order).
+        self.tensors = tensors
+        #: The weight files the tensors are read from.
+        self.files = files
+        self._by_name = {t.name: t for t in tensors}
+        self._closers = list(closers or [])
+
+    def tensor(self, name: str) -> SourceTensor:
+        """The tensor called ``name``; SourceError if there is none."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise SourceError(f"the model has no tensor named {name!r}") from None
+
+    @property
+    def names(self) -> list[str]:
+        """Tensor names in order."""
+        return [t.name for t in self.tensors]
+
+    @property
+    def total_params(self) -> int:
+        """Elements over all tensors."""
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def total_nbytes(self) -> int:
+        """Bytes over all tensors, as stored in the source."""
+        return sum(t.nbytes for t in self.tensors)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[SourceTensor]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def close(self) -> None:
+        """Release file handles and maps (idempotent)."""
+        closers, self._closers = self._closers, []
+        for closer in closers:
+            closer.close()
+
+    def __enter__(self) -> ModelSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelSource({self.origin.get('kind')}: {self.origin.get('repo_id') or self.origin.get('path')}, "
+            f"{len(self.tensors)} tensors)"
+        )

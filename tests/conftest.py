@@ -1,0 +1,42 @@
+"""Shared pytest fixtures: small models built once per test session.
+
+Helpers to build models live in ``tests/models.py`` (import it as ``models``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+_TESTS = Path(__file__).resolve().parent
+for _p in (str(_TESTS), str(_TESTS.parent)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from models import make_hf_model  # noqa: E402
+
+EXAMPLE_DIR = _TESTS.parent / "examples" / "tiny-llama"
+
+
+@pytest.fixture(scope="session")
+def hf_model(tmp_path_factory):
+    """``hf_model(arch="llama", **kwargs) -> Path``: a model folder built by
+    ``models.make_hf_model`` once per session and argument set. Do not modify it."""
+    built: dict[tuple, Path] = {}
+
+    def build(arch: str = "llama", **kwargs) -> Path:
+        key = (arch, tuple(sorted(kwargs.items())))
+        if key not in built:
+            folder = tmp_path_factory.mktemp(f"{arch}-model")
+            built[key] = make_hf_model(folder, arch, **kwargs)
+        return built[key]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def example_model() -> Path:
+    """The built-in example model folder shipped in ``examples/tiny-llama``."""
+    return EXAMPLE_DIR
