@@ -196,6 +196,43 @@ def test_error_in_block_leaves_nothing(tmp_path, exc):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_sigint_while_writing_leaves_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "m.nntr").write_bytes(b"previous")
+    script = (
+        "import sys, time\n"
+        "import numpy as np\n"
+        "from nntrtool.format import NntrWriter, TensorSpec\n"
+        "from nntrtool.qtypes import F32\n"
+        "with NntrWriter(sys.argv[1], {}, [TensorSpec('a', F32, (1024,))], force=True) as w:\n"
+        "    w.write('a', np.zeros(512, np.float32))\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(out / "m.nntr")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert len(list(out.iterdir())) == 2  # the target and the temporary file beside it
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode != 0
+    assert [p.name for p in out.iterdir()] == ["m.nntr"]
+    assert (out / "m.nntr").read_bytes() == b"previous"
+
+
 def test_error_in_block_keeps_existing_output(tmp_path):
     path = tmp_path / "m.nntr"
     path.write_bytes(b"old")
