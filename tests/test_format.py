@@ -469,7 +469,12 @@ def test_validation_messages(tmp_path):
         (_patch(blob, b["name"], "<B", ord("a")), "tensor 'a' appears twice"),
         (_patch(blob, b["name"], "<B", 0xFF), "entry 1: the tensor name is not valid UTF-8"),
         (_patch(blob, a["name_len"], "<I", 0), "directory entry 0"),
-        (_patch(blob, a["name_len"], "<I", 1 << 30), "truncated directory"),
+        (_patch(blob, a["name_len"], "<I", 1 << 30), "name length 1073741824 bytes, at most 65535"),
+        (_patch(blob, a["name_len"], "<I", 60000), "truncated directory: directory entry 0 name"),
+        (
+            _patch(_patch(blob, b["name"], "<B", ord("\n")), b["type_id"], "<I", 99),
+            r"^tensor '\\n': unknown type id 99",  # one line, whatever the name holds
+        ),
         (_patch(blob, FIXED_HEADER.size + 9, "<I", 1 << 31), "truncated directory: 2147483648"),
     ]
     config_at = FIXED_HEADER.size

@@ -39,6 +39,11 @@ ENTRY_FIXED_BYTES = NAME_LEN.size + ENTRY_TYPE.size + ENTRY_TAIL.size
 CRC_IN_TAIL = 4 + 4 + 8 + 8
 
 
+def quote_name(name: str) -> str:
+    """``'name'`` for messages; names with control characters are escaped to stay on one line."""
+    return f"'{name}'" if name.isprintable() else repr(name)
+
+
 def align_up(n: int, alignment: int = ALIGNMENT) -> int:
     """``n`` rounded up to a multiple of ``alignment``."""
     return -(-n // alignment) * alignment

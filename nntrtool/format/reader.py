@@ -29,11 +29,13 @@ from nntrtool.format.binary import (
     FIXED_HEADER,
     MAGIC,
     MAX_DIMS,
+    MAX_NAME_BYTES,
     NAME_LEN,
     TENSOR_COUNT,
     VERSION,
     TensorEntry,
     align_up,
+    quote_name,
     tensor_problem,
 )
 from nntrtool.qtypes import Q4_0_REPACKED, TYPES_BY_ID, layout_for
@@ -72,6 +74,11 @@ def _decode_config(raw: bytes) -> dict:
     if not isinstance(config, dict):
         raise FormatError(f"the config must be a JSON object, found {type(config).__name__}")
     return config
+
+
+def _need(size: int, at: int, n: int, where: str, what: str) -> None:
+    if at + n > size:
+        raise FormatError(f"truncated directory: {where} {what} runs past the end of the file")
 
 
 def read_directory(buf: Any, file_size: int | None = None) -> Directory:
@@ -117,30 +124,27 @@ def read_directory(buf: Any, file_size: int | None = None) -> Directory:
     names: set[str] = set()
     for index in range(count):
         where = f"directory entry {index}"
-
-        def need(n: int, what: str, at: int = 0, where: str = where) -> None:
-            if at + n > size:
-                raise FormatError(
-                    f"truncated directory: {where} {what} runs past the end of the file"
-                )
-
-        need(NAME_LEN.size, "name length", pos)
+        _need(size, pos, NAME_LEN.size, where, "name length")
         (name_len,) = NAME_LEN.unpack_from(buf, pos)
         pos += NAME_LEN.size
-        need(name_len, f"name of {name_len} bytes", pos)
+        if name_len == 0:
+            raise FormatError(f"{where}: empty tensor name")
+        if name_len > MAX_NAME_BYTES:
+            raise FormatError(
+                f"{where}: name length {name_len} bytes, at most {MAX_NAME_BYTES} are allowed"
+            )
+        _need(size, pos, name_len, where, f"name of {name_len} bytes")
         try:
             name = bytes(buf[pos : pos + name_len]).decode("utf-8")
         except UnicodeDecodeError:
             raise FormatError(f"{where}: the tensor name is not valid UTF-8") from None
         pos += name_len
-        if not name:
-            raise FormatError(f"{where}: empty tensor name")
-        where = f"tensor '{name}'"
+        where = f"tensor {quote_name(name)}"
         if name in names:
             raise FormatError(f"{where} appears twice in the directory")
         names.add(name)
 
-        need(ENTRY_TYPE.size, "type and rank", pos, where)
+        _need(size, pos, ENTRY_TYPE.size, where, "type and rank")
         type_id, ndim = ENTRY_TYPE.unpack_from(buf, pos)
         pos += ENTRY_TYPE.size
         ttype = TYPES_BY_ID.get(type_id)
@@ -152,7 +156,7 @@ def read_directory(buf: Any, file_size: int | None = None) -> Directory:
             raise FormatError(f"{where}: unknown type id {type_id}; known ids: {known}")
         if ndim > MAX_DIMS:
             raise FormatError(f"{where}: {ndim} dimensions, at most {MAX_DIMS} are allowed")
-        need(DIM.size * ndim + ENTRY_TAIL.size, "shape", pos, where)
+        _need(size, pos, DIM.size * ndim + ENTRY_TAIL.size, where, "shape and offsets")
         shape = tuple(DIM.unpack_from(buf, pos + DIM.size * i)[0] for i in range(ndim))
         pos += DIM.size * ndim
         group_rows, interleave, offset, nbytes, checksum, eflags = ENTRY_TAIL.unpack_from(buf, pos)
@@ -199,16 +203,16 @@ def read_directory(buf: Any, file_size: int | None = None) -> Directory:
     for entry in sorted(entries, key=lambda e: e.offset):
         if entry.offset < end:
             other = (
-                f"tensor '{previous.name}' (ends at {end})"
+                f"tensor {quote_name(previous.name)} (ends at {end})"
                 if previous
                 else (f"the header and directory (end at {data_start})")
             )
             raise FormatError(
-                f"tensor '{entry.name}': data at offset {entry.offset} overlaps {other}"
+                f"tensor {quote_name(entry.name)}: data at offset {entry.offset} overlaps {other}"
             )
         if entry.end > size:
             raise FormatError(
-                f"truncated file: tensor '{entry.name}' needs bytes {entry.offset}..{entry.end}, "
+                f"truncated file: tensor {quote_name(entry.name)} needs bytes {entry.offset}..{entry.end}, "
                 f"the file is {size} bytes"
             )
         end = entry.end
