@@ -108,8 +108,9 @@ def export_command(
         return
     import time
 
-    from nntrtool.export import ExportResult, write_export
+    from nntrtool.export import ExportResult, check_output, write_export
 
+    check_output(out_dir.absolute(), force)
     start = time.perf_counter()
     with NntrFile(file) as nf:
         plan = plan_export(nf, out_dir, isa=isa, runtime=runtime, source_dir=tokenizer, source=file)
@@ -128,7 +129,9 @@ def render_plan(plan) -> None:
     from nntrtool.cli.display import human_bytes
     from nntrtool.qtypes import display_name
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:  # keep one tensor per line in logs and pipes
+        console = Console(highlight=False, soft_wrap=True, width=160)
     table = Table(title=f"{plan.architecture} weight file, in the order nntrainer reads it")
     for col in ("#", "tensor", "role", "in file", "written as", "shape", "bytes"):
         table.add_column(col, justify="right" if col in ("#", "bytes") else "left")
@@ -172,7 +175,7 @@ def render_summary(result) -> None:
 
     from nntrtool.cli.display import human_count
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     plan = result.plan
     console.print(f"exported to {result.out_dir}")
     _render_totals(console, plan)

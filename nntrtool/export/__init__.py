@@ -14,8 +14,10 @@ from nntrtool.export.nntrainer import (
     ExportResult,
     RuntimeOptions,
     TensorExport,
+    check_output,
     check_target,
     export_nntr,
+    nntrainer_type_overrides,
     plan_export,
     write_export,
 )
@@ -31,8 +33,10 @@ __all__ = [
     "RuntimeOptions",
     "Slot",
     "TensorExport",
+    "check_output",
     "check_target",
     "export_nntr",
+    "nntrainer_type_overrides",
     "plan_export",
     "write_export",
 ]

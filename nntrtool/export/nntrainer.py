@@ -431,6 +431,25 @@ def _dtype(name: str) -> str:
     return _RUNTIME_DTYPE[name]
 
 
+def nntrainer_type_overrides(quant_type: str, config: dict[str, Any]) -> tuple[str, ...]:
+    """``convert --type`` overrides that make a conversion exportable to nntrainer.
+
+    Q4_0 layers need an F32 or Q6_K embedding (Q6_K when its rows fit 256-value blocks).
+    Raises ``UsageError`` for quant types whose linear layers the runtime cannot run.
+    """
+    qt = quant_type.lower()
+    if qt == F32.name:
+        return ()
+    if qt != Q4_0.name:
+        raise UsageError(
+            f"nntrainer runs f32 or q4_0 linear layers, not {qt}; use --quant-type q4_0 "
+            "(or f32) with --target nntrainer"
+        )
+    hidden = config.get("hidden_size")
+    emb = Q6_K.name if isinstance(hidden, int) and Q6_K.fits(hidden) else F32.name
+    return (f"embed_tokens={emb}",)
+
+
 def plan_export(
     nf: Any,
     out_dir: str | os.PathLike[str],
@@ -601,7 +620,8 @@ def _write_tensor(f: Any, nf: Any, t: TensorExport, progress: ProgressLike | Non
             progress.advance(int(round(part.size * per_byte)), name)
 
 
-def _check_output(out_dir: Path, force: bool) -> None:
+def check_output(out_dir: Path, force: bool) -> None:
+    """Refuse an existing ``out_dir`` without ``force``, a file in its place, or a missing parent."""
     if out_dir.exists() or out_dir.is_symlink():
         if not force:
             raise OutputExistsError(f"{out_dir} exists; pass --force to replace it")
@@ -636,7 +656,7 @@ def write_export(
 ) -> list[str]:
     """Write the planned folder atomically; returns the names of the files written."""
     out_dir = Path(os.path.abspath(os.fspath(out_dir)))
-    _check_output(out_dir, force)
+    check_output(out_dir, force)
     extra = sum(p.stat().st_size for p in plan.tokenizer_sources) + (1 << 20)
     _check_space(out_dir.parent, plan.weight_bytes + extra)
 
@@ -715,6 +735,8 @@ def export_nntr(
     start = time.perf_counter()
     path = Path(os.fspath(nntr_path))
     out = Path(os.path.abspath(os.fspath(out_dir)))
+    if not dry_run:
+        check_output(out, force)
     nf = _open_nntr(path)
     try:
         plan = plan_export(nf, out, isa=isa, runtime=runtime, source_dir=source_dir, source=path)
@@ -737,8 +759,10 @@ __all__ = [
     "NntrError",
     "RuntimeOptions",
     "TensorExport",
+    "check_output",
     "check_target",
     "export_nntr",
+    "nntrainer_type_overrides",
     "plan_export",
     "write_export",
 ]
