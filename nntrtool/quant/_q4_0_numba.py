@@ -1,0 +1,77 @@
+"""numba kernels of Q4_0: one row per parallel task, one block per loop step, each block
+done with the whole-block vector operations of ``_simd``. Imported on first use only."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _numba_common as nc
+from . import _simd as simd
+from ._numba_common import njit
+from .q4_0 import BLOCK_BYTES, D_BYTES, QK
+
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_MINUS8 = np.float32(-8.0)
+_BIAS = np.float32(8.5)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _quantize_rows(x, src_kind, out, bad):
+    rows = x.shape[0]
+    nb = x.shape[1] // QK
+    for r in nc.prange(rows):
+        row = nc.row_f32(x[r], src_kind)
+        orow = out[r]
+        bad[r] = -1
+        for b in range(nb):
+            base = b * QK
+            o = b * BLOCK_BYTES
+            mbits = simd.absmax_bits_32(row, base)
+            if mbits >= np.uint32(0x7F800000):
+                bad[r] = base + simd.first_abs_at_least_32(row, base, np.uint32(0x7F800000))
+                break
+            mx = _F0  # the walk starts from +0.0 and only moves on a strictly larger |x|
+            if mbits != np.uint32(0):
+                mx = row[base + simd.first_abs_equal_32(row, base, mbits)]
+            d = mx / _MINUS8
+            inv = _F1 / d if d != _F0 else _F0
+            h = nc.f32_to_f16_bits(d)
+            orow[o] = np.uint8(h & np.uint16(0xFF))
+            orow[o + 1] = np.uint8(h >> np.uint16(8))
+            if np.isinf(inv):
+                orow[o + D_BYTES : o + BLOCK_BYTES] = 0
+            else:
+                simd.q4_0_pack_block(row, base, inv, orow, o + D_BYTES)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _dequantize_rows(data, out):
+    rows = data.shape[0]
+    nb = data.shape[1] // BLOCK_BYTES
+    for r in nc.prange(rows):
+        drow = data[r]
+        orow = out[r]
+        for b in range(nb):
+            o = b * BLOCK_BYTES
+            d = nc.f16_bits_to_f32(np.uint32(drow[o]) | (np.uint32(drow[o + 1]) << np.uint32(8)))
+            simd.q4_0_unpack_block(drow, o + D_BYTES, d, orow, b * QK)
+
+
+def quantize(x: np.ndarray, src_kind: int) -> np.ndarray:
+    """Q4_0 bytes of a C-contiguous 2-D float32 array (or uint16 fp16/bf16 bits per ``src_kind``)."""
+    rows, cols = x.shape
+    out = np.empty((rows, cols // QK * BLOCK_BYTES), dtype=np.uint8)
+    bad = np.empty(rows, dtype=np.int64)
+    _quantize_rows(x, src_kind, out, bad)
+    nc.raise_first_bad(x, src_kind, bad)
+    return out
+
+
+def dequantize(data: np.ndarray) -> np.ndarray:
+    """float32 (rows, cols) of a C-contiguous Q4_0 array (rows, row_bytes)."""
+    rows = data.shape[0]
+    out = np.empty((rows, data.shape[1] // BLOCK_BYTES * QK), dtype=np.float32)
+    _dequantize_rows(data, out)
+    return out
+

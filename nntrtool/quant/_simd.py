@@ -1,0 +1,240 @@
+"""Whole-block vector operations for the numba kernels, written as LLVM vector IR.
+
+numba turns off LLVM's SLP vectorizer, and the loop vectorizer never sees a 16- or 32-long
+loop (LLVM unrolls it first), so block kernels written as scalar loops run one value at a
+time. These intrinsics load a block as one LLVM vector and do the same float32 operations,
+one IEEE rounding each (no fast-math flags, so nothing is fused or reassociated): the results
+are the bits of the scalar code, only faster. LLVM lowers the generic vectors to whatever the
+CPU has (SSE, AVX2, AVX-512, NEON).
+
+Every intrinsic takes a C-contiguous 1-D array and an element offset; callers guarantee the
+block lies inside the array (there is no bounds check, as in the rest of numba's indexing).
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_I1 = ir.IntType(1)
+_I8 = ir.IntType(8)
+_I32 = ir.IntType(32)
+_F32 = ir.FloatType()
+
+
+def _block_ptr(context, builder, aryty, ary, offset, vecty):
+    """Pointer to ``vecty`` starting at element ``offset`` of a 1-D array."""
+    arr = context.make_array(aryty)(context, builder, ary)
+    ptr = builder.gep(arr.data, [offset])
+    return builder.bitcast(ptr, vecty.as_pointer())
+
+
+def _splat(builder, value, vecty):
+    vec = builder.insert_element(ir.Constant(vecty, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, vecty.count), None))
+
+
+def _const_vec(vecty, value):
+    return ir.Constant(vecty, [ir.Constant(vecty.element, value)] * vecty.count)
+
+
+def _call(builder, name, ret, args):
+    fnty = ir.FunctionType(ret, [a.type for a in args])
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args)
+
+
+def _check_array(ary, dtype, name):
+    # Vector loads assume consecutive elements: only C-contiguous 1-D arrays are accepted.
+    if not (
+        isinstance(ary, types.Array) and ary.ndim == 1 and ary.dtype == dtype and ary.layout == "C"
+    ):
+        raise TypeError(f"{name}: expected a C-contiguous 1-D {dtype} array, got {ary}")
+
+
+def _check_f32(value, name):
+    if value != types.float32:
+        raise TypeError(f"{name}: expected a float32 scalar, got {value}")
+
+
+def _load_abs_bits(context, builder, aryty, ary, base, n):
+    vecty = ir.VectorType(_I32, n)
+    ptr = _block_ptr(context, builder, aryty, ary, base, vecty)
+    bits = builder.load(ptr, align=1)
+    return builder.and_(bits, _const_vec(vecty, 0x7FFFFFFF)), vecty
+
+
+def make_absmax_bits(n: int):
+    """Intrinsic ``f(row_f32, base) -> uint32``: the largest of ``bits(x) & 0x7fffffff`` over
+    ``row[base:base+n]`` (the float order of |x|; >= 0x7f800000 means an inf or NaN)."""
+
+    @intrinsic
+    def absmax_bits(typingctx, row, base):
+        _check_array(row, types.float32, "absmax_bits")
+
+        def codegen(context, builder, sig, args):
+            keys, vecty = _load_abs_bits(context, builder, sig.args[0], args[0], args[1], n)
+            return _call(builder, f"llvm.vector.reduce.umax.v{n}i32", _I32, [keys])
+
+        return types.uint32(row, base), codegen
+
+    return absmax_bits
+
+
+def make_first_abs(n: int, op: str):
+    """Intrinsic ``f(row_f32, base, key) -> int``: the first j < n with
+    ``bits(row[base+j]) & 0x7fffffff <op> key`` (unsigned compare; n if none)."""
+    mask_ty = ir.IntType(n)
+
+    @intrinsic
+    def first_abs(typingctx, row, base, key):
+        _check_array(row, types.float32, "first_abs")
+
+        def codegen(context, builder, sig, args):
+            keys, vecty = _load_abs_bits(context, builder, sig.args[0], args[0], args[1], n)
+            key = builder.trunc(args[2], _I32) if args[2].type.width > 32 else args[2]
+            eq = builder.icmp_unsigned(op, keys, _splat(builder, key, vecty))
+            mask = builder.bitcast(eq, mask_ty)
+            first = _call(
+                builder, f"llvm.cttz.i{n}", mask_ty, [mask, ir.Constant(_I1, 0)]
+            )
+            return builder.zext(first, ir.IntType(64)) if n < 64 else first
+
+        return types.int64(row, base, key), codegen
+
+    return first_abs
+
+
+@intrinsic
+def q4_0_pack_block(typingctx, row, base, inv, out, obase):
+    """``out[obase:obase+16] = lo | hi << 4`` with lo/hi the Q4_0 codes
+    ``min(15, int(x * inv + 8.5))`` of ``row[base:base+16]`` and ``row[base+16:base+32]``."""
+    _check_array(row, types.float32, "q4_0_pack_block")
+    _check_array(out, types.uint8, "q4_0_pack_block")
+    _check_f32(inv, "q4_0_pack_block")
+
+    def codegen(context, builder, sig, args):
+        rowty, _, _, outty, _ = sig.args
+        ary, base, inv, oary, obase = args
+        fvec = ir.VectorType(_F32, 16)
+        ivec = ir.VectorType(_I32, 16)
+        bvec = ir.VectorType(_I8, 16)
+        vinv = _splat(builder, inv, fvec)
+        bias = _const_vec(fvec, 8.5)
+        fifteen = _const_vec(ivec, 15)
+
+        def codes(offset):
+            ptr = _block_ptr(context, builder, rowty, ary, offset, fvec)
+            v = builder.fadd(builder.fmul(builder.load(ptr, align=1), vinv), bias)
+            q = builder.fptosi(v, ivec)
+            q = builder.select(builder.icmp_signed("<", q, fifteen), q, fifteen)
+            return builder.trunc(q, bvec)
+
+        lo = codes(base)
+        hi = codes(builder.add(base, ir.Constant(base.type, 16)))
+        packed = builder.or_(lo, builder.shl(hi, _const_vec(bvec, 4)))
+        builder.store(packed, _block_ptr(context, builder, outty, oary, obase, bvec), align=1)
+        return context.get_dummy_value()
+
+    return types.none(row, base, inv, out, obase), codegen
+
+
+@intrinsic
+def q8_0_pack_block(typingctx, row, base, inv, out, obase):
+    """``out[obase:obase+32]`` = the Q8_0 codes ``roundf(x * inv)`` (halves away from zero)
+    of ``row[base:base+32]`` as int8 bytes."""
+    _check_array(row, types.float32, "q8_0_pack_block")
+    _check_array(out, types.uint8, "q8_0_pack_block")
+    _check_f32(inv, "q8_0_pack_block")
+
+    def codegen(context, builder, sig, args):
+        rowty, _, _, outty, _ = sig.args
+        ary, base, inv, oary, obase = args
+        fvec = ir.VectorType(_F32, 32)
+        v = builder.fmul(
+            builder.load(_block_ptr(context, builder, rowty, ary, base, fvec), align=1),
+            _splat(builder, inv, fvec),
+        )
+        r = _call(builder, "llvm.round.v32f32", fvec, [v])
+        q = builder.trunc(builder.fptosi(r, ir.VectorType(_I32, 32)), ir.VectorType(_I8, 32))
+        builder.store(q, _block_ptr(context, builder, outty, oary, obase, q.type), align=1)
+        return context.get_dummy_value()
+
+    return types.none(row, base, inv, out, obase), codegen
+
+
+@intrinsic
+def q4_0_unpack_block(typingctx, data, obase, d, out, base):
+    """``out[base:base+32]`` = ``(nibble - 8) * d`` of the 16 code bytes at ``data[obase:]``
+    (low nibbles first)."""
+    _check_array(data, types.uint8, "q4_0_unpack_block")
+    _check_array(out, types.float32, "q4_0_unpack_block")
+    _check_f32(d, "q4_0_unpack_block")
+
+    def codegen(context, builder, sig, args):
+        dataty, _, _, outty, _ = sig.args
+        dary, obase, d, oary, base = args
+        bvec = ir.VectorType(_I8, 16)
+        ivec = ir.VectorType(_I32, 16)
+        fvec = ir.VectorType(_F32, 16)
+        qs = builder.load(_block_ptr(context, builder, dataty, dary, obase, bvec), align=1)
+        vd = _splat(builder, d, fvec)
+        eight = _const_vec(ivec, 8)
+        for half, nib in ((0, builder.and_(qs, _const_vec(bvec, 0x0F))),
+                          (16, builder.lshr(qs, _const_vec(bvec, 4)))):
+            q = builder.sub(builder.zext(nib, ivec), eight)
+            v = builder.fmul(builder.sitofp(q, fvec), vd)
+            at = builder.add(base, ir.Constant(base.type, half))
+            builder.store(v, _block_ptr(context, builder, outty, oary, at, fvec), align=1)
+        return context.get_dummy_value()
+
+    return types.none(data, obase, d, out, base), codegen
+
+
+@intrinsic
+def q8_0_unpack_block(typingctx, data, obase, d, out, base):
+    """``out[base:base+32]`` = ``int8(data[obase+j]) * d``."""
+    _check_array(data, types.uint8, "q8_0_unpack_block")
+    _check_array(out, types.float32, "q8_0_unpack_block")
+    _check_f32(d, "q8_0_unpack_block")
+
+    def codegen(context, builder, sig, args):
+        dataty, _, _, outty, _ = sig.args
+        dary, obase, d, oary, base = args
+        bvec = ir.VectorType(_I8, 32)
+        fvec = ir.VectorType(_F32, 32)
+        qs = builder.load(_block_ptr(context, builder, dataty, dary, obase, bvec), align=1)
+        v = builder.fmul(builder.sitofp(qs, fvec), _splat(builder, d, fvec))
+        builder.store(v, _block_ptr(context, builder, outty, oary, base, fvec), align=1)
+        return context.get_dummy_value()
+
+    return types.none(data, obase, d, out, base), codegen
+
+
+absmax_bits_32 = make_absmax_bits(32)
+first_abs_equal_32 = make_first_abs(32, "==")
+first_abs_at_least_32 = make_first_abs(32, ">=")
+
+
+def make_copy_xor(n: int, xor: int):
+    """Intrinsic ``f(src_u8, s, dst_u8, o)``: ``dst[o:o+n] = src[s:s+n] ^ xor`` as one move."""
+
+    @intrinsic
+    def copy_xor(typingctx, src, s, dst, o):
+        _check_array(src, types.uint8, "copy_xor")
+        _check_array(dst, types.uint8, "copy_xor")
+
+        def codegen(context, builder, sig, args):
+            srcty, _, dstty, _ = sig.args
+            # One integer of n bytes: a plain scalar move (and xor) for n = 2, 4, 8.
+            word = ir.IntType(8 * n)
+            v = builder.load(_block_ptr(context, builder, srcty, args[0], args[1], word), align=1)
+            if xor:
+                v = builder.xor(v, ir.Constant(word, int.from_bytes(bytes([xor]) * n, "little")))
+            builder.store(v, _block_ptr(context, builder, dstty, args[2], args[3], word), align=1)
+            return context.get_dummy_value()
+
+        return types.none(src, s, dst, o), codegen
+
+    return copy_xor

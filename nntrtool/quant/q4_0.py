@@ -1,0 +1,88 @@
+"""Q4_0 kernels: 32 weights in an fp16 scale and 16 bytes of 4-bit codes.
+
+Byte-identical to ggml's ``quantize_row_q4_0_ref`` / ``dequantize_row_q4_0``. Two
+implementations with one interface (shared by every type module):
+
+- ``quantize_xp`` / ``dequantize_xp``: array code for numpy or cupy (the readable reference);
+- ``quantize_numba`` / ``dequantize_numba``: parallel JIT kernels, one block per inner loop.
+
+The reference walks a block keeping ``max``, the signed value of the first largest magnitude,
+starting from +0.0, so an all-zero block gets ``d = 0 / -8 = -0.0``. When ``1/d`` overflows (a
+block whose largest magnitude is below ~2^-125) every ``x * id + 8.5`` is inf or NaN; x86's
+float-to-int conversion gives 0x80000000 there, so ggml stores code 0, and so do we.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nntrtool.qtypes import Q4_0
+
+from .common import check_finite, f16_bits, f16_to_f32
+
+QK = Q4_0.block_size
+BLOCK_BYTES = Q4_0.block_bytes
+HALF = QK // 2
+D_BYTES = BLOCK_BYTES - HALF  # the fp16 scale in front of the codes
+
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_MINUS8 = np.float32(-8.0)
+_BIAS = np.float32(8.5)
+
+
+# --------------------------------------------------------------------------- array code (xp)
+
+
+def quantize_xp(x: Any, xp: Any = np) -> Any:
+    """Q4_0 bytes (rows, row_bytes) of a 2-D float32 array; raises on NaN/inf."""
+    check_finite(x, xp)
+    rows, cols = x.shape
+    nb = cols // QK
+    xb = x.reshape(rows, nb, QK)
+    ax = xp.abs(xb)
+    amax = ax.max(axis=2)
+    first = xp.argmax(ax == amax[..., None], axis=2)
+    mx = xp.take_along_axis(xb, first[..., None], axis=2)[..., 0]
+    mx = xp.where(amax == _F0, _F0, mx)  # the walk's initial +0.0 survives all-zero blocks
+    d = (mx / _MINUS8).astype(xp.float32)
+    nz = d != _F0
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        inv = xp.where(nz, _F1 / xp.where(nz, d, _F1), _F0).astype(xp.float32)
+        v = xb * inv[..., None] + _BIAS
+    v = xp.where(xp.isfinite(v), v, _F0)
+    q = xp.minimum(v.astype(xp.int32), 15).astype(xp.uint8)
+    out = xp.empty((rows, nb, BLOCK_BYTES), dtype=xp.uint8)
+    out[..., :D_BYTES] = f16_bits(d, xp)[..., None].view(xp.uint8)
+    out[..., D_BYTES:] = q[..., :HALF] | (q[..., HALF:] << 4)
+    return out.reshape(rows, nb * BLOCK_BYTES)
+
+
+def dequantize_xp(data: Any, xp: Any = np) -> Any:
+    """float32 (rows, cols) of Q4_0 bytes (rows, row_bytes)."""
+    rows = data.shape[0]
+    nb = data.shape[1] // BLOCK_BYTES
+    blocks = data.reshape(rows, nb, BLOCK_BYTES)
+    d = f16_to_f32(xp.ascontiguousarray(blocks[..., :D_BYTES]).view(xp.uint16), xp)
+    qs = blocks[..., D_BYTES:]
+    q = xp.concatenate([qs & 0x0F, qs >> 4], axis=2).astype(xp.int8) - xp.int8(8)
+    return (q.astype(xp.float32) * d).reshape(rows, nb * QK)
+
+
+# --------------------------------------------------------------------------- numba entry points
+
+
+def quantize_numba(x: np.ndarray, src_kind: int) -> np.ndarray:
+    """Q4_0 bytes of a C-contiguous 2-D float32 array (or uint16 fp16/bf16 bits per ``src_kind``)."""
+    from . import _q4_0_numba
+
+    return _q4_0_numba.quantize(x, src_kind)
+
+
+def dequantize_numba(data: np.ndarray) -> np.ndarray:
+    """float32 (rows, cols) of a C-contiguous Q4_0 array (rows, row_bytes)."""
+    from . import _q4_0_numba
+
+    return _q4_0_numba.dequantize(data)
