@@ -8,6 +8,7 @@ here only, when a checkpoint is actually opened.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +125,20 @@ class CheckpointFile:
     def _raise_load_error(self, torch: Any, exc: BaseException) -> None:
         import pickle
 
-        if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc).lower():
+        text = str(exc)
+        if isinstance(exc, pickle.UnpicklingError) and "WeightsUnpickler error" in text:
+            detail = text.split("WeightsUnpickler error:", 1)[1].strip()
+            detail = detail.splitlines()[0].strip() if detail else "unknown"
+            found = re.search(r"GLOBAL (\S+)", detail)
+            if found:
+                raise SourceError(
+                    f"{self.path}: refusing to load: the checkpoint holds a Python object ({found.group(1)}) "
+                    "and unpickling objects other than tensors could run code; re-save "
+                    "it as safetensors or as a plain state dict"
+                ) from None
             raise SourceError(
-                f"{self.path}: refusing to load: the checkpoint contains Python objects other "
-                "than tensors, and unpickling them could run code; re-save it as safetensors "
-                "or as a plain state dict"
+                f"{self.path}: cannot read as a PyTorch checkpoint ({detail}); the file is "
+                "corrupt or not a checkpoint"
             ) from None
         raise SourceError(
             f"{self.path}: cannot read as a PyTorch checkpoint ({_first_line(exc)})"
