@@ -196,7 +196,8 @@ def render_report(report: Any) -> None:
     """Print the summary of a finished conversion."""
     console = _console()
     plan = report.plan
-    console.print(_type_table(report, f"wrote {report.out_path}"))
+    console.print(f"wrote {report.out_path}", soft_wrap=True)
+    console.print(_type_table(report, "by type"))
     _render_notes(console, report)
     for name, reason in report.nonfinite:
         console.print(f"non-finite: {name} {reason}")
@@ -204,5 +205,5 @@ def render_report(report: Any) -> None:
         f"{human_bytes(report.file_size)} from {human_bytes(plan.source_bytes)} of source "
         f"({report.compression:.2f}x smaller); {human_count(plan.params)} params in "
         f"{report.seconds:.2f} s = {human_count(report.params_per_s)} params/s "
-        f"(backend {report.backend}, {report.threads} threads)"
+        f"(backend {report.backend}, {report.threads} thread{'s' if report.threads != 1 else ''})"
     )

@@ -169,7 +169,7 @@ def convert(
         assert out is not None
         backend, threads = _setup_backend(options)
         by_name = {t.name: t for t in src.tensors}
-        nonfinite: list[tuple[str, str]] = []
+        nonfinite: dict[str, str] = {}
         while True:
             check_disk_space(out, plan.predicted_size)
             write_start = time.perf_counter()
@@ -182,10 +182,11 @@ def convert(
                 # redone once with every non-finite quantized tensor stored as f32.
                 reasons = _scan_nonfinite(plan, by_name)
                 reasons.setdefault(bad.name, _nonfinite_reason(bad.row, bad.col, bad.value))
-                nonfinite += [(n, r) for n, r in reasons.items()]
+                nonfinite.update(reasons)
                 plan = plan.store_f32(reasons)
                 continue
-            nonfinite += found
+            for name, reason in found:
+                nonfinite.setdefault(name, reason)
             break
         end = time.perf_counter()
     return ConversionReport(
@@ -197,7 +198,7 @@ def convert(
         backend=backend,
         threads=threads,
         file_size=out.stat().st_size,
-        nonfinite=nonfinite,
+        nonfinite=list(nonfinite.items()),
     )
 
 

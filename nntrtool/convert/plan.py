@@ -236,10 +236,18 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
             )
     config = dict(source.config or {})
     tied = detect_tied(tensors, config)
-    skip = {tied.head} if tied.tied and tied.head_in_source else set()
+    skipped: list[tuple[str, str]] = []
+    if tied.tied and tied.head_in_source and tied.head is not None:
+        skipped.append((tied.head, f"tied to {tied.embedding}: {tied.reason}"))
+    # The file format has no empty tensors; a dimension of 0 holds no data to lose.
+    skipped += [
+        (t.name, f"empty tensor (shape {list(t.shape)}): nothing to store")
+        for t in tensors
+        if t.shape and math.prod(t.shape) == 0
+    ]
+    skip = {name for name, _ in skipped}
     used_overrides: set[int] = set()
     plans = [plan_tensor(t, options, used_overrides) for t in tensors if t.name not in skip]
-    skipped = [(name, f"tied to {tied.embedding}: {tied.reason}") for name in sorted(skip)]
     notes = [
         f"--type {o.text!r} matched no matrix"
         for i, o in enumerate(options.type_overrides)
