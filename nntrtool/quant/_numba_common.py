@@ -15,28 +15,48 @@ import tempfile
 import numpy as np
 
 
-def _ensure_cache_dir() -> None:
-    """Point numba's on-disk cache somewhere writable when the package directory is not."""
+def _writable_dir(path: str) -> bool:
+    """Whether files can be created in ``path`` (made if missing); numba's own test."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError:
+        return False
+    return True
+
+
+def choose_cache_dir(pkg_dir: str) -> str | None:
+    """Where numba should cache our kernels: ``None`` when its defaults work (a writable
+    ``__pycache__`` next to the sources, else its per-user cache), else a writable folder."""
     if os.environ.get("NUMBA_CACHE_DIR"):
-        return
-    pkg_dir = os.path.dirname(os.path.abspath(__file__))
-    if os.access(pkg_dir, os.W_OK):
-        return  # numba writes __pycache__ next to the sources
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    if not os.access(os.path.dirname(base) if not os.path.exists(base) else base, os.W_OK):
-        base = tempfile.gettempdir()
-    os.environ["NUMBA_CACHE_DIR"] = os.path.join(base, "nntrtool", "numba")
+        return None
+    if _writable_dir(os.path.join(pkg_dir, "__pycache__")):
+        return None
+    home_cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    for candidate in (
+        os.path.join(home_cache, "nntrtool", "numba"),
+        os.path.join(tempfile.gettempdir(), f"nntrtool-numba-{user}"),
+    ):
+        if _writable_dir(candidate):
+            return candidate
+    return None
 
 
-# numba reads NUMBA_CACHE_DIR when it is first imported, so this must run before that.
-if "numba" not in sys.modules:
-    _ensure_cache_dir()
+# A read-only install (system site-packages, a container image) leaves numba no __pycache__
+# to write; it then tries its per-user cache, and where that is not writable either it raises
+# on the first cached kernel. numba reads NUMBA_CACHE_DIR when it is imported.
+_chosen = choose_cache_dir(os.path.dirname(os.path.abspath(__file__)))
+if _chosen:
+    os.environ["NUMBA_CACHE_DIR"] = _chosen
+    if "numba.core.config" in sys.modules:
+        sys.modules["numba.core.config"].CACHE_DIR = _chosen
 
 from llvmlite import ir  # noqa: E402
-from numba import njit, types  # noqa: E402
+from numba import njit, prange, types  # noqa: E402
 from numba.extending import intrinsic, overload, register_jitable  # noqa: E402
 
-from nntrtool.quant.common import SRC_F16  # noqa: E402
+from nntrtool.quant.common import SRC_F16, non_finite_error, to_f32  # noqa: E402
 
 F32 = np.float32
 U32 = np.uint32
@@ -157,8 +177,51 @@ def _load_f32_overload(row, j, src_kind):
     return None
 
 
+def row_f32(row, src_kind):
+    """A source row as float32: the row itself, or a decoded per-row copy of fp16/bf16 bits."""
+    raise NotImplementedError  # replaced by the overload below inside jitted code
+
+
+@overload(row_f32, inline="always")
+def _row_f32_overload(row, src_kind):
+    dtype = row.dtype
+    if dtype == types.float32:
+
+        def impl(row, src_kind):
+            return row
+
+        return impl
+    if dtype == types.uint16:
+
+        def impl(row, src_kind):
+            out = np.empty(row.shape[0], dtype=np.float32)
+            if src_kind == SRC_F16:
+                for j in range(row.shape[0]):
+                    out[j] = f16_bits_to_f32(row[j])
+            else:
+                for j in range(row.shape[0]):
+                    out[j] = bf16_bits_to_f32(row[j])
+            return out
+
+        return impl
+    return None
+
+
+def raise_first_bad(x: np.ndarray, src_kind: int, bad: np.ndarray, row_offset: int = 0) -> None:
+    """Raise the NonFiniteError for the first row whose kernel flagged a column (``bad >= 0``)."""
+    rows = np.flatnonzero(bad >= 0)
+    if rows.size:
+        r = int(rows[0])
+        c = int(bad[r])
+        value = to_f32(np.ascontiguousarray(x[r : r + 1, c : c + 1]), src_kind, np)
+        raise non_finite_error(r + row_offset, c, float(value[0, 0]))
+
+
 __all__ = [
     "njit",
+    "prange",
+    "row_f32",
+    "raise_first_bad",
     "f32_bits",
     "f32_from_bits",
     "f32_to_f16_bits",

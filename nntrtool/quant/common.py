@@ -48,7 +48,8 @@ def source_kind(dtype_name: str) -> int:
 
 def f16_bits(x_f32: Any, xp: Any = np) -> Any:
     """fp16 bits (uint16) of float32 values, round to nearest even, overflow to inf."""
-    return x_f32.astype(xp.float16).view(xp.uint16)
+    with np.errstate(over="ignore"):  # overflow to inf is the defined result (ggml's too)
+        return x_f32.astype(xp.float16).view(xp.uint16)
 
 
 def f16_to_f32(bits_u16: Any, xp: Any = np) -> Any:

@@ -68,7 +68,8 @@ def dequantize_xp(data: Any, xp: Any = np) -> Any:
     d = f16_to_f32(xp.ascontiguousarray(blocks[..., :D_BYTES]).view(xp.uint16), xp)
     qs = blocks[..., D_BYTES:]
     q = xp.concatenate([qs & 0x0F, qs >> 4], axis=2).astype(xp.int8) - xp.int8(8)
-    return (q.astype(xp.float32) * d).reshape(rows, nb * QK)
+    with np.errstate(invalid="ignore"):  # an inf scale times code 0 is NaN, as in ggml
+        return (q.astype(xp.float32) * d).reshape(rows, nb * QK)
 
 
 # --------------------------------------------------------------------------- numba entry points

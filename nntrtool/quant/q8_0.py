@@ -66,7 +66,8 @@ def dequantize_xp(data: Any, xp: Any = np) -> Any:
     blocks = data.reshape(rows, nb, BLOCK_BYTES)
     d = f16_to_f32(xp.ascontiguousarray(blocks[..., :D_BYTES]).view(xp.uint16), xp)
     q = xp.ascontiguousarray(blocks[..., D_BYTES:]).view(xp.int8)
-    return (q.astype(xp.float32) * d).reshape(rows, nb * QK)
+    with np.errstate(invalid="ignore"):  # an inf scale times code 0 is NaN, as in ggml
+        return (q.astype(xp.float32) * d).reshape(rows, nb * QK)
 
 
 # --------------------------------------------------------------------------- numba entry points
