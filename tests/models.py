@@ -392,7 +392,8 @@ def make_synthetic_model(
 
 
 def _value_pool(st_dtype: str, seed: int, size: int = 1 << 22) -> np.ndarray:
-    values = np.random.default_rng(seed).standard_normal(size, dtype=np.float32) * np.float32(0.02)
+    values = np.random.default_rng(seed).standard_normal(size, dtype=np.float32)
+    values *= np.float32(0.02)
     if st_dtype == "BF16":
         return f32_to_bf16_bits(values)
     return values.astype(_NP_DTYPES[st_dtype])
