@@ -629,3 +629,60 @@ def test_type_overrides_for_the_convert_shortcut():
     for qt in ("q6_k", "q8_0"):
         with pytest.raises(UsageError, match="use --quant-type q4_0"):
             nntrainer_type_overrides(qt, {"hidden_size": 1024})
+
+
+# --------------------------------------------------------------------------------------------
+# end to end through the real convert
+
+
+def _reference_from_nntr(path: Path) -> dict[str, np.ndarray]:
+    """What the NNTR file holds, dequantized by the project's own kernels."""
+    from nntrtool.format import NntrFile
+    from nntrtool.quant import dequantize, unpack
+
+    out = {}
+    with NntrFile(path) as nf:
+        for t in nf.tensors:
+            if t.ttype is F32:
+                out[t.name] = np.array(nf.array(t.name))
+                continue
+            data = nf.array(t.name)
+            if t.ttype is Q4_0_REPACKED:
+                data = unpack(data, t.layout)
+            base = Q4_0 if t.ttype is Q4_0_REPACKED else t.ttype
+            out[t.name] = dequantize(data, base, t.shape).reshape(t.shape)
+    return out
+
+
+def test_convert_then_export_follows_the_refusal_hint(sources, tmp_path, capsys):
+    src = sources["qwen3_untied"]
+    plain = tmp_path / "default.nntr"
+    assert _run_cli(["convert", str(src), str(plain), "--quiet"]) == 0
+    assert _run_cli(["export", str(plain), str(tmp_path / "no"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "model.embed_tokens.weight is q4_0" in err and not (tmp_path / "no").exists()
+
+    # the options the message names give an exportable file
+    hinted = tmp_path / "hinted.nntr"
+    args = [
+        "convert",
+        str(src),
+        str(hinted),
+        "--quant-type",
+        "q4_0",
+        "--type",
+        "embed_tokens=q6_k",
+        "--repack-format",
+        "q4_0_8",
+        "--quiet",
+    ]
+    assert "--quant-type q4_0 --type 'embed_tokens=q6_k'" in err
+    assert _run_cli(args) == 0
+    out = tmp_path / "out"
+    assert _run_cli(["export", str(hinted), str(out), "--isa", "arm", "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+    check_export(out, "arm", src, _reference_from_nntr(hinted), exact=False)
+    nntr_cfg = json.loads((out / "nntr_config.json").read_text())
+    assert (nntr_cfg["embedding_dtype"], nntr_cfg["lmhead_dtype"]) == ("Q6_K", "Q4_0")
+    # the tokenizer came from the source recorded by convert
+    assert (out / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
