@@ -82,6 +82,8 @@ def resolve_backend(name: str | None = "auto") -> str:
         raise UsageError(
             f"unknown backend {name!r}: use one of {', '.join(BACKEND_CHOICES)}"
         )
+    if choice == "numpy":
+        return choice
     cpu = "numba" if _numba_usable() else "numpy"
     if choice in ("auto", "cupy"):
         cupy, why = _cupy_status()
