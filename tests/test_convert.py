@@ -8,7 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from models import ODD, Q6K, f32_to_bf16_bits, reference_tensors, write_safetensors
+from models import (
+    ODD,
+    Q6K,
+    f32_to_bf16_bits,
+    make_synthetic_model,
+    reference_tensors,
+    write_safetensors,
+)
 from test_plan import SHAPES, write_model
 
 from nntrtool.convert import ConvertOptions, convert
@@ -344,3 +351,94 @@ def test_empty_and_scalar_tensors(tmp_path):
     assert report.plan.skipped == [("e.weight", "empty tensor (shape [0, 64]): nothing to store")]
     assert nf.tensor("w.weight").ttype is Q4_0
     assert report.params == 1 + 0 + 8 * 64 and math.isfinite(report.params_per_s)
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, offline, with the working folder moved out of the way."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    return cache
+
+
+def _cache_snapshot(cache: Path, repo_id: str, folder: Path, commit: str) -> None:
+    """Lay ``folder``'s files out as huggingface_hub caches them: blobs, snapshot links, a ref."""
+    import hashlib
+    import os
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in folder.iterdir():
+        data = f.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_hub_id_from_the_local_cache(hf_model, tmp_path, offline_hub):
+    from nntrtool.errors import SourceError
+
+    folder = hf_model("qwen3", dtype="bf16")
+    commit = "c" * 40
+    _cache_snapshot(offline_hub, "acme/tiny-qwen3", folder, commit)
+    out = tmp_path / "hub.nntr"
+    report = convert("acme/tiny-qwen3", out, ConvertOptions(quant_type="q8_0"))
+    check_file_matches_source(folder, out, report)
+    source = NntrFile(out).config["nntrtool"]["source"]
+    assert source["kind"] == "hub" and source["repo_id"] == "acme/tiny-qwen3"
+    assert source["revision"] == commit
+    with pytest.raises(SourceError) as err:
+        convert("acme/not-cached", tmp_path / "x.nntr", ConvertOptions())
+    assert "acme/not-cached" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "x.nntr").exists()
+
+
+MEMORY_CHILD = """
+import json, sys
+import numpy as np
+from nntrtool.convert import ConvertOptions, convert
+from nntrtool.quant import quantize
+
+def hwm():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+quantize(np.zeros((8, 256), np.uint16), sys.argv[3], source_dtype="BF16")  # load the kernels
+base = hwm()
+report = convert(sys.argv[1], sys.argv[2], ConvertOptions(quant_type=sys.argv[3]))
+print(json.dumps({"base": base, "peak": hwm(), "source": report.source_bytes}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("qtype", ["q4_0", "q6_k"])
+def test_memory_does_not_grow_with_the_model(tmp_path, qtype):
+    """Peak memory over the process's start-up stays far below the model's size: source pages
+    are dropped after each chunk and nothing holds a whole tensor."""
+    import subprocess
+    import sys
+
+    src = make_synthetic_model(
+        tmp_path / "m", dtype="bf16", hidden=1024, intermediate=4096, vocab=8192, layers=8
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD, str(src), str(tmp_path / "o.nntr"), qtype],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    grown = figures["peak"] - figures["base"]
+    assert figures["source"] > 250 << 20
+    assert grown < min(figures["source"] // 3, 160 << 20), figures
