@@ -1,10 +1,175 @@
-"""`nntrtool verify`: not built yet."""
+"""`nntrtool verify FILE SRC`: how faithful a converted file is to its source, tensor by tensor.
+
+A thin layer over :mod:`nntrtool.verify`: parses options, runs the comparison with a progress bar
+and renders a table (worst tensors first), a per-type summary and the verdict, or ``--json``.
+Exit status: 0 when every tensor passes, 1 when any fails.
+"""
 
 from __future__ import annotations
 
-from nntrtool.errors import NntrError
+import json
+import math
+import sys
+from pathlib import Path
+
+import typer
+
+from nntrtool.cli.display import Progress, human_count
+from nntrtool.errors import UsageError
+from nntrtool.qtypes import LAYOUTS
 
 
-def verify_command() -> None:
-    """Not built yet."""
-    raise NntrError("'verify' is not available in this version")
+def verify_command(
+    file: Path = typer.Argument(..., help="The NNTR file to check."),
+    source: str = typer.Argument(
+        ..., help="What it was converted from: a model folder, .safetensors file, checkpoint or hub id."
+    ),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print one JSON object (schema in docs/VERIFY.md) instead of tables."
+    ),
+    max_rel_err: list[str] = typer.Option(
+        None,
+        "--max-rel-err",
+        metavar="X|TYPE=X",
+        help="Largest relative error ||x-x'||/||x|| allowed: X for every quantized type, or "
+        "TYPE=X for one (repeatable). Defaults: q4_0=0.18 q6_k=0.04 q8_0=0.012; f32 must be exact.",
+    ),
+    logits: bool = typer.Option(
+        False, "--logits", help="Also run the model on a fixed prompt with and without the file's "
+        "weights and report KL divergence and top-1 agreement (needs the torch extra)."
+    ),
+    tokens: str = typer.Option(
+        None, "--tokens", metavar="1,2,3", help="Token ids of the prompt for --logits."
+    ),
+    max_kl: float = typer.Option(
+        None, "--max-kl", help="With --logits: fail when the mean KL divergence exceeds this."
+    ),
+    top: int = typer.Option(
+        None, "--top", min=1, help="Show only the N worst tensors in the table (all by default)."
+    ),
+    revision: str = typer.Option(None, "--revision", help="Revision of a hub id source."),
+    config: Path = typer.Option(None, "--config", help="config.json for a single .safetensors source."),
+    backend: str = typer.Option("auto", "--backend", help="Dequantization backend: auto|numpy|numba|cupy."),
+    threads: int = typer.Option(None, "--threads", min=1, help="Threads to use (default: all cores)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Compare FILE with the model it was converted from: per-tensor error, checksums, verdict."""
+    from nntrtool import verify as v
+
+    limits = v.parse_thresholds(max_rel_err)
+    token_ids = v.parse_tokens(tokens) if tokens is not None else None
+    if (token_ids is not None or max_kl is not None) and not logits:
+        raise UsageError("--tokens and --max-kl only apply with --logits")
+    if max_kl is not None and not max_kl >= 0:
+        raise UsageError(f"--max-kl {max_kl}: give a number >= 0")
+    if logits:
+        v._import_torch()  # fail before the long comparison if the extra is missing
+
+    def progress(total: int, description: str) -> Progress:
+        return Progress(total, description, quiet=quiet)
+
+    report = v.verify(
+        file, source, max_rel_err=limits, revision=revision, config=config,
+        backend=backend, threads=threads, progress=progress,
+    )
+    if logits:
+        report.logits = v.compare_logits(
+            file, source, tokens=token_ids, revision=revision, config=config,
+            backend=backend, progress=progress,
+        )
+        report.max_kl = max_kl
+
+    if json_out:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+    else:
+        render(report, top=top)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    if value is None:
+        return "-"
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return format(value, spec)
+
+
+def render(report, top: int | None = None) -> None:
+    """Print the tensor table (worst first), the per-type summary and the verdict."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from nntrtool import verify as v
+
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    rows = v.worst_first(report.tensors)
+    shown = rows if top is None else rows[:top]
+    table = Table(title=f"{report.file} vs {report.source}", title_justify="left")
+    for name, justify in (
+        ("tensor", "left"), ("type", "left"), ("shape", "left"), ("rel err", "right"),
+        ("rmse", "right"), ("max abs", "right"), ("cosine", "right"), ("SNR dB", "right"),
+        ("crc", "center"), ("status", "left"),
+    ):
+        table.add_column(name, justify=justify, no_wrap=name in ("tensor", "shape"))
+    for r in shown:
+        status = r.status if r.ok else f"[bold red]{r.status}[/]"
+        if r.message and not r.ok:
+            status += f" [dim]{r.message}[/]"
+        elif r.message:
+            status += f" [dim]({r.message})[/]"
+        crc = "-" if r.checksum_ok is None else ("ok" if r.checksum_ok else "[bold red]BAD[/]")
+        table.add_row(
+            r.name, r.type or "-", "x".join(map(str, r.shape)) if r.shape else "-",
+            _fmt(r.rel_err, ".4g"), _fmt(r.rmse, ".3g"), _fmt(r.max_abs_err, ".3g"),
+            _fmt(r.cosine, ".6f"), _fmt(r.snr_db, ".2f"), crc, status,
+        )
+    if len(shown) < len(rows):
+        table.caption = f"{len(rows) - len(shown)} more tensors not shown (--top {top})"
+    console.print(table)
+
+    summary = Table(title="summary by type", title_justify="left")
+    for name in ("type", "tensors", "params", "limit", "rel err mean/worst", "rmse mean/worst",
+                 "max abs worst", "cosine mean/worst", "SNR dB mean/worst", "failed"):
+        summary.add_column(name, justify="left" if name == "type" else "right")
+    for s in report.summary:
+        limit = report.thresholds.get("q4_0" if s.type in LAYOUTS else s.type)
+        summary.add_row(
+            s.type, str(s.tensors), human_count(s.params),
+            "exact" if limit == 0 else _fmt(limit, "g"),
+            f"{_fmt(s.mean['rel_err'], '.4g')} / {_fmt(s.worst['rel_err'], '.4g')}",
+            f"{_fmt(s.mean['rmse'], '.3g')} / {_fmt(s.worst['rmse'], '.3g')}",
+            _fmt(s.worst["max_abs_err"], ".3g"),
+            f"{_fmt(s.mean['cosine'], '.6f')} / {_fmt(s.worst['cosine'], '.6f')}",
+            f"{_fmt(s.mean['snr_db'], '.2f')} / {_fmt(s.worst['snr_db'], '.2f')}",
+            str(s.failed) if not s.failed else f"[bold red]{s.failed}[/]",
+        )
+    console.print(summary)
+
+    if report.logits is not None:
+        lg = report.logits
+        console.print(
+            f"logits over {len(lg.tokens)} positions: KL mean {lg.kl_mean:.3g}, max {lg.kl_max:.3g}; "
+            f"top-1 agreement {lg.top1_agreement:.1%}; max logit diff {lg.max_logit_diff:.3g} "
+            f"({lg.replaced} weights replaced)"
+        )
+        if lg.not_replaced:
+            console.print(f"[yellow]not replaced (not in the file):[/] {', '.join(lg.not_replaced)}")
+        if lg.unused:
+            console.print(f"[yellow]in the file but not used by the model:[/] {', '.join(lg.unused)}")
+        if not report.logits_ok:
+            console.print(
+                f"[bold red]mean KL divergence {lg.kl_mean:.3g} exceeds --max-kl {report.max_kl:g}[/]"
+            )
+
+    failures = report.failures
+    if report.passed:
+        console.print(
+            f"[bold green]PASS[/]: {len(report.tensors)} tensors within limits "
+            f"({report.seconds:.2f} s)"
+        )
+    else:
+        what = f"{len(failures)} of {len(report.tensors)} tensors failed" if failures else "logits check failed"
+        console.print(f"[bold red]FAIL[/]: {what} ({report.seconds:.2f} s)")
