@@ -216,3 +216,34 @@ def test_read_only_install_caches_in_a_writable_fallback(tmp_path):
     assert any(Path(first[2]).rglob("*.nbi"))
     second = _run(probe, env=env, cwd=str(tmp_path)).split()
     assert second[:2] == ["0", "1"]
+
+
+def test_concurrent_calls_from_threads_agree():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(4)
+    xs = [rng.standard_normal((64, 512)).astype(np.float32) for _ in range(8)]
+    expected = [ggml_quantize(x, "q4_0") for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: quantize(x, "q4_0", backend="numba"), xs))
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+@pytest.mark.slow
+def test_workqueue_threading_layer_survives_concurrent_launches():
+    # numba's fallback threading layer aborts the process on concurrent parallel launches;
+    # the kernels serialize themselves there.
+    out = _run(
+        """
+        import numpy as np
+        from concurrent.futures import ThreadPoolExecutor
+        import numba
+        from nntrtool.quant import quantize, repack
+        x = np.ones((512, 1024), np.float32)
+        with ThreadPoolExecutor(4) as pool:
+            res = list(pool.map(lambda i: repack(quantize(x * i, "q4_0"), "q4_0_4"), range(16)))
+        print(numba.threading_layer(), len(res))
+        """,
+        env={"NUMBA_THREADING_LAYER": "workqueue"},
+    )
+    assert out.split() == ["workqueue", "16"]

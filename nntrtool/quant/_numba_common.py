@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -52,6 +55,7 @@ if _chosen:
     if "numba.core.config" in sys.modules:
         sys.modules["numba.core.config"].CACHE_DIR = _chosen
 
+import numba  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba import njit, prange, types  # noqa: E402
 from numba.extending import intrinsic, overload, register_jitable  # noqa: E402
@@ -205,6 +209,27 @@ def _row_f32_overload(row, src_kind):
 
         return impl
     return None
+
+
+_launch_lock = threading.Lock()
+_threading_layer: str | None = None
+
+
+@contextmanager
+def launch_guard() -> Iterator[None]:
+    """Serialize parallel kernel launches when numba runs on its "workqueue" threading layer
+    (no OpenMP or TBB), which aborts the process if two threads launch at once."""
+    global _threading_layer
+    if _threading_layer not in (None, "workqueue"):
+        yield
+        return
+    with _launch_lock:
+        yield
+        if _threading_layer is None:
+            try:
+                _threading_layer = numba.threading_layer()
+            except ValueError:  # no parallel kernel has run yet
+                pass
 
 
 def raise_first_bad(x: np.ndarray, src_kind: int, bad: np.ndarray, row_offset: int = 0) -> None:

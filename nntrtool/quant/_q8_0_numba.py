@@ -59,7 +59,8 @@ def quantize(x: np.ndarray, src_kind: int) -> np.ndarray:
     rows, cols = x.shape
     out = np.empty((rows, cols // QK * BLOCK_BYTES), dtype=np.uint8)
     bad = np.empty(rows, dtype=np.int64)
-    _quantize_rows(x, src_kind, out, bad)
+    with nc.launch_guard():
+        _quantize_rows(x, src_kind, out, bad)
     nc.raise_first_bad(x, src_kind, bad)
     return out
 
@@ -67,5 +68,6 @@ def quantize(x: np.ndarray, src_kind: int) -> np.ndarray:
 def dequantize(data: np.ndarray) -> np.ndarray:
     """float32 (rows, cols) of a C-contiguous Q8_0 array (rows, row_bytes)."""
     out = np.empty((data.shape[0], data.shape[1] // BLOCK_BYTES * QK), dtype=np.float32)
-    _dequantize_rows(data, out)
+    with nc.launch_guard():
+        _dequantize_rows(data, out)
     return out

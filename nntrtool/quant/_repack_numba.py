@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _simd as simd
-from ._numba_common import njit, prange
+from ._numba_common import launch_guard, njit, prange
 from .repack import BLOCK_BYTES, D_BYTES, QS_BYTES, XOR
 
 _copy_d = simd.make_copy_xor(D_BYTES, 0)
@@ -61,14 +61,16 @@ def _unpack_kernel(src, dst, rows, row_bytes, R, B):
 def repack(data: np.ndarray, rows_per_group: int, interleave: int) -> np.ndarray:
     """Interleaved copy of a C-contiguous plain Q4_0 (rows, row_bytes) array."""
     out = np.empty_like(data)
-    _repack_kernel(data.reshape(-1), out.reshape(-1), data.shape[0], data.shape[1],
-                   rows_per_group, interleave)
+    with launch_guard():
+        _repack_kernel(data.reshape(-1), out.reshape(-1), data.shape[0], data.shape[1],
+                       rows_per_group, interleave)
     return out
 
 
 def unpack(data: np.ndarray, rows_per_group: int, interleave: int) -> np.ndarray:
     """Plain Q4_0 copy of a C-contiguous interleaved (rows, row_bytes) array."""
     out = np.empty_like(data)
-    _unpack_kernel(data.reshape(-1), out.reshape(-1), data.shape[0], data.shape[1],
-                   rows_per_group, interleave)
+    with launch_guard():
+        _unpack_kernel(data.reshape(-1), out.reshape(-1), data.shape[0], data.shape[1],
+                       rows_per_group, interleave)
     return out
