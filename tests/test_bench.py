@@ -43,6 +43,8 @@ def run_json(tmp_path_factory):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
+    # progress goes to stderr, one line per measured case, backend included
+    assert "quantize q4_0 64x512 [numpy]" in proc.stderr
     doc = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == doc
     return doc
@@ -157,6 +159,17 @@ def test_table_fits_a_terminal(run_json, capsys, monkeypatch):
     if HAVE_GGML:
         assert "vs ggml" in text and "x=" in text
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_quiet_json_run_in_process(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--quick", "--quiet", "--json", "--size", "8x256", "--e2e-params", "0",
+              "--type", "q8_0", "--backend", "numpy", "--no-reference"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert exc.value.code == 0 and captured.err == ""
+    doc = json.loads(captured.out)
+    assert [c["name"] for c in doc["cases"]] == ["quantize q8_0 8x256", "dequantize q8_0 8x256"]
+    assert {s["what"] for s in doc["skipped"]} == {"references", "end-to-end conversion"}
 
 
 # ------------------------------------------------------------------ method and inputs

@@ -136,7 +136,7 @@ def render(doc: dict[str, Any]) -> None:
     if firsts:
         backends = list(dict.fromkeys(c["backend"] for c in firsts))
         table = _table(
-            "First call in this process, on a tiny input: JIT compile or loading cached code",
+            "First call in the process (tiny input): JIT compile or cache load",
             [("kernel", "left")] + [(b, "right") for b in backends],
         )
         by_kernel: dict[str, dict[str, float]] = {}
@@ -260,7 +260,7 @@ def bench_command(
         console = stderr_console()
 
         def log(message: str) -> None:
-            console.print(f"[dim]bench: {message}[/]")
+            console.print(f"bench: {message}", style="dim", markup=False)
 
     report = run_bench(options, log=log)
     doc = report.to_dict()
