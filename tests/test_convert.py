@@ -442,3 +442,28 @@ def test_memory_does_not_grow_with_the_model(tmp_path, qtype):
     grown = figures["peak"] - figures["base"]
     assert figures["source"] > 250 << 20
     assert grown < min(figures["source"] // 3, 160 << 20), figures
+
+
+def test_workqueue_threading_layer_does_not_abort(tmp_path):
+    """numba's fallback threading layer cannot take overlapping parallel calls: one worker."""
+    import os
+    import subprocess
+    import sys
+
+    src = write_model(tmp_path / "m", [(f"w{i}.weight", (64, 256)) for i in range(12)])
+    code = (
+        "import sys\n"
+        "from nntrtool.convert import ConvertOptions, convert\n"
+        "from nntrtool.convert.pipeline import _pool_shape\n"
+        "print(_pool_shape('numba', 2))\n"
+        "convert(sys.argv[1], sys.argv[2], ConvertOptions(quant_type='q6_k', chunk_bytes=4096))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(src), str(tmp_path / "o.nntr")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NUMBA_THREADING_LAYER": "workqueue"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "(1, 2)"
+    assert NntrFile(tmp_path / "o.nntr").tensor("w11.weight").ttype is Q6_K

@@ -11,7 +11,7 @@ from nntrtool.errors import UsageError
 from nntrtool.qtypes import LAYOUTS, TARGET_TYPE_NAMES
 
 #: Source bytes per row chunk: large enough to amortize calls, small enough to bound memory.
-DEFAULT_CHUNK_BYTES = 32 << 20
+DEFAULT_CHUNK_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """The conversion pipeline: source -> plan -> quantize in row chunks -> streaming NNTR writer.
 
 Each tensor is cut into row chunks of a fixed budget of source bytes, so memory is bounded by
-that budget and not by the model. Three things overlap: a prefetch thread maps the next
-chunk's file pages, one worker thread quantizes (the numba kernels release the GIL and use all
-cores themselves), and the calling thread writes finished chunks in order and then drops their
-source pages from the process. Errors and Ctrl-C leave no output behind (the writer is atomic).
+that budget and not by the model. Three things overlap: a prefetch thread maps the coming
+chunks' file pages, worker threads quantize one chunk each (the numba kernels release the GIL),
+and the calling thread writes finished chunks in order and then drops their source pages from
+the process. Errors and Ctrl-C leave no output behind (the writer is atomic).
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from nntrtool.convert.options import ConvertOptions
 from nntrtool.convert.plan import ConversionPlan, TensorPlan, make_plan
 from nntrtool.errors import DiskFullError, NonFiniteError, OutputExistsError, UsageError
 
-#: Chunks in flight besides the one being written: enough to overlap, few enough to bound memory.
+#: Chunks queued beyond one per worker: enough to overlap, few enough to bound memory.
 _QUEUE_DEPTH = 2
+#: Most worker threads; on machines with more cores each worker's kernels use several threads.
+_MAX_WORKERS = 4
 
 
 class ProgressLike(Protocol):
@@ -56,6 +58,8 @@ class ConversionReport:
     threads: int = 0
     file_size: int = 0
     nonfinite: list[tuple[str, str]] = field(default_factory=list)
+    #: Seconds spent per stage, summed over chunks (quantize and prefetch_wait on the worker).
+    stages: dict[str, float] = field(default_factory=dict)
 
     @property
     def params(self) -> int:
@@ -174,7 +178,8 @@ def convert(
             check_disk_space(out, plan.predicted_size)
             write_start = time.perf_counter()
             try:
-                found = _write(plan, by_name, out, options, backend, threads, progress)
+                stages: dict[str, float] = {}
+                found = _write(plan, by_name, out, options, backend, threads, progress, stages)
             except _NonFiniteChunk as bad:
                 if not options.allow_nonfinite:
                     raise bad.user_error() from None
@@ -199,6 +204,7 @@ def convert(
         threads=threads,
         file_size=out.stat().st_size,
         nonfinite=list(nonfinite.items()),
+        stages=stages,
     )
 
 
@@ -271,12 +277,22 @@ class _Work:
         self.check_f32 = check_f32
         self.prefetched = prefetched
         self.f32_nonfinite: tuple[int, int, float] | None = None
+        self.seconds: dict[str, float] = {}
 
     def __call__(self) -> np.ndarray:
-        from nntrtool.quant import quantize, repack
-
+        t0 = time.perf_counter()
         if self.prefetched is not None:
             self.prefetched.result()
+        t1 = time.perf_counter()
+        self.seconds["prefetch_wait"] = t1 - t0
+        try:
+            return self._run()
+        finally:
+            self.seconds["quantize"] = time.perf_counter() - t1
+
+    def _run(self) -> np.ndarray:
+        from nntrtool.quant import quantize, repack
+
         tp = self.tp
         if not tp.quantized:
             data = _to_f32(self.x, tp.source_dtype)
@@ -292,6 +308,36 @@ class _Work:
         if tp.layout is not None:
             q = repack(q, tp.layout.name)
         return q
+
+
+def _pool_shape(backend: str, threads: int) -> tuple[int, int]:
+    """(worker threads, kernel threads per worker) for ``threads`` threads in all.
+
+    Several single-threaded kernel calls on separate chunks beat one call spread over every
+    core: a parallel call waits for its slowest thread, and the writing thread (or any other
+    process) keeps taking a core away from one of them. Workers are capped so that the chunks
+    in flight, and so memory, stay bounded on many-core machines.
+    """
+    if backend == "cupy":
+        return 1, 1
+    if backend == "numba" and not _numba_calls_may_overlap():
+        return 1, threads
+    workers = min(threads, _MAX_WORKERS)
+    return workers, max(1, threads // workers)
+
+
+def _numba_calls_may_overlap() -> bool:
+    """Whether numba's threading layer takes parallel calls from several threads at once
+    (omp and tbb do; the fallback workqueue layer aborts the process instead)."""
+    import numba
+
+    from nntrtool.quant import quantize
+
+    quantize(np.zeros((1, 32), np.float32), "q4_0", backend="numba")  # picks the layer
+    try:
+        return numba.threading_layer() != "workqueue"
+    except ValueError:
+        return False
 
 
 def _worker_init(backend: str, threads: int) -> Callable[[], None]:
@@ -313,16 +359,17 @@ def _write(
     backend: str,
     threads: int,
     progress: ProgressFactory | None,
+    stages: dict[str, float],
 ) -> list[tuple[str, str]]:
     """Write the file; returns f32 tensors found holding NaN/inf (only with allow_nonfinite)."""
     from nntrtool.format import NntrWriter
 
-    workers = 1 if backend in ("numba", "cupy") else max(1, threads)
+    workers, per_worker = _pool_shape(backend, threads)
     depth = workers + _QUEUE_DEPTH - 1
     stored_nonfinite: list[tuple[str, str]] = []
     prog_cm = progress(plan.params, "converting") if progress else contextlib.nullcontext(None)
     pool = ThreadPoolExecutor(
-        workers, thread_name_prefix="nntr-quant", initializer=_worker_init(backend, threads)
+        workers, thread_name_prefix="nntr-quant", initializer=_worker_init(backend, per_worker)
     )
     fetcher = ThreadPoolExecutor(1, thread_name_prefix="nntr-prefetch")
     pending: deque[tuple[_Work, Future[np.ndarray]]] = deque()
@@ -334,7 +381,9 @@ def _write(
 
             def drain() -> None:
                 work, fut = pending.popleft()
+                t0 = time.perf_counter()
                 data = fut.result()
+                t1 = time.perf_counter()
                 if work.f32_nonfinite is not None:
                     row, col, value = work.f32_nonfinite
                     if not options.allow_nonfinite:
@@ -349,7 +398,16 @@ def _write(
                             )
                         )
                 writer.write(work.tp.name, data)
+                t2 = time.perf_counter()
                 release_pages(work.x)
+                t3 = time.perf_counter()
+                for key, value in (
+                    ("wait", t1 - t0),
+                    ("write", t2 - t1),
+                    ("release", t3 - t2),
+                    *work.seconds.items(),
+                ):
+                    stages[key] = stages.get(key, 0.0) + value
                 if prog is not None:
                     prog.advance(work.x.size if work.tp.numel else 0, current=work.tp.name)
 
@@ -364,6 +422,8 @@ def _write(
                         drain()
             while pending:
                 drain()
+            closing = time.perf_counter()
+        stages["close"] = time.perf_counter() - closing
     finally:
         for _, fut in pending:
             fut.cancel()
