@@ -247,3 +247,25 @@ def test_workqueue_threading_layer_survives_concurrent_launches():
         env={"NUMBA_THREADING_LAYER": "workqueue"},
     )
     assert out.split() == ["workqueue", "16"]
+
+
+@pytest.mark.slow
+def test_editing_a_helper_module_invalidates_cached_kernels(tmp_path):
+    # numba alone keys a cached kernel on its own file; the kernels inline helpers from other
+    # modules of the package, so an edit to any of them must recompile.
+    pkg = tmp_path / "site"
+    shutil.copytree(REPO / "nntrtool", pkg / "nntrtool", ignore=shutil.ignore_patterns("__pycache__"))
+    probe = """
+        import numpy as np
+        from nntrtool.quant import quantize, _q8_0_numba
+        quantize(np.ones((2, 32), np.float32), "q8_0", backend="numba")
+        stats = _q8_0_numba._quantize_rows.stats
+        print(sum(stats.cache_misses.values()), sum(stats.cache_hits.values()))
+    """
+    env = {"PYTHONPATH": str(pkg), "NUMBA_CACHE_DIR": ""}
+    cwd = str(tmp_path)  # not the checkout, whose nntrtool would shadow the copy
+    assert _run(probe, env=env, cwd=cwd).split() == ["1", "0"]
+    assert _run(probe, env=env, cwd=cwd).split() == ["0", "1"]
+    helper = pkg / "nntrtool" / "quant" / "_simd.py"
+    helper.write_text(helper.read_text() + "\n# edited\n")
+    assert _run(probe, env=env, cwd=cwd).split() == ["1", "0"]

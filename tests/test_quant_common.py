@@ -22,7 +22,7 @@ from nntrtool.quant.common import (
 )
 
 
-@njit(cache=True)
+@njit
 def _nb_f16_bits(x):
     out = np.empty(x.size, np.uint16)
     for i in range(x.size):
@@ -30,7 +30,7 @@ def _nb_f16_bits(x):
     return out
 
 
-@njit(cache=True)
+@njit
 def _nb_f16_to_f32(h):
     out = np.empty(h.size, np.float32)
     for i in range(h.size):
@@ -38,7 +38,7 @@ def _nb_f16_to_f32(h):
     return out
 
 
-@njit(cache=True)
+@njit
 def _nb_nearest_int(v):
     out = np.empty(v.size, np.int32)
     for i in range(v.size):
@@ -46,7 +46,7 @@ def _nb_nearest_int(v):
     return out
 
 
-@njit(cache=True)
+@njit
 def _nb_load_row(row, kind):
     out = np.empty(row.size, np.float32)
     for j in range(row.size):

@@ -264,3 +264,28 @@ def test_shapes_of_many_sizes(qtype):
         assert np.array_equal(quantize(x, qtype, backend="numpy"), expected)
         deq = dequantize(expected, qtype, x.shape)
         assert np.array_equal(deq, ggml_dequantize(expected, qtype, x.shape[1]))
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_every_finite_fp16_value_decodes_exactly_in_the_kernels(qtype):
+    # The numba kernels decode fp16 blocks in registers: all 63488 finite values (shuffled so
+    # blocks mix zeros, subnormals and normals) must quantize as their float32 values do.
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    finite = bits[np.isfinite(bits.view(np.float16))]
+    finite = np.random.default_rng(15).permutation(finite).reshape(-1, 64)
+    expected = ggml_quantize(finite.view(np.float16).astype(np.float32), qtype)
+    assert np.array_equal(get_kernels(qtype).quantize_numba(finite, SRC_F16), expected)
+    assert np.array_equal(quantize(finite.view(np.float16), qtype, backend="numpy"), expected)
+    # Sorted too: whole blocks of subnormals, of tiny normals, of huge values.
+    ordered = np.sort(finite.reshape(-1)).reshape(-1, 64)
+    expected = ggml_quantize(ordered.view(np.float16).astype(np.float32), qtype)
+    assert np.array_equal(get_kernels(qtype).quantize_numba(ordered, SRC_F16), expected)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_every_bf16_exponent_decodes_exactly_in_the_kernels(qtype):
+    rng = np.random.default_rng(16)
+    bits = rng.integers(0, 1 << 16, 64 * 1024, dtype=np.uint32).astype(np.uint16)
+    bits = bits[(bits & 0x7F80) != 0x7F80][: 64 * 900].reshape(-1, 64)  # finite only
+    expected = ggml_quantize((bits.astype(np.uint32) << 16).view(np.float32), qtype)
+    assert np.array_equal(get_kernels(qtype).quantize_numba(bits, SRC_BF16), expected)

@@ -21,19 +21,19 @@ def _quantize_rows(x, src_kind, out, bad):
     rows = x.shape[0]
     nb = x.shape[1] // QK
     for r in nc.prange(rows):
-        row = nc.row_f32(x[r], src_kind)
+        row = x[r]
         orow = out[r]
         bad[r] = -1
         for b in range(nb):
             base = b * QK
             o = b * BLOCK_BYTES
-            mbits = simd.absmax_bits_32(row, base)
+            mbits = simd.absmax_bits_32(row, base, src_kind)
             if mbits >= np.uint32(0x7F800000):
-                bad[r] = base + simd.first_abs_at_least_32(row, base, np.uint32(0x7F800000))
+                bad[r] = base + simd.first_abs_at_least_32(row, base, src_kind, np.uint32(0x7F800000))
                 break
             mx = _F0  # the walk starts from +0.0 and only moves on a strictly larger |x|
             if mbits != np.uint32(0):
-                mx = row[base + simd.first_abs_equal_32(row, base, mbits)]
+                mx = nc.load_f32(row, base + simd.first_abs_equal_32(row, base, src_kind, mbits), src_kind)
             d = mx / _MINUS8
             inv = _F1 / d if d != _F0 else _F0
             h = nc.f32_to_f16_bits(d)
@@ -42,7 +42,7 @@ def _quantize_rows(x, src_kind, out, bad):
             if np.isinf(inv):
                 orow[o + D_BYTES : o + BLOCK_BYTES] = 0
             else:
-                simd.q4_0_pack_block(row, base, inv, orow, o + D_BYTES)
+                simd.q4_0_pack_block(row, base, src_kind, inv, orow, o + D_BYTES)
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -9,6 +9,9 @@ CPU has (SSE, AVX2, AVX-512, NEON).
 
 Every intrinsic takes a C-contiguous 1-D array and an element offset; callers guarantee the
 block lies inside the array (there is no bounds check, as in the rest of numba's indexing).
+Source rows are float32, or uint16 holding fp16 or bf16 bits (``kind``, a ``SRC_*`` code): a
+block of those is decoded to float32 in registers, exactly, so a half-precision tensor is read
+once, at half the bytes, with no float32 copy anywhere.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from .common import SRC_F16
 
 _I1 = ir.IntType(1)
 _I8 = ir.IntType(8)
@@ -47,10 +52,18 @@ def _call(builder, name, ret, args):
 
 def _check_array(ary, dtype, name):
     # Vector loads assume consecutive elements: only C-contiguous 1-D arrays are accepted.
+    dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
     if not (
-        isinstance(ary, types.Array) and ary.ndim == 1 and ary.dtype == dtype and ary.layout == "C"
+        isinstance(ary, types.Array)
+        and ary.ndim == 1
+        and ary.dtype in dtypes
+        and ary.layout == "C"
     ):
-        raise TypeError(f"{name}: expected a C-contiguous 1-D {dtype} array, got {ary}")
+        raise TypeError(f"{name}: expected a C-contiguous 1-D {dtypes} array, got {ary}")
+
+
+def _check_source(row, name):
+    _check_array(row, (types.float32, types.uint16), name)
 
 
 def _check_f32(value, name):
@@ -58,42 +71,83 @@ def _check_f32(value, name):
         raise TypeError(f"{name}: expected a float32 scalar, got {value}")
 
 
-def _load_abs_bits(context, builder, aryty, ary, base, n):
+def _f16_to_f32(builder, h32):
+    """fp16 bits (zero-extended to an i32 vector) -> float32 vector, exact and branch-free:
+    normals by rebiasing the exponent, subnormals (and zero) as ``mantissa * 2^-24`` (no
+    subnormal float operand, which some CPUs handle slowly), inf/NaN by setting the exponent."""
+    vecty = h32.type
+    fvec = ir.VectorType(_F32, vecty.count)
+    mag = builder.shl(builder.and_(h32, _const_vec(vecty, 0x7FFF)), _const_vec(vecty, 13))
+    normal = builder.add(mag, _const_vec(vecty, 0x38000000))
+    mant = builder.and_(h32, _const_vec(vecty, 0x3FF))
+    sub = builder.bitcast(
+        builder.fmul(builder.sitofp(mant, fvec), _const_vec(fvec, 2.0**-24)), vecty
+    )
+    special = builder.or_(mag, _const_vec(vecty, 0x7F800000))
+    is_sub = builder.icmp_unsigned("<", mag, _const_vec(vecty, 0x00800000))
+    is_special = builder.icmp_unsigned(">=", mag, _const_vec(vecty, 0x0F800000))
+    bits = builder.select(is_sub, sub, builder.select(is_special, special, normal))
+    sign = builder.shl(builder.and_(h32, _const_vec(vecty, 0x8000)), _const_vec(vecty, 16))
+    return builder.bitcast(builder.or_(bits, sign), fvec)
+
+
+def _load_f32(context, builder, rowty, row, base, kind, n):
+    """The n source values at ``row[base:]`` as a float32 vector (decoded if half precision)."""
+    fvec = ir.VectorType(_F32, n)
+    if rowty.dtype == types.float32:
+        return builder.load(_block_ptr(context, builder, rowty, row, base, fvec), align=1)
+    hvec = ir.VectorType(ir.IntType(16), n)
+    ivec = ir.VectorType(_I32, n)
+    h32 = builder.zext(builder.load(_block_ptr(context, builder, rowty, row, base, hvec), align=1), ivec)
+    is_f16 = builder.icmp_signed("==", kind, ir.Constant(kind.type, SRC_F16))
+    with builder.if_else(is_f16, likely=None) as (then, otherwise):
+        with then:
+            f16 = _f16_to_f32(builder, h32)
+            f16_block = builder.block
+        with otherwise:
+            bf16 = builder.bitcast(builder.shl(h32, _const_vec(ivec, 16)), fvec)
+            bf16_block = builder.block
+    phi = builder.phi(fvec)
+    phi.add_incoming(f16, f16_block)
+    phi.add_incoming(bf16, bf16_block)
+    return phi
+
+
+def _load_abs_bits(context, builder, rowty, row, base, kind, n):
     vecty = ir.VectorType(_I32, n)
-    ptr = _block_ptr(context, builder, aryty, ary, base, vecty)
-    bits = builder.load(ptr, align=1)
+    bits = builder.bitcast(_load_f32(context, builder, rowty, row, base, kind, n), vecty)
     return builder.and_(bits, _const_vec(vecty, 0x7FFFFFFF)), vecty
 
 
 def make_absmax_bits(n: int):
-    """Intrinsic ``f(row_f32, base) -> uint32``: the largest of ``bits(x) & 0x7fffffff`` over
+    """Intrinsic ``f(row, base, kind) -> uint32``: the largest of ``bits(x) & 0x7fffffff`` over
     ``row[base:base+n]`` (the float order of |x|; >= 0x7f800000 means an inf or NaN)."""
 
     @intrinsic
-    def absmax_bits(typingctx, row, base):
-        _check_array(row, types.float32, "absmax_bits")
+    def absmax_bits(typingctx, row, base, kind):
+        _check_source(row, "absmax_bits")
 
         def codegen(context, builder, sig, args):
-            keys, vecty = _load_abs_bits(context, builder, sig.args[0], args[0], args[1], n)
+            keys, vecty = _load_abs_bits(context, builder, sig.args[0], *args, n)
             return _call(builder, f"llvm.vector.reduce.umax.v{n}i32", _I32, [keys])
 
-        return types.uint32(row, base), codegen
+        return types.uint32(row, base, kind), codegen
 
     return absmax_bits
 
 
 def make_first_abs(n: int, op: str):
-    """Intrinsic ``f(row_f32, base, key) -> int``: the first j < n with
+    """Intrinsic ``f(row, base, kind, key) -> int``: the first j < n with
     ``bits(row[base+j]) & 0x7fffffff <op> key`` (unsigned compare; n if none)."""
     mask_ty = ir.IntType(n)
 
     @intrinsic
-    def first_abs(typingctx, row, base, key):
-        _check_array(row, types.float32, "first_abs")
+    def first_abs(typingctx, row, base, kind, key):
+        _check_source(row, "first_abs")
 
         def codegen(context, builder, sig, args):
-            keys, vecty = _load_abs_bits(context, builder, sig.args[0], args[0], args[1], n)
-            key = builder.trunc(args[2], _I32) if args[2].type.width > 32 else args[2]
+            keys, vecty = _load_abs_bits(context, builder, sig.args[0], *args[:3], n)
+            key = builder.trunc(args[3], _I32) if args[3].type.width > 32 else args[3]
             eq = builder.icmp_unsigned(op, keys, _splat(builder, key, vecty))
             mask = builder.bitcast(eq, mask_ty)
             first = _call(
@@ -101,22 +155,22 @@ def make_first_abs(n: int, op: str):
             )
             return builder.zext(first, ir.IntType(64)) if n < 64 else first
 
-        return types.int64(row, base, key), codegen
+        return types.int64(row, base, kind, key), codegen
 
     return first_abs
 
 
 @intrinsic
-def q4_0_pack_block(typingctx, row, base, inv, out, obase):
+def q4_0_pack_block(typingctx, row, base, kind, inv, out, obase):
     """``out[obase:obase+16] = lo | hi << 4`` with lo/hi the Q4_0 codes
     ``min(15, int(x * inv + 8.5))`` of ``row[base:base+16]`` and ``row[base+16:base+32]``."""
-    _check_array(row, types.float32, "q4_0_pack_block")
+    _check_source(row, "q4_0_pack_block")
     _check_array(out, types.uint8, "q4_0_pack_block")
     _check_f32(inv, "q4_0_pack_block")
 
     def codegen(context, builder, sig, args):
-        rowty, _, _, outty, _ = sig.args
-        ary, base, inv, oary, obase = args
+        rowty, _, _, _, outty, _ = sig.args
+        ary, base, kind, inv, oary, obase = args
         fvec = ir.VectorType(_F32, 16)
         ivec = ir.VectorType(_I32, 16)
         bvec = ir.VectorType(_I8, 16)
@@ -125,8 +179,8 @@ def q4_0_pack_block(typingctx, row, base, inv, out, obase):
         fifteen = _const_vec(ivec, 15)
 
         def codes(offset):
-            ptr = _block_ptr(context, builder, rowty, ary, offset, fvec)
-            v = builder.fadd(builder.fmul(builder.load(ptr, align=1), vinv), bias)
+            x = _load_f32(context, builder, rowty, ary, offset, kind, 16)
+            v = builder.fadd(builder.fmul(x, vinv), bias)
             q = builder.fptosi(v, ivec)
             q = builder.select(builder.icmp_signed("<", q, fifteen), q, fifteen)
             return builder.trunc(q, bvec)
@@ -137,31 +191,30 @@ def q4_0_pack_block(typingctx, row, base, inv, out, obase):
         builder.store(packed, _block_ptr(context, builder, outty, oary, obase, bvec), align=1)
         return context.get_dummy_value()
 
-    return types.none(row, base, inv, out, obase), codegen
+    return types.none(row, base, kind, inv, out, obase), codegen
 
 
 @intrinsic
-def q8_0_pack_block(typingctx, row, base, inv, out, obase):
+def q8_0_pack_block(typingctx, row, base, kind, inv, out, obase):
     """``out[obase:obase+32]`` = the Q8_0 codes ``roundf(x * inv)`` (halves away from zero)
     of ``row[base:base+32]`` as int8 bytes."""
-    _check_array(row, types.float32, "q8_0_pack_block")
+    _check_source(row, "q8_0_pack_block")
     _check_array(out, types.uint8, "q8_0_pack_block")
     _check_f32(inv, "q8_0_pack_block")
 
     def codegen(context, builder, sig, args):
-        rowty, _, _, outty, _ = sig.args
-        ary, base, inv, oary, obase = args
+        rowty, _, _, _, outty, _ = sig.args
+        ary, base, kind, inv, oary, obase = args
         fvec = ir.VectorType(_F32, 32)
         v = builder.fmul(
-            builder.load(_block_ptr(context, builder, rowty, ary, base, fvec), align=1),
-            _splat(builder, inv, fvec),
+            _load_f32(context, builder, rowty, ary, base, kind, 32), _splat(builder, inv, fvec)
         )
         r = _call(builder, "llvm.round.v32f32", fvec, [v])
         q = builder.trunc(builder.fptosi(r, ir.VectorType(_I32, 32)), ir.VectorType(_I8, 32))
         builder.store(q, _block_ptr(context, builder, outty, oary, obase, q.type), align=1)
         return context.get_dummy_value()
 
-    return types.none(row, base, inv, out, obase), codegen
+    return types.none(row, base, kind, inv, out, obase), codegen
 
 
 @intrinsic
