@@ -25,16 +25,40 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 CHILD = """
-import json, sys, time
+import json, resource, sys, time
 t0 = time.perf_counter()
 from nntrtool.convert import ConvertOptions, convert
 spec = json.loads(sys.argv[1])
 opts = ConvertOptions(quant_type=spec["qtype"], repack_format=spec["repack"], force=True,
                       threads=spec["threads"], backend=spec["backend"])
+u0 = resource.getrusage(resource.RUSAGE_SELF)
 r = convert(spec["src"], spec["out"], opts)
+u1 = resource.getrusage(resource.RUSAGE_SELF)
+cpu = (u1.ru_utime - u0.ru_utime) + (u1.ru_stime - u0.ru_stime)
 print(json.dumps({"seconds": r.seconds, "write_seconds": r.write_seconds, "params": r.params,
                   "file_size": r.file_size, "backend": r.backend, "threads": r.threads,
+                  "cpu_seconds": cpu, "stages": r.stages,
                   "process_seconds": time.perf_counter() - t0}))
+"""
+
+KERNEL_CHILD = """
+import json, sys, time
+import numpy as np
+from nntrtool.quant import quantize
+from nntrtool.sources import open_source
+spec = json.loads(sys.argv[1])
+quantize(np.zeros((8, 256), np.uint16), spec["qtype"], source_dtype="BF16")
+n, t0 = 0, time.perf_counter()
+with open_source(spec["src"]) as src:
+    for t in src.tensors:
+        if len(t.shape) != 2:
+            continue
+        step = max(8, (16 << 20) // (2 * t.cols) // 8 * 8)
+        for b in range(0, t.rows, step):
+            x = t.read(b, min(t.rows, b + step))
+            quantize(x, spec["qtype"], source_dtype=t.dtype)
+            n += x.size
+print(json.dumps({"params": n, "seconds": time.perf_counter() - t0}))
 """
 
 
@@ -48,10 +72,10 @@ def warm_cache(folder: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run_child(spec: dict) -> dict:
+def run_child(spec: dict, code: str = CHILD) -> dict:
     """One conversion in a fresh process; its result plus the child's peak RSS in bytes."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, json.dumps(spec)],
+        [sys.executable, "-c", code, json.dumps(spec)],
         stdout=subprocess.PIPE,
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -111,12 +135,24 @@ def bench_model(folder: Path, args: argparse.Namespace, out_dir: Path) -> list[d
         assert best is not None
         best.update(qtype=qtype, repack=repack, model=folder.name, source_bytes=nbytes)
         rows.append(best)
+        cores = best["threads"] or os.cpu_count() or 1
         print(
             f"  {qtype:5s}{'+' + repack if repack else '':8s} {best['params'] / best['seconds'] / 1e6:8.1f} "
             f"M params/s  ({best['seconds']:.2f} s convert, {best['process_seconds']:.2f} s in "
             f"process)  peak RSS {best['peak_rss'] / 2**20:7.1f} MiB  "
             f"out {best['file_size'] / 2**30:.2f} GiB  [{best['backend']}, {best['threads']} threads]"
         )
+        print(
+            f"        cpu {best['cpu_seconds']:.2f} s = {best['params'] / best['cpu_seconds'] * cores / 1e6:.1f} "
+            f"M params/s if {cores} cores were all ours; stages "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in best["stages"].items())
+        )
+        if args.kernel_only:
+            k = run_child(spec, KERNEL_CHILD)
+            best["kernel_only"] = k["params"] / k["seconds"]
+            print(
+                f"        quantize calls alone, same chunks: {best['kernel_only'] / 1e6:.1f} M params/s"
+            )
     return rows
 
 
@@ -129,6 +165,7 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--repeats", type=int, default=2, help="runs per type; the best is shown")
     ap.add_argument("--double", action="store_true", help="also a model of twice the size")
+    ap.add_argument("--kernel-only", action="store_true", help="also time the quantize calls alone")
     ap.add_argument("--dir", default="/tmp/nntrtool-bench", help="where models are built")
     ap.add_argument("--keep", action="store_true", help="keep the built models")
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
@@ -138,7 +175,10 @@ def main() -> None:
     work = Path(args.dir)
     work.mkdir(parents=True, exist_ok=True)
     sizes = [args.params] + ([2 * args.params] if args.double else [])
-    print(f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}")
+    print(
+        f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     rows: list[dict] = []
     try:
         for n in sizes:
