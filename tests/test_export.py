@@ -686,3 +686,17 @@ def test_convert_then_export_follows_the_refusal_hint(sources, tmp_path, capsys)
     assert (nntr_cfg["embedding_dtype"], nntr_cfg["lmhead_dtype"]) == ("Q6_K", "Q4_0")
     # the tokenizer came from the source recorded by convert
     assert (out / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
+
+
+def test_small_chunks_write_the_same_bytes(sources, tmp_path):
+    """Banded transposes, row-chunked repacks and chunked copies give the one-piece result."""
+    src = sources["qwen3_untied"]
+    nntr, ref = nntr_from_source(
+        tmp_path, src, {"linear": "q4_0", "embedding": "q6_k"}, repack="q4_0_4x4"
+    )
+    whole = export_nntr(nntr, tmp_path / "whole", isa="arm")
+    kinds = {(t.out_type, t.transposed) for t in whole.plan.tensors}
+    assert {("f32", True), ("q4_0_4", False), ("q6_k", False)} <= kinds
+    small = export_nntr(nntr, tmp_path / "small", isa="arm", chunk_bytes=3000)
+    assert whole.weight_file.read_bytes() == small.weight_file.read_bytes()
+    check_export(tmp_path / "small", "arm", src, ref, exact=False)
