@@ -9,9 +9,9 @@ summary, JSON) and the logits check that runs the model with and without the fil
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -101,6 +101,28 @@ class ErrorStats:
             s.max_abs = math.nan if math.isnan(m) or math.isnan(s.max_abs) else max(s.max_abs, m)
         return s
 
+    @classmethod
+    def of_fast(cls, ref: np.ndarray, test: np.ndarray) -> ErrorStats:
+        """Same sums as :meth:`of` in one parallel pass (numba, every core), for the pipeline."""
+        ref = np.ascontiguousarray(ref, dtype=np.float32).reshape(-1)
+        test = np.ascontiguousarray(test, dtype=np.float32).reshape(-1)
+        if ref.shape != test.shape:
+            raise ValueError(f"cannot compare {ref.shape} values with {test.shape}")
+        if ref.size == 0:
+            return cls()
+        parts = _block_sums_kernel()(ref.view(np.uint32), test.view(np.uint32))
+        sums = parts[:, :4].sum(axis=0)
+        has_nan = bool(np.isnan(parts[:, 0]).any())
+        return cls(
+            count=int(ref.size),
+            sse=float(sums[0]),
+            ref_sq=float(sums[1]),
+            test_sq=float(sums[2]),
+            dot=float(sums[3]),
+            max_abs=math.nan if has_nan else float(parts[:, 4].max()),
+            bit_exact=not bool(parts[:, 5].any()),
+        )
+
     def merge(self, other: ErrorStats) -> ErrorStats:
         """The sums over both sets of values."""
         if math.isnan(self.max_abs) or math.isnan(other.max_abs):
@@ -148,6 +170,54 @@ class ErrorStats:
         if self.ref_sq == 0.0:
             return -math.inf
         return 10.0 * math.log10(self.ref_sq / self.sse)
+
+
+#: Values per block of the parallel sums: each block's float64 partial sums are added at the end.
+_BLOCK = 4096
+
+
+@functools.cache
+def _block_sums_kernel() -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The numba kernel behind :meth:`ErrorStats.of_fast`, compiled (and cached) on first use."""
+    import numba
+
+    @numba.njit(parallel=True, nogil=True, cache=True)
+    def block_sums(ref_bits: np.ndarray, test_bits: np.ndarray) -> np.ndarray:
+        # Per block: sse, ref_sq, test_sq, dot, max |d|, and whether any bits differ. A NaN
+        # difference (NaN, or inf - inf) makes that block's sse NaN, which the caller checks.
+        ref = ref_bits.view(np.float32)
+        test = test_bits.view(np.float32)
+        n = ref.size
+        nblocks = (n + _BLOCK - 1) // _BLOCK
+        out = np.zeros((nblocks, 6), dtype=np.float64)
+        for blk in numba.prange(nblocks):
+            lo = blk * _BLOCK
+            hi = min(lo + _BLOCK, n)
+            sse = 0.0
+            rsq = 0.0
+            tsq = 0.0
+            dot = 0.0
+            mx = 0.0
+            diff = np.uint32(0)
+            for i in range(lo, hi):
+                a = np.float64(ref[i])
+                b = np.float64(test[i])
+                d = a - b
+                sse += d * d
+                rsq += a * a
+                tsq += b * b
+                dot += a * b
+                mx = max(mx, abs(d))
+                diff |= ref_bits[i] ^ test_bits[i]
+            out[blk, 0] = sse
+            out[blk, 1] = rsq
+            out[blk, 2] = tsq
+            out[blk, 3] = dot
+            out[blk, 4] = mx
+            out[blk, 5] = diff != 0
+        return out
+
+    return block_sums
 
 
 def compare_arrays(ref: np.ndarray, test: np.ndarray) -> ErrorStats:
@@ -452,24 +522,26 @@ def verify(
 ) -> VerifyReport:
     """Compare every tensor of the NNTR file with its source; the report says what passed.
 
-    Streams each tensor in row chunks: dequantization (the kernels use every core) runs in this
-    thread while a pool sums the previous chunks' errors in float64.
+    Streams each tensor in row chunks: dequantization and the float64 error sums both run on
+    every core (numba), while a second thread checks the tensors' CRC32s. Mapped pages are
+    released as soon as a chunk is done, so memory stays bounded by the chunk size.
     """
     from nntrtool.format import NntrFile
     from nntrtool.sources import open_source
 
     limits = dict(DEFAULT_MAX_REL_ERR if max_rel_err is None else max_rel_err)
     start_time = time.perf_counter()
-    workers = max(int(threads or 0), 0) or _cpu_count()
     _set_threads(threads)
     with NntrFile(file_path) as nf, open_source(source_spec, revision=revision, config=config) as src:
         results, jobs = _match(nf, src, limits)
         total = sum(job.rows * job.cols for job in jobs)
         bar = progress(total, "verifying") if progress else contextlib.nullcontext(None)
-        with bar as prog, ThreadPoolExecutor(max_workers=workers) as pool:
+        # One checksum thread: zlib releases the GIL, and numba kernels stay on this thread
+        # (its default threading layer must not be entered from two threads at once).
+        with bar as prog, ThreadPoolExecutor(max_workers=1) as pool:
             for job in jobs:
-                job.check = pool.submit(nf.check, job.entry.name)
-            _run_jobs(nf, jobs, pool, workers, backend, prog)
+                job.check = pool.submit(_checksum_ok, nf, job.entry.name)
+            _run_jobs(nf, jobs, backend, prog)
             for job in jobs:
                 _finish(job, limits)
     return VerifyReport(
@@ -481,13 +553,12 @@ def verify(
     )
 
 
-def _cpu_count() -> int:
-    import os
+def _checksum_ok(nf: Any, name: str) -> bool:
+    from nntrtool.convert.memory import release_pages
 
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(os.cpu_count() or 1, 1)
+    ok = nf.check(name)
+    release_pages(nf.raw(name))
+    return bool(ok)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -579,55 +650,41 @@ def _match(nf: Any, src: Any, limits: dict[str, float]) -> tuple[list[TensorResu
     return results, jobs
 
 
-def _run_jobs(
-    nf: Any,
-    jobs: list[_Job],
-    pool: ThreadPoolExecutor,
-    workers: int,
-    backend: str,
-    progress: ProgressLike | None,
-) -> None:
+def _run_jobs(nf: Any, jobs: list[_Job], backend: str, progress: ProgressLike | None) -> None:
+    from nntrtool.convert.memory import release_pages
     from nntrtool.quant import dequantize, unpack
-
-    pending: deque[tuple[_Job, Future, int]] = deque()
-
-    def drain(limit: int) -> None:
-        while len(pending) > limit:
-            job, fut, n = pending.popleft()
-            job.stats = job.stats.merge(fut.result())
-            if progress is not None:
-                progress.advance(n, current=job.result.name)
 
     for job in jobs:
         entry = job.entry
         if job.rows == 0 or job.cols == 0:
             continue
-        values = nf.array(entry.name)
-        data = values.reshape(job.rows, -1)
+        data = nf.array(entry.name).reshape(job.rows, -1)
         layout = entry.layout
-        group = layout.rows if layout is not None else 8
-        step = _chunk_rows(job.cols, group)
+        step = _chunk_rows(job.cols, layout.rows if layout is not None else 8)
         base = base_type(entry.ttype)
         for lo in range(0, job.rows, step):
             hi = min(lo + step, job.rows)
             ref = job.source.read_f32(lo, hi)
+            chunk = data[lo:hi]
             if entry.ttype is F32:
-                test = np.asarray(data[lo:hi], dtype=np.float32)
+                test = chunk
             else:
-                chunk = data[lo:hi]
                 if layout is not None:
                     chunk = unpack(np.ascontiguousarray(chunk), layout.name)
                 test = dequantize(chunk, base.name, (hi - lo, job.cols), backend=backend)
-            pending.append((job, pool.submit(ErrorStats.of, ref, test), (hi - lo) * job.cols))
-            drain(workers)
-    drain(0)
+            job.stats = job.stats.merge(ErrorStats.of_fast(ref, test))
+            release_pages(job.source.read(lo, hi))
+            release_pages(data[lo:hi])
+            if progress is not None:
+                progress.advance((hi - lo) * job.cols, current=job.result.name)
 
 
 def _finish(job: _Job, limits: dict[str, float]) -> None:
     r = job.result
     s = job.stats
-    if job.rows == 0 or job.cols == 0:
-        s = ErrorStats()
+    if job.rows == 0 or job.cols == 0 or (job.entry.ttype is F32 and s.bit_exact):
+        # Bit-identical: no error at all, even where the values are inf (--allow-nonfinite).
+        s = ErrorStats(count=s.count, bit_exact=True)
     r.rmse, r.max_abs_err, r.rel_err = s.rmse, s.max_abs, s.rel_err
     r.cosine, r.snr_db = s.cosine, s.snr_db
     r.checksum_ok = bool(job.check.result()) if job.check is not None else None

@@ -160,6 +160,27 @@ def test_error_stats_match_numpy_definitions():
     assert not s.bit_exact
 
 
+@pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 100_003])
+def test_parallel_kernel_matches_numpy_reference(size):
+    rng = np.random.default_rng(size)
+    a = rng.standard_normal(size).astype(np.float32)
+    b = (a + 0.01 * rng.standard_normal(size)).astype(np.float32)
+    fast, ref = v.ErrorStats.of_fast(a, b), v.ErrorStats.of(a, b)
+    want = independent_metrics(a, b)
+    for key, metric in (("rmse", "rmse"), ("max_abs_err", "max_abs"), ("rel_err", "rel_err"),
+                        ("cosine", "cosine"), ("snr_db", "snr_db")):
+        assert getattr(fast, metric) == pytest.approx(want[key], rel=1e-12), key
+        assert getattr(fast, metric) == pytest.approx(getattr(ref, metric), rel=1e-12), key
+    assert fast.count == size and not fast.bit_exact
+    assert v.ErrorStats.of_fast(a, a.copy()).bit_exact
+    assert not v.ErrorStats.of_fast(np.zeros(5, np.float32), -np.zeros(5, np.float32)).bit_exact
+    c = b.copy()
+    c[size // 2] = np.nan
+    assert math.isnan(v.ErrorStats.of_fast(a, c).max_abs)
+    c[size // 2] = np.inf
+    assert v.ErrorStats.of_fast(a, c).max_abs == math.inf
+
+
 def test_chunked_accumulation_equals_whole():
     rng = np.random.default_rng(2)
     a = rng.standard_normal((97, 333)).astype(np.float32)
@@ -325,6 +346,19 @@ def test_f32_tensor_must_match_exactly(model, tmp_path):
     r = {r.name: r for r in report.tensors}["model.norm.weight"]
     assert r.status == v.STATUS_NOT_EXACT and r.rel_err > 0
     assert [f.name for f in report.failures] == ["model.norm.weight"]
+
+
+def test_f32_tensor_holding_inf_and_nan_passes_when_identical(tmp_path):
+    tensors = source_tensors()
+    norm = tensors["model.norm.weight"].copy()
+    norm[3], norm[4] = np.inf, np.nan  # kept as f32 by convert --allow-nonfinite
+    tensors["model.norm.weight"] = norm
+    src = write_source(tmp_path / "src", tensors)
+    nntr = write_file(tmp_path / "m.nntr", tensors, TYPES)
+    report = v.verify(nntr, src)
+    r = {r.name: r for r in report.tensors}["model.norm.weight"]
+    assert report.passed and r.status == v.STATUS_OK
+    assert r.rel_err == 0 and r.max_abs_err == 0 and r.cosine == 1.0
 
 
 def test_wrong_layout_is_caught_by_the_threshold(model, tmp_path):
