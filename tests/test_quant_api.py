@@ -269,3 +269,14 @@ def test_editing_a_helper_module_invalidates_cached_kernels(tmp_path):
     helper = pkg / "nntrtool" / "quant" / "_simd.py"
     helper.write_text(helper.read_text() + "\n# edited\n")
     assert _run(probe, env=env, cwd=cwd).split() == ["1", "0"]
+
+
+def test_torch_tensors_including_bfloat16():
+    torch = pytest.importorskip("torch")
+    x = torch.randn(4, 64, dtype=torch.float32)
+    expected = ggml_quantize(x.numpy(), "q8_0")
+    assert np.array_equal(quantize(x, "q8_0"), expected)
+    b = x.to(torch.bfloat16)
+    decoded = b.to(torch.float32).numpy()
+    assert np.array_equal(quantize(b, "q4_0"), ggml_quantize(decoded, "q4_0"))
+    assert np.array_equal(quantize(b.T.contiguous().T, "q4_0", backend="numpy"), ggml_quantize(decoded, "q4_0"))

@@ -10,6 +10,7 @@ numba kernels decode each row on the fly.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -26,8 +27,20 @@ from .repack import check_repackable, layout_of, repack_numba, repack_xp, unpack
 _CHUNK_ELEMENTS = {"numpy": 1 << 20, "cupy": 1 << 24}
 
 
+def _from_torch(x: Any, source_dtype: str | None) -> tuple[Any, str | None]:
+    """A CPU torch tensor as numpy (bfloat16, which numpy lacks, as its uint16 bits)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(x, torch.Tensor):
+        return x, source_dtype
+    t = x.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy(), source_dtype or "bf16"
+    return t.numpy(), source_dtype
+
+
 def _as_source(x: Any, source_dtype: str | None) -> tuple[np.ndarray, int]:
     """A C-contiguous 2-D source array and its ``SRC_*`` kind (float32, or uint16 bits)."""
+    x, source_dtype = _from_torch(x, source_dtype)
     arr = np.asarray(x)
     if arr.ndim == 1:
         arr = arr.reshape(1, -1)

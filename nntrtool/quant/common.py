@@ -97,6 +97,6 @@ def check_finite(x: Any, xp: Any = np, row_offset: int = 0) -> None:
     if bool(finite.all()):
         return
     x2 = x.reshape(1, -1) if x.ndim == 1 else x.reshape(x.shape[0], -1)
-    flat = int(xp.argmin(finite.reshape(-1)))
+    flat = int(xp.argmax((~finite).reshape(-1).view(xp.uint8)))  # first True; any xp
     row, col = divmod(flat, x2.shape[1])
     raise non_finite_error(row + row_offset, col, float(x2[row, col]))
