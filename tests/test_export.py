@@ -700,3 +700,36 @@ def test_small_chunks_write_the_same_bytes(sources, tmp_path):
     small = export_nntr(nntr, tmp_path / "small", isa="arm", chunk_bytes=3000)
     assert whole.weight_file.read_bytes() == small.weight_file.read_bytes()
     check_export(tmp_path / "small", "arm", src, ref, exact=False)
+
+
+def test_force_never_replaces_a_folder_holding_the_inputs(sources, tmp_path):
+    src = sources["qwen3_tied"]
+    config = json.loads((src / "config.json").read_text())
+    state = load_file(str(src / "model.safetensors"))
+    inner = tmp_path / "work"
+    inner.mkdir()
+    nntr = inner / "model.nntr"
+    write_nntr(nntr, config, state, {})
+    with pytest.raises(UsageError, match="is inside .* which --force would replace"):
+        export_nntr(nntr, inner, force=True)
+    assert nntr.is_file()
+    # nor the folder the tokenizer comes from (here, the Hugging Face source itself)
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("{}")
+    with pytest.raises(UsageError, match="which --force would replace"):
+        export_nntr(nntr, tok, force=True, source_dir=tok)
+    assert (tok / "tokenizer.json").is_file()
+
+
+def test_config_fixups_and_warnings(sources, tmp_path):
+    def llama3_rope(config, state):
+        config["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0}
+        config["sliding_window"] = 4096
+        config["use_sliding_window"] = False
+
+    nntr, _ = nntr_from_source(tmp_path, sources["qwen3_tied"], {}, mutate=llama3_rope)
+    result = export_nntr(nntr, tmp_path / "out")
+    assert any("'llama3' RoPE scaling" in w for w in result.plan.warnings)
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["rope_theta"] == 500000 and cfg["sliding_window"] is None

@@ -110,7 +110,7 @@ def export_command(
 
     from nntrtool.export import ExportResult, check_output, write_export
 
-    check_output(out_dir.absolute(), force)
+    check_output(out_dir.absolute(), force, (file,) + ((tokenizer,) if tokenizer else ()))
     start = time.perf_counter()
     with NntrFile(file) as nf:
         plan = plan_export(nf, out_dir, isa=isa, runtime=runtime, source_dir=tokenizer, source=file)

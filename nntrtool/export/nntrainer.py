@@ -144,7 +144,7 @@ class TensorExport:
 class ExportPlan:
     """Everything an export will write, decided and checked before any byte is written."""
 
-    source: Path
+    source: Path | None  # the NNTR file
     architecture: str
     isa: str
     tied: bool
@@ -558,7 +558,7 @@ def plan_export(
         }
     )
     return ExportPlan(
-        source=Path(os.fspath(source)) if source is not None else Path("."),
+        source=Path(os.fspath(source)) if source is not None else None,
         architecture=layout.architecture,
         isa=isa,
         tied=tied,
@@ -701,13 +701,28 @@ def _write_tensor(
             progress.advance(int(round(part.size * per_byte)), name)
 
 
-def check_output(out_dir: Path, force: bool) -> None:
-    """Refuse an existing ``out_dir`` without ``force``, a file in its place, or a missing parent."""
+def _within(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def check_output(out_dir: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse an existing ``out_dir`` without ``force``, a file in its place, a missing parent,
+    or an ``out_dir`` holding one of the ``inputs`` (replacing it would delete them)."""
     if out_dir.exists() or out_dir.is_symlink():
         if not force:
             raise OutputExistsError(f"{out_dir} exists; pass --force to replace it")
         if not out_dir.is_dir():
             raise UsageError(f"{out_dir} exists and is not a folder; remove it or pick another")
+        for path in inputs:
+            if _within(path, out_dir):
+                raise UsageError(
+                    f"{path} is inside {out_dir}, which --force would replace; export to "
+                    "another folder"
+                )
     parent = out_dir.parent
     if not parent.is_dir():
         raise UsageError(f"the folder {parent} does not exist; create it first")
@@ -738,7 +753,8 @@ def write_export(
 ) -> list[str]:
     """Write the planned folder atomically; returns the names of the files written."""
     out_dir = Path(os.path.abspath(os.fspath(out_dir)))
-    check_output(out_dir, force)
+    inputs = tuple(plan.tokenizer_sources) + ((plan.source,) if plan.source else ())
+    check_output(out_dir, force, inputs)
     extra = sum(p.stat().st_size for p in plan.tokenizer_sources) + (1 << 20)
     _check_space(out_dir.parent, plan.weight_bytes + extra)
 
@@ -828,7 +844,7 @@ def export_nntr(
     path = Path(os.fspath(nntr_path))
     out = Path(os.path.abspath(os.fspath(out_dir)))
     if not dry_run:
-        check_output(out, force)
+        check_output(out, force, (path,) + ((Path(source_dir),) if source_dir else ()))
     nf = _open_nntr(path)
     try:
         plan = plan_export(nf, out, isa=isa, runtime=runtime, source_dir=source_dir, source=path)
