@@ -15,8 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numba import prange
-from numba.extending import register_jitable
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic, register_jitable
 
 from nntrtool.errors import QuantError
 from nntrtool.quant._numba_common import (
@@ -54,101 +55,146 @@ _HI = np.float32(NMAX - 1)
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
 _SUPER_NUM = np.float32(-128.0)
+_CODE_OFFSET = np.float32(NMAX)
+_EXACT_LIMIT = np.float32(4194303.0)
 _EPS = GROUP_MAX_EPS
 _NUMS = SEARCH_NUMERATORS
 _NCAND = len(SEARCH_NUMERATORS)
+_GROUP = 4  # candidates searched side by side
+_NCAND_PADDED = -(-_NCAND // _GROUP) * _GROUP
+# Padding candidates repeat the first one; their sums are computed and never looked at.
+_NUMS_PADDED = np.concatenate([_NUMS, np.full(_NCAND_PADDED - _NCAND, _NUMS[0], dtype=np.float32)])
 
 # Superblocks per parallel work item: enough to amortize the scratch allocation, few enough
 # that a short tensor still spreads over the cores.
 _CHUNK = 16
 
 
-@register_jitable(inline="always")
-def _quantize_superblock(x, r, c0, src_kind, dst, o, xt, w, wx, st, codes):
-    """Quantize x[r, c0:c0+256] into dst[o:o+210]; returns False if a value is not finite.
+@intrinsic
+def _clamp_code(typingctx, v):
+    """min(max(v, -32), 31) for a float32 that is never NaN, as two SIMD min/max instructions.
 
-    Scratch: xt, w, wx (16, 16) position-major tiles; st (10, 16) per-sub-block state;
-    codes (256,) uint8.
+    Plain compare-and-select code must keep NaN semantics and costs four instructions per
+    vector; the ``nnan nsz`` flags on these two compares allow LLVM to emit max/min instead.
+    Only the search uses it, where ``v`` is a finite integer (+0.0 for zero), so the result is
+    the same value either way.
     """
-    amax = st[0]
-    vmax = st[1]
-    inv = st[2]
-    sumlx = st[3]
-    suml2 = st[4]
-    scale = st[5]
-    best = st[6]
-    chk = st[7]
-    best_c = st[8]  # candidate index, held as float32
-    dj = st[9]
+    if v != types.float32:
+        return None
 
-    for j in range(NSUB):
-        chk[j] = _ZERO
-        amax[j] = _ZERO
-        vmax[j] = _ZERO
+    def codegen(context, builder, signature, args):
+        (x,) = args
+        lo = ir.Constant(ir.FloatType(), float(-NMAX))
+        hi = ir.Constant(ir.FloatType(), float(NMAX - 1))
+        flags = ("nnan", "nsz")
+        x = builder.select(builder.fcmp_ordered(">", x, lo, flags=flags), x, lo, flags=flags)
+        return builder.select(builder.fcmp_ordered("<", x, hi, flags=flags), x, hi, flags=flags)
+
+    return types.float32(types.float32), codegen
+
+
+# Offsets into the flat float32 scratch of one superblock. One array with constant offsets lets
+# LLVM prove that the tiles never overlap, which it needs to vectorize the loops over runs.
+_XT = 0  # (16 positions, 16 runs) values, position-major
+_W = _XT + QK  # x*x
+_WX = _W + QK  # (x*x)*x
+_Q = _WX + QK  # final codes 0..63, position-major
+_AMAX = _Q + QK  # per run (16 lanes each) from here on
+_VMAX = _AMAX + NSUB
+_INV = _VMAX + NSUB  # (19 candidates, 16 runs) inverse scales of the search
+_SX = _INV + _NCAND_PADDED * NSUB  # (candidate, run) sums of w*x*l
+_S2 = _SX + _NCAND_PADDED * NSUB  # (candidate, run) sums of w*l*l
+_SCALE = _S2 + _NCAND_PADDED * NSUB
+_BEST = _SCALE + NSUB
+_BESTC = _BEST + NSUB  # index of the chosen inverse scale, as float32
+_CHK = _BESTC + NSUB
+_DJ = _CHK + NSUB
+_BIG = _DJ + NSUB  # runs where the fast rounding of the requantization is not exact
+_SCRATCH = _BIG + NSUB
+
+
+@register_jitable
+def _quantize_superblock(x, r, c0, src_kind, dst, o, s):
+    """Quantize x[r, c0:c0+256] into dst[o:o+210] using scratch ``s``; False if not all finite."""
+    src = x[r, c0 : c0 + QK]
+    for k in range(QK):
+        s[_Q + k] = load_f32(src, k, src_kind)  # _Q is free until the requantization
     for j in range(NSUB):
         for i in range(SUB):
-            xt[i, j] = load_f32(x[r], c0 + SUB * j + i, src_kind)
+            s[_XT + SUB * i + j] = s[_Q + SUB * j + i]
+    for j in range(NSUB):
+        s[_CHK + j] = _ZERO
+        s[_AMAX + j] = _ZERO
+        s[_VMAX + j] = _ZERO
     for i in range(SUB):
         for j in range(NSUB):
-            v = xt[i, j]
-            chk[j] = chk[j] + (v - v)  # stays 0 unless some v is inf or NaN
+            v = s[_XT + SUB * i + j]
+            s[_CHK + j] = s[_CHK + j] + (v - v)  # stays 0 unless some v is inf or NaN
             ax = abs(v)
-            if ax > amax[j]:  # strict: the first of equal magnitudes wins
-                amax[j] = ax
-                vmax[j] = v
+            take = ax > s[_AMAX + j]  # strict: the first of equal magnitudes wins
+            s[_AMAX + j] = ax if take else s[_AMAX + j]
+            s[_VMAX + j] = v if take else s[_VMAX + j]
             wv = v * v
-            w[i, j] = wv
-            wx[i, j] = wv * v
+            s[_W + SUB * i + j] = wv
+            s[_WX + SUB * i + j] = wv * v
     finite = True
     for j in range(NSUB):
-        if chk[j] != _ZERO:
+        if s[_CHK + j] != _ZERO:
             finite = False
     if not finite:
         for k in range(BLOCK_BYTES):
             dst[o + k] = 0
         return False
     for j in range(NSUB):
-        if amax[j] < _EPS:
-            vmax[j] = _ONE  # keeps the search finite; the run is zeroed below
+        # Runs below GROUP_MAX_EPS get scale 0 and codes 0 later; 1 keeps their search finite.
+        s[_VMAX + j] = _ONE if s[_AMAX + j] < _EPS else s[_VMAX + j]
 
-    # make_qx_quants(16, 32, x, L, rmse_type=1): 19 inverse scales, every run at once.
-    for c in range(_NCAND):
-        num = _NUMS[c]
+    # make_qx_quants(16, 32, x, L, rmse_type=1) on the 16 runs at once. The sums of _GROUP
+    # candidates are built side by side (independent chains keep the adders busy; each
+    # chain is still one run's sequential sum), then the candidates are judged in order.
+    for c in range(_NCAND_PADDED):
+        num = _NUMS_PADDED[c]
         for j in range(NSUB):
-            inv[j] = num / vmax[j]
-            sumlx[j] = _ZERO
-            suml2[j] = _ZERO
+            s[_INV + NSUB * c + j] = num / s[_VMAX + j]
+    for g in range(0, _NCAND_PADDED, _GROUP):
+        for k in range(_GROUP * NSUB):
+            s[_SX + NSUB * g + k] = _ZERO
+            s[_S2 + NSUB * g + k] = _ZERO
         for i in range(SUB):
-            for j in range(NSUB):
-                # nearest_int via the float difference: exact since |v| <= 32.9 here.
-                v = (inv[j] * xt[i, j] + _BIAS) - _BIAS
-                v = min(max(v, _LO), _HI)
-                sumlx[j] = sumlx[j] + wx[i, j] * v
-                suml2[j] = suml2[j] + (w[i, j] * v) * v
-        if c == 0:
-            for j in range(NSUB):
-                s = sumlx[j] / suml2[j] if suml2[j] != _ZERO else _ZERO
-                scale[j] = s
-                best[j] = s * sumlx[j]
-                best_c[j] = _ZERO
-        else:
-            cf = np.float32(c)
-            for j in range(NSUB):
-                s = sumlx[j] / suml2[j]
-                if suml2[j] > _ZERO and sumlx[j] * sumlx[j] > best[j] * suml2[j]:
-                    scale[j] = s
-                    best[j] = s * sumlx[j]
-                    best_c[j] = cf
+            for c in range(g, g + _GROUP):
+                for j in range(NSUB):
+                    # nearest_int as a float difference: exact since |v| <= 32.9 here.
+                    v = (s[_INV + NSUB * c + j] * s[_XT + SUB * i + j] + _BIAS) - _BIAS
+                    v = _clamp_code(v)
+                    s[_SX + NSUB * c + j] = s[_SX + NSUB * c + j] + s[_WX + SUB * i + j] * v
+                    s[_S2 + NSUB * c + j] = s[_S2 + NSUB * c + j] + (s[_W + SUB * i + j] * v) * v
+    for j in range(NSUB):
+        sx = s[_SX + j]
+        s2 = s[_S2 + j]
+        sc = sx / s2 if s2 != _ZERO else _ZERO  # `suml2 ? ... : 0`: NaN counts as true
+        s[_SCALE + j] = sc
+        s[_BEST + j] = sc * sx
+        s[_BESTC + j] = _ZERO
+    for c in range(1, _NCAND):
+        cf = np.float32(c)
+        for j in range(NSUB):
+            sx = s[_SX + NSUB * c + j]
+            s2 = s[_S2 + NSUB * c + j]
+            sc = sx / s2
+            take = s2 > _ZERO and sx * sx > s[_BEST + j] * s2
+            s[_SCALE + j] = sc if take else s[_SCALE + j]
+            s[_BEST + j] = sc * sx if take else s[_BEST + j]
+            s[_BESTC + j] = cf if take else s[_BESTC + j]
 
     max_abs = _ZERO
     max_scale = _ZERO
     for j in range(NSUB):
-        if amax[j] < _EPS:
-            scale[j] = _ZERO
-        a = abs(scale[j])
+        sc = _ZERO if s[_AMAX + j] < _EPS else s[_SCALE + j]
+        s[_SCALE + j] = sc
+        a = abs(sc)
         if a > max_abs:
             max_abs = a
-            max_scale = scale[j]
+            max_scale = sc
     if max_abs < _EPS:
         for k in range(BLOCK_BYTES):
             dst[o + k] = 0
@@ -158,42 +204,56 @@ def _quantize_superblock(x, r, c0, src_kind, dst, o, xt, w, wx, st, codes):
     d_bits = f32_to_f16_bits(_ONE / iscale)
     d = f16_bits_to_f32(d_bits)
     for j in range(NSUB):
-        q = min(np.int32(127), nearest_int(iscale * scale[j]))
-        sc = np.int8(q)  # wraps like the C store into int8
-        dst[o + SC_OFF + j] = np.uint8(q & 0xFF)
-        dj[j] = d * np.float32(sc)
+        q = min(np.int32(127), nearest_int(iscale * s[_SCALE + j]))
+        dst[o + SC_OFF + j] = np.uint8(q & 0xFF)  # wraps like the C store into int8
+        s[_DJ + j] = d * np.float32(np.int8(q))
     dst[o + D_OFF] = np.uint8(d_bits & 0xFF)
     dst[o + D_OFF + 1] = np.uint8(d_bits >> 8)
 
+    # Requantize with the fp16-rounded scale (a division, as in C). The float difference
+    # rounds like nearest_int while |v| <= 2^22 - 1; runs with anything else (a NaN or
+    # inf scale from an fp16 overflow) are redone below with the bit-exact nearest_int.
     for j in range(NSUB):
-        djj = dj[j]
-        if djj != _ZERO:  # NaN too, as `if (!d)` in C
+        s[_BIG + j] = _ZERO
+    for i in range(SUB):
+        for j in range(NSUB):
+            v = s[_XT + SUB * i + j] / s[_DJ + j]
+            s[_BIG + j] = s[_BIG + j] if abs(v) <= _EXACT_LIMIT else _ONE
+            v = (v + _BIAS) - _BIAS
+            v = v if v > _LO else _LO
+            v = v if v < _HI else _HI
+            s[_Q + SUB * i + j] = v + _CODE_OFFSET
+    for j in range(NSUB):
+        dj = s[_DJ + j]
+        if dj == _ZERO:
+            # `if (!d)` in C: the run keeps the codes of the search (0 below GROUP_MAX_EPS).
+            tiny = s[_AMAX + j] < _EPS
+            inv = s[_INV + NSUB * np.int32(s[_BESTC + j]) + j]
             for i in range(SUB):
-                q = nearest_int(xt[i, j] / djj)
-                q = min(max(q, np.int32(-NMAX)), np.int32(NMAX - 1))
-                codes[SUB * j + i] = np.uint8(q + NMAX)
-        elif amax[j] < _EPS:
+                v = (inv * s[_XT + SUB * i + j] + _BIAS) - _BIAS
+                v = v if v > _LO else _LO
+                v = v if v < _HI else _HI
+                s[_Q + SUB * i + j] = _ZERO if tiny else v + _CODE_OFFSET
+        elif s[_BIG + j] != _ZERO:
             for i in range(SUB):
-                codes[SUB * j + i] = 0
-        else:
-            ib = _NUMS[np.int32(best_c[j])] / vmax[j]
-            for i in range(SUB):
-                v = (ib * xt[i, j] + _BIAS) - _BIAS
-                v = min(max(v, _LO), _HI)
-                codes[SUB * j + i] = np.uint8(np.int32(v) + NMAX)
+                q = nearest_int(s[_XT + SUB * i + j] / dj)
+                q = min(max(q, -NMAX), NMAX - 1)
+                s[_Q + SUB * i + j] = np.float32(q + NMAX)
 
     for h in range(2):
-        cb = 128 * h
         ql = o + QL_OFF + 64 * h
         qh = o + QH_OFF + 32 * h
         for li in range(32):
-            c1 = codes[cb + li]
-            c2 = codes[cb + li + 32]
-            c3 = codes[cb + li + 64]
-            c4 = codes[cb + li + 96]
-            dst[ql + li] = (c1 & 15) | ((c3 & 15) << 4)
-            dst[ql + li + 32] = (c2 & 15) | ((c4 & 15) << 4)
-            dst[qh + li] = (c1 >> 4) | ((c2 >> 4) << 2) | ((c3 >> 4) << 4) | ((c4 >> 4) << 6)
+            k = 128 * h + li  # value index; it sits at position k % 16 of run k // 16
+            c1 = np.int32(s[_Q + SUB * (k % SUB) + k // SUB])
+            c2 = np.int32(s[_Q + SUB * ((k + 32) % SUB) + (k + 32) // SUB])
+            c3 = np.int32(s[_Q + SUB * ((k + 64) % SUB) + (k + 64) // SUB])
+            c4 = np.int32(s[_Q + SUB * ((k + 96) % SUB) + (k + 96) // SUB])
+            dst[ql + li] = np.uint8((c1 & 15) | ((c3 & 15) << 4))
+            dst[ql + li + 32] = np.uint8((c2 & 15) | ((c4 & 15) << 4))
+            dst[qh + li] = np.uint8(
+                (c1 >> 4) | ((c2 >> 4) << 2) | ((c3 >> 4) << 4) | ((c4 >> 4) << 6)
+            )
     return True
 
 
@@ -204,18 +264,11 @@ def _quantize_kernel(x, src_kind, out, bad):
     total = rows * per_row
     nchunks = (total + _CHUNK - 1) // _CHUNK
     for t in prange(nchunks):
-        xt = np.empty((SUB, NSUB), dtype=np.float32)
-        w = np.empty((SUB, NSUB), dtype=np.float32)
-        wx = np.empty((SUB, NSUB), dtype=np.float32)
-        st = np.empty((10, NSUB), dtype=np.float32)
-        codes = np.empty(QK, dtype=np.uint8)
+        s = np.empty(_SCRATCH, dtype=np.float32)
         for k in range(t * _CHUNK, min(total, (t + 1) * _CHUNK)):
             r = k // per_row
             b = k - r * per_row
-            ok = _quantize_superblock(
-                x, r, b * QK, src_kind, out[r], b * BLOCK_BYTES, xt, w, wx, st, codes
-            )
-            if not ok:
+            if not _quantize_superblock(x, r, b * QK, src_kind, out[r], b * BLOCK_BYTES, s):
                 bad[k] = 1
 
 

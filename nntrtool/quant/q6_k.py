@@ -251,8 +251,9 @@ def dequantize_xp(data: Any, xp: Any = np) -> Any:
     q = (lo | (hi << xp.uint8(4))).astype(xp.float32) - np.float32(NMAX)  # (n, 2, 4, 32)
     sc = b[:, SC_OFF:D_OFF].view(xp.int8).astype(xp.float32)
     d = f16_to_f32(xp.ascontiguousarray(b[:, D_OFF:]).view("<u2").reshape(n), xp)
-    dsc = (d[:, None] * sc).reshape(n, 2, 4, 2, 1)  # sub-block = 8*half + 2*quarter + l//16
-    y = dsc * q.reshape(n, 2, 4, 2, 16)
+    with np.errstate(all="ignore"):  # an inf d stored by an overflowing block decodes as in C
+        dsc = (d[:, None] * sc).reshape(n, 2, 4, 2, 1)  # sub-block = 8*half + 2*quarter + l//16
+        y = dsc * q.reshape(n, 2, 4, 2, 16)
     return y.reshape(rows, nb_row * QK)
 
 
