@@ -132,6 +132,8 @@ def check_disk_space(out: Path, needed: int) -> None:
 
     parent = out.parent if str(out.parent) else Path(".")
     free = shutil.disk_usage(parent).free
+    if out.is_file():
+        free += out.stat().st_size  # an output being replaced frees its space at the end
     if free < needed:
         raise DiskFullError(
             f"not enough disk space for {str(out)!r}: it needs {human_bytes(needed)}, only "
@@ -247,7 +249,9 @@ def _chunks(tp: TensorPlan, src_tensor: Any, budget: int) -> Iterator[tuple[int,
 
 def _to_f32(x: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "BF16":
-        return (x.astype(np.uint32) << 16).view(np.float32)
+        from nntrtool.sources import bf16_bits_to_f32
+
+        return bf16_bits_to_f32(x)
     if x.dtype == np.float32:
         return x
     return x.astype(np.float32)
