@@ -10,6 +10,12 @@ from . import _simd as simd
 from ._numba_common import njit
 from .q8_0 import BLOCK_BYTES, D_BYTES, QK
 
+_absmax_bits = simd.make_absmax_bits(QK)
+_first_non_finite = simd.make_first_abs(QK, ">=")
+_pack = simd.make_q8_0_pack(QK)
+_unpack = simd.make_q8_0_unpack(QK)
+_NON_FINITE = np.uint32(0x7F800000)  # |x| bits at or above this: inf or NaN
+
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _QMAX = np.float32(127.0)
@@ -26,9 +32,9 @@ def _quantize_rows(x, src_kind, out, bad):
         for b in range(nb):
             base = b * QK
             o = b * BLOCK_BYTES
-            mbits = simd.absmax_bits_32(row, base, src_kind)
-            if mbits >= np.uint32(0x7F800000):
-                bad[r] = base + simd.first_abs_at_least_32(row, base, src_kind, np.uint32(0x7F800000))
+            mbits = _absmax_bits(row, base, src_kind)
+            if mbits >= _NON_FINITE:
+                bad[r] = base + _first_non_finite(row, base, src_kind, _NON_FINITE)
                 break
             d = nc.f32_from_bits(mbits) / _QMAX
             inv = _F1 / d if d != _F0 else _F0
@@ -38,7 +44,7 @@ def _quantize_rows(x, src_kind, out, bad):
             if np.isinf(inv):
                 orow[o + D_BYTES : o + BLOCK_BYTES] = 0
             else:
-                simd.q8_0_pack_block(row, base, src_kind, inv, orow, o + D_BYTES)
+                _pack(row, base, src_kind, inv, orow, o + D_BYTES)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -50,8 +56,8 @@ def _dequantize_rows(data, out):
         orow = out[r]
         for b in range(nb):
             o = b * BLOCK_BYTES
-            d = nc.f16_bits_to_f32(np.uint32(drow[o]) | (np.uint32(drow[o + 1]) << np.uint32(8)))
-            simd.q8_0_unpack_block(drow, o + D_BYTES, d, orow, b * QK)
+            d = nc.f16_bits_to_f32(np.uint32(drow[o]) | np.uint32(drow[o + 1]) << np.uint32(8))
+            _unpack(drow, o + D_BYTES, d, orow, b * QK)
 
 
 def quantize(x: np.ndarray, src_kind: int) -> np.ndarray:

@@ -98,7 +98,8 @@ def _load_f32(context, builder, rowty, row, base, kind, n):
         return builder.load(_block_ptr(context, builder, rowty, row, base, fvec), align=1)
     hvec = ir.VectorType(ir.IntType(16), n)
     ivec = ir.VectorType(_I32, n)
-    h32 = builder.zext(builder.load(_block_ptr(context, builder, rowty, row, base, hvec), align=1), ivec)
+    raw = builder.load(_block_ptr(context, builder, rowty, row, base, hvec), align=1)
+    h32 = builder.zext(raw, ivec)
     is_f16 = builder.icmp_signed("==", kind, ir.Constant(kind.type, SRC_F16))
     with builder.if_else(is_f16, likely=None) as (then, otherwise):
         with then:
@@ -150,9 +151,7 @@ def make_first_abs(n: int, op: str):
             key = builder.trunc(args[3], _I32) if args[3].type.width > 32 else args[3]
             eq = builder.icmp_unsigned(op, keys, _splat(builder, key, vecty))
             mask = builder.bitcast(eq, mask_ty)
-            first = _call(
-                builder, f"llvm.cttz.i{n}", mask_ty, [mask, ir.Constant(_I1, 0)]
-            )
+            first = _call(builder, f"llvm.cttz.i{n}", mask_ty, [mask, ir.Constant(_I1, 0)])
             return builder.zext(first, ir.IntType(64)) if n < 64 else first
 
         return types.int64(row, base, kind, key), codegen
@@ -160,114 +159,127 @@ def make_first_abs(n: int, op: str):
     return first_abs
 
 
-@intrinsic
-def q4_0_pack_block(typingctx, row, base, kind, inv, out, obase):
-    """``out[obase:obase+16] = lo | hi << 4`` with lo/hi the Q4_0 codes
-    ``min(15, int(x * inv + 8.5))`` of ``row[base:base+16]`` and ``row[base+16:base+32]``."""
-    _check_source(row, "q4_0_pack_block")
-    _check_array(out, types.uint8, "q4_0_pack_block")
-    _check_f32(inv, "q4_0_pack_block")
+def make_q4_0_pack(qk: int):
+    """Intrinsic ``f(row, base, kind, inv, out, obase)``: ``out[obase:obase+qk/2] = lo | hi << 4``
+    with lo/hi the Q4_0 codes ``min(15, int(x * inv + 8.5))`` of the block's two halves."""
+    half = qk // 2
 
-    def codegen(context, builder, sig, args):
-        rowty, _, _, _, outty, _ = sig.args
-        ary, base, kind, inv, oary, obase = args
-        fvec = ir.VectorType(_F32, 16)
-        ivec = ir.VectorType(_I32, 16)
-        bvec = ir.VectorType(_I8, 16)
-        vinv = _splat(builder, inv, fvec)
-        bias = _const_vec(fvec, 8.5)
-        fifteen = _const_vec(ivec, 15)
+    @intrinsic
+    def q4_0_pack(typingctx, row, base, kind, inv, out, obase):
+        _check_source(row, "q4_0_pack")
+        _check_array(out, types.uint8, "q4_0_pack")
+        _check_f32(inv, "q4_0_pack")
 
-        def codes(offset):
-            x = _load_f32(context, builder, rowty, ary, offset, kind, 16)
-            v = builder.fadd(builder.fmul(x, vinv), bias)
-            q = builder.fptosi(v, ivec)
-            q = builder.select(builder.icmp_signed("<", q, fifteen), q, fifteen)
-            return builder.trunc(q, bvec)
+        def codegen(context, builder, sig, args):
+            rowty, _, _, _, outty, _ = sig.args
+            ary, base, kind, inv, oary, obase = args
+            fvec = ir.VectorType(_F32, half)
+            ivec = ir.VectorType(_I32, half)
+            bvec = ir.VectorType(_I8, half)
+            vinv = _splat(builder, inv, fvec)
+            bias = _const_vec(fvec, 8.5)
+            fifteen = _const_vec(ivec, 15)
 
-        lo = codes(base)
-        hi = codes(builder.add(base, ir.Constant(base.type, 16)))
-        packed = builder.or_(lo, builder.shl(hi, _const_vec(bvec, 4)))
-        builder.store(packed, _block_ptr(context, builder, outty, oary, obase, bvec), align=1)
-        return context.get_dummy_value()
+            def codes(offset):
+                x = _load_f32(context, builder, rowty, ary, offset, kind, half)
+                q = builder.fptosi(builder.fadd(builder.fmul(x, vinv), bias), ivec)
+                q = builder.select(builder.icmp_signed("<", q, fifteen), q, fifteen)
+                return builder.trunc(q, bvec)
 
-    return types.none(row, base, kind, inv, out, obase), codegen
+            lo = codes(base)
+            hi = codes(builder.add(base, ir.Constant(base.type, half)))
+            packed = builder.or_(lo, builder.shl(hi, _const_vec(bvec, 4)))
+            builder.store(packed, _block_ptr(context, builder, outty, oary, obase, bvec), align=1)
+            return context.get_dummy_value()
 
+        return types.none(row, base, kind, inv, out, obase), codegen
 
-@intrinsic
-def q8_0_pack_block(typingctx, row, base, kind, inv, out, obase):
-    """``out[obase:obase+32]`` = the Q8_0 codes ``roundf(x * inv)`` (halves away from zero)
-    of ``row[base:base+32]`` as int8 bytes."""
-    _check_source(row, "q8_0_pack_block")
-    _check_array(out, types.uint8, "q8_0_pack_block")
-    _check_f32(inv, "q8_0_pack_block")
-
-    def codegen(context, builder, sig, args):
-        rowty, _, _, _, outty, _ = sig.args
-        ary, base, kind, inv, oary, obase = args
-        fvec = ir.VectorType(_F32, 32)
-        v = builder.fmul(
-            _load_f32(context, builder, rowty, ary, base, kind, 32), _splat(builder, inv, fvec)
-        )
-        r = _call(builder, "llvm.round.v32f32", fvec, [v])
-        q = builder.trunc(builder.fptosi(r, ir.VectorType(_I32, 32)), ir.VectorType(_I8, 32))
-        builder.store(q, _block_ptr(context, builder, outty, oary, obase, q.type), align=1)
-        return context.get_dummy_value()
-
-    return types.none(row, base, kind, inv, out, obase), codegen
+    return q4_0_pack
 
 
-@intrinsic
-def q4_0_unpack_block(typingctx, data, obase, d, out, base):
-    """``out[base:base+32]`` = ``(nibble - 8) * d`` of the 16 code bytes at ``data[obase:]``
-    (low nibbles first)."""
-    _check_array(data, types.uint8, "q4_0_unpack_block")
-    _check_array(out, types.float32, "q4_0_unpack_block")
-    _check_f32(d, "q4_0_unpack_block")
+def make_q8_0_pack(qk: int):
+    """Intrinsic ``f(row, base, kind, inv, out, obase)``: ``out[obase:obase+qk]`` = the Q8_0
+    codes ``roundf(x * inv)`` (halves away from zero) of ``row[base:base+qk]`` as int8."""
 
-    def codegen(context, builder, sig, args):
-        dataty, _, _, outty, _ = sig.args
-        dary, obase, d, oary, base = args
-        bvec = ir.VectorType(_I8, 16)
-        ivec = ir.VectorType(_I32, 16)
-        fvec = ir.VectorType(_F32, 16)
-        qs = builder.load(_block_ptr(context, builder, dataty, dary, obase, bvec), align=1)
-        vd = _splat(builder, d, fvec)
-        eight = _const_vec(ivec, 8)
-        for half, nib in ((0, builder.and_(qs, _const_vec(bvec, 0x0F))),
-                          (16, builder.lshr(qs, _const_vec(bvec, 4)))):
-            q = builder.sub(builder.zext(nib, ivec), eight)
-            v = builder.fmul(builder.sitofp(q, fvec), vd)
-            at = builder.add(base, ir.Constant(base.type, half))
-            builder.store(v, _block_ptr(context, builder, outty, oary, at, fvec), align=1)
-        return context.get_dummy_value()
+    @intrinsic
+    def q8_0_pack(typingctx, row, base, kind, inv, out, obase):
+        _check_source(row, "q8_0_pack")
+        _check_array(out, types.uint8, "q8_0_pack")
+        _check_f32(inv, "q8_0_pack")
 
-    return types.none(data, obase, d, out, base), codegen
+        def codegen(context, builder, sig, args):
+            rowty, _, _, _, outty, _ = sig.args
+            ary, base, kind, inv, oary, obase = args
+            fvec = ir.VectorType(_F32, qk)
+            x = _load_f32(context, builder, rowty, ary, base, kind, qk)
+            v = builder.fmul(x, _splat(builder, inv, fvec))
+            r = _call(builder, f"llvm.round.v{qk}f32", fvec, [v])  # C roundf
+            q = builder.trunc(builder.fptosi(r, ir.VectorType(_I32, qk)), ir.VectorType(_I8, qk))
+            builder.store(q, _block_ptr(context, builder, outty, oary, obase, q.type), align=1)
+            return context.get_dummy_value()
+
+        return types.none(row, base, kind, inv, out, obase), codegen
+
+    return q8_0_pack
 
 
-@intrinsic
-def q8_0_unpack_block(typingctx, data, obase, d, out, base):
-    """``out[base:base+32]`` = ``int8(data[obase+j]) * d``."""
-    _check_array(data, types.uint8, "q8_0_unpack_block")
-    _check_array(out, types.float32, "q8_0_unpack_block")
-    _check_f32(d, "q8_0_unpack_block")
+def make_q4_0_unpack(qk: int):
+    """Intrinsic ``f(data, obase, d, out, base)``: ``out[base:base+qk]`` = ``(nibble - 8) * d``
+    of the ``qk/2`` code bytes at ``data[obase:]`` (low nibbles first)."""
+    half = qk // 2
 
-    def codegen(context, builder, sig, args):
-        dataty, _, _, outty, _ = sig.args
-        dary, obase, d, oary, base = args
-        bvec = ir.VectorType(_I8, 32)
-        fvec = ir.VectorType(_F32, 32)
-        qs = builder.load(_block_ptr(context, builder, dataty, dary, obase, bvec), align=1)
-        v = builder.fmul(builder.sitofp(qs, fvec), _splat(builder, d, fvec))
-        builder.store(v, _block_ptr(context, builder, outty, oary, base, fvec), align=1)
-        return context.get_dummy_value()
+    @intrinsic
+    def q4_0_unpack(typingctx, data, obase, d, out, base):
+        _check_array(data, types.uint8, "q4_0_unpack")
+        _check_array(out, types.float32, "q4_0_unpack")
+        _check_f32(d, "q4_0_unpack")
 
-    return types.none(data, obase, d, out, base), codegen
+        def codegen(context, builder, sig, args):
+            dataty, _, _, outty, _ = sig.args
+            dary, obase, d, oary, base = args
+            bvec = ir.VectorType(_I8, half)
+            ivec = ir.VectorType(_I32, half)
+            fvec = ir.VectorType(_F32, half)
+            qs = builder.load(_block_ptr(context, builder, dataty, dary, obase, bvec), align=1)
+            vd = _splat(builder, d, fvec)
+            nibbles = (
+                (0, builder.and_(qs, _const_vec(bvec, 0x0F))),
+                (half, builder.lshr(qs, _const_vec(bvec, 4))),
+            )
+            for at, nib in nibbles:
+                q = builder.sub(builder.zext(nib, ivec), _const_vec(ivec, 8))
+                v = builder.fmul(builder.sitofp(q, fvec), vd)
+                dst = builder.add(base, ir.Constant(base.type, at))
+                builder.store(v, _block_ptr(context, builder, outty, oary, dst, fvec), align=1)
+            return context.get_dummy_value()
+
+        return types.none(data, obase, d, out, base), codegen
+
+    return q4_0_unpack
 
 
-absmax_bits_32 = make_absmax_bits(32)
-first_abs_equal_32 = make_first_abs(32, "==")
-first_abs_at_least_32 = make_first_abs(32, ">=")
+def make_q8_0_unpack(qk: int):
+    """Intrinsic ``f(data, obase, d, out, base)``: ``out[base:base+qk] = int8(data[obase+j]) * d``."""
+
+    @intrinsic
+    def q8_0_unpack(typingctx, data, obase, d, out, base):
+        _check_array(data, types.uint8, "q8_0_unpack")
+        _check_array(out, types.float32, "q8_0_unpack")
+        _check_f32(d, "q8_0_unpack")
+
+        def codegen(context, builder, sig, args):
+            dataty, _, _, outty, _ = sig.args
+            dary, obase, d, oary, base = args
+            bvec = ir.VectorType(_I8, qk)
+            fvec = ir.VectorType(_F32, qk)
+            qs = builder.load(_block_ptr(context, builder, dataty, dary, obase, bvec), align=1)
+            v = builder.fmul(builder.sitofp(qs, fvec), _splat(builder, d, fvec))
+            builder.store(v, _block_ptr(context, builder, outty, oary, base, fvec), align=1)
+            return context.get_dummy_value()
+
+        return types.none(data, obase, d, out, base), codegen
+
+    return q8_0_unpack
 
 
 def make_copy_xor(n: int, xor: int):
