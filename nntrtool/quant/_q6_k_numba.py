@@ -280,29 +280,30 @@ def _dequantize_kernel(data, out):
     for k in prange(total):
         r = k // per_row
         b = k - r * per_row
-        src = data[r]
-        dst = out[r]
-        o = b * BLOCK_BYTES
-        y = b * QK
-        d = f16_bits_to_f32(np.uint16(src[o + D_OFF]) | (np.uint16(src[o + D_OFF + 1]) << 8))
+        blk = data[r, b * BLOCK_BYTES : (b + 1) * BLOCK_BYTES]
+        y = out[r, b * QK : (b + 1) * QK]
+        d = f16_bits_to_f32(np.uint16(blk[D_OFF]) | (np.uint16(blk[D_OFF + 1]) << 8))
         for h in range(2):
-            ql = o + QL_OFF + 64 * h
-            qh = o + QH_OFF + 32 * h
-            sc = o + SC_OFF + 8 * h
-            yb = y + 128 * h
-            for li in range(32):
-                s = li // 16
-                a = src[ql + li]
-                c = src[ql + li + 32]
-                hb = src[qh + li]
-                q1 = np.float32(np.int32((a & 15) | ((hb & 3) << 4)) - NMAX)
-                q2 = np.float32(np.int32((c & 15) | (((hb >> 2) & 3) << 4)) - NMAX)
-                q3 = np.float32(np.int32((a >> 4) | (((hb >> 4) & 3) << 4)) - NMAX)
-                q4 = np.float32(np.int32((c >> 4) | (((hb >> 6) & 3) << 4)) - NMAX)
-                dst[yb + li] = (d * np.float32(np.int8(src[sc + s]))) * q1
-                dst[yb + li + 32] = (d * np.float32(np.int8(src[sc + s + 2]))) * q2
-                dst[yb + li + 64] = (d * np.float32(np.int8(src[sc + s + 4]))) * q3
-                dst[yb + li + 96] = (d * np.float32(np.int8(src[sc + s + 6]))) * q4
+            for g in range(2):
+                # Values 128h + 16g + l (+32, +64, +96) for l < 16 share one scale each, so
+                # the inner loop is 16 independent lanes.
+                sc = SC_OFF + 8 * h + g
+                d1 = d * np.float32(np.int8(blk[sc]))
+                d2 = d * np.float32(np.int8(blk[sc + 2]))
+                d3 = d * np.float32(np.int8(blk[sc + 4]))
+                d4 = d * np.float32(np.int8(blk[sc + 6]))
+                for li in range(16 * g, 16 * g + 16):
+                    a = np.int32(blk[QL_OFF + 64 * h + li])
+                    c = np.int32(blk[QL_OFF + 64 * h + li + 32])
+                    hb = np.int32(blk[QH_OFF + 32 * h + li])
+                    q1 = np.float32((a & 15) | ((hb & 3) << 4)) - _CODE_OFFSET
+                    q2 = np.float32((c & 15) | (((hb >> 2) & 3) << 4)) - _CODE_OFFSET
+                    q3 = np.float32((a >> 4) | (((hb >> 4) & 3) << 4)) - _CODE_OFFSET
+                    q4 = np.float32((c >> 4) | (((hb >> 6) & 3) << 4)) - _CODE_OFFSET
+                    y[128 * h + li] = d1 * q1  # (d * sc) * q, as ggml evaluates it
+                    y[128 * h + li + 32] = d2 * q2
+                    y[128 * h + li + 64] = d3 * q3
+                    y[128 * h + li + 96] = d4 * q4
 
 
 _DTYPE_OF_KIND = {SRC_F32: np.float32, SRC_F16: np.uint16, SRC_BF16: np.uint16}
