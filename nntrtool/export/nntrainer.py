@@ -25,12 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from nntrtool.errors import (
-    DiskFullError,
-    NntrError,
-    OutputExistsError,
-    UsageError,
-)
+from nntrtool.errors import DiskFullError, OutputExistsError, UsageError
 from nntrtool.export.layouts import ArchitectureLayout, Role, Slot, layout_for_config
 from nntrtool.qtypes import F32, Q4_0, Q4_0_REPACKED, Q6_K, RepackLayout, TensorType, get_layout
 
@@ -54,7 +49,7 @@ TOKENIZER_FILES: tuple[str, ...] = (
 #: What to tell a user whose file cannot be exported.
 CONVERT_HINT = (
     "re-convert with --quant-type q4_0 --type 'embed_tokens=q6_k' (Q4_0 layers, Q6_K "
-    "embedding), or add --keep-f32 'embed_tokens' for an F32 embedding, or --keep-f32 '.*' "
+    "embedding), or add --keep-f32 'embed_tokens' for an F32 embedding, or --quant-type f32 "
     "for an all-F32 model"
 )
 
@@ -296,7 +291,7 @@ def _rope_theta(config: dict[str, Any], warnings: list[str]) -> int:
     if kinds:
         warnings.append(
             f"the model uses '{', '.join(sorted(kinds))}' RoPE scaling, which nntrainer's "
-            "runtime does not apply; long prompts may read differently"
+            "runtime does not apply, so its outputs will differ from the source model's"
         )
     if theta is None:
         warnings.append("the config gives no rope_theta; wrote the usual 10000")
@@ -864,7 +859,6 @@ __all__ = [
     "TOKENIZER_FILES",
     "ExportPlan",
     "ExportResult",
-    "NntrError",
     "RuntimeOptions",
     "TensorExport",
     "check_output",
