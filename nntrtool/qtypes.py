@@ -7,8 +7,8 @@ file validation, plans and displays all derive from this table.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,29 @@ exit code; Ctrl-C exits 130 without a traceback.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-import click
 import typer
 
 from nntrtool import __version__
 from nntrtool.cli import cmd_bench, cmd_convert, cmd_export, cmd_inspect, cmd_repack, cmd_verify
 from nntrtool.errors import NntrError
+
+# Typer may carry its own copy of click (``typer._click``) and its own Exit/Abort; the
+# exceptions a command line raises come from whichever copy parsed it, so catch them all.
+_EXIT: list[type[BaseException]] = [typer.Exit]
+_CLICK_ERROR: list[type[BaseException]] = []
+_ABORT: list[type[BaseException]] = [typer.Abort]
+for _name in ("typer._click.exceptions", "click.exceptions"):
+    try:
+        _mod = importlib.import_module(_name)
+    except ImportError:
+        continue
+    _CLICK_ERROR.append(_mod.ClickException)
+    for _attr, _into in (("Exit", _EXIT), ("Abort", _ABORT)):
+        if hasattr(_mod, _attr):
+            _into.append(getattr(_mod, _attr))
 
 app = typer.Typer(
     name="nntrtool",
@@ -67,12 +82,12 @@ def main(argv: list[str] | None = None) -> None:
     except NntrError as err:
         error_line(str(err).splitlines()[0] if str(err) else type(err).__name__)
         sys.exit(err.exit_code)
-    except click.exceptions.Exit as ex:
+    except tuple(_EXIT) as ex:
         sys.exit(ex.exit_code)
-    except click.ClickException as ex:
+    except tuple(_CLICK_ERROR) as ex:
         ex.show()
         sys.exit(ex.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (*_ABORT, KeyboardInterrupt):
         print("interrupted: nothing was written", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:
