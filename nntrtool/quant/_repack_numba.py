@@ -1,12 +1,16 @@
-"""numba kernels of the Q4_0 repack: one group of rows per parallel task, each fp16 scale and
-each B-byte chunk moved (and XORed) as one vector. Imported on first use only."""
+"""numba kernels of the Q4_0 repack: each fp16 scale and each B-byte chunk moved (and XORed) as
+one machine word. Imported on first use only.
+
+Deliberately single-threaded: the shuffle runs at memory speed on one core (several GB/s), so
+a second thread adds little, and waking it costs more than the work when cores are busy; the
+GIL is released, so callers can repack on their own threads."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from . import _simd as simd
-from ._numba_common import launch_guard, njit, prange
+from ._numba_common import njit
 from .repack import BLOCK_BYTES, D_BYTES, QS_BYTES, XOR
 
 _copy_d = simd.make_copy_xor(D_BYTES, 0)
@@ -22,11 +26,11 @@ def _copy_chunk(src, s, dst, o, interleave):
         _copy4(src, s, dst, o)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _repack_kernel(src, dst, rows, row_bytes, R, B):
     nb = row_bytes // BLOCK_BYTES
     nchunks = QS_BYTES // B
-    for g in prange(rows // R):
+    for g in range(rows // R):
         gbase = g * R * row_bytes
         for b in range(nb):
             o = gbase + b * BLOCK_BYTES * R
@@ -40,11 +44,11 @@ def _repack_kernel(src, dst, rows, row_bytes, R, B):
                     o += B
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _unpack_kernel(src, dst, rows, row_bytes, R, B):
     nb = row_bytes // BLOCK_BYTES
     nchunks = QS_BYTES // B
-    for g in prange(rows // R):
+    for g in range(rows // R):
         gbase = g * R * row_bytes
         for b in range(nb):
             s = gbase + b * BLOCK_BYTES * R
@@ -61,16 +65,16 @@ def _unpack_kernel(src, dst, rows, row_bytes, R, B):
 def repack(data: np.ndarray, rows_per_group: int, interleave: int) -> np.ndarray:
     """Interleaved copy of a C-contiguous plain Q4_0 (rows, row_bytes) array."""
     out = np.empty_like(data)
-    with launch_guard():
-        _repack_kernel(data.reshape(-1), out.reshape(-1), data.shape[0], data.shape[1],
-                       rows_per_group, interleave)
+    _repack_kernel(
+        data.reshape(-1), out.reshape(-1), data.shape[0], data.shape[1], rows_per_group, interleave
+    )
     return out
 
 
 def unpack(data: np.ndarray, rows_per_group: int, interleave: int) -> np.ndarray:
     """Plain Q4_0 copy of a C-contiguous interleaved (rows, row_bytes) array."""
     out = np.empty_like(data)
-    with launch_guard():
-        _unpack_kernel(data.reshape(-1), out.reshape(-1), data.shape[0], data.shape[1],
-                       rows_per_group, interleave)
+    _unpack_kernel(
+        data.reshape(-1), out.reshape(-1), data.shape[0], data.shape[1], rows_per_group, interleave
+    )
     return out
