@@ -5,9 +5,9 @@
 Times the public API (``nntrtool.quant``) on a float32 matrix in memory, best of ``--repeats``
 runs after a warm-up, and checks every result against ggml's bytes. Also times the first call
 of a fresh process (the numba kernels loading from the on-disk cache). Figures are params/s
-(values quantized or dequantized per second) or bytes/s for the repack, by wall time, and by
-CPU time of the process (all threads): on a machine shared with other work the wall figures of
-a multi-threaded kernel suffer first, the CPU-time figures say what each core does.
+(values quantized or dequantized per second) or bytes/s for the repack, by wall time. The load
+average is printed with them: on a machine shared with other work, multi-threaded kernels lose
+the most (a parallel region waits for its slowest thread), so compare runs at a low load.
 """
 
 from __future__ import annotations
@@ -30,20 +30,13 @@ from nntrtool.quant import available_backends, dequantize, quantize, repack, unp
 
 def best_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     """Best wall time of ``repeats`` calls after one warm-up call, and the last result."""
-    seconds, _, out = best_times(fn, repeats)
-    return seconds, out
-
-
-def best_times(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
-    """Best wall time and best process CPU time of ``repeats`` calls after a warm-up call."""
     out = fn()
-    wall = cpu = float("inf")
+    best = float("inf")
     for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
+        t = time.perf_counter()
         out = fn()
-        wall = min(wall, time.perf_counter() - t)
-        cpu = min(cpu, time.process_time() - c)
-    return wall, cpu, out
+        best = min(best, time.perf_counter() - t)
+    return best, out
 
 
 def first_call_seconds() -> dict[str, float]:
@@ -93,22 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     lines = []
 
-    def record(
-        name: str,
-        seconds: float,
-        amount: float,
-        unit: str,
-        ref: float | None = None,
-        cpu: float | None = None,
-    ):
+    def record(name: str, seconds: float, amount: float, unit: str, ref: float | None = None):
         rate = amount / seconds
         results[name] = {"seconds": seconds, unit: rate}
         scale = 1e9 if unit.endswith("GB/s") or rate > 1e9 else 1e6
         label = ("G" if scale == 1e9 else "M") + (" B/s" if "B/s" in unit else " params/s")
         extra = f"   {ref / seconds:5.2f}x ggml 1 thread" if ref else ""
-        if cpu:
-            results[name]["cpu_seconds"] = cpu
-            extra += f"   {amount / cpu / scale:8.2f} per CPU-second"
         lines.append(f"{name:<34} {rate / scale:9.2f} {label}{extra}")
 
     for qtype in args.types.split(","):
@@ -116,26 +99,22 @@ def main(argv: list[str] | None = None) -> int:
         record(f"ggml {qtype} quantize (1 thread)", t_ref, n, "params/s")
         backends = ["numba"] + (["numpy"] if args.numpy else [])
         for backend in backends:
-            t, c, got = best_times(
-                lambda q=qtype, b=backend: quantize(x, q, backend=b), args.repeats
-            )
+            t, got = best_time(lambda q=qtype, b=backend: quantize(x, q, backend=b), args.repeats)
             assert np.array_equal(got, expected), f"{qtype} {backend}: bytes differ from ggml"
-            record(f"{backend} {qtype} quantize", t, n, "params/s", ref=t_ref, cpu=c)
+            record(f"{backend} {qtype} quantize", t, n, "params/s", ref=t_ref)
         t_ref, ref_values = best_time(lambda q=qtype, d=expected: ggml.dequantize(d, q, cols), 2)
         record(f"ggml {qtype} dequantize (1 thread)", t_ref, n, "params/s")
-        t, c, values = best_times(
-            lambda q=qtype, d=expected: dequantize(d, q, x.shape), args.repeats
-        )
+        t, values = best_time(lambda q=qtype, d=expected: dequantize(d, q, x.shape), args.repeats)
         assert np.array_equal(values.view(np.uint32), ref_values.view(np.uint32))
-        record(f"numba {qtype} dequantize", t, n, "params/s", ref=t_ref, cpu=c)
+        record(f"numba {qtype} dequantize", t, n, "params/s", ref=t_ref)
 
     q = ggml.quantize(x, "q4_0")
     for layout in ("q4_0_4", "q4_0_8", "q4_0_4x4"):
         t_ref, expected = best_time(lambda lay=layout: ggml.repack(q, lay), 2)
         record(f"ggml repack {layout} (1 thread)", t_ref, q.nbytes, "GB/s")
-        t, c, got = best_times(lambda lay=layout: repack(q, lay), args.repeats)
+        t, got = best_time(lambda lay=layout: repack(q, lay), args.repeats)
         assert np.array_equal(got, expected), f"repack {layout} differs from ggml"
-        record(f"numba repack {layout}", t, q.nbytes, "GB/s", ref=t_ref, cpu=c)
+        record(f"numba repack {layout}", t, q.nbytes, "GB/s", ref=t_ref)
         t, back = best_time(lambda lay=layout, p=got: unpack(p, lay), args.repeats)
         assert np.array_equal(back, q)
         record(f"numba unpack {layout}", t, q.nbytes, "GB/s")
