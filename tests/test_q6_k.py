@@ -248,6 +248,20 @@ def test_strided_and_empty_inputs() -> None:
     _assert_same_bytes(q6_k.quantize_xp(view, np), want)
     with pytest.raises(QuantError):
         q6_k.quantize_numba(x.T, SRC_F32)  # 12 columns: not a Q6_K row
+
+
+def test_strided_input_is_quantized_in_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nntrtool.quant import _q6_k_numba
+
+    monkeypatch.setattr(_q6_k_numba, "_STRIDED_SLICE_BYTES", 3 * 512 * 4)  # 3 rows a slice
+    x = np.random.default_rng(4).standard_normal((20, 1024)).astype(np.float32)
+    view = x[:, 512:]
+    want = ggml_quantize(np.ascontiguousarray(view), "q6_k")
+    _assert_same_bytes(q6_k.quantize_numba(view, SRC_F32), want)
+    x[16, 700] = np.inf
+    with pytest.raises(NonFiniteError) as err:
+        q6_k.quantize_numba(x[:, 512:], SRC_F32)
+    assert (err.value.row, err.value.col) == (16, 188)
     empty = np.zeros((0, 512), np.float32)
     assert q6_k.quantize_numba(empty, SRC_F32).shape == (0, 2 * Q6_K.block_bytes)
     assert q6_k.quantize_xp(empty, np).shape == (0, 2 * Q6_K.block_bytes)

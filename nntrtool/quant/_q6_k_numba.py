@@ -32,6 +32,7 @@ from nntrtool.quant.common import (
     SRC_BF16,
     SRC_F16,
     SRC_F32,
+    SRC_NAMES,
     non_finite_error,
     to_f32,
 )
@@ -306,6 +307,7 @@ def _dequantize_kernel(data, out):
                     y[128 * h + li + 96] = d4 * q4
 
 
+_STRIDED_SLICE_BYTES = 16 << 20
 _DTYPE_OF_KIND = {SRC_F32: np.float32, SRC_F16: np.uint16, SRC_BF16: np.uint16}
 
 
@@ -313,13 +315,13 @@ def quantize(x: Any, src_kind: int) -> np.ndarray:
     """Q6_K bytes ``(rows, cols // 256 * 210)`` of ``x`` (see ``q6_k.quantize_numba``)."""
     x = np.asarray(x)
     if src_kind not in _DTYPE_OF_KIND:
-        raise QuantError(f"unknown source kind {src_kind}")
+        raise QuantError(f"q6_k: unknown source kind {src_kind}")
     if x.dtype == np.float16 and src_kind == SRC_F16:
         x = x.view(np.uint16)
-    if x.dtype != _DTYPE_OF_KIND[src_kind]:
+    want = np.dtype(_DTYPE_OF_KIND[src_kind])
+    if x.dtype != want:
         raise QuantError(
-            f"q6_k: source kind {src_kind} needs {np.dtype(_DTYPE_OF_KIND[src_kind]).name} "
-            f"data, got {x.dtype}"
+            f"q6_k: {SRC_NAMES[src_kind]} source data must be {want.name}, got {x.dtype}"
         )
     if x.ndim != 2:
         raise QuantError(f"q6_k quantize takes a 2-D array (rows, cols), got {x.ndim}-D")
@@ -328,19 +330,33 @@ def quantize(x: Any, src_kind: int) -> np.ndarray:
         raise QuantError(
             f"q6_k needs rows that are a whole number of {QK}-value blocks, got {cols} columns"
         )
-    if x.strides[1] != x.itemsize:
-        x = np.ascontiguousarray(x)
     per_row = cols // QK
     out = np.empty((rows, per_row * BLOCK_BYTES), dtype=np.uint8)
+    if x.flags.c_contiguous:
+        _quantize_rows(x, 0, src_kind, out)
+    else:
+        # A strided view is copied a slice of rows at a time: bounded extra memory, and the
+        # kernel keeps the one compiled (C-contiguous) version per source dtype.
+        step = max(1, _STRIDED_SLICE_BYTES // (cols * x.itemsize))
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            _quantize_rows(np.ascontiguousarray(x[r0:r1]), r0, src_kind, out[r0:r1])
+    return out
+
+
+def _quantize_rows(x: np.ndarray, row0: int, src_kind: int, out: np.ndarray) -> None:
+    """Run the kernel on C-contiguous rows; raise NonFiniteError at the first bad value."""
+    rows, cols = x.shape
+    if not rows:
+        return
+    per_row = cols // QK
     bad = np.zeros(rows * per_row, dtype=np.uint8)
-    if rows:
-        _quantize_kernel(x, src_kind, out, bad)
+    _quantize_kernel(x, src_kind, out, bad)
     if bad.any():
         r = int(np.argmax(bad)) // per_row
-        row = to_f32(np.asarray(x[r]), src_kind)
+        row = to_f32(x[r], src_kind)
         c = int(np.argmin(np.isfinite(row)))
-        raise non_finite_error(r, c, float(row[c]))
-    return out
+        raise non_finite_error(row0 + r, c, float(row[c]))
 
 
 def dequantize(data: Any) -> np.ndarray:
