@@ -60,7 +60,7 @@ def test_any_finite_float32(x: np.ndarray) -> None:
     _check(x)
 
 
-@SETTINGS
+@settings(max_examples=60, deadline=None)
 @given(_matrices(few_values))
 def test_few_distinct_values(x: np.ndarray) -> None:
     _check(x)
