@@ -110,6 +110,9 @@ def source_params(folder: Path) -> tuple[int, int]:
 
 def bench_model(folder: Path, args: argparse.Namespace, out_dir: Path) -> list[dict]:
     params, nbytes = source_params(folder)
+    # Building leaves gigabytes of dirty pages; while the kernel writes them back every
+    # writer is throttled, which would be charged to the conversion's own output.
+    os.sync()
     warm = warm_cache(folder)
     print(
         f"\n{folder.name}: {params / 1e9:.3f} G params, {nbytes / 2**30:.2f} GiB bf16 "
