@@ -252,6 +252,7 @@ def repack_file(
 
 
 def _stream_tensor(nf: Any, d: _Decision, writer: Any, progress: ProgressLike | None) -> None:
+    from nntrtool.convert.memory import release_pages
     from nntrtool.quant import repack, unpack
 
     entry = d.entry
@@ -261,6 +262,7 @@ def _stream_tensor(nf: Any, d: _Decision, writer: Any, progress: ProgressLike | 
         for lo in range(0, raw.size, CHUNK_BYTES):
             chunk = raw[lo : lo + CHUNK_BYTES]
             writer.write(entry.name, chunk)
+            release_pages(chunk)  # read once: keep the input's pages out of the resident set
             if progress is not None:
                 progress.advance(numel * chunk.size // max(raw.size, 1), current=entry.name)
         if raw.size == 0:
@@ -277,5 +279,6 @@ def _stream_tensor(nf: Any, d: _Decision, writer: Any, progress: ProgressLike | 
         if d.layout is not None:
             chunk = repack(chunk, d.layout.name)
         writer.write(entry.name, chunk)
+        release_pages(data[lo : lo + step])
         if progress is not None:
             progress.advance(chunk.shape[0] * cols, current=entry.name)

@@ -527,10 +527,12 @@ def verify(
     released as soon as a chunk is done, so memory stays bounded by the chunk size.
     """
     from nntrtool.format import NntrFile
+    from nntrtool.quant import resolve_backend
     from nntrtool.sources import open_source
 
     limits = dict(DEFAULT_MAX_REL_ERR if max_rel_err is None else max_rel_err)
     start_time = time.perf_counter()
+    backend = resolve_backend(backend)
     _set_threads(threads)
     with NntrFile(file_path) as nf, open_source(source_spec, revision=revision, config=config) as src:
         results, jobs = _match(nf, src, limits)

@@ -17,7 +17,7 @@ def repack_command(
     file: Path = typer.Argument(..., help="The NNTR file to read."),
     out: Path = typer.Argument(..., help="The NNTR file to write."),
     fmt: str = typer.Option(
-        ..., "--format", "-f", metavar="q4_0_4|q4_0_8|q4_0_4x4|none",
+        ..., "--format", "-f", metavar="LAYOUT",
         help="Layout of the Q4_0 tensors: q4_0_4 (ARM i8mm), q4_0_8 (x86 AVX2), q4_0_4x4 (ARM "
         "dotprod), or none for plain Q4_0.",
     ),
