@@ -249,3 +249,16 @@ def test_cli_subprocess_quiet(converted, tmp_path):
     )
     assert proc.returncode == 0 and proc.stderr == "" and proc.stdout == ""
     assert_same_file(out, converted("q4_0_4"))
+
+
+def test_verify_sees_the_same_values_in_every_layout(source, converted):
+    from nntrtool.verify import verify
+
+    plain = {r.name: r for r in verify(converted(None), source).tensors}
+    for fmt in LAYOUTS:
+        report = verify(converted(fmt), source)
+        assert report.passed
+        for r in report.tensors:
+            assert (r.rmse, r.max_abs_err, r.rel_err) == (
+                plain[r.name].rmse, plain[r.name].max_abs_err, plain[r.name].rel_err
+            ), (fmt, r.name)

@@ -127,3 +127,15 @@ def test_bad_token_id_and_missing_torch(hf_model, tmp_path, monkeypatch, capsys)
         main(["verify", str(nntr), str(src), "--logits"])
     err = capsys.readouterr().err
     assert ex.value.code == 2 and "nntrtool[torch]" in err and len(err.strip().splitlines()) == 1
+
+
+def test_repacked_file_gives_the_same_logits_as_plain(hf_model, tmp_path):
+    from nntrtool.repack_file import repack_file
+
+    src = hf_model("llama")
+    plain = write_from_source(src, tmp_path / "q.nntr", quantize=True)
+    repacked = tmp_path / "q8.nntr"
+    repack_file(plain, repacked, "q4_0_8")
+    a = v.compare_logits(plain, src)
+    b = v.compare_logits(repacked, src)
+    assert a.kl_mean == b.kl_mean > 0 and a.max_logit_diff == b.max_logit_diff
