@@ -733,3 +733,35 @@ def test_config_fixups_and_warnings(sources, tmp_path):
     assert any("'llama3' RoPE scaling" in w for w in result.plan.warnings)
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     assert cfg["rope_theta"] == 500000 and cfg["sliding_window"] is None
+
+
+def test_convert_target_nntrainer_is_convert_then_export(sources, tmp_path, capsys):
+    """`convert --target nntrainer` gives the folder that convert + export give, and no leftovers."""
+    src = sources["qwen3_untied"]
+    short = tmp_path / "short"
+    assert (
+        _run_cli(["convert", str(src), str(short), "--target", "nntrainer", "--isa", "arm"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert f"exported to {short}" in out and "embedding Q6_K" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["short"]  # temporary NNTR file gone
+
+    nntr = tmp_path / "long.nntr"
+    assert _run_cli(["convert", str(src), str(nntr), "--type", "embed_tokens=q6_k", "--quiet"]) == 0
+    long = tmp_path / "long"
+    assert _run_cli(["export", str(nntr), str(long), "--isa", "arm", "--quiet"]) == 0
+    assert (short / "short-q4_0-arm.bin").read_bytes() == (long / "long-q4_0-arm.bin").read_bytes()
+    for name in ("config.json", "generation_config.json", "tokenizer.json"):
+        assert (short / name).read_bytes() == (long / name).read_bytes()
+    a, b = (json.loads((d / "nntr_config.json").read_text()) for d in (short, long))
+    for key in ("model_file_name", "tokenizer_file"):
+        a.pop(key), b.pop(key)
+    assert a == b
+    check_export(short, "arm", src, _reference_from_nntr(nntr), exact=False)
+
+    # a type the runtime cannot run is refused before anything is written
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert _run_cli(["convert", str(src), str(bad), "--target", "nntrainer", "-q", "q6_k"]) == 2
+    assert "use --quant-type q4_0" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long", "long.nntr", "short"]

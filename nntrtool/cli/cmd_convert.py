@@ -68,9 +68,19 @@ def convert_command(
         "--allow-nonfinite",
         help="Store tensors holding NaN or inf as f32 instead of failing.",
     ),
+    target: str = typer.Option(
+        None,
+        "--target",
+        help="Also export OUT as a model folder for this runtime (nntrainer); the weight types "
+        "it needs are added after your own --type overrides.",
+        show_default=False,
+    ),
+    isa: str = typer.Option(
+        "x86", "--isa", help="With --target: CPU of the device, x86 (q4_0_8) or arm (q4_0_4)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress and no summary."),
 ) -> None:
-    """Convert a Hugging Face / PyTorch model to an NNTR file."""
+    """Convert a Hugging Face / PyTorch model to an NNTR file (or, with --target, a runtime's folder)."""
     from nntrtool.cli.display import Progress
     from nntrtool.convert import ConvertOptions, convert
     from nntrtool.errors import UsageError
@@ -94,6 +104,19 @@ def convert_command(
     def progress(total: int, description: str) -> Progress:
         return Progress(total, description, quiet=quiet)
 
+    if target is not None and not dry_run:
+        from nntrtool.cli.cmd_export import render_summary
+        from nntrtool.export import convert_and_export
+
+        report, result = convert_and_export(
+            src, out, options, target=target, isa=isa, progress=progress
+        )
+        for note in report.plan.notes:
+            _warn(note)
+        if not quiet:
+            render_report(report, temporary=True)
+            render_summary(result)
+        return
     report = convert(src, out, options, progress=progress)
     for note in report.plan.notes:
         _warn(note)
@@ -192,11 +215,12 @@ def render_plan(report: Any) -> None:
     )
 
 
-def render_report(report: Any) -> None:
-    """Print the summary of a finished conversion."""
+def render_report(report: Any, temporary: bool = False) -> None:
+    """Print the summary of a finished conversion (``temporary``: its file was an intermediate)."""
     console = _console()
     plan = report.plan
-    console.print(f"wrote {report.out_path}", soft_wrap=True)
+    if not temporary:
+        console.print(f"wrote {report.out_path}", soft_wrap=True)
     console.print(_type_table(report, "by type"))
     _render_notes(console, report)
     for name, reason in report.nonfinite:

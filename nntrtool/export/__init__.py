@@ -21,6 +21,7 @@ from nntrtool.export.nntrainer import (
     plan_export,
     write_export,
 )
+from nntrtool.export.shortcut import convert_and_export
 
 __all__ = [
     "ARCHITECTURES",
@@ -35,6 +36,7 @@ __all__ = [
     "TensorExport",
     "check_output",
     "check_target",
+    "convert_and_export",
     "export_nntr",
     "nntrainer_type_overrides",
     "plan_export",

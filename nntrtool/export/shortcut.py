@@ -1,0 +1,75 @@
+"""``convert --target nntrainer``: convert and export in one go.
+
+The conversion goes to a temporary NNTR file beside the output folder, with the type overrides
+the target runtime needs added after the user's own (``--type`` is first-match-wins, so the user's
+choices stand); the export then reads it like any other NNTR file, and the temporary file is
+removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nntrtool.export.nntrainer import (
+    ExportResult,
+    RuntimeOptions,
+    check_output,
+    check_target,
+    export_nntr,
+    nntrainer_type_overrides,
+)
+
+
+def convert_and_export(
+    source_spec: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    options: Any,
+    *,
+    target: str = "nntrainer",
+    isa: str = "x86",
+    runtime: RuntimeOptions | None = None,
+    progress: Callable[[int, str], Any] | None = None,
+) -> tuple[Any, ExportResult]:
+    """Convert ``source_spec`` with ``options`` and export the result to ``out_dir``.
+
+    Returns the conversion report and the export result. ``progress`` is a factory
+    ``(total, description) -> Progress`` as for :func:`nntrtool.convert.convert`.
+    """
+    from nntrtool.convert import ConvertOptions, convert
+    from nntrtool.sources import open_source
+
+    check_target(target)
+    out = Path(os.path.abspath(os.fspath(out_dir)))
+    check_output(out, options.force)
+    with open_source(source_spec, revision=options.revision, config=options.config) as src:
+        config, root = src.config, src.root
+    overrides = tuple(options.type_overrides) + nntrainer_type_overrides(options.quant_type, config)
+    conv_options: ConvertOptions = dataclasses.replace(
+        options, type_overrides=overrides, force=True, dry_run=False
+    )
+    # A private folder beside the output, so the NNTR file can carry the output's name (the
+    # weight file is named after it) without clashing with anything of the user's.
+    tmp_dir = out.parent / f".{out.name}.{os.getpid()}.convert.tmp"
+    tmp = tmp_dir / f"{out.name}.nntr"
+    tmp_dir.mkdir(parents=True, exist_ok=False)
+    try:
+        report = convert(source_spec, tmp, conv_options, progress=progress)
+        params = report.plan.params
+        if progress is not None:
+            with progress(params, f"export {out.name}") as bar:
+                result = export_nntr(
+                    tmp, out, target, isa, force=options.force, progress=bar,
+                    runtime=runtime, source_dir=root,
+                )
+        else:
+            result = export_nntr(
+                tmp, out, target, isa, force=options.force, runtime=runtime, source_dir=root
+            )
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_dir.rmdir()
+    return report, result
