@@ -62,8 +62,14 @@ def convert_and_export(
         if progress is not None:
             with progress(params, f"export {out.name}") as bar:
                 result = export_nntr(
-                    tmp, out, target, isa, force=options.force, progress=bar,
-                    runtime=runtime, source_dir=root,
+                    tmp,
+                    out,
+                    target,
+                    isa,
+                    force=options.force,
+                    progress=bar,
+                    runtime=runtime,
+                    source_dir=root,
                 )
         else:
             result = export_nntr(
