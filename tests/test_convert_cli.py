@@ -54,7 +54,7 @@ def files_in(folder: Path) -> list[str]:
 def test_convert_prints_a_summary(model, tmp_path, capsys):
     out = tmp_path / "o.nntr"
     code, stdout, stderr = run(
-        ["convert", model, out, "-q", "q6_k", "--repack-format", "q4_0_8", "--threads", "1"],
+        ["convert", model, out, "--quant-type", "q6_k", "--repack-format", "q4_0_8", "--threads", "1"],
         capsys,
     )
     assert code == 0, stderr
@@ -85,7 +85,7 @@ def test_dry_run_shows_the_plan(model, tmp_path, capsys):
     size = plan_conversion(model, ConvertOptions(quant_type="q6_k")).predicted_size
     assert f"({size} bytes)" in stdout
     # no OUT needed with --dry-run
-    code, stdout2, _ = run(["convert", model, "--dry-run", "-q", "q6_k"], capsys)
+    code, stdout2, _ = run(["convert", model, "--dry-run", "--quant-type", "q6_k"], capsys)
     assert code == 0 and stdout2 == stdout
 
 
@@ -242,7 +242,7 @@ def test_ctrl_c_leaves_no_file(tmp_path):
             "convert",
             str(src),
             str(outdir / "o.nntr"),
-            "-q",
+            "--quant-type",
             "q6_k",
             "--backend",
             "numpy",

@@ -762,6 +762,6 @@ def test_convert_target_nntrainer_is_convert_then_export(sources, tmp_path, caps
     # a type the runtime cannot run is refused before anything is written
     capsys.readouterr()
     bad = tmp_path / "bad"
-    assert _run_cli(["convert", str(src), str(bad), "--target", "nntrainer", "-q", "q6_k"]) == 2
+    assert _run_cli(["convert", str(src), str(bad), "--target", "nntrainer", "--quant-type", "q6_k"]) == 2
     assert "use --quant-type q4_0" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long", "long.nntr", "short"]

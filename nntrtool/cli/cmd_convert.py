@@ -25,7 +25,7 @@ def convert_command(
         None, help="Output NNTR file (not needed with --dry-run).", show_default=False
     ),
     quant_type: str = typer.Option(
-        "q4_0", "--quant-type", "-q", help="Type of the weight matrices: q4_0, q6_k, q8_0 (or f32)."
+        "q4_0", "--quant-type", help="Type of the weight matrices: q4_0, q6_k, q8_0 (or f32)."
     ),
     repack_format: str = typer.Option(
         "none",
@@ -78,7 +78,7 @@ def convert_command(
     isa: str = typer.Option(
         "x86", "--isa", help="With --target: CPU of the device, x86 (q4_0_8) or arm (q4_0_4)."
     ),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress and no summary."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no summary."),
 ) -> None:
     """Convert a Hugging Face / PyTorch model to an NNTR file (or, with --target, a runtime's folder)."""
     from nntrtool.cli.display import Progress
