@@ -1,6 +1,6 @@
 """End-to-end conversion benchmark: throughput and peak memory on synthetic bf16 models.
 
-Builds Llama-style bf16 models with numpy (``tests/models.py``'s ``make_synthetic_model``),
+Builds Llama-style bf16 models with numpy (``nntrtool.synthetic.make_synthetic_model``),
 reads each once so it sits in the page cache, then converts it in a fresh child process per
 run and reports parameters per second (the conversion call's own clock) and the child's peak
 resident memory (``wait4`` rusage, the figure ``/usr/bin/time -v`` prints).
@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 CHILD = """
@@ -91,12 +90,15 @@ def run_child(spec: dict, code: str = CHILD) -> dict:
 
 
 def build(folder: Path, n_params: float) -> Path:
-    from models import make_synthetic_model
+    from nntrtool.synthetic import make_synthetic_model
 
     if (folder / "config.json").exists():
         return folder
     t0 = time.perf_counter()
-    make_synthetic_model(folder, int(n_params), dtype="bf16", hidden=2048, vocab=32000)
+    make_synthetic_model(
+        folder, n_params, dtype="bf16", hidden=2048, vocab=32000, intermediate=8192, kv_heads=32,
+        at_least=False,
+    )  # fmt: skip
     print(f"built {folder} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return folder
 

@@ -102,6 +102,13 @@ def _round_up(n: float, multiple: int) -> int:
     return int(math.ceil(n / multiple) * multiple)
 
 
+def to_bf16_bits(values: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (``<u2``) of finite values, rounded to nearest even as torch does."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    lsb = (bits >> np.uint32(16)) & np.uint32(1)
+    return ((bits + np.uint32(0x7FFF) + lsb) >> np.uint32(16)).astype("<u2")
+
+
 def synthetic_shape(
     n_params: float | None = None,
     *,
@@ -112,12 +119,14 @@ def synthetic_shape(
     heads: int | None = None,
     kv_heads: int | None = None,
     tie: bool = False,
+    at_least: bool = True,
 ) -> LlamaShape:
     """The smallest Llama-style shape with at least ``n_params`` parameters (or ``layers``).
 
     Without a ``hidden``, the widest of 4096 ... 256 that still gives at least 8 layers is
     taken (1e9 gives hidden 2048 and 20 layers, close to TinyLlama); intermediate defaults to
     2.75 x hidden rounded up to 256, heads of 64 and a quarter as many key/value heads.
+    ``at_least=False`` rounds the layer count to the nearest instead of up (at least 1 layer).
     """
     target = float("nan")
     if layers is None:
@@ -157,7 +166,8 @@ def synthetic_shape(
     if layers is None:
         base = build(hidden, 0).n_params
         per_layer = build(hidden, 1).n_params - base
-        layers = max(1, math.ceil((target - base) / per_layer))
+        fit = (target - base) / per_layer
+        layers = max(1, math.ceil(fit) if at_least else round(fit))
     return build(hidden, int(layers))
 
 
@@ -174,10 +184,7 @@ class _Filler:
     def _encode(self, values: np.ndarray) -> np.ndarray:
         values = values.astype(np.float32)
         if self.dtype == "BF16":
-            # round to nearest even, as torch does when casting to bfloat16
-            bits = values.view(np.uint32)
-            bits = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> 16
-            return bits.astype("<u2")
+            return to_bf16_bits(values)
         return values.astype(DTYPES[self.dtype][0])
 
     def chunks(self, count: int) -> Iterator[memoryview]:
@@ -189,13 +196,14 @@ class _Filler:
             yield self.window[start : start + m * self.esize]
             done += m
 
-    def norm_bytes(self, count: int) -> bytes:
-        """RMSNorm weights: around 1.0, as in trained models."""
-        return self._encode(1.0 + 0.02 * self.rng.standard_normal(count)).tobytes()
+    def norm_bytes(self, count: int, spread: float) -> bytes:
+        """RMSNorm weights: 1.0 plus N(0, ``spread``) noise, as in trained models."""
+        return self._encode(1.0 + spread * self.rng.standard_normal(count)).tobytes()
 
 
-def _header(entries: list[tuple[str, tuple[int, ...]]], dtype: str) -> tuple[bytes, int]:
-    """The safetensors header (length prefix included) and the data size it describes."""
+def safetensors_header(entries: list[tuple[str, tuple[int, ...]]], dtype: str) -> tuple[bytes, int]:
+    """The safetensors header (length prefix included) of ``(name, shape)`` tensors of one
+    ``dtype`` stored back to back in that order, and the data size it describes."""
     esize = DTYPES[dtype][1]
     meta: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -220,21 +228,24 @@ def make_synthetic_model(
     heads: int | None = None,
     kv_heads: int | None = None,
     tie: bool = False,
+    at_least: bool = True,
     shards: int = 1,
     seed: int = 0,
+    norm_spread: float = 0.02,
 ) -> Path:
     """Write a Llama-style model folder of at least ``n_params`` parameters; returns ``path``.
 
     The shape is :func:`synthetic_shape`'s for the same arguments. ``dtype`` is ``bf16``,
     ``f16`` or ``f32``; ``shards > 1`` splits the tensors over that many
     ``model-XXXXX-of-YYYYY.safetensors`` files with an index, as ``save_pretrained`` does.
+    Norm weights are 1.0 plus N(0, ``norm_spread``) noise (``0`` writes exact ones).
     """
     dt = str(dtype).upper()
     if dt not in DTYPES:
         raise UsageError(f"synthetic model dtype {dtype!r}: choose bf16, f16 or f32")
     shape = synthetic_shape(
         n_params, hidden=hidden, intermediate=intermediate, vocab=vocab, layers=layers,
-        heads=heads, kv_heads=kv_heads, tie=tie,
+        heads=heads, kv_heads=kv_heads, tie=tie, at_least=at_least,
     )  # fmt: skip
     esize = DTYPES[dt][1]
     per_shard = math.ceil(shape.n_params * esize / max(1, int(shards)))
@@ -260,13 +271,13 @@ def make_synthetic_model(
             if len(groups) == 1
             else f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
         )
-        header, data_size = _header(group, dt)
+        header, data_size = safetensors_header(group, dt)
         with open(root / fname, "wb") as f:
             f.write(header)
             for tname, shp in group:
                 count = math.prod(shp)
                 if len(shp) == 1:
-                    f.write(filler.norm_bytes(count))
+                    f.write(filler.norm_bytes(count, norm_spread))
                 else:
                     for piece in filler.chunks(count):
                         f.write(piece)

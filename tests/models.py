@@ -1,13 +1,10 @@
 """Builders of small test models in the real layouts of Llama, Qwen2, Qwen3 and Gemma.
 
-Two kinds:
-
-- :func:`make_hf_model` builds a random model with ``transformers`` (needs torch) and saves it
-  the way Hugging Face does: config.json plus safetensors (single or sharded) or a pickle
-  checkpoint (``pytorch_model.bin``, single or sharded), in F32, F16 or BF16. Seconds.
-- :func:`make_synthetic_model` writes a Llama-style model of any size with numpy only, straight
-  to safetensors, from a small pool of N(0, 0.02) values; a 1 B parameter bf16 model takes as
-  long as writing 2 GB. For benchmarks and memory measurements.
+:func:`make_hf_model` builds a random model with ``transformers`` (needs torch) and saves it
+the way Hugging Face does: config.json plus safetensors (single or sharded) or a pickle
+checkpoint (``pytorch_model.bin``, single or sharded), in F32, F16 or BF16. Seconds. Large
+Llama-style models for memory and speed tests come from the package's own numpy-only builder,
+:func:`nntrtool.synthetic.make_synthetic_model`.
 
 :func:`write_safetensors` writes any tensors (also BF16, and deliberately broken files) and
 :func:`reference_tensors` reads a model back with the libraries' own readers, as an oracle
@@ -22,7 +19,6 @@ embedding, for repack fallbacks). Pass them as keywords: ``make_hf_model(path, "
 from __future__ import annotations
 
 import json
-import math
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +27,6 @@ from typing import Any
 import numpy as np
 
 ARCHS = ("llama", "qwen2", "qwen3", "gemma")
-DTYPES = ("f32", "f16", "bf16")
 
 #: hidden 64, 2 layers, vocab 512: blocks of 32 fit every matrix, Q6_K's 256 fits none.
 TINY: dict[str, int] = dict(hidden=64, layers=2, vocab=512, intermediate=128, heads=4, kv_heads=2)
@@ -43,9 +38,6 @@ ODD: dict[str, int] = dict(hidden=72, layers=1, vocab=520, intermediate=200, hea
 ODD_ROWS: dict[str, int] = dict(
     hidden=64, layers=1, vocab=500, intermediate=128, heads=4, kv_heads=2
 )
-
-_ST_DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
-_NP_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 
 
 # ---- transformers-built models ------------------------------------------------------------
@@ -266,186 +258,3 @@ def _header_bytes(header: dict[str, Any]) -> bytes:
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # pad so the data starts 8-byte aligned, as safetensors does
     return struct.pack("<Q", len(raw)) + raw
-
-
-def llama_shapes(
-    *,
-    hidden: int,
-    intermediate: int,
-    vocab: int,
-    layers: int,
-    heads: int,
-    kv_heads: int,
-    tie: bool = False,
-) -> list[tuple[str, tuple[int, ...]]]:
-    """Tensor names and shapes of a Llama model, in Hugging Face's naming."""
-    head_dim = hidden // heads
-    out: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (vocab, hidden))]
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        out += [
-            (p + "input_layernorm.weight", (hidden,)),
-            (p + "self_attn.q_proj.weight", (heads * head_dim, hidden)),
-            (p + "self_attn.k_proj.weight", (kv_heads * head_dim, hidden)),
-            (p + "self_attn.v_proj.weight", (kv_heads * head_dim, hidden)),
-            (p + "self_attn.o_proj.weight", (hidden, heads * head_dim)),
-            (p + "post_attention_layernorm.weight", (hidden,)),
-            (p + "mlp.gate_proj.weight", (intermediate, hidden)),
-            (p + "mlp.up_proj.weight", (intermediate, hidden)),
-            (p + "mlp.down_proj.weight", (hidden, intermediate)),
-        ]
-    out.append(("model.norm.weight", (hidden,)))
-    if not tie:
-        out.append(("lm_head.weight", (vocab, hidden)))
-    return out
-
-
-def llama_config_dict(
-    *, hidden: int, intermediate: int, vocab: int, layers: int, heads: int, kv_heads: int,
-    tie: bool = False, dtype: str = "bf16",
-) -> dict[str, Any]:  # fmt: skip
-    """A Llama ``config.json`` for the given dimensions (what transformers would write)."""
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": hidden,
-        "intermediate_size": intermediate,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "head_dim": hidden // heads,
-        "vocab_size": vocab,
-        "max_position_embeddings": 4096,
-        "hidden_act": "silu",
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "tie_word_embeddings": tie,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "initializer_range": 0.02,
-        "torch_dtype": {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}[dtype],
-    }
-
-
-def make_synthetic_model(
-    path: str | Path,
-    n_params: int | None = None,
-    *,
-    dtype: str = "bf16",
-    hidden: int = 2048,
-    intermediate: int | None = None,
-    vocab: int = 32000,
-    layers: int | None = None,
-    heads: int | None = None,
-    kv_heads: int | None = None,
-    tie: bool = False,
-    shards: int = 1,
-    seed: int = 0,
-) -> Path:
-    """Write a Llama-style model folder of about ``n_params`` parameters with numpy only.
-
-    Give ``n_params`` (layers are chosen to reach it, at least 1) or ``layers``. Weights are
-    N(0, 0.02) values drawn once into a 4 Mi-value pool and laid down from shifting places in
-    it, norms are ones, so writing is as fast as the disk. ``shards > 1`` splits the layers
-    over that many files with a ``model.safetensors.index.json``. Returns ``path``.
-    """
-    if dtype not in _ST_DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}")
-    intermediate = intermediate or hidden * 4
-    heads = heads or max(1, hidden // 64)
-    kv_heads = kv_heads or heads
-    dims = dict(
-        hidden=hidden, intermediate=intermediate, vocab=vocab, heads=heads, kv_heads=kv_heads
-    )
-    if layers is None:
-        if n_params is None:
-            raise ValueError("give n_params or layers")
-        fixed = sum(math.prod(s) for _, s in llama_shapes(layers=0, tie=tie, **dims))
-        per_layer = sum(math.prod(s) for _, s in llama_shapes(layers=1, tie=True, **dims)) - (
-            vocab * hidden + hidden
-        )
-        layers = max(1, round((n_params - fixed) / per_layer))
-    shapes = llama_shapes(layers=layers, tie=tie, **dims)
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    config = llama_config_dict(layers=layers, tie=tie, dtype=dtype, **dims)
-    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-
-    st_dtype = _ST_DTYPES[dtype]
-    pool = _value_pool(st_dtype, seed)
-    groups = _split_for_shards(shapes, shards)
-    rng = np.random.default_rng(seed + 1)
-    weight_map: dict[str, str] = {}
-    total = 0
-    for i, group in enumerate(groups, 1):
-        fname = "model.safetensors" if len(groups) == 1 else (
-            f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-        )  # fmt: skip
-        total += _write_streamed(path / fname, group, st_dtype, pool, rng)
-        weight_map.update({name: fname for name, _ in group})
-    if len(groups) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return path
-
-
-def _value_pool(st_dtype: str, seed: int, size: int = 1 << 22) -> np.ndarray:
-    values = np.random.default_rng(seed).standard_normal(size, dtype=np.float32)
-    values *= np.float32(0.02)
-    if st_dtype == "BF16":
-        return f32_to_bf16_bits(values)
-    return values.astype(_NP_DTYPES[st_dtype])
-
-
-def _split_for_shards(
-    shapes: list[tuple[str, tuple[int, ...]]], shards: int
-) -> list[list[tuple[str, tuple[int, ...]]]]:
-    if shards <= 1:
-        return [shapes]
-    total = sum(math.prod(s) for _, s in shapes)
-    target = total / shards
-    groups: list[list[tuple[str, tuple[int, ...]]]] = [[]]
-    acc = 0
-    for name, shape in shapes:
-        if groups[-1] and acc >= target * len(groups) and len(groups) < shards:
-            groups.append([])
-        groups[-1].append((name, shape))
-        acc += math.prod(shape)
-    return groups
-
-
-def _write_streamed(
-    path: Path,
-    shapes: list[tuple[str, tuple[int, ...]]],
-    st_dtype: str,
-    pool: np.ndarray,
-    rng: np.random.Generator,
-) -> int:
-    itemsize = _NP_DTYPES[st_dtype].itemsize
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, shape in shapes:
-        nbytes = math.prod(shape) * itemsize
-        header[name] = {
-            "dtype": st_dtype,
-            "shape": list(shape),
-            "data_offsets": [offset, offset + nbytes],
-        }
-        offset += nbytes
-    one = {"F32": np.float32(1), "F16": np.float16(1)}.get(st_dtype, np.uint16(0x3F80))
-    with open(path, "wb") as fh:
-        fh.write(_header_bytes(header))
-        for _name, shape in shapes:
-            n = math.prod(shape)
-            if len(shape) == 1:
-                fh.write(np.full(n, one, dtype=pool.dtype).tobytes())
-                continue
-            start = int(rng.integers(0, pool.size))
-            while n > 0:
-                take = min(n, pool.size - start)
-                fh.write(memoryview(pool[start : start + take]).cast("B"))
-                n -= take
-                start = 0
-    return offset

@@ -141,3 +141,28 @@ def test_the_package_reader_sees_the_same_model(tmp_path):
 def test_parameter_count_formula_agrees_with_the_tensor_list(kwargs):
     shape = synthetic_shape(**kwargs)
     assert shape.n_params == sum(math.prod(s) for _, s in shape.tensors())
+
+
+@pytest.mark.parametrize("n", [3e6, 2e7])
+def test_nearest_layer_count_is_the_closest_size(n):
+    near = synthetic_shape(n, hidden=256, at_least=False)
+    for layers in (near.layers - 1, near.layers + 1):
+        if layers >= 1:
+            other = synthetic_shape(hidden=256, layers=layers)
+            assert abs(near.n_params - n) <= abs(other.n_params - n)
+
+
+def test_bf16_bits_match_torch_rounding():
+    torch = pytest.importorskip("torch")
+    from nntrtool.synthetic import to_bf16_bits
+
+    x = np.random.default_rng(1).standard_normal(4096).astype(np.float32) * 100
+    x[:4] = [0.0, -0.0, 3.0e38, 1.0 + 2.0**-8]  # a tie rounds to even
+    want = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view("<u2")
+    np.testing.assert_array_equal(to_bf16_bits(x), want)
+
+
+def test_unit_norms_are_exact_ones(tmp_path):
+    path = make_synthetic_model(tmp_path / "m", hidden=256, layers=1, norm_spread=0.0)
+    tensors, torch = _read_all(path)
+    assert torch.equal(tensors["model.norm.weight"].float(), torch.ones(256))

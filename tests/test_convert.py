@@ -12,7 +12,6 @@ from models import (
     ODD,
     Q6K,
     f32_to_bf16_bits,
-    make_synthetic_model,
     reference_tensors,
     write_safetensors,
 )
@@ -23,6 +22,7 @@ from nntrtool.format import NntrFile
 from nntrtool.qtypes import F32, Q4_0, Q4_0_REPACKED, Q6_K, Q8_0
 from nntrtool.quant import quantize, repack
 from nntrtool.sources import open_source
+from nntrtool.synthetic import make_synthetic_model
 
 
 def expected_bytes(src_tensor, planned) -> np.ndarray:
@@ -430,8 +430,9 @@ def test_memory_does_not_grow_with_the_model(tmp_path, qtype):
     import sys
 
     src = make_synthetic_model(
-        tmp_path / "m", dtype="bf16", hidden=1024, intermediate=4096, vocab=8192, layers=8
-    )
+        tmp_path / "m", dtype="bf16", hidden=1024, intermediate=4096, vocab=8192, layers=8,
+        kv_heads=16,
+    )  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "-c", MEMORY_CHILD, str(src), str(tmp_path / "o.nntr"), qtype],
         capture_output=True,

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from models import f32_to_bf16_bits, make_synthetic_model, write_safetensors
+from models import f32_to_bf16_bits, write_safetensors
 from test_plan import write_model
 
 from nntrtool.cli.app import main
 from nntrtool.format import NntrFile
+from nntrtool.synthetic import make_synthetic_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -230,8 +231,9 @@ def test_error_in_a_subprocess_has_no_traceback(tmp_path):
 def test_ctrl_c_leaves_no_file(tmp_path):
     """SIGINT in the middle of a conversion: exit 130, no output and no temporary file."""
     src = make_synthetic_model(
-        tmp_path / "m", dtype="bf16", hidden=512, intermediate=1536, vocab=4096, layers=8
-    )
+        tmp_path / "m", dtype="bf16", hidden=512, intermediate=1536, vocab=4096, layers=8,
+        kv_heads=8,
+    )  # fmt: skip
     outdir = tmp_path / "out"
     outdir.mkdir()
     proc = subprocess.Popen(

@@ -16,12 +16,11 @@ from models import (
     ODD_ROWS,
     Q6K,
     TINY,
-    llama_shapes,
-    make_synthetic_model,
     reference_tensors,
 )
 
 from nntrtool.sources import open_source
+from nntrtool.synthetic import LlamaShape, make_synthetic_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,12 +119,15 @@ def test_builds_are_reproducible(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["bf16", "f16", "f32"])
 def test_synthetic_model_layout_and_values(tmp_path, dtype):
-    folder = make_synthetic_model(tmp_path / "s", 3_000_000, dtype=dtype, hidden=256, vocab=1024)
+    folder = make_synthetic_model(
+        tmp_path / "s", 3_000_000, dtype=dtype, hidden=256, vocab=1024, intermediate=1024,
+        kv_heads=4, at_least=False, norm_spread=0.0,
+    )  # fmt: skip
     cfg = json.loads((folder / "config.json").read_text())
     with open_source(folder) as src:
         assert abs(src.total_params - 3_000_000) / 3_000_000 < 0.15
-        expect = llama_shapes(hidden=256, intermediate=1024, vocab=1024, layers=cfg["num_hidden_layers"],
-                              heads=4, kv_heads=4)  # fmt: skip
+        expect = LlamaShape(hidden=256, intermediate=1024, vocab=1024, layers=cfg["num_hidden_layers"],
+                            heads=4, kv_heads=4).tensors()  # fmt: skip
         assert [(t.name, t.shape) for t in src.tensors] == expect
         w = src.tensor("model.layers.0.mlp.up_proj.weight").read_f32()
         assert (
@@ -141,8 +143,9 @@ def test_synthetic_model_layout_and_values(tmp_path, dtype):
 
 def test_synthetic_model_shards_and_tie(tmp_path):
     folder = make_synthetic_model(
-        tmp_path / "s", layers=4, hidden=128, vocab=256, tie=True, shards=3
-    )
+        tmp_path / "s", layers=4, hidden=128, vocab=256, intermediate=512, kv_heads=2, tie=True,
+        shards=3,
+    )  # fmt: skip
     assert len(list(folder.glob("model-*.safetensors"))) == 3
     with open_source(folder) as src:
         assert "lm_head.weight" not in src
@@ -157,7 +160,10 @@ def test_synthetic_model_streams_a_large_model(tmp_path):
 
     tracemalloc.start()
     t0 = time.perf_counter()
-    folder = make_synthetic_model(tmp_path / "big", 100_000_000, hidden=1024, vocab=32000)
+    folder = make_synthetic_model(
+        tmp_path / "big", 100_000_000, hidden=1024, vocab=32000, intermediate=4096, kv_heads=16,
+        at_least=False,
+    )  # fmt: skip
     elapsed = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
