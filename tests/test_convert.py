@@ -468,3 +468,40 @@ def test_workqueue_threading_layer_does_not_abort(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "(1, 2)"
     assert NntrFile(tmp_path / "o.nntr").tensor("w11.weight").ttype is Q6_K
+
+
+class _Recorder:
+    """A progress display that remembers what it was told, in order."""
+
+    def __init__(self, total: int, description: str):
+        self.total, self.description, self.events = total, description, []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def advance(self, n: int, current: str | None = None) -> None:
+        self.events.append((n, current))
+
+    def log(self, message: str) -> None:
+        self.events.append((0, message))
+
+
+def test_progress_names_kernel_preparation_before_the_first_tensor(tmp_path):
+    """A first run's JIT compile shows up as such, once per kernel, before any data moves."""
+    src = write_model(tmp_path / "m")
+    bars: list[_Recorder] = []
+
+    def factory(total: int, description: str) -> _Recorder:
+        bars.append(_Recorder(total, description))
+        return bars[-1]
+
+    report = convert(src, tmp_path / "o.nntr", ConvertOptions(repack_format="q4_0_8"), factory)
+    (bar,) = bars
+    preparing = [c for n, c in bar.events if c and c.startswith("preparing")]
+    first_data = next(i for i, (n, _) in enumerate(bar.events) if n > 0)
+    assert preparing and all(n == 0 for n, _ in bar.events[: len(preparing)])
+    assert first_data == len(preparing)
+    assert sum(n for n, _ in bar.events) == report.plan.params == bar.total

@@ -314,6 +314,37 @@ class _Work:
         return q
 
 
+_ZERO_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+
+
+def _prepare_kernels(plan: ConversionPlan, backend: str, prog: Any) -> None:
+    """Run every kernel the plan needs once, on one tiny block, before the first chunk.
+
+    On a machine's first run the JIT compiles them (seconds; cached on disk afterwards), and
+    the progress display says so instead of showing a bar that seems stuck at 0%.
+    """
+    from nntrtool.quant import quantize, repack
+
+    seen: set[tuple[str, str, str]] = set()
+    for tp in plan.tensors:
+        if not tp.quantized or tp.source_dtype not in _ZERO_DTYPES:
+            continue
+        layout = tp.layout.name if tp.layout is not None else ""
+        key = (tp.quant_name, tp.source_dtype, layout)
+        if key in seen:
+            continue
+        seen.add(key)
+        if prog is not None:
+            prog.advance(
+                0, current=f"preparing the {tp.quant_name} kernel (compiled once, then cached)"
+            )
+        rows = tp.layout.rows if tp.layout is not None else 1
+        block = np.zeros((rows, tp.ttype.block_size), _ZERO_DTYPES[tp.source_dtype])
+        q = quantize(block, tp.quant_name, backend=backend, source_dtype=tp.source_dtype)
+        if layout:
+            repack(q, layout)
+
+
 def _pool_shape(backend: str, threads: int) -> tuple[int, int]:
     """(worker threads, kernel threads per worker) for ``threads`` threads in all.
 
@@ -382,6 +413,7 @@ def _write(
             NntrWriter(out, plan.file_config(), plan.specs, force=options.force) as writer,
             prog_cm as prog,
         ):
+            _prepare_kernels(plan, backend, prog)
 
             def drain() -> None:
                 work, fut = pending.popleft()
