@@ -16,6 +16,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +63,7 @@ from llvmlite import ir  # noqa: E402
 from numba import njit, prange, types  # noqa: E402
 from numba.extending import intrinsic, overload, register_jitable  # noqa: E402
 
+from nntrtool.qtypes import TensorType  # noqa: E402
 from nntrtool.quant.common import SRC_F16, non_finite_error, to_f32  # noqa: E402
 
 _QUANT_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -263,19 +265,59 @@ def launch_guard() -> Iterator[None]:
 
 
 def raise_first_bad(x: np.ndarray, src_kind: int, bad: np.ndarray, row_offset: int = 0) -> None:
-    """Raise the NonFiniteError for the first row whose kernel flagged a column (``bad >= 0``)."""
+    """Raise the NonFiniteError for the first row a kernel flagged (``bad[r] >= 0``), naming the
+    first NaN or inf in that row (the row is decoded again: kernels only say which rows)."""
     rows = np.flatnonzero(bad >= 0)
     if rows.size:
         r = int(rows[0])
-        c = int(bad[r])
-        value = to_f32(np.ascontiguousarray(x[r : r + 1, c : c + 1]), src_kind, np)
-        raise non_finite_error(r + row_offset, c, float(value[0, 0]))
+        row = to_f32(np.ascontiguousarray(x[r]), src_kind, np)
+        c = int(np.argmin(np.isfinite(row)))
+        raise non_finite_error(r + row_offset, c, float(row[c]))
+
+
+def run_quantize(
+    kernel: Any,
+    ttype: TensorType,
+    x: np.ndarray,
+    src_kind: int,
+    *,
+    out: np.ndarray | None = None,
+    row_offset: int = 0,
+) -> np.ndarray:
+    """Run a quantize kernel ``kernel(x, src_kind, out, bad)`` on C-contiguous rows ``x``.
+
+    Returns ``out`` (allocated when not given): ``ttype`` bytes, ``(rows, row_bytes)``. The
+    kernel stores a value >= 0 in ``bad[r]`` (preset to -1) when row ``r`` holds a NaN or
+    inf; the first such row raises NonFiniteError (its row counted from ``row_offset``).
+    """
+    rows, cols = x.shape
+    if out is None:
+        out = np.empty((rows, ttype.row_bytes(cols)), dtype=np.uint8)
+    if rows:
+        bad = np.full(rows, -1, dtype=np.int64)
+        with launch_guard():
+            kernel(x, src_kind, out, bad)
+        raise_first_bad(x, src_kind, bad, row_offset)
+    return out
+
+
+def run_dequantize(kernel: Any, ttype: TensorType, data: np.ndarray) -> np.ndarray:
+    """Run a dequantize kernel ``kernel(data, out)`` on C-contiguous ``ttype`` bytes
+    ``(rows, row_bytes)``; returns the float32 ``(rows, cols)`` it fills."""
+    rows = data.shape[0]
+    out = np.empty((rows, data.shape[1] // ttype.block_bytes * ttype.block_size), np.float32)
+    if rows:
+        with launch_guard():
+            kernel(data, out)
+    return out
 
 
 __all__ = [
     "njit",
     "prange",
     "raise_first_bad",
+    "run_quantize",
+    "run_dequantize",
     "f32_bits",
     "f32_from_bits",
     "f32_to_f16_bits",

@@ -20,12 +20,15 @@ from numba import prange, types
 from numba.extending import intrinsic, register_jitable
 
 from nntrtool.errors import QuantError
+from nntrtool.qtypes import Q6_K
 from nntrtool.quant._numba_common import (
     f16_bits_to_f32,
     f32_to_f16_bits,
     load_f32,
     nearest_int,
     njit,
+    run_dequantize,
+    run_quantize,
 )
 from nntrtool.quant.common import (
     NEAREST_INT_BIAS,
@@ -33,8 +36,6 @@ from nntrtool.quant.common import (
     SRC_F16,
     SRC_F32,
     SRC_NAMES,
-    non_finite_error,
-    to_f32,
 )
 from nntrtool.quant.q6_k import (
     BLOCK_BYTES,
@@ -270,7 +271,7 @@ def _quantize_kernel(x, src_kind, out, bad):
             r = k // per_row
             b = k - r * per_row
             if not _quantize_superblock(x, r, b * QK, src_kind, out[r], b * BLOCK_BYTES, s):
-                bad[k] = 1
+                bad[r] = b * QK  # chunks may race here; any value >= 0 marks the row
 
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
@@ -330,33 +331,17 @@ def quantize(x: Any, src_kind: int) -> np.ndarray:
         raise QuantError(
             f"q6_k needs rows that are a whole number of {QK}-value blocks, got {cols} columns"
         )
-    per_row = cols // QK
-    out = np.empty((rows, per_row * BLOCK_BYTES), dtype=np.uint8)
     if x.flags.c_contiguous:
-        _quantize_rows(x, 0, src_kind, out)
-    else:
-        # A strided view is copied a slice of rows at a time: bounded extra memory, and the
-        # kernel keeps the one compiled (C-contiguous) version per source dtype.
-        step = max(1, _STRIDED_SLICE_BYTES // (cols * x.itemsize))
-        for r0 in range(0, rows, step):
-            r1 = min(rows, r0 + step)
-            _quantize_rows(np.ascontiguousarray(x[r0:r1]), r0, src_kind, out[r0:r1])
+        return run_quantize(_quantize_kernel, Q6_K, x, src_kind)
+    # A strided view is copied a slice of rows at a time: bounded extra memory, and the kernel
+    # keeps the one compiled (C-contiguous) version per source dtype.
+    out = np.empty((rows, Q6_K.row_bytes(cols)), dtype=np.uint8)
+    step = max(1, _STRIDED_SLICE_BYTES // (cols * x.itemsize))
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        part = np.ascontiguousarray(x[r0:r1])
+        run_quantize(_quantize_kernel, Q6_K, part, src_kind, out=out[r0:r1], row_offset=r0)
     return out
-
-
-def _quantize_rows(x: np.ndarray, row0: int, src_kind: int, out: np.ndarray) -> None:
-    """Run the kernel on C-contiguous rows; raise NonFiniteError at the first bad value."""
-    rows, cols = x.shape
-    if not rows:
-        return
-    per_row = cols // QK
-    bad = np.zeros(rows * per_row, dtype=np.uint8)
-    _quantize_kernel(x, src_kind, out, bad)
-    if bad.any():
-        r = int(np.argmax(bad)) // per_row
-        row = to_f32(x[r], src_kind)
-        c = int(np.argmin(np.isfinite(row)))
-        raise non_finite_error(row0 + r, c, float(row[c]))
 
 
 def dequantize(data: Any) -> np.ndarray:
@@ -369,7 +354,4 @@ def dequantize(data: Any) -> np.ndarray:
         )
     if data.strides[1] != 1:
         data = np.ascontiguousarray(data)
-    out = np.empty((data.shape[0], data.shape[1] // BLOCK_BYTES * QK), dtype=np.float32)
-    if data.shape[0]:
-        _dequantize_kernel(data, out)
-    return out
+    return run_dequantize(_dequantize_kernel, Q6_K, data)

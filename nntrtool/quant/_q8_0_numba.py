@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from nntrtool.qtypes import Q8_0
+
 from . import _numba_common as nc
 from . import _simd as simd
 from ._numba_common import njit
 from .q8_0 import BLOCK_BYTES, D_BYTES, QK
 
 _absmax_bits = simd.make_absmax_bits(QK)
-_first_non_finite = simd.make_first_abs(QK, ">=")
 _pack = simd.make_q8_0_pack(QK)
 _unpack = simd.make_q8_0_unpack(QK)
 _NON_FINITE = np.uint32(0x7F800000)  # |x| bits at or above this: inf or NaN
@@ -28,13 +29,12 @@ def _quantize_rows(x, src_kind, out, bad):
     for r in nc.prange(rows):
         row = x[r]
         orow = out[r]
-        bad[r] = -1
         for b in range(nb):
             base = b * QK
             o = b * BLOCK_BYTES
             mbits = _absmax_bits(row, base, src_kind)
             if mbits >= _NON_FINITE:
-                bad[r] = base + _first_non_finite(row, base, src_kind, _NON_FINITE)
+                bad[r] = base
                 break
             d = nc.f32_from_bits(mbits) / _QMAX
             inv = _F1 / d if d != _F0 else _F0
@@ -62,18 +62,9 @@ def _dequantize_rows(data, out):
 
 def quantize(x: np.ndarray, src_kind: int) -> np.ndarray:
     """Q8_0 bytes of a C-contiguous 2-D float32 array (or uint16 fp16/bf16 bits per ``src_kind``)."""
-    rows, cols = x.shape
-    out = np.empty((rows, cols // QK * BLOCK_BYTES), dtype=np.uint8)
-    bad = np.empty(rows, dtype=np.int64)
-    with nc.launch_guard():
-        _quantize_rows(x, src_kind, out, bad)
-    nc.raise_first_bad(x, src_kind, bad)
-    return out
+    return nc.run_quantize(_quantize_rows, Q8_0, x, src_kind)
 
 
 def dequantize(data: np.ndarray) -> np.ndarray:
     """float32 (rows, cols) of a C-contiguous Q8_0 array (rows, row_bytes)."""
-    out = np.empty((data.shape[0], data.shape[1] // BLOCK_BYTES * QK), dtype=np.float32)
-    with nc.launch_guard():
-        _dequantize_rows(data, out)
-    return out
+    return nc.run_dequantize(_dequantize_rows, Q8_0, data)

@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 
 from nntrtool.qtypes import Q6_K
-from nntrtool.quant.common import NEAREST_INT_BIAS, check_finite, f16_bits, f16_to_f32, nearest_int
+from nntrtool.quant.common import (
+    NEAREST_INT_BIAS,
+    check_finite,
+    f16_bits,
+    f16_to_f32,
+    nearest_int,
+    numba_entry_points,
+)
 
 QK = Q6_K.block_size  # 256 values per superblock
 BLOCK_BYTES = Q6_K.block_bytes  # 210
@@ -257,15 +264,5 @@ def dequantize_xp(data: Any, xp: Any = np) -> Any:
     return y.reshape(rows, nb_row * QK)
 
 
-def quantize_numba(x: Any, src_kind: int) -> np.ndarray:
-    """Q6_K bytes of a 2-D float32 / fp16-bits / bf16-bits array, with the numba kernel."""
-    from nntrtool.quant import _q6_k_numba
-
-    return _q6_k_numba.quantize(x, src_kind)
-
-
-def dequantize_numba(data: np.ndarray) -> np.ndarray:
-    """float32 values of Q6_K bytes ``(rows, row_bytes)``, with the numba kernel."""
-    from nntrtool.quant import _q6_k_numba
-
-    return _q6_k_numba.dequantize(data)
+# The numba kernels live in _q6_k_numba, imported with numba on first use.
+quantize_numba, dequantize_numba = numba_entry_points("Q6_K", "_q6_k_numba")

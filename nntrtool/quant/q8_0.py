@@ -17,7 +17,7 @@ import numpy as np
 
 from nntrtool.qtypes import Q8_0
 
-from .common import check_finite, f16_bits, f16_to_f32
+from .common import check_finite, f16_bits, f16_to_f32, numba_entry_points
 
 QK = Q8_0.block_size
 BLOCK_BYTES = Q8_0.block_bytes
@@ -73,15 +73,4 @@ def dequantize_xp(data: Any, xp: Any = np) -> Any:
 # --------------------------------------------------------------------------- numba entry points
 
 
-def quantize_numba(x: np.ndarray, src_kind: int) -> np.ndarray:
-    """Q8_0 bytes of a C-contiguous 2-D float32 array (or uint16 fp16/bf16 bits per ``src_kind``)."""
-    from . import _q8_0_numba
-
-    return _q8_0_numba.quantize(x, src_kind)
-
-
-def dequantize_numba(data: np.ndarray) -> np.ndarray:
-    """float32 (rows, cols) of a C-contiguous Q8_0 array (rows, row_bytes)."""
-    from . import _q8_0_numba
-
-    return _q8_0_numba.dequantize(data)
+quantize_numba, dequantize_numba = numba_entry_points("Q8_0", "_q8_0_numba")
