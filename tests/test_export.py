@@ -8,6 +8,7 @@ turned back into a Hugging Face state dict and run in transformers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -514,7 +515,7 @@ def test_existing_output_needs_force_and_interrupts_leave_nothing(sources, tmp_p
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        export_nntr(nntr, out, force=True, progress=CtrlC())
+        export_nntr(nntr, out, force=True, progress=lambda *_: contextlib.nullcontext(CtrlC()))
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]  # the old folder is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.nntr", "out"]
 
@@ -536,6 +537,26 @@ def test_without_a_source_folder_it_warns_and_still_exports(sources, tmp_path):
     # --tokenizer names the folder explicitly
     export_nntr(nntr, tmp_path / "out2", source_dir=sources["qwen3_tied"])
     assert (tmp_path / "out2" / "tokenizer.json").is_file()
+
+
+def test_progress_factory_is_opened_once_and_sees_every_parameter(sources, tmp_path):
+    nntr, _ = nntr_from_source(tmp_path, sources["qwen3_tied"], {"embedding": "q6_k"})
+
+    class Counter:
+        done = 0
+
+        def advance(self, n, current=None):
+            self.done += n
+
+    counter, opened = Counter(), []
+
+    def factory(total, description):
+        opened.append((total, description))
+        return contextlib.nullcontext(counter)
+
+    result = export_nntr(nntr, tmp_path / "out", progress=factory)
+    assert opened == [(result.plan.params, f"export {nntr.name}")]
+    assert counter.done == result.plan.params
 
 
 def test_dry_run_writes_nothing(sources, tmp_path):

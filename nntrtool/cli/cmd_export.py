@@ -82,8 +82,7 @@ def export_command(
 ) -> None:
     """Export FILE to OUT_DIR, a folder nntrainer's CausalLM application runs as is."""
     from nntrtool.cli.display import Progress
-    from nntrtool.export import RuntimeOptions, check_target, export_nntr, plan_export
-    from nntrtool.format import NntrFile
+    from nntrtool.export import RuntimeOptions, check_target, export_nntr
 
     check_target(target)
 
@@ -100,24 +99,24 @@ def export_command(
         bos_token_id=bos_token_id,
         eos_token_ids=list(eos_token_id) if eos_token_id else None,
     )
+
+    def progress(total: int, description: str) -> Progress:
+        return Progress(total, description, quiet=quiet)
+
+    result = export_nntr(
+        file,
+        out_dir,
+        target,
+        isa,
+        force=force,
+        progress=progress,
+        runtime=runtime,
+        source_dir=tokenizer,
+        dry_run=dry_run,
+    )
     if dry_run:
-        result = export_nntr(
-            file, out_dir, target, isa, runtime=runtime, source_dir=tokenizer, dry_run=True
-        )
         render_plan(result.plan)
-        return
-    import time
-
-    from nntrtool.export import ExportResult, check_output, write_export
-
-    check_output(out_dir.absolute(), force, (file,) + ((tokenizer,) if tokenizer else ()))
-    start = time.perf_counter()
-    with NntrFile(file) as nf:
-        plan = plan_export(nf, out_dir, isa=isa, runtime=runtime, source_dir=tokenizer, source=file)
-        with Progress(plan.params, f"export {file.name}", quiet=quiet) as progress:
-            files = write_export(plan, nf, out_dir, force=force, progress=progress)
-    result = ExportResult(out_dir.absolute(), plan, files, time.perf_counter() - start)
-    if not quiet:
+    elif not quiet:
         render_summary(result)
 
 

@@ -12,6 +12,7 @@ copied, and Q4_0 is re-laid losslessly into the CPU layout of the chosen ISA.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -19,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,6 +69,11 @@ class ProgressLike(Protocol):
     """What the writer reports through (``nntrtool.cli.display.Progress`` fits)."""
 
     def advance(self, n: int, current: str | None = None) -> None: ...
+
+
+#: Called with the total parameter count and a description; returns a context manager that
+#: yields a :class:`ProgressLike` (as for :func:`nntrtool.convert.convert`).
+ProgressFactory = Callable[[int, str], Any]
 
 
 @dataclass
@@ -823,7 +830,7 @@ def export_nntr(
     isa: str = "x86",
     *,
     force: bool = False,
-    progress: ProgressLike | None = None,
+    progress: ProgressFactory | None = None,
     runtime: RuntimeOptions | None = None,
     source_dir: str | os.PathLike[str] | None = None,
     dry_run: bool = False,
@@ -832,7 +839,9 @@ def export_nntr(
     """Export an NNTR file to a folder nntrainer's CausalLM application runs as is.
 
     ``source_dir`` is where the tokenizer and generation config come from (default: the
-    source recorded in the file, when it is still there). Raises :class:`NntrError`.
+    source recorded in the file, when it is still there). ``progress`` is a factory
+    ``(total params, description) -> context manager yielding a progress object``, opened
+    around the writing only. Raises :class:`NntrError`.
     """
     check_target(target)
     start = time.perf_counter()
@@ -845,7 +854,9 @@ def export_nntr(
         plan = plan_export(nf, out, isa=isa, runtime=runtime, source_dir=source_dir, source=path)
         if dry_run:
             return ExportResult(out, plan, [], time.perf_counter() - start, dry_run=True)
-        files = write_export(plan, nf, out, force=force, progress=progress, chunk_bytes=chunk_bytes)
+        bar = progress(plan.params, f"export {path.name}") if progress else contextlib.nullcontext()
+        with bar as prog:
+            files = write_export(plan, nf, out, force=force, progress=prog, chunk_bytes=chunk_bytes)
     finally:
         close = getattr(nf, "close", None)
         if callable(close):
@@ -859,6 +870,7 @@ __all__ = [
     "TOKENIZER_FILES",
     "ExportPlan",
     "ExportResult",
+    "ProgressFactory",
     "RuntimeOptions",
     "TensorExport",
     "check_output",

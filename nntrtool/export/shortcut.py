@@ -58,23 +58,22 @@ def convert_and_export(
     tmp_dir.mkdir(parents=True, exist_ok=False)
     try:
         report = convert(source_spec, tmp, conv_options, progress=progress)
-        params = report.plan.params
-        if progress is not None:
-            with progress(params, f"export {out.name}") as bar:
-                result = export_nntr(
-                    tmp,
-                    out,
-                    target,
-                    isa,
-                    force=options.force,
-                    progress=bar,
-                    runtime=runtime,
-                    source_dir=root,
-                )
-        else:
-            result = export_nntr(
-                tmp, out, target, isa, force=options.force, runtime=runtime, source_dir=root
-            )
+        # The bar names the output folder, not the temporary file.
+        export_progress = (
+            (lambda total, _description: progress(total, f"export {out.name}"))
+            if progress is not None
+            else None
+        )
+        result = export_nntr(
+            tmp,
+            out,
+            target,
+            isa,
+            force=options.force,
+            progress=export_progress,
+            runtime=runtime,
+            source_dir=root,
+        )
     finally:
         tmp.unlink(missing_ok=True)
         tmp_dir.rmdir()
