@@ -1,6 +1,7 @@
 """Quantization kernel throughput, side by side with ggml's C reference on one thread.
 
     python benchmarks/bench_quant.py [--rows 4096] [--cols 4096] [--repeats 5] [--json out.json]
+        [--types q4_0,q8_0,q6_k] [--one-thread] [--cpu-time] [--numpy [--numpy-rows 512]]
 
 Times the public API (``nntrtool.quant``) on a float32 matrix in memory, best of ``--repeats``
 runs after a warm-up, and checks every result against ggml's bytes. Also times the first call
@@ -8,6 +9,15 @@ of a fresh process (the numba kernels loading from the on-disk cache). Figures a
 (values quantized or dequantized per second) or bytes/s for the repack, by wall time. The load
 average is printed with them: on a machine shared with other work, multi-threaded kernels lose
 the most (a parallel region waits for its slowest thread), so compare runs at a low load.
+
+``--one-thread`` also times numba's kernels limited to one thread, the fair match for ggml's
+single-threaded figures. ``--cpu-time`` adds the rate per second of process CPU time, summed
+over all threads: the work one core does, which other load on the machine lowers much less
+than the wall-clock rate. It is taken over a run of calls lasting at least a quarter second,
+because the kernel adds the time of threads other than the caller in scheduler ticks: over a
+single call of a few milliseconds it would miss most of the worker threads' time. ``--numpy``
+also times the numpy reference code, on the first ``--numpy-rows`` rows (default all; q6_k's
+is slow).
 """
 
 from __future__ import annotations
@@ -19,7 +29,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -37,6 +48,32 @@ def best_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
         out = fn()
         best = min(best, time.perf_counter() - t)
     return best, out
+
+
+def cpu_seconds_per_call(fn: Callable[[], Any], min_seconds: float = 0.25) -> float:
+    """Process CPU seconds (all threads) per call of ``fn``, over calls lasting ``min_seconds``."""
+    calls = 0
+    wall, cpu = time.perf_counter(), time.process_time()
+    while calls == 0 or time.perf_counter() - wall < min_seconds:
+        fn()
+        calls += 1
+    return (time.process_time() - cpu) / calls
+
+
+@contextmanager
+def numba_threads(n: int | None) -> Iterator[None]:
+    """Run the block with numba's kernels on ``n`` threads (``None``: as configured)."""
+    if n is None:
+        yield
+        return
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def first_call_seconds() -> dict[str, float]:
@@ -72,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--types", default="q4_0,q8_0,q6_k")
     parser.add_argument("--numpy", action="store_true", help="also time the numpy backend")
+    parser.add_argument("--numpy-rows", type=int, help="rows for the numpy runs (default: all)")
+    parser.add_argument("--one-thread", action="store_true", help="also numba on one thread")
+    parser.add_argument("--cpu-time", action="store_true", help="also the rate per CPU-second")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args(argv)
 
@@ -86,44 +126,135 @@ def main(argv: list[str] | None = None) -> int:
     }
     lines = []
 
-    def record(name: str, seconds: float, amount: float, unit: str, ref: float | None = None):
+    def record(
+        name: str,
+        seconds: float,
+        amount: float,
+        unit: str,
+        ref: float | None = None,
+        fn: Callable[[], Any] | None = None,
+    ) -> None:
         rate = amount / seconds
         results[name] = {"seconds": seconds, unit: rate}
         scale = 1e9 if unit.endswith("GB/s") or rate > 1e9 else 1e6
         label = ("G" if scale == 1e9 else "M") + (" B/s" if "B/s" in unit else " params/s")
         extra = f"   {ref / seconds:5.2f}x ggml 1 thread" if ref else ""
+        if args.cpu_time and fn is not None:
+            cpu = results[name]["cpu_seconds"] = cpu_seconds_per_call(fn)
+            extra += f"   {amount / cpu / scale:8.2f} per CPU-second"
         lines.append(f"{name:<34} {rate / scale:9.2f} {label}{extra}")
 
+    def timed(
+        name: str,
+        fn: Callable[[], Any],
+        amount: float,
+        unit: str,
+        repeats: int,
+        ref: float | None = None,
+        threads: int | None = None,
+    ) -> tuple[float, Any]:
+        """Time ``fn`` on ``threads`` numba threads, record it, return (seconds, result)."""
+        with numba_threads(threads):
+            seconds, out = best_time(fn, repeats)
+            record(name, seconds, amount, unit, ref=ref, fn=fn)
+        return seconds, out
+
+    # numba as configured, then (--one-thread) limited to one thread
+    runs = [(None, "")] + ([(1, " (1 thread)")] if args.one_thread else [])
+    xs = x[: args.numpy_rows] if args.numpy_rows else x
+    part = f" ({len(xs)} rows)" if len(xs) < rows else ""
     for qtype in args.types.split(","):
-        t_ref, expected = best_time(lambda q=qtype: ggml.quantize(x, q), max(1, args.repeats // 2))
-        record(f"ggml {qtype} quantize (1 thread)", t_ref, n, "params/s")
-        backends = ["numba"] + (["numpy"] if args.numpy else [])
-        for backend in backends:
-            t, got = best_time(lambda q=qtype, b=backend: quantize(x, q, backend=b), args.repeats)
-            assert np.array_equal(got, expected), f"{qtype} {backend}: bytes differ from ggml"
-            record(f"{backend} {qtype} quantize", t, n, "params/s", ref=t_ref)
-        t_ref, ref_values = best_time(lambda q=qtype, d=expected: ggml.dequantize(d, q, cols), 2)
-        record(f"ggml {qtype} dequantize (1 thread)", t_ref, n, "params/s")
-        t, values = best_time(lambda q=qtype, d=expected: dequantize(d, q, x.shape), args.repeats)
-        assert np.array_equal(values.view(np.uint32), ref_values.view(np.uint32))
-        record(f"numba {qtype} dequantize", t, n, "params/s", ref=t_ref)
+        t_ref, expected = timed(
+            f"ggml {qtype} quantize (1 thread)",
+            lambda q=qtype: ggml.quantize(x, q),
+            n,
+            "params/s",
+            max(1, args.repeats // 2),
+        )
+        for threads, suffix in runs:
+            _, got = timed(
+                f"numba {qtype} quantize{suffix}",
+                lambda q=qtype: quantize(x, q, backend="numba"),
+                n,
+                "params/s",
+                args.repeats,
+                ref=t_ref,
+                threads=threads,
+            )
+            assert np.array_equal(got, expected), f"{qtype} numba: bytes differ from ggml"
+        if args.numpy:
+            _, got = timed(
+                f"numpy {qtype} quantize{part}",
+                lambda q=qtype: quantize(xs, q, backend="numpy"),
+                xs.size,
+                "params/s",
+                args.repeats,
+                ref=t_ref * xs.size / n,
+            )
+            assert np.array_equal(got, expected[: len(xs)]), f"{qtype} numpy: bytes differ"
+        t_ref, ref_values = timed(
+            f"ggml {qtype} dequantize (1 thread)",
+            lambda q=qtype, d=expected: ggml.dequantize(d, q, cols),
+            n,
+            "params/s",
+            2,
+        )
+        for threads, suffix in runs:
+            _, values = timed(
+                f"numba {qtype} dequantize{suffix}",
+                lambda q=qtype, d=expected: dequantize(d, q, x.shape),
+                n,
+                "params/s",
+                args.repeats,
+                ref=t_ref,
+                threads=threads,
+            )
+            assert np.array_equal(values.view(np.uint32), ref_values.view(np.uint32))
+        if args.numpy:
+            _, values = timed(
+                f"numpy {qtype} dequantize{part}",
+                lambda q=qtype, d=expected[: len(xs)]: dequantize(d, q, xs.shape, backend="numpy"),
+                xs.size,
+                "params/s",
+                args.repeats,
+                ref=t_ref * xs.size / n,
+            )
+            assert np.array_equal(values.view(np.uint32), ref_values[: len(xs)].view(np.uint32))
 
     q = ggml.quantize(x, "q4_0")
     for layout in ("q4_0_4", "q4_0_8", "q4_0_4x4"):
-        t_ref, expected = best_time(lambda lay=layout: ggml.repack(q, lay), 2)
-        record(f"ggml repack {layout} (1 thread)", t_ref, q.nbytes, "GB/s")
-        t, got = best_time(lambda lay=layout: repack(q, lay), args.repeats)
+        t_ref, expected = timed(
+            f"ggml repack {layout} (1 thread)",
+            lambda lay=layout: ggml.repack(q, lay),
+            q.nbytes,
+            "GB/s",
+            2,
+        )
+        _, got = timed(
+            f"numba repack {layout}",
+            lambda lay=layout: repack(q, lay),
+            q.nbytes,
+            "GB/s",
+            args.repeats,
+            ref=t_ref,
+        )
         assert np.array_equal(got, expected), f"repack {layout} differs from ggml"
-        record(f"numba repack {layout}", t, q.nbytes, "GB/s", ref=t_ref)
-        t, back = best_time(lambda lay=layout, p=got: unpack(p, lay), args.repeats)
+        _, back = timed(
+            f"numba unpack {layout}",
+            lambda lay=layout, p=got: unpack(p, lay),
+            q.nbytes,
+            "GB/s",
+            args.repeats,
+        )
         assert np.array_equal(back, q)
-        record(f"numba unpack {layout}", t, q.nbytes, "GB/s")
 
     first = first_call_seconds()
     results.update(first)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     results["load_average"] = load
-    print(f"{rows} x {cols} float32, {os.cpu_count()} CPUs, load {load:.1f}, best of {args.repeats}")
+    print(
+        f"{rows} x {cols} float32, {os.cpu_count()} CPUs, load {load:.1f}, best of {args.repeats}"
+    )
     print("\n".join(lines))
     for name, seconds in first.items():
         print(f"{name:<34} {seconds:9.3f} s")
