@@ -12,9 +12,9 @@ import pytest
 from models import f32_to_bf16_bits, write_safetensors
 
 from nntrtool.errors import NntrError, SourceError, UsageError
+from nntrtool.quant.common import bf16_to_f32 as bf16_bits_to_f32
 from nntrtool.sources import (
     ModelSource,
-    bf16_bits_to_f32,
     dtype_nbytes,
     looks_like_hub_id,
     open_source,

@@ -248,13 +248,9 @@ def _chunks(tp: TensorPlan, src_tensor: Any, budget: int) -> Iterator[tuple[int,
 
 
 def _to_f32(x: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "BF16":
-        from nntrtool.sources import bf16_bits_to_f32
+    from nntrtool.quant.common import source_kind, to_f32
 
-        return bf16_bits_to_f32(x)
-    if x.dtype == np.float32:
-        return x
-    return x.astype(np.float32)
+    return to_f32(x, source_kind(dtype))
 
 
 def _first_nonfinite(x: np.ndarray) -> tuple[int, int, float] | None:

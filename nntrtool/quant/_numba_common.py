@@ -205,6 +205,19 @@ def f16_bits_to_f32(h):
 
 
 @register_jitable(inline="always")
+def store_f16_bits(out, o, h):
+    """Store fp16 bits ``h`` little-endian at ``out[o:o+2]`` (a block's scale)."""
+    out[o] = np.uint8(U32(h) & U32(0xFF))
+    out[o + 1] = np.uint8(U32(h) >> U32(8))
+
+
+@register_jitable(inline="always")
+def load_f16(data, o):
+    """The float32 value of the little-endian fp16 at ``data[o:o+2]`` (a block's scale)."""
+    return f16_bits_to_f32(U32(data[o]) | (U32(data[o + 1]) << U32(8)))
+
+
+@register_jitable(inline="always")
 def bf16_bits_to_f32(h):
     """The float32 value of bfloat16 bits ``h``."""
     return f32_from_bits(U32(h) << U32(16))
@@ -323,6 +336,8 @@ __all__ = [
     "f32_to_f16_bits",
     "f16_bits_to_f32",
     "bf16_bits_to_f32",
+    "store_f16_bits",
+    "load_f16",
     "nearest_int",
     "load_f32",
 ]

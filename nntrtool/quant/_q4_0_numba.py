@@ -44,9 +44,7 @@ def _quantize_rows(x, src_kind, out, bad):
                 mx = nc.load_f32(row, base + first, src_kind)
             d = mx / _MINUS8
             inv = _F1 / d if d != _F0 else _F0
-            h = nc.f32_to_f16_bits(d)
-            orow[o] = np.uint8(h & np.uint16(0xFF))
-            orow[o + 1] = np.uint8(h >> np.uint16(8))
+            nc.store_f16_bits(orow, o, nc.f32_to_f16_bits(d))
             if np.isinf(inv):
                 orow[o + D_BYTES : o + BLOCK_BYTES] = 0
             else:
@@ -62,8 +60,7 @@ def _dequantize_rows(data, out):
         orow = out[r]
         for b in range(nb):
             o = b * BLOCK_BYTES
-            d = nc.f16_bits_to_f32(np.uint32(drow[o]) | np.uint32(drow[o + 1]) << np.uint32(8))
-            _unpack(drow, o + D_BYTES, d, orow, b * QK)
+            _unpack(drow, o + D_BYTES, nc.load_f16(drow, o), orow, b * QK)
 
 
 def quantize(x: np.ndarray, src_kind: int) -> np.ndarray:

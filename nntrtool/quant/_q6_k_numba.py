@@ -24,11 +24,13 @@ from nntrtool.qtypes import Q6_K
 from nntrtool.quant._numba_common import (
     f16_bits_to_f32,
     f32_to_f16_bits,
+    load_f16,
     load_f32,
     nearest_int,
     njit,
     run_dequantize,
     run_quantize,
+    store_f16_bits,
 )
 from nntrtool.quant.common import (
     NEAREST_INT_BIAS,
@@ -209,8 +211,7 @@ def _quantize_superblock(x, r, c0, src_kind, dst, o, s):
         q = min(np.int32(127), nearest_int(iscale * s[_SCALE + j]))
         dst[o + SC_OFF + j] = np.uint8(q & 0xFF)  # wraps like the C store into int8
         s[_DJ + j] = d * np.float32(np.int8(q))
-    dst[o + D_OFF] = np.uint8(d_bits & 0xFF)
-    dst[o + D_OFF + 1] = np.uint8(d_bits >> 8)
+    store_f16_bits(dst, o + D_OFF, d_bits)
 
     # Requantize with the fp16-rounded scale (a division, as in C). The float difference
     # rounds like nearest_int while |v| <= 2^22 - 1; runs with anything else (a NaN or
@@ -284,7 +285,7 @@ def _dequantize_kernel(data, out):
         b = k - r * per_row
         blk = data[r, b * BLOCK_BYTES : (b + 1) * BLOCK_BYTES]
         y = out[r, b * QK : (b + 1) * QK]
-        d = f16_bits_to_f32(np.uint16(blk[D_OFF]) | (np.uint16(blk[D_OFF + 1]) << 8))
+        d = load_f16(blk, D_OFF)
         for h in range(2):
             for g in range(2):
                 # Values 128h + 16g + l (+32, +64, +96) for l < 16 share one scale each, so

@@ -20,15 +20,22 @@ import numpy as np
 
 from nntrtool.qtypes import Q4_0
 
-from .common import check_finite, f16_bits, f16_to_f32, numba_entry_points
+from .common import (
+    SCALE_BYTES,
+    check_finite,
+    join_scale_blocks,
+    numba_entry_points,
+    scaled_values,
+    split_scale_blocks,
+)
 
 QK = Q4_0.block_size
 BLOCK_BYTES = Q4_0.block_bytes
 HALF = QK // 2
-D_BYTES = BLOCK_BYTES - HALF  # the fp16 scale in front of the codes
+D_BYTES = SCALE_BYTES  # the fp16 scale in front of the codes
+assert D_BYTES + HALF == BLOCK_BYTES
 
 _F0 = np.float32(0.0)
-_F1 = np.float32(1.0)
 _MINUS8 = np.float32(-8.0)
 _BIAS = np.float32(8.5)
 
@@ -48,28 +55,18 @@ def quantize_xp(x: Any, xp: Any = np) -> Any:
     mx = xp.take_along_axis(xb, first[..., None], axis=2)[..., 0]
     mx = xp.where(amax == _F0, _F0, mx)  # the walk's initial +0.0 survives all-zero blocks
     d = (mx / _MINUS8).astype(xp.float32)
-    nz = d != _F0
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        inv = xp.where(nz, _F1 / xp.where(nz, d, _F1), _F0).astype(xp.float32)
-        v = xb * inv[..., None] + _BIAS
-    v = xp.where(xp.isfinite(v), v, _F0)
+    v = scaled_values(xb, d, xp, bias=_BIAS)
     q = xp.minimum(v.astype(xp.int32), 15).astype(xp.uint8)
-    out = xp.empty((rows, nb, BLOCK_BYTES), dtype=xp.uint8)
-    out[..., :D_BYTES] = f16_bits(d, xp)[..., None].view(xp.uint8)
-    out[..., D_BYTES:] = q[..., :HALF] | (q[..., HALF:] << 4)
-    return out.reshape(rows, nb * BLOCK_BYTES)
+    return join_scale_blocks(d, q[..., :HALF] | (q[..., HALF:] << 4), xp)
 
 
 def dequantize_xp(data: Any, xp: Any = np) -> Any:
     """float32 (rows, cols) of Q4_0 bytes (rows, row_bytes)."""
-    rows = data.shape[0]
-    nb = data.shape[1] // BLOCK_BYTES
-    blocks = data.reshape(rows, nb, BLOCK_BYTES)
-    d = f16_to_f32(xp.ascontiguousarray(blocks[..., :D_BYTES]).view(xp.uint16), xp)
-    qs = blocks[..., D_BYTES:]
+    d, qs = split_scale_blocks(data, BLOCK_BYTES, xp)
     q = xp.concatenate([qs & 0x0F, qs >> 4], axis=2).astype(xp.int8) - xp.int8(8)
     with np.errstate(invalid="ignore"):  # an inf scale times code 0 is NaN, as in ggml
-        return (q.astype(xp.float32) * d).reshape(rows, nb * QK)
+        values = q.astype(xp.float32) * d
+    return values.reshape(data.shape[0], data.shape[1] // BLOCK_BYTES * QK)
 
 
 # --------------------------------------------------------------------------- numba entry points

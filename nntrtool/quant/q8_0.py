@@ -17,14 +17,20 @@ import numpy as np
 
 from nntrtool.qtypes import Q8_0
 
-from .common import check_finite, f16_bits, f16_to_f32, numba_entry_points
+from .common import (
+    SCALE_BYTES,
+    check_finite,
+    join_scale_blocks,
+    numba_entry_points,
+    scaled_values,
+    split_scale_blocks,
+)
 
 QK = Q8_0.block_size
 BLOCK_BYTES = Q8_0.block_bytes
-D_BYTES = BLOCK_BYTES - QK
+D_BYTES = SCALE_BYTES  # the fp16 scale in front of the codes
+assert D_BYTES + QK == BLOCK_BYTES
 
-_F0 = np.float32(0.0)
-_F1 = np.float32(1.0)
 _HALF = np.float32(0.5)
 _QMAX = np.float32(127.0)
 
@@ -47,27 +53,18 @@ def quantize_xp(x: Any, xp: Any = np) -> Any:
     xb = x.reshape(rows, nb, QK)
     amax = xp.abs(xb).max(axis=2)
     d = (amax / _QMAX).astype(xp.float32)
-    nz = d != _F0
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        inv = xp.where(nz, _F1 / xp.where(nz, d, _F1), _F0).astype(xp.float32)
-        v = xb * inv[..., None]
-    v = xp.where(xp.isfinite(v), v, _F0)
+    v = scaled_values(xb, d, xp)
     q = round_half_away(v, xp).astype(xp.int8)
-    out = xp.empty((rows, nb, BLOCK_BYTES), dtype=xp.uint8)
-    out[..., :D_BYTES] = f16_bits(d, xp)[..., None].view(xp.uint8)
-    out[..., D_BYTES:] = q.view(xp.uint8)
-    return out.reshape(rows, nb * BLOCK_BYTES)
+    return join_scale_blocks(d, q.view(xp.uint8), xp)
 
 
 def dequantize_xp(data: Any, xp: Any = np) -> Any:
     """float32 (rows, cols) of Q8_0 bytes (rows, row_bytes)."""
-    rows = data.shape[0]
-    nb = data.shape[1] // BLOCK_BYTES
-    blocks = data.reshape(rows, nb, BLOCK_BYTES)
-    d = f16_to_f32(xp.ascontiguousarray(blocks[..., :D_BYTES]).view(xp.uint16), xp)
-    q = xp.ascontiguousarray(blocks[..., D_BYTES:]).view(xp.int8)
+    d, codes = split_scale_blocks(data, BLOCK_BYTES, xp)
+    q = xp.ascontiguousarray(codes).view(xp.int8)
     with np.errstate(invalid="ignore"):  # an inf scale times code 0 is NaN, as in ggml
-        return (q.astype(xp.float32) * d).reshape(rows, nb * QK)
+        values = q.astype(xp.float32) * d
+    return values.reshape(data.shape[0], data.shape[1] // BLOCK_BYTES * QK)
 
 
 # --------------------------------------------------------------------------- numba entry points

@@ -14,7 +14,6 @@ from nntrtool.sources.base import (
     READABLE_DTYPES,
     ModelSource,
     SourceTensor,
-    bf16_bits_to_f32,
     dtype_nbytes,
 )
 from nntrtool.sources.hub import looks_like_hub_id
@@ -25,7 +24,6 @@ __all__ = [
     "READABLE_DTYPES",
     "ModelSource",
     "SourceTensor",
-    "bf16_bits_to_f32",
     "dtype_nbytes",
     "find_weights",
     "looks_like_hub_id",

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from nntrtool.errors import SourceError
+from nntrtool.quant.common import bf16_to_f32
 
 #: Bits per element of every dtype safetensors knows (sub-byte float types pack along the data).
 DTYPE_BITS: dict[str, int] = {
@@ -52,18 +53,6 @@ READABLE_DTYPES: dict[str, np.dtype] = {
 def dtype_nbytes(dtype: str, numel: int) -> int:
     """Bytes that ``numel`` elements of ``dtype`` take in a safetensors file."""
     return (numel * DTYPE_BITS[dtype] + 7) // 8
-
-
-def bf16_bits_to_f32(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Widen raw bfloat16 bit patterns (uint16) to float32: the bits move to the high half."""
-    if out is None:
-        out = np.empty(bits.shape, dtype=np.float32)
-    wide = out.view(np.uint32)
-    # Widen, then shift in place: about twice as fast as one left_shift with a casting input,
-    # and a Python-int shift amount would keep the loop in uint16 and shift every bit out.
-    np.copyto(wide, bits)
-    wide <<= np.uint32(16)
-    return out
 
 
 class SourceTensor:
@@ -146,7 +135,7 @@ class SourceTensor:
                     f"got {out.dtype} {out.shape}"
                 )
         if self.dtype == "BF16":
-            return bf16_bits_to_f32(raw, out)
+            return bf16_to_f32(raw, np, out)
         if out is None:
             return raw if raw.dtype == np.float32 else raw.astype(np.float32)
         np.copyto(out, raw)
