@@ -81,7 +81,7 @@ def convert_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no summary."),
 ) -> None:
     """Convert a Hugging Face / PyTorch model to an NNTR file (or, with --target, a runtime's folder)."""
-    from nntrtool.cli.display import Progress
+    from nntrtool.cli.display import progress_factory
     from nntrtool.convert import ConvertOptions, convert
     from nntrtool.errors import UsageError
 
@@ -101,8 +101,7 @@ def convert_command(
         config=config,
     )
 
-    def progress(total: int, description: str) -> Progress:
-        return Progress(total, description, quiet=quiet)
+    progress = progress_factory(quiet)
 
     if target is not None and not dry_run:
         from nntrtool.cli.cmd_export import render_summary

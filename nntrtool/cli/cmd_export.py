@@ -81,7 +81,7 @@ def export_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
 ) -> None:
     """Export FILE to OUT_DIR, a folder nntrainer's CausalLM application runs as is."""
-    from nntrtool.cli.display import Progress
+    from nntrtool.cli.display import progress_factory
     from nntrtool.export import RuntimeOptions, check_target, export_nntr
 
     check_target(target)
@@ -100,8 +100,7 @@ def export_command(
         eos_token_ids=list(eos_token_id) if eos_token_id else None,
     )
 
-    def progress(total: int, description: str) -> Progress:
-        return Progress(total, description, quiet=quiet)
+    progress = progress_factory(quiet)
 
     result = export_nntr(
         file,

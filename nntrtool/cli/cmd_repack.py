@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from nntrtool.cli.display import Progress, human_bytes, stderr_console
+from nntrtool.cli.display import human_bytes, progress_factory, stderr_console
 
 
 def repack_command(
@@ -27,8 +27,7 @@ def repack_command(
     """Rewrite the Q4_0 tensors of FILE into another layout without requantizing."""
     from nntrtool.repack_file import repack_file
 
-    def progress(total: int, description: str) -> Progress:
-        return Progress(total, description, quiet=quiet)
+    progress = progress_factory(quiet)
 
     report = repack_file(file, out, fmt, force=force, progress=progress)
     if quiet:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from nntrtool.cli.display import Progress, human_count
+from nntrtool.cli.display import human_count, progress_factory
 from nntrtool.errors import UsageError
 from nntrtool.qtypes import LAYOUTS
 
@@ -65,8 +65,7 @@ def verify_command(
     if logits:
         v._import_torch()  # fail before the long comparison if the extra is missing
 
-    def progress(total: int, description: str) -> Progress:
-        return Progress(total, description, quiet=quiet)
+    progress = progress_factory(quiet)
 
     report = v.verify(
         file, source, max_rel_err=limits, revision=revision, config=config,

@@ -8,8 +8,10 @@ nothing at all with ``--quiet``. Library code never prints: it calls the callbac
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -147,3 +149,8 @@ class Progress:
         elif not self.quiet and exc[0] is None:
             elapsed = time.perf_counter() - self._start
             self._log(f"done: {human_count(self.done)} {self.unit} in {elapsed:.2f} s")
+
+
+def progress_factory(quiet: bool = False) -> Callable[[int, str], Progress]:
+    """``(total, description) -> Progress``: the progress argument library functions take."""
+    return functools.partial(Progress, quiet=quiet)
