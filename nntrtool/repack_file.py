@@ -12,14 +12,14 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from nntrtool.errors import NntrError, UsageError
+from nntrtool.progress import ProgressFactory, ProgressLike
 from nntrtool.qtypes import LAYOUTS, Q4_0, Q4_0_REPACKED, RepackLayout, display_name
 
 #: Bytes per chunk when streaming a tensor into the new file.
@@ -37,15 +37,6 @@ LEFT_PLAIN = "left_plain"
 #: The ``--format`` choices.
 FORMAT_CHOICES: tuple[str, ...] = (*LAYOUTS, "none")
 
-
-class ProgressLike(Protocol):
-    def advance(self, n: int, current: str | None = None) -> None: ...
-
-    def log(self, message: str) -> None: ...
-
-
-#: ``factory(total, description)`` -> a context manager giving a :class:`ProgressLike`.
-ProgressFactory = Callable[[int, str], Any]
 
 
 @dataclass(frozen=True)

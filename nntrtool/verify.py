@@ -16,11 +16,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from nntrtool.errors import NntrError, UsageError
+from nntrtool.progress import ProgressFactory, ProgressLike
 from nntrtool.qtypes import F32, Q4_0, Q4_0_REPACKED, TensorType
 
 #: Default largest relative error ``||x - x'|| / ||x||`` per stored type. Each is about twice
@@ -46,16 +47,6 @@ STATUS_PLAN = "plan_mismatch"
 #: Statuses that do not fail verification.
 PASSING = frozenset({STATUS_OK, STATUS_TIED})
 
-
-class ProgressLike(Protocol):
-    def advance(self, n: int, current: str | None = None) -> None: ...
-
-    def log(self, message: str) -> None: ...
-
-
-#: ``factory(total, description)`` -> a context manager giving a :class:`ProgressLike`
-#: (``nntrtool.cli.display.Progress`` fits); called once the inputs are known to be good.
-ProgressFactory = Callable[[int, str], Any]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -525,6 +516,7 @@ def verify(
     Streams each tensor in row chunks: dequantization and the float64 error sums both run on
     every core (numba), while a second thread checks the tensors' CRC32s. Mapped pages are
     released as soon as a chunk is done, so memory stays bounded by the chunk size.
+    ``progress`` is opened once the inputs are known to be good.
     """
     from nntrtool.format import NntrFile
     from nntrtool.quant import resolve_backend

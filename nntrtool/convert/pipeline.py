@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -27,22 +27,12 @@ from nntrtool.convert.memory import prefault, release_pages
 from nntrtool.convert.options import ConvertOptions
 from nntrtool.convert.plan import ConversionPlan, TensorPlan, make_plan
 from nntrtool.errors import DiskFullError, NonFiniteError, OutputExistsError, UsageError
+from nntrtool.progress import ProgressFactory
 
 #: Chunks queued beyond one per worker: enough to overlap, few enough to bound memory.
 _QUEUE_DEPTH = 2
 #: Most worker threads; on machines with more cores each worker's kernels use several threads.
 _MAX_WORKERS = 4
-
-
-class ProgressLike(Protocol):
-    def advance(self, n: int, current: str | None = None) -> None: ...
-
-    def log(self, message: str) -> None: ...
-
-
-#: Called with the total parameter count and a description; returns a context manager that
-#: yields the progress object (``nntrtool.cli.display.Progress`` fits).
-ProgressFactory = Callable[[int, str], Any]
 
 
 @dataclass

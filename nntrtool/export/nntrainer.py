@@ -20,15 +20,15 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from nntrtool.errors import DiskFullError, OutputExistsError, UsageError
 from nntrtool.export.layouts import ArchitectureLayout, Role, Slot, layout_for_config
+from nntrtool.progress import ProgressFactory, ProgressLike
 from nntrtool.qtypes import F32, Q4_0, Q4_0_REPACKED, Q6_K, RepackLayout, TensorType, get_layout
 
 #: The Q4_0 layout nntrainer's CPU kernels expect, per instruction set.
@@ -64,16 +64,6 @@ _CHATML_PROMPT = (
 )
 _PLAIN_PROMPT = "Give me a short introduction to large language models."
 
-
-class ProgressLike(Protocol):
-    """What the writer reports through (``nntrtool.cli.display.Progress`` fits)."""
-
-    def advance(self, n: int, current: str | None = None) -> None: ...
-
-
-#: Called with the total parameter count and a description; returns a context manager that
-#: yields a :class:`ProgressLike` (as for :func:`nntrtool.convert.convert`).
-ProgressFactory = Callable[[int, str], Any]
 
 
 @dataclass
