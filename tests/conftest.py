@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: small models built once per test session.
+"""Shared pytest fixtures: small models built once per test session, an offline hub cache.
 
 Helpers to build models live in ``tests/models.py`` (import it as ``models``).
 """
@@ -40,3 +40,18 @@ def hf_model(tmp_path_factory):
 def example_model() -> Path:
     """The built-in example model folder shipped in ``examples/tiny-llama``."""
     return EXAMPLE_DIR
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, offline, with the working folder moved out of the way (so
+    "org/name" cannot be a local path); lay models into it with ``models.cache_model``."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    return cache

@@ -6,6 +6,7 @@ checkpoint (``pytorch_model.bin``, single or sharded), in F32, F16 or BF16. Seco
 Llama-style models for memory and speed tests come from the package's own numpy-only builder,
 :func:`nntrtool.synthetic.make_synthetic_model`.
 
+:func:`cache_model` lays files out as huggingface_hub's cache holds them, for offline hub ids.
 :func:`write_safetensors` writes any tensors (also BF16, and deliberately broken files) and
 :func:`reference_tensors` reads a model back with the libraries' own readers, as an oracle
 independent of nntrtool.
@@ -18,7 +19,9 @@ embedding, for repack fallbacks). Pass them as keywords: ``make_hf_model(path, "
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -258,3 +261,28 @@ def _header_bytes(header: dict[str, Any]) -> bytes:
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # pad so the data starts 8-byte aligned, as safetensors does
     return struct.pack("<Q", len(raw)) + raw
+
+
+# ---- Hugging Face cache ------------------------------------------------------------------
+
+
+def cache_model(
+    cache: Path, repo_id: str, files: dict[str, Path], commit: str, ref: str | None = "main"
+) -> Path:
+    """Lay ``files`` out in huggingface_hub's cache structure: content-addressed blobs, a snapshot
+    folder of symlinks per commit, and a ref file naming the commit."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    for name, src in files.items():
+        data = src.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snap / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    if ref is not None:
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return snap

@@ -11,6 +11,7 @@ import pytest
 from models import (
     ODD,
     Q6K,
+    cache_model,
     f32_to_bf16_bits,
     reference_tensors,
     write_safetensors,
@@ -353,44 +354,12 @@ def test_empty_and_scalar_tensors(tmp_path):
     assert report.params == 1 + 0 + 8 * 64 and math.isfinite(report.params_per_s)
 
 
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An empty Hugging Face cache, offline, with the working folder moved out of the way."""
-    import huggingface_hub.constants
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.chdir(tmp_path)
-    return cache
-
-
-def _cache_snapshot(cache: Path, repo_id: str, folder: Path, commit: str) -> None:
-    """Lay ``folder``'s files out as huggingface_hub caches them: blobs, snapshot links, a ref."""
-    import hashlib
-    import os
-
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    snap = repo / "snapshots" / commit
-    (repo / "blobs").mkdir(parents=True)
-    snap.mkdir(parents=True)
-    for f in folder.iterdir():
-        data = f.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-
-
 def test_hub_id_from_the_local_cache(hf_model, tmp_path, offline_hub):
     from nntrtool.errors import SourceError
 
     folder = hf_model("qwen3", dtype="bf16")
     commit = "c" * 40
-    _cache_snapshot(offline_hub, "acme/tiny-qwen3", folder, commit)
+    cache_model(offline_hub, "acme/tiny-qwen3", {f.name: f for f in folder.iterdir()}, commit)
     out = tmp_path / "hub.nntr"
     report = convert("acme/tiny-qwen3", out, ConvertOptions(quant_type="q8_0"))
     check_file_matches_source(folder, out, report)

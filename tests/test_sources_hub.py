@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from models import write_safetensors
+from models import cache_model, write_safetensors
 
 from nntrtool.errors import SourceError
 from nntrtool.sources import open_source
@@ -18,41 +17,6 @@ from nntrtool.sources.hub import hub_cache_dir, hub_offline, weight_patterns
 
 COMMIT_A = "a" * 40
 COMMIT_B = "b" * 40
-
-
-def cache_model(
-    cache: Path, repo_id: str, files: dict[str, Path], commit: str, ref: str | None = "main"
-):
-    """Lay ``files`` out in huggingface_hub's cache structure: content-addressed blobs, a snapshot
-    folder of symlinks per commit, and a ref file naming the commit."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    (repo / "blobs").mkdir(parents=True, exist_ok=True)
-    snap = repo / "snapshots" / commit
-    snap.mkdir(parents=True, exist_ok=True)
-    for name, src in files.items():
-        data = src.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        link = snap / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    if ref is not None:
-        (repo / "refs").mkdir(exist_ok=True)
-        (repo / "refs" / ref).write_text(commit)
-    return snap
-
-
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.chdir(tmp_path)  # "org/name" must not exist as a local path
-    return cache
 
 
 def _model_files(folder: Path, fill: float) -> dict[str, Path]:
@@ -63,8 +27,8 @@ def _model_files(folder: Path, fill: float) -> dict[str, Path]:
     return {p.name: p for p in folder.iterdir()}
 
 
-def test_cached_id_resolves_offline(offline_cache, tmp_path):
-    snap = cache_model(offline_cache, "org/tiny", _model_files(tmp_path / "src", 1.5), COMMIT_A)
+def test_cached_id_resolves_offline(offline_hub, tmp_path):
+    snap = cache_model(offline_hub, "org/tiny", _model_files(tmp_path / "src", 1.5), COMMIT_A)
     with open_source("org/tiny") as src:
         assert src.origin == {
             "kind": "hub",
@@ -78,9 +42,9 @@ def test_cached_id_resolves_offline(offline_cache, tmp_path):
         np.testing.assert_array_equal(src.tensor("w").read_f32(), 1.5)
 
 
-def test_revision_by_ref_name_and_by_commit(offline_cache, tmp_path):
-    cache_model(offline_cache, "org/tiny", _model_files(tmp_path / "a", 1.0), COMMIT_A)
-    cache_model(offline_cache, "org/tiny", _model_files(tmp_path / "b", 2.0), COMMIT_B, ref="v2")
+def test_revision_by_ref_name_and_by_commit(offline_hub, tmp_path):
+    cache_model(offline_hub, "org/tiny", _model_files(tmp_path / "a", 1.0), COMMIT_A)
+    cache_model(offline_hub, "org/tiny", _model_files(tmp_path / "b", 2.0), COMMIT_B, ref="v2")
     with open_source("org/tiny", revision="v2") as src:
         assert (src.origin["revision"], src.origin["ref"], src.config["fill"]) == (
             COMMIT_B,
@@ -93,35 +57,35 @@ def test_revision_by_ref_name_and_by_commit(offline_cache, tmp_path):
         assert src.config["fill"] == 1.0
 
 
-def test_sharded_model_in_the_cache(offline_cache, hf_model):
+def test_sharded_model_in_the_cache(offline_hub, hf_model):
     folder = hf_model("qwen2", dtype="bf16", shard_size="60KB")
     files = {p.name: p for p in folder.iterdir() if p.is_file()}
-    cache_model(offline_cache, "Qwen/Tiny-Test", files, COMMIT_A)
+    cache_model(offline_hub, "Qwen/Tiny-Test", files, COMMIT_A)
     with open_source("Qwen/Tiny-Test") as cached, open_source(folder) as local:
         assert cached.names == local.names
         for a, b in zip(cached.tensors, local.tensors, strict=True):
             np.testing.assert_array_equal(a.read(), b.read())
 
 
-def test_uncached_id_offline_fails_with_one_clear_line(offline_cache):
+def test_uncached_id_offline_fails_with_one_clear_line(offline_hub):
     with pytest.raises(SourceError) as exc:
         open_source("org/never-downloaded")
     msg = str(exc.value)
     assert "\n" not in msg
     assert "org/never-downloaded" in msg and "not in the local Hugging Face cache" in msg
-    assert "HF_HUB_OFFLINE" in msg and str(offline_cache) in msg
+    assert "HF_HUB_OFFLINE" in msg and str(offline_hub) in msg
 
 
-def test_uncached_revision_offline_fails(offline_cache, tmp_path):
-    cache_model(offline_cache, "org/tiny", _model_files(tmp_path / "a", 1.0), COMMIT_A)
+def test_uncached_revision_offline_fails(offline_hub, tmp_path):
+    cache_model(offline_hub, "org/tiny", _model_files(tmp_path / "a", 1.0), COMMIT_A)
     with pytest.raises(SourceError, match=r"org/tiny \(revision v9\) is not in the local"):
         open_source("org/tiny", revision="v9")
 
 
-def test_partly_cached_id_offline_says_what_is_missing(offline_cache, tmp_path):
+def test_partly_cached_id_offline_says_what_is_missing(offline_hub, tmp_path):
     files = _model_files(tmp_path / "src", 1.0)
     del files["model.safetensors"]
-    cache_model(offline_cache, "org/partial", files, COMMIT_A)
+    cache_model(offline_hub, "org/partial", files, COMMIT_A)
     with pytest.raises(SourceError) as exc:
         open_source("org/partial")
     msg = str(exc.value)
