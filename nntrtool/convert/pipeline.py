@@ -300,9 +300,6 @@ class _Work:
         return q
 
 
-_ZERO_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
-
-
 def _prepare_kernels(plan: ConversionPlan, backend: str, prog: Any) -> None:
     """Run every kernel the plan needs once, on one tiny block, before the first chunk.
 
@@ -310,10 +307,11 @@ def _prepare_kernels(plan: ConversionPlan, backend: str, prog: Any) -> None:
     the progress display says so instead of showing a bar that seems stuck at 0%.
     """
     from nntrtool.quant import quantize, repack
+    from nntrtool.sources import READABLE_DTYPES
 
     seen: set[tuple[str, str, str]] = set()
     for tp in plan.tensors:
-        if not tp.quantized or tp.source_dtype not in _ZERO_DTYPES:
+        if not tp.quantized or tp.source_dtype not in READABLE_DTYPES:
             continue
         layout = tp.layout.name if tp.layout is not None else ""
         key = (tp.quant_name, tp.source_dtype, layout)
@@ -325,7 +323,7 @@ def _prepare_kernels(plan: ConversionPlan, backend: str, prog: Any) -> None:
                 0, current=f"preparing the {tp.quant_name} kernel (compiled once, then cached)"
             )
         rows = tp.layout.rows if tp.layout is not None else 1
-        block = np.zeros((rows, tp.ttype.block_size), _ZERO_DTYPES[tp.source_dtype])
+        block = np.zeros((rows, tp.ttype.block_size), READABLE_DTYPES[tp.source_dtype])
         q = quantize(block, tp.quant_name, backend=backend, source_dtype=tp.source_dtype)
         if layout:
             repack(q, layout)
