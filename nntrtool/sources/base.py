@@ -164,6 +164,27 @@ class SourceTensor:
         return f"SourceTensor({self.name!r}, {self.dtype}, {list(self.shape)})"
 
 
+class ArrayTensor(SourceTensor):
+    """A tensor held in memory (tests, adapters, values computed at open): rows are views.
+
+    ``array`` holds float32, float16, or uint16 BF16 bit patterns (then pass ``dtype="BF16"``).
+    """
+
+    def __init__(
+        self, name: str, array: np.ndarray, dtype: str | None = None, file: Path | None = None
+    ):
+        arr = np.asarray(array)
+        if dtype is None:
+            dtype = {np.dtype("float32"): "F32", np.dtype("float16"): "F16"}.get(arr.dtype)
+            if dtype is None:
+                raise ValueError(f"give the dtype of a {arr.dtype} array")
+        super().__init__(name, dtype, arr.shape, file or Path("<memory>"))
+        self._matrix = arr.reshape(self.rows, self.cols)
+
+    def _read_rows(self, start: int, stop: int) -> np.ndarray:
+        return self._matrix[start:stop]
+
+
 class ModelSource:
     """A model opened for reading: its config, where it came from, and its tensors in order.
 

@@ -16,6 +16,7 @@ from typing import Any
 from nntrtool.errors import SourceError, UsageError
 from nntrtool.sources.base import ModelSource, SourceTensor
 from nntrtool.sources.hub import looks_like_hub_id, resolve_hub
+from nntrtool.sources.transforms import apply_rules, rules_for
 
 CHECKPOINT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
@@ -182,7 +183,7 @@ def _assemble(
 
             for f in weights.files:
                 opened.append(CheckpointFile(f))
-        tensors = _select_tensors(opened, weights)
+        tensors = apply_rules(_select_tensors(opened, weights), rules_for(cfg))
     except BaseException:
         for f in opened:
             f.close()
