@@ -6,6 +6,7 @@
   comparison (:func:`verify`).
 - :mod:`~nntrtool.verify.report`: per-tensor results, per-type summary, verdict and JSON.
 - :mod:`~nntrtool.verify.logits`: running the model with and without the file's weights.
+- :mod:`~nntrtool.verify.text`: perplexity and KL divergence over a text, in chunks.
 
 Everything is re-exported here, so ``from nntrtool.verify import verify`` keeps working.
 """
@@ -20,6 +21,7 @@ from nntrtool.verify.logits import (
     _load_model,
     compare_logits,
     default_tokens,
+    load_file_weights,
     logits_divergence,
     parse_tokens,
 )
@@ -49,9 +51,18 @@ from nntrtool.verify.report import (
     summarize,
     worst_first,
 )
+from nntrtool.verify.text import (
+    DEFAULT_CTX,
+    TextChunks,
+    TextReport,
+    compare_text,
+    load_text_chunks,
+    tokenize_chunks,
+)
 
 __all__ = [
     "CHUNK_ELEMENTS",
+    "DEFAULT_CTX",
     "DEFAULT_MAX_REL_ERR",
     "DEFAULT_PROMPT_LENGTH",
     "METRICS",
@@ -69,6 +80,8 @@ __all__ = [
     "LogitsReport",
     "NntrError",
     "TensorResult",
+    "TextChunks",
+    "TextReport",
     "TypeSummary",
     "UsageError",
     "VerifyReport",
@@ -77,12 +90,16 @@ __all__ = [
     "base_type",
     "compare_arrays",
     "compare_logits",
+    "compare_text",
     "default_tokens",
+    "load_file_weights",
+    "load_text_chunks",
     "logits_divergence",
     "parse_thresholds",
     "parse_tokens",
     "summarize",
     "tied_head",
+    "tokenize_chunks",
     "verify",
     "worst_first",
 ]

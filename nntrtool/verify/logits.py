@@ -149,7 +149,6 @@ def compare_logits(
     """Run the source model on a fixed prompt, then with every weight replaced by the file's
     dequantized value, and measure how far the next-token distributions moved."""
     torch, transformers = _import_torch()
-    from nntrtool.format import NntrFile
     from nntrtool.sources import open_source
 
     with open_source(source_spec, revision=revision, config=config) as src:
@@ -163,6 +162,41 @@ def compare_logits(
     input_ids = torch.tensor([ids], dtype=torch.long)
     with torch.no_grad():
         ref = model(input_ids=input_ids).logits[0].double().numpy()
+
+    replaced, not_replaced, unused = load_file_weights(
+        model, file_path, source_names, backend=backend, progress=progress
+    )
+    with torch.no_grad():
+        test = model(input_ids=input_ids).logits[0].double().numpy()
+    kl, top1, max_diff = logits_divergence(ref, test)
+    return LogitsReport(
+        tokens=ids,
+        kl_mean=float(kl.mean()),
+        kl_max=float(kl.max()),
+        top1_agreement=top1,
+        max_logit_diff=max_diff,
+        replaced=replaced,
+        not_replaced=not_replaced,
+        unused=unused,
+    )
+
+
+def load_file_weights(
+    model: Any,
+    file_path: str | Path,
+    source_names: set[str],
+    *,
+    backend: str = "auto",
+    progress: ProgressFactory | None = None,
+) -> tuple[int, list[str], list[str]]:
+    """Replace the model's weights in place, tensor by tensor, with the file's dequantized values.
+
+    Returns how many weights were replaced, the source weights the file did not replace and the
+    file tensors the model does not use. A tied head counts as replaced through its embedding.
+    """
+    import torch
+
+    from nntrtool.format import NntrFile
 
     state = model.state_dict()
     replaced: set[str] = set()
@@ -187,19 +221,7 @@ def compare_logits(
         for n, v in state.items()
         if n not in replaced and v.data_ptr() not in ptr_replaced and n in source_names
     )
-    with torch.no_grad():
-        test = model(input_ids=input_ids).logits[0].double().numpy()
-    kl, top1, max_diff = logits_divergence(ref, test)
-    return LogitsReport(
-        tokens=ids,
-        kl_mean=float(kl.mean()),
-        kl_max=float(kl.max()),
-        top1_agreement=top1,
-        max_logit_diff=max_diff,
-        replaced=len(replaced),
-        not_replaced=not_replaced,
-        unused=unused,
-    )
+    return len(replaced), not_replaced, unused
 
 
 def _replace_weights(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nntrtool.verify.logits import LogitsReport
+    from nntrtool.verify.text import TextReport
 
 STATUS_OK = "ok"
 STATUS_TIED = "tied"
@@ -156,6 +157,8 @@ class VerifyReport:
     seconds: float = 0.0
     logits: LogitsReport | None = None
     max_kl: float | None = None
+    text: TextReport | None = None
+    max_ppl_ratio: float | None = None
 
     @property
     def failures(self) -> list[TensorResult]:
@@ -163,9 +166,22 @@ class VerifyReport:
 
     @property
     def logits_ok(self) -> bool:
-        if self.logits is None or self.max_kl is None:
+        return self.kl_ok and self.ppl_ratio_ok
+
+    @property
+    def kl_ok(self) -> bool:
+        """Mean KL divergence (over the text with ``--text``, else the prompt) within --max-kl."""
+        measured = self.text if self.text is not None else self.logits
+        if measured is None or self.max_kl is None:
             return True
-        return self.logits.kl_mean <= self.max_kl
+        return measured.kl_mean <= self.max_kl
+
+    @property
+    def ppl_ratio_ok(self) -> bool:
+        """PPL(file) / PPL(source) on the text within --max-ppl-ratio."""
+        if self.text is None or self.max_ppl_ratio is None:
+            return True
+        return self.text.ppl_ratio <= self.max_ppl_ratio
 
     @property
     def passed(self) -> bool:
@@ -183,11 +199,16 @@ class VerifyReport:
             "file": self.file,
             "source": self.source,
             "passed": self.passed,
-            "thresholds": {"max_rel_err": dict(self.thresholds), "max_kl": self.max_kl},
+            "thresholds": {
+                "max_rel_err": dict(self.thresholds),
+                "max_kl": self.max_kl,
+                "max_ppl_ratio": self.max_ppl_ratio,
+            },
             "counts": counts,
             "params": sum(r.params for r in self.tensors if r.rmse is not None),
             "seconds": round(self.seconds, 3),
             "summary": [s.to_json() for s in self.summary],
             "tensors": [r.to_json() for r in worst_first(self.tensors)],
             "logits": self.logits.to_json() if self.logits is not None else None,
+            "text": self.text.to_json() if self.text is not None else None,
         }
