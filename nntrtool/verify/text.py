@@ -345,7 +345,7 @@ def compare_text(
                 "set TMPDIR to a folder with room, or use fewer --chunks"
             ) from None
         rows = np.arange(per_chunk)
-        with _bar(progress, total, "source on text") as bar:
+        with token_progress(progress, total, "source on text") as bar:
             for c, logits in enumerate(_chunk_logits(model, chunks, torch)):
                 lo, hi = c * per_chunk, (c + 1) * per_chunk
                 target = np.asarray(chunks.chunks[c][chunks.first_scored + 1 :])
@@ -367,7 +367,7 @@ def compare_text(
             model, file_path, source_names, backend=backend, progress=progress
         )
 
-        with _bar(progress, total, "file on text") as bar:
+        with token_progress(progress, total, "file on text") as bar:
             for c, logits in enumerate(_chunk_logits(model, chunks, torch)):
                 lo, hi = c * per_chunk, (c + 1) * per_chunk
                 target = np.asarray(chunks.chunks[c][chunks.first_scored + 1 :])
@@ -428,7 +428,8 @@ def _check_ids(chunks: TextChunks, vocab: int) -> None:
         )
 
 
-def _bar(progress: ProgressFactory | None, total: int, description: str) -> Any:
+def token_progress(progress: ProgressFactory | None, total: int, description: str) -> Any:
+    """A progress bar counting tokens (nothing when ``progress`` is None)."""
     if progress is None:
         return contextlib.nullcontext(None)
     try:
