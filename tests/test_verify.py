@@ -436,7 +436,7 @@ def test_type_differing_from_the_files_plan_record_fails(tmp_path):
 def test_chunking_gives_the_same_numbers(model, monkeypatch):
     src, nntr, _ = model
     whole = {r.name: r for r in v.verify(nntr, src).tensors}
-    monkeypatch.setattr(v, "CHUNK_ELEMENTS", 4096)  # many chunks, several rows each
+    monkeypatch.setattr(v.matching, "CHUNK_ELEMENTS", 4096)  # many chunks, several rows each
     chunked = {r.name: r for r in v.verify(nntr, src, threads=2).tensors}
     for name, r in whole.items():
         assert chunked[name].rel_err == pytest.approx(r.rel_err, rel=1e-12)
