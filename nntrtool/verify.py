@@ -23,6 +23,7 @@ import numpy as np
 from nntrtool.errors import NntrError, UsageError
 from nntrtool.progress import ProgressFactory, ProgressLike
 from nntrtool.qtypes import F32, Q4_0, Q4_0_REPACKED, TensorType
+from nntrtool.quant.kernel_cost import mark_compiled
 
 #: Default largest relative error ``||x - x'|| / ||x||`` per stored type. Each is about twice
 #: what the format gives on Gaussian weights (measured on 512 x 4096 N(0, 0.02): q4_0 0.086,
@@ -93,15 +94,20 @@ class ErrorStats:
         return s
 
     @classmethod
-    def of_fast(cls, ref: np.ndarray, test: np.ndarray) -> ErrorStats:
-        """Same sums as :meth:`of` in one parallel pass (numba, every core), for the pipeline."""
+    def of_fast(cls, ref: np.ndarray, test: np.ndarray, backend: str = "numba") -> ErrorStats:
+        """Same sums as :meth:`of` in one parallel pass (numba, every core), for the pipeline;
+        ``backend="numpy"`` gives the very same bits without compiling anything."""
         ref = np.ascontiguousarray(ref, dtype=np.float32).reshape(-1)
         test = np.ascontiguousarray(test, dtype=np.float32).reshape(-1)
         if ref.shape != test.shape:
             raise ValueError(f"cannot compare {ref.shape} values with {test.shape}")
         if ref.size == 0:
             return cls()
-        parts = _block_sums_kernel()(ref.view(np.uint32), test.view(np.uint32))
+        if backend == "numpy":
+            parts = _block_sums_numpy(ref, test)
+        else:
+            parts = _block_sums_kernel()(ref.view(np.uint32), test.view(np.uint32))
+            mark_compiled("error-sums")
         sums = parts[:, :4].sum(axis=0)
         has_nan = bool(np.isnan(parts[:, 0]).any())
         return cls(
@@ -209,6 +215,32 @@ def _block_sums_kernel() -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         return out
 
     return block_sums
+
+
+def _block_sums_numpy(ref: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """The numba kernel's per-block sums, bit for bit: ``cumsum`` adds in the kernel's order."""
+    n = ref.size
+    nblocks = -(-n // _BLOCK)
+    out = np.zeros((nblocks, 6), dtype=np.float64)
+    per_slice = 64  # blocks at a time: a few MB of float64 temporaries
+    for b0 in range(0, nblocks, per_slice):
+        b1 = min(nblocks, b0 + per_slice)
+        lo, hi = b0 * _BLOCK, min(n, b1 * _BLOCK)
+        # Zero padding changes no sum: the kernel's sums start at +0.0 too.
+        a = np.zeros((b1 - b0) * _BLOCK, dtype=np.float64)
+        b = np.zeros_like(a)
+        a[: hi - lo] = ref[lo:hi]
+        b[: hi - lo] = test[lo:hi]
+        a, b = a.reshape(-1, _BLOCK), b.reshape(-1, _BLOCK)
+        d = a - b
+        for col, terms in enumerate((d * d, a * a, b * b, a * b)):
+            # + 0.0 as the kernel's "0.0 + first term": it turns a -0.0 sum into +0.0
+            out[b0:b1, col] = np.cumsum(terms, axis=1)[:, -1] + 0.0
+        out[b0:b1, 4] = np.fmax.reduce(np.abs(d), axis=1, initial=0.0)  # the kernel skips NaN
+        diff = np.zeros(a.size, dtype=bool)
+        diff[: hi - lo] = ref[lo:hi].view(np.uint32) != test[lo:hi].view(np.uint32)
+        out[b0:b1, 5] = diff.reshape(-1, _BLOCK).any(axis=1)
+    return out
 
 
 def compare_arrays(ref: np.ndarray, test: np.ndarray) -> ErrorStats:
@@ -519,15 +551,17 @@ def verify(
     ``progress`` is opened once the inputs are known to be good.
     """
     from nntrtool.format import NntrFile
-    from nntrtool.quant import resolve_backend
+    from nntrtool.quant.backends import backend_choice
+    from nntrtool.quant.kernel_cost import choose_backend
     from nntrtool.sources import open_source
 
     limits = dict(DEFAULT_MAX_REL_ERR if max_rel_err is None else max_rel_err)
     start_time = time.perf_counter()
-    backend = resolve_backend(backend)
+    requested = backend_choice(backend)  # a bad name fails before any file is opened
     _set_threads(threads)
     with NntrFile(file_path) as nf, open_source(source_spec, revision=revision, config=config) as src:
         results, jobs = _match(nf, src, limits)
+        backend = choose_backend(requested, _kernel_uses(jobs))
         total = sum(job.rows * job.cols for job in jobs)
         bar = progress(total, "verifying") if progress else contextlib.nullcontext(None)
         # One checksum thread: zlib releases the GIL, and numba kernels stay on this thread
@@ -644,6 +678,21 @@ def _match(nf: Any, src: Any, limits: dict[str, float]) -> tuple[list[TensorResu
     return results, jobs
 
 
+def _kernel_uses(jobs: list[_Job]) -> list[Any]:
+    """The kernels verifying ``jobs`` runs, for the backend choice."""
+    from nntrtool.quant.kernel_cost import KernelUse, dequantize_use, repack_use
+
+    uses = []
+    for job in jobs:
+        n = job.rows * job.cols
+        if job.entry.ttype is not F32:
+            uses.append(dequantize_use(base_type(job.entry.ttype).name, n))
+            if job.entry.layout is not None:
+                uses.append(repack_use(n, unpack=True))
+        uses.append(KernelUse("error-sums", n))
+    return uses
+
+
 def _run_jobs(nf: Any, jobs: list[_Job], backend: str, progress: ProgressLike | None) -> None:
     from nntrtool.convert.memory import release_pages
     from nntrtool.quant import dequantize, unpack
@@ -664,9 +713,9 @@ def _run_jobs(nf: Any, jobs: list[_Job], backend: str, progress: ProgressLike | 
                 test = chunk
             else:
                 if layout is not None:
-                    chunk = unpack(np.ascontiguousarray(chunk), layout.name)
+                    chunk = unpack(np.ascontiguousarray(chunk), layout.name, backend=backend)
                 test = dequantize(chunk, base.name, (hi - lo, job.cols), backend=backend)
-            job.stats = job.stats.merge(ErrorStats.of_fast(ref, test))
+            job.stats = job.stats.merge(ErrorStats.of_fast(ref, test, backend))
             release_pages(job.source.read(lo, hi))
             release_pages(data[lo:hi])
             if progress is not None:
