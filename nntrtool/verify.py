@@ -223,24 +223,29 @@ def _block_sums_numpy(ref: np.ndarray, test: np.ndarray) -> np.ndarray:
     nblocks = -(-n // _BLOCK)
     out = np.zeros((nblocks, 6), dtype=np.float64)
     per_slice = 64  # blocks at a time: a few MB of float64 temporaries
-    for b0 in range(0, nblocks, per_slice):
-        b1 = min(nblocks, b0 + per_slice)
-        lo, hi = b0 * _BLOCK, min(n, b1 * _BLOCK)
-        # Zero padding changes no sum: the kernel's sums start at +0.0 too.
-        a = np.zeros((b1 - b0) * _BLOCK, dtype=np.float64)
-        b = np.zeros_like(a)
-        a[: hi - lo] = ref[lo:hi]
-        b[: hi - lo] = test[lo:hi]
-        a, b = a.reshape(-1, _BLOCK), b.reshape(-1, _BLOCK)
-        d = a - b
-        for col, terms in enumerate((d * d, a * a, b * b, a * b)):
-            # + 0.0 as the kernel's "0.0 + first term": it turns a -0.0 sum into +0.0
-            out[b0:b1, col] = np.cumsum(terms, axis=1)[:, -1] + 0.0
-        out[b0:b1, 4] = np.fmax.reduce(np.abs(d), axis=1, initial=0.0)  # the kernel skips NaN
-        diff = np.zeros(a.size, dtype=bool)
-        diff[: hi - lo] = ref[lo:hi].view(np.uint32) != test[lo:hi].view(np.uint32)
-        out[b0:b1, 5] = diff.reshape(-1, _BLOCK).any(axis=1)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN are results here
+        for b0 in range(0, nblocks, per_slice):
+            _block_sums_slice(ref, test, out, b0, min(nblocks, b0 + per_slice))
     return out
+
+
+def _block_sums_slice(ref: np.ndarray, test: np.ndarray, out: np.ndarray, b0: int, b1: int) -> None:
+    """Fill rows ``b0:b1`` of the block sums."""
+    lo, hi = b0 * _BLOCK, min(ref.size, b1 * _BLOCK)
+    # Zero padding changes no sum: the kernel's sums start at +0.0 too.
+    a = np.zeros((b1 - b0) * _BLOCK, dtype=np.float64)
+    b = np.zeros_like(a)
+    a[: hi - lo] = ref[lo:hi]
+    b[: hi - lo] = test[lo:hi]
+    a, b = a.reshape(-1, _BLOCK), b.reshape(-1, _BLOCK)
+    d = a - b
+    for col, terms in enumerate((d * d, a * a, b * b, a * b)):
+        # + 0.0 as the kernel's "0.0 + first term": it turns a -0.0 sum into +0.0
+        out[b0:b1, col] = np.cumsum(terms, axis=1)[:, -1] + 0.0
+    out[b0:b1, 4] = np.fmax.reduce(np.abs(d), axis=1, initial=0.0)  # the kernel skips NaN
+    diff = np.zeros(a.size, dtype=bool)
+    diff[: hi - lo] = ref[lo:hi].view(np.uint32) != test[lo:hi].view(np.uint32)
+    out[b0:b1, 5] = diff.reshape(-1, _BLOCK).any(axis=1)
 
 
 def compare_arrays(ref: np.ndarray, test: np.ndarray) -> ErrorStats:
