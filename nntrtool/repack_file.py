@@ -228,9 +228,10 @@ def repack_file(
         writer = NntrWriter(out_path, new_config, specs, force=force)
         total = sum(math.prod(e.shape) for e in nf.tensors)
         bar = progress(total, "repacking") if progress else contextlib.nullcontext(None)
+        backend = _relayout_backend(decisions)
         with writer, bar as prog:
             for d in decisions:
-                _stream_tensor(nf, d, writer, prog)
+                _stream_tensor(nf, d, writer, prog, backend)
         file_size = writer.file_size
     return RepackReport(
         source=str(src_path),
@@ -242,7 +243,25 @@ def repack_file(
     )
 
 
-def _stream_tensor(nf: Any, d: _Decision, writer: Any, progress: ProgressLike | None) -> None:
+def _relayout_backend(decisions: list[_Decision]) -> str:
+    """numpy or numba for the unpacks and repacks: a small file skips numba's compile."""
+    from nntrtool.quant.kernel_cost import choose_backend, repack_use
+
+    uses = []
+    for d in decisions:
+        if d.move.action in (COPY, LEFT_PLAIN) and d.layout == d.entry.layout:
+            continue
+        n = math.prod(d.entry.shape) if d.entry.shape else 1
+        if d.entry.layout is not None:
+            uses.append(repack_use(n, unpack=True))
+        if d.layout is not None:
+            uses.append(repack_use(n))
+    return choose_backend("auto", uses)
+
+
+def _stream_tensor(
+    nf: Any, d: _Decision, writer: Any, progress: ProgressLike | None, backend: str = "auto"
+) -> None:
     from nntrtool.convert.memory import release_pages
     from nntrtool.quant import repack, unpack
 
@@ -266,9 +285,9 @@ def _stream_tensor(nf: Any, d: _Decision, writer: Any, progress: ProgressLike | 
     for lo in range(0, rows, step):
         chunk = np.ascontiguousarray(data[lo : lo + step])
         if entry.layout is not None:
-            chunk = unpack(chunk, entry.layout.name)
+            chunk = unpack(chunk, entry.layout.name, backend=backend)
         if d.layout is not None:
-            chunk = repack(chunk, d.layout.name)
+            chunk = repack(chunk, d.layout.name, backend=backend)
         writer.write(entry.name, chunk)
         release_pages(data[lo : lo + step])
         if progress is not None:

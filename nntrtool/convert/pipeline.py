@@ -163,7 +163,7 @@ def convert(
         if options.dry_run:
             return ConversionReport(plan, None, True, seconds=time.perf_counter() - start)
         assert out is not None
-        backend, threads = _setup_backend(options)
+        backend, threads = _setup_backend(options, plan)
         by_name = {t.name: t for t in src.tensors}
         nonfinite: dict[str, str] = {}
         while True:
@@ -205,10 +205,10 @@ def _nonfinite_reason(row: int, col: int, value: float) -> str:
     return f"holds {what} at row {row}, column {col}: stored as f32 (--allow-nonfinite)"
 
 
-def _setup_backend(options: ConvertOptions) -> tuple[str, int]:
-    from nntrtool.quant import resolve_backend
+def _setup_backend(options: ConvertOptions, plan: ConversionPlan) -> tuple[str, int]:
+    from nntrtool.quant.kernel_cost import choose_backend
 
-    backend = resolve_backend(options.backend)
+    backend = choose_backend(options.backend, _kernel_uses(plan))
     cores = os.cpu_count() or 1
     threads = int(options.threads) if options.threads else cores
     if backend == "numba":
@@ -216,6 +216,19 @@ def _setup_backend(options: ConvertOptions) -> tuple[str, int]:
 
         threads = min(threads, numba.config.NUMBA_NUM_THREADS)
     return backend, threads
+
+
+def _kernel_uses(plan: ConversionPlan) -> list[Any]:
+    """The kernels the plan runs, for the backend choice (a small model skips the compile)."""
+    from nntrtool.quant.kernel_cost import quantize_use, repack_use
+
+    uses = []
+    for tp in plan.tensors:
+        if tp.quantized:
+            uses.append(quantize_use(tp.quant_name, tp.source_dtype, tp.numel))
+            if tp.layout is not None:
+                uses.append(repack_use(tp.numel))
+    return uses
 
 
 def _chunk_rows(tp: TensorPlan, row_bytes: int, budget: int) -> int:
@@ -296,7 +309,7 @@ class _Work:
                 tp.name, self.begin + max(err.row, 0), max(err.col, 0), err.value
             ) from None
         if tp.layout is not None:
-            q = repack(q, tp.layout.name)
+            q = repack(q, tp.layout.name, backend=self.backend)
         return q
 
 
@@ -307,8 +320,11 @@ def _prepare_kernels(plan: ConversionPlan, backend: str, prog: Any) -> None:
     the progress display says so instead of showing a bar that seems stuck at 0%.
     """
     from nntrtool.quant import quantize, repack
+    from nntrtool.quant.kernel_cost import is_compiled, quantize_use
     from nntrtool.sources import READABLE_DTYPES
 
+    if backend == "numpy":  # nothing to compile
+        return
     seen: set[tuple[str, str, str]] = set()
     for tp in plan.tensors:
         if not tp.quantized or tp.source_dtype not in READABLE_DTYPES:
@@ -319,14 +335,16 @@ def _prepare_kernels(plan: ConversionPlan, backend: str, prog: Any) -> None:
             continue
         seen.add(key)
         if prog is not None:
+            cached = is_compiled(quantize_use(tp.quant_name, tp.source_dtype, 0).kernel)
+            what = "loading" if cached else "compiling"
             prog.advance(
-                0, current=f"preparing the {tp.quant_name} kernel (compiled once, then cached)"
+                0, current=f"{what} the {tp.quant_name} kernel (compiled once, then cached)"
             )
         rows = tp.layout.rows if tp.layout is not None else 1
         block = np.zeros((rows, tp.ttype.block_size), READABLE_DTYPES[tp.source_dtype])
         q = quantize(block, tp.quant_name, backend=backend, source_dtype=tp.source_dtype)
         if layout:
-            repack(q, layout)
+            repack(q, layout, backend=backend)
 
 
 def _pool_shape(backend: str, threads: int) -> tuple[int, int]:
@@ -350,9 +368,14 @@ def _numba_calls_may_overlap() -> bool:
     (omp and tbb do; the fallback workqueue layer aborts the process instead)."""
     import numba
 
-    from nntrtool.quant import quantize
+    try:  # starts numba's threads, which picks the layer, without compiling a kernel
+        from numba.np.ufunc.parallel import _launch_threads
 
-    quantize(np.zeros((1, 32), np.float32), "q4_0", backend="numba")  # picks the layer
+        _launch_threads()
+    except (ImportError, AttributeError):
+        from nntrtool.quant import quantize
+
+        quantize(np.zeros((1, 32), np.float32), "q4_0", backend="numba")
     try:
         return numba.threading_layer() != "workqueue"
     except ValueError:

@@ -12,7 +12,6 @@ import functools
 import hashlib
 import os
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,34 +19,7 @@ from typing import Any
 
 import numpy as np
 
-
-def _writable_dir(path: str) -> bool:
-    """Whether files can be created in ``path`` (made if missing); numba's own test."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
-    except OSError:
-        return False
-    return True
-
-
-def choose_cache_dir(pkg_dir: str) -> str | None:
-    """Where numba should cache our kernels: ``None`` when its defaults work (a writable
-    ``__pycache__`` next to the sources, else its per-user cache), else a writable folder."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return None
-    if _writable_dir(os.path.join(pkg_dir, "__pycache__")):
-        return None
-    home_cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-    for candidate in (
-        os.path.join(home_cache, "nntrtool", "numba"),
-        os.path.join(tempfile.gettempdir(), f"nntrtool-numba-{user}"),
-    ):
-        if _writable_dir(candidate):
-            return candidate
-    return None
-
+from nntrtool.quant.kernel_cost import choose_cache_dir
 
 # A read-only install (system site-packages, a container image) leaves numba no __pycache__
 # to write; it then tries its per-user cache, and where that is not writable either it raises

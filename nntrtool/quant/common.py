@@ -157,11 +157,19 @@ def numba_entry_points(
     ``quantize`` / ``dequantize`` of ``nntrtool.quant.<module>``, imported (and numba with it)
     on the first call, so that looking at a type costs no numba import."""
 
+    from .kernel_cost import mark_compiled
+
+    qtype = type_name.lower()
+
     def quantize_numba(x: Any, src_kind: int) -> np.ndarray:
-        return importlib.import_module(f"nntrtool.quant.{module}").quantize(x, src_kind)
+        out = importlib.import_module(f"nntrtool.quant.{module}").quantize(x, src_kind)
+        mark_compiled(f"quantize-{qtype}-{x.dtype.name}")
+        return out
 
     def dequantize_numba(data: Any) -> np.ndarray:
-        return importlib.import_module(f"nntrtool.quant.{module}").dequantize(data)
+        out = importlib.import_module(f"nntrtool.quant.{module}").dequantize(data)
+        mark_compiled(f"dequantize-{qtype}")
+        return out
 
     quantize_numba.__doc__ = (
         f"{type_name} bytes (rows, row_bytes) of a C-contiguous 2-D float32 array (or uint16 "

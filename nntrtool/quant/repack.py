@@ -86,12 +86,18 @@ def unpack_xp(data: Any, layout: RepackLayout, xp: Any = np) -> Any:
 def repack_numba(data: np.ndarray, layout: RepackLayout) -> np.ndarray:
     """``repack_xp`` with the parallel numba kernel (C-contiguous uint8 input)."""
     from . import _repack_numba
+    from .kernel_cost import mark_compiled
 
-    return _repack_numba.repack(data, layout.rows, layout.interleave)
+    out = _repack_numba.repack(data, layout.rows, layout.interleave)
+    mark_compiled("repack")
+    return out
 
 
 def unpack_numba(data: np.ndarray, layout: RepackLayout) -> np.ndarray:
     """``unpack_xp`` with the parallel numba kernel (C-contiguous uint8 input)."""
     from . import _repack_numba
+    from .kernel_cost import mark_compiled
 
-    return _repack_numba.unpack(data, layout.rows, layout.interleave)
+    out = _repack_numba.unpack(data, layout.rows, layout.interleave)
+    mark_compiled("unpack")
+    return out

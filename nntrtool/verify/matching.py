@@ -120,18 +120,20 @@ def verify(
     ``progress`` is opened once the inputs are known to be good.
     """
     from nntrtool.format import NntrFile
-    from nntrtool.quant import resolve_backend
+    from nntrtool.quant.backends import backend_choice
+    from nntrtool.quant.kernel_cost import choose_backend
     from nntrtool.sources import open_source
 
     limits = dict(DEFAULT_MAX_REL_ERR if max_rel_err is None else max_rel_err)
     start_time = time.perf_counter()
-    backend = resolve_backend(backend)
+    requested = backend_choice(backend)  # a bad name fails before any file is opened
     _set_threads(threads)
     with (
         NntrFile(file_path) as nf,
         open_source(source_spec, revision=revision, config=config) as src,
     ):
         results, jobs = _match(nf, src, limits)
+        backend = choose_backend(requested, _kernel_uses(jobs))
         total = sum(job.rows * job.cols for job in jobs)
         bar = progress(total, "verifying") if progress else contextlib.nullcontext(None)
         # One checksum thread: zlib releases the GIL, and numba kernels stay on this thread
@@ -275,6 +277,21 @@ def _match(nf: Any, src: Any, limits: dict[str, float]) -> tuple[list[TensorResu
     return results, jobs
 
 
+def _kernel_uses(jobs: list[_Job]) -> list[Any]:
+    """The kernels verifying ``jobs`` runs, for the backend choice."""
+    from nntrtool.quant.kernel_cost import KernelUse, dequantize_use, repack_use
+
+    uses = []
+    for job in jobs:
+        n = job.rows * job.cols
+        if job.entry.ttype is not F32:
+            uses.append(dequantize_use(base_type(job.entry.ttype).name, n))
+            if job.entry.layout is not None:
+                uses.append(repack_use(n, unpack=True))
+        uses.append(KernelUse("error-sums", n))
+    return uses
+
+
 def _run_jobs(nf: Any, jobs: list[_Job], backend: str, progress: ProgressLike | None) -> None:
     from nntrtool.convert.memory import release_pages
     from nntrtool.quant import dequantize, unpack
@@ -295,9 +312,9 @@ def _run_jobs(nf: Any, jobs: list[_Job], backend: str, progress: ProgressLike | 
                 test = chunk
             else:
                 if layout is not None:
-                    chunk = unpack(np.ascontiguousarray(chunk), layout.name)
+                    chunk = unpack(np.ascontiguousarray(chunk), layout.name, backend=backend)
                 test = dequantize(chunk, base.name, (hi - lo, job.cols), backend=backend)
-            job.stats = job.stats.merge(ErrorStats.of_fast(ref, test))
+            job.stats = job.stats.merge(ErrorStats.of_fast(ref, test, backend))
             release_pages(job.source.read(lo, hi))
             release_pages(data[lo:hi])
             if progress is not None:

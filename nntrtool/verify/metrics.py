@@ -15,6 +15,7 @@ import numpy as np
 
 from nntrtool.errors import UsageError
 from nntrtool.qtypes import F32, Q4_0, Q4_0_REPACKED, TensorType
+from nntrtool.quant.kernel_cost import mark_compiled
 
 #: Default largest relative error ``||x - x'|| / ||x||`` per stored type. Each is about twice
 #: what the format gives on Gaussian weights (measured on 512 x 4096 N(0, 0.02): q4_0 0.086,
@@ -66,15 +67,20 @@ class ErrorStats:
         return s
 
     @classmethod
-    def of_fast(cls, ref: np.ndarray, test: np.ndarray) -> ErrorStats:
-        """Same sums as :meth:`of` in one parallel pass (numba, every core), for the pipeline."""
+    def of_fast(cls, ref: np.ndarray, test: np.ndarray, backend: str = "numba") -> ErrorStats:
+        """Same sums as :meth:`of` in one parallel pass (numba, every core), for the pipeline;
+        ``backend="numpy"`` gives the very same bits without compiling anything."""
         ref = np.ascontiguousarray(ref, dtype=np.float32).reshape(-1)
         test = np.ascontiguousarray(test, dtype=np.float32).reshape(-1)
         if ref.shape != test.shape:
             raise ValueError(f"cannot compare {ref.shape} values with {test.shape}")
         if ref.size == 0:
             return cls()
-        parts = _block_sums_kernel()(ref.view(np.uint32), test.view(np.uint32))
+        if backend == "numpy":
+            parts = _block_sums_numpy(ref, test)
+        else:
+            parts = _block_sums_kernel()(ref.view(np.uint32), test.view(np.uint32))
+            mark_compiled("error-sums")
         sums = parts[:, :4].sum(axis=0)
         has_nan = bool(np.isnan(parts[:, 0]).any())
         return cls(
@@ -182,6 +188,37 @@ def _block_sums_kernel() -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         return out
 
     return block_sums
+
+
+def _block_sums_numpy(ref: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """The numba kernel's per-block sums, bit for bit: ``cumsum`` adds in the kernel's order."""
+    n = ref.size
+    nblocks = -(-n // _BLOCK)
+    out = np.zeros((nblocks, 6), dtype=np.float64)
+    per_slice = 64  # blocks at a time: a few MB of float64 temporaries
+    with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN are results here
+        for b0 in range(0, nblocks, per_slice):
+            _block_sums_slice(ref, test, out, b0, min(nblocks, b0 + per_slice))
+    return out
+
+
+def _block_sums_slice(ref: np.ndarray, test: np.ndarray, out: np.ndarray, b0: int, b1: int) -> None:
+    """Fill rows ``b0:b1`` of the block sums."""
+    lo, hi = b0 * _BLOCK, min(ref.size, b1 * _BLOCK)
+    # Zero padding changes no sum: the kernel's sums start at +0.0 too.
+    a = np.zeros((b1 - b0) * _BLOCK, dtype=np.float64)
+    b = np.zeros_like(a)
+    a[: hi - lo] = ref[lo:hi]
+    b[: hi - lo] = test[lo:hi]
+    a, b = a.reshape(-1, _BLOCK), b.reshape(-1, _BLOCK)
+    d = a - b
+    for col, terms in enumerate((d * d, a * a, b * b, a * b)):
+        # + 0.0 as the kernel's "0.0 + first term": it turns a -0.0 sum into +0.0
+        out[b0:b1, col] = np.cumsum(terms, axis=1)[:, -1] + 0.0
+    out[b0:b1, 4] = np.fmax.reduce(np.abs(d), axis=1, initial=0.0)  # the kernel skips NaN
+    diff = np.zeros(a.size, dtype=bool)
+    diff[: hi - lo] = ref[lo:hi].view(np.uint32) != test[lo:hi].view(np.uint32)
+    out[b0:b1, 5] = diff.reshape(-1, _BLOCK).any(axis=1)
 
 
 def compare_arrays(ref: np.ndarray, test: np.ndarray) -> ErrorStats:
