@@ -12,7 +12,7 @@ import contextlib
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -510,6 +510,7 @@ def verify(
     backend: str = "auto",
     threads: int | None = None,
     progress: ProgressFactory | None = None,
+    adapters: Sequence[Any] = (),
 ) -> VerifyReport:
     """Compare every tensor of the NNTR file with its source; the report says what passed.
 
@@ -526,7 +527,9 @@ def verify(
     start_time = time.perf_counter()
     backend = resolve_backend(backend)
     _set_threads(threads)
-    with NntrFile(file_path) as nf, open_source(source_spec, revision=revision, config=config) as src:
+    with NntrFile(file_path) as nf, open_source(
+        source_spec, revision=revision, config=config, adapters=adapters
+    ) as src:
         results, jobs = _match(nf, src, limits)
         total = sum(job.rows * job.cols for job in jobs)
         bar = progress(total, "verifying") if progress else contextlib.nullcontext(None)
@@ -836,6 +839,7 @@ def compare_logits(
     config: str | Path | None = None,
     backend: str = "auto",
     progress: ProgressFactory | None = None,
+    adapters: Sequence[Any] = (),
 ) -> LogitsReport:
     """Run the source model on a fixed prompt, then with every weight replaced by the file's
     dequantized value, and measure how far the next-token distributions moved."""
@@ -843,8 +847,11 @@ def compare_logits(
     from nntrtool.format import NntrFile
     from nntrtool.sources import open_source
 
-    with open_source(source_spec, revision=revision, config=config) as src:
+    from nntrtool.sources.lora import apply_merged_weights
+
+    with open_source(source_spec, revision=revision, config=config, adapters=adapters) as src:
         model = _load_model(src, torch, transformers)
+        apply_merged_weights(model, src)  # the reference is the merged model
         source_names = {t.name for t in src.tensors}
     vocab = int(model.get_input_embeddings().weight.shape[0])
     ids = list(tokens) if tokens else default_tokens(vocab)

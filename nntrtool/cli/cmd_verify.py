@@ -52,10 +52,19 @@ def verify_command(
     backend: str = typer.Option("auto", "--backend", help="Dequantization backend: auto|numpy|numba|cupy."),
     threads: int = typer.Option(None, "--threads", min=1, help="Threads to use (default: all cores)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    lora: list[str] = typer.Option(
+        None, "--lora", metavar="ADAPTER", help="LoRA adapter the file was converted with "
+        "(PEFT folder or hub id; repeatable, in the convert order): compare with the merged weights."
+    ),
+    lora_scale: list[float] = typer.Option(
+        None, "--lora-scale", metavar="S", help="Scale of each --lora, in order (default 1)."
+    ),
 ) -> None:
     """Compare FILE with the model it was converted from: per-tensor error, checksums, verdict."""
     from nntrtool import verify as v
+    from nntrtool.sources.lora import adapter_specs
 
+    adapters = adapter_specs(lora, lora_scale)
     limits = v.parse_thresholds(max_rel_err)
     token_ids = v.parse_tokens(tokens) if tokens is not None else None
     if (token_ids is not None or max_kl is not None) and not logits:
@@ -69,12 +78,12 @@ def verify_command(
 
     report = v.verify(
         file, source, max_rel_err=limits, revision=revision, config=config,
-        backend=backend, threads=threads, progress=progress,
+        backend=backend, threads=threads, progress=progress, adapters=adapters,
     )
     if logits:
         report.logits = v.compare_logits(
             file, source, tokens=token_ids, revision=revision, config=config,
-            backend=backend, progress=progress,
+            backend=backend, progress=progress, adapters=adapters,
         )
         report.max_kl = max_kl
 
