@@ -467,6 +467,8 @@ def _merge(source: ModelSource, adapters: Sequence[Adapter]) -> tuple[list[Sourc
                     f"adapter {ad.name} saves its own copy of {name} (modules_to_save), which "
                     f"unties {tied[0]} from {tied[1]}, stored once here; merge it with PEFT first"
                 )
+            if tied is not None and name == tied[0]:
+                name = tied[1]  # the shared weight's saved base value
             base = _model_tensor(by_name, name, ad)
             if tuple(new.shape) != tuple(base.shape):
                 raise SourceError(
@@ -523,16 +525,13 @@ def _merge(source: ModelSource, adapters: Sequence[Adapter]) -> tuple[list[Sourc
 
 
 def _tied_pair(source: ModelSource) -> tuple[str, str] | None:
-    """(head, embeddings) when the config ties them and the source holds the embeddings."""
-    from nntrtool.convert.plan import EMBEDDING_SUFFIXES, HEAD_NAMES, _config_tie
+    """(head, embeddings) when the model stores its output head as the embeddings."""
+    from nntrtool.convert.plan import detect_tied
 
-    if not _config_tie(dict(source.config or {})):
+    tied = detect_tied(list(source.tensors), dict(source.config or {}))
+    if not tied.tied or tied.embedding is None or tied.head is None:
         return None
-    embed = next((t.name for t in source.tensors if t.name.endswith(EMBEDDING_SUFFIXES)), None)
-    if embed is None:
-        return None
-    head = next((h for h in HEAD_NAMES if h in source), "lm_head.weight")
-    return head, embed
+    return tied.head, tied.embedding
 
 
 def _model_tensor(by_name: dict[str, SourceTensor], name: str, ad: Adapter) -> SourceTensor:
