@@ -846,7 +846,6 @@ def compare_logits(
     torch, transformers = _import_torch()
     from nntrtool.format import NntrFile
     from nntrtool.sources import open_source
-
     from nntrtool.sources.lora import apply_merged_weights
 
     with open_source(source_spec, revision=revision, config=config, adapters=adapters) as src:

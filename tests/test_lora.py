@@ -25,7 +25,7 @@ from nntrtool.errors import SourceError, UsageError  # noqa: E402
 from nntrtool.format import NntrFile  # noqa: E402
 from nntrtool.quant import quantize  # noqa: E402
 from nntrtool.sources import open_source  # noqa: E402
-from nntrtool.sources.lora import BLOCK_ROWS, AdapterSpec, adapter_specs  # noqa: E402
+from nntrtool.sources.lora import AdapterSpec, adapter_specs  # noqa: E402
 from nntrtool.sources.transforms import DerivedTensor  # noqa: E402
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -145,14 +145,21 @@ def test_lora_bias_and_bin_adapter(hf_model, tmp_path):
     """lora_bias adds the lora_B bias to the layer's bias; adapter_model.bin loads weights-only."""
     qwen = hf_model("qwen2")  # q/k/v projections have biases
     ad = make_adapter(
-        qwen, tmp_path / "ad", safe=False, r=4, lora_alpha=8, lora_bias=True,
+        qwen,
+        tmp_path / "ad",
+        safe=False,
+        r=4,
+        lora_alpha=8,
+        lora_bias=True,
         target_modules=["q_proj", "k_proj"],
     )
     assert (ad / "adapter_model.bin").is_file()
     ours = merged_source(qwen, [(ad, 1.0)])
     assert_matches_peft(ours, peft_merge(qwen, [(ad, 1.0)]))
     base = merged_source(qwen, [])
-    assert not np.array_equal(ours["model.layers.0.self_attn.q_proj.bias"], base["model.layers.0.self_attn.q_proj.bias"])
+    assert not np.array_equal(
+        ours["model.layers.0.self_attn.q_proj.bias"], base["model.layers.0.self_attn.q_proj.bias"]
+    )
 
 
 def test_fan_in_fan_out_gpt2(tmp_path):
@@ -163,15 +170,22 @@ def test_fan_in_fan_out_gpt2(tmp_path):
     base = tmp_path / "gpt2"
     cfg = GPT2Config(n_embd=64, n_layer=1, n_head=4, vocab_size=256, n_positions=64)
     GPT2LMHeadModel(cfg).save_pretrained(base)
-    ad = make_adapter(base, tmp_path / "ad", r=4, lora_alpha=8, fan_in_fan_out=True,
-                      target_modules=["c_attn", "c_fc"])
+    ad = make_adapter(
+        base,
+        tmp_path / "ad",
+        r=4,
+        lora_alpha=8,
+        fan_in_fan_out=True,
+        target_modules=["c_attn", "c_fc"],
+    )
     ours = merged_source(base, [(ad, 1.0)])
     assert_matches_peft(ours, peft_merge(base, [(ad, 1.0)]))
 
 
 def test_scales_and_several_adapters_add_up_in_order(llama, adapter, tmp_path):
-    second = make_adapter(llama, tmp_path / "b", seed=5, r=2, lora_alpha=2,
-                          target_modules=["q_proj", "down_proj"])
+    second = make_adapter(
+        llama, tmp_path / "b", seed=5, r=2, lora_alpha=2, target_modules=["q_proj", "down_proj"]
+    )
     ours = merged_source(llama, [(adapter, 0.5), (second, 2.0)])
     ref = peft_merge(llama, [(adapter, 0.5), (second, 2.0)])
     assert_matches_peft(ours, ref)
@@ -180,8 +194,9 @@ def test_scales_and_several_adapters_add_up_in_order(llama, adapter, tmp_path):
 def test_tied_model_merges_into_the_shared_weight(hf_model, tmp_path):
     """A LoRA on the head of a tied model changes the one weight PEFT shares with the embeddings."""
     gemma = hf_model("gemma", tie=True)
-    ad = make_adapter(gemma, tmp_path / "ad", r=4, lora_alpha=8,
-                      target_modules=["lm_head", "q_proj"])
+    ad = make_adapter(
+        gemma, tmp_path / "ad", r=4, lora_alpha=8, target_modules=["lm_head", "q_proj"]
+    )
     ours = merged_source(gemma, [(ad, 1.0)])
     ref = peft_merge(gemma, [(ad, 1.0)])
     assert_matches_peft(ours, ref)
@@ -196,7 +211,7 @@ def test_rows_do_not_depend_on_the_chunk(llama, adapter):
             t = src.tensor(name)
             assert isinstance(t, DerivedTensor) and t.dtype == "F32"
             whole = np.array(t.read())
-            for start, stop in [(0, 1), (1, 7), (BLOCK_ROWS - 3, BLOCK_ROWS + 5), (5, t.rows)]:
+            for start, stop in [(0, 1), (1, 7), (61, 69), (5, t.rows)]:
                 stop = min(stop, t.rows)
                 assert np.array_equal(t.read(start, stop), whole[start:stop]), (name, start)
 
@@ -218,10 +233,14 @@ def test_plan_counts_the_base_bytes_and_notes_the_adapter(hf_model, tmp_path):
 # ---- convert, inspect, verify, export ---------------------------------------------------------
 
 
-def test_convert_f32_is_the_merge_and_metadata_records_the_adapter(llama, adapter, tmp_path, capsys):
+def test_convert_f32_is_the_merge_and_metadata_records_the_adapter(
+    llama, adapter, tmp_path, capsys
+):
     out = tmp_path / "m.nntr"
-    code, stdout, _ = run(["convert", llama, out, "--lora", adapter, "--lora-scale", "1.5",
-                           "--quant-type", "f32"], capsys)
+    code, stdout, _ = run(
+        ["convert", llama, out, "--lora", adapter, "--lora-scale", "1.5", "--quant-type", "f32"],
+        capsys,
+    )
     assert code == 0
     assert f"lora {adapter} (scale 1.5, r 4, alpha 8): merged into 5 tensors, replaced 2" in stdout
     ref = peft_merge(llama, [(adapter, 1.5)])
@@ -238,9 +257,13 @@ def test_convert_f32_is_the_merge_and_metadata_records_the_adapter(llama, adapte
     code, stdout, _ = run(["inspect", out], capsys)
     assert code == 0 and f"lora: {adapter} (scale 1.5, sha256 {sha[:12]}" in stdout
     code, stdout, _ = run(["inspect", out, "--json"], capsys)
-    assert json.loads(stdout)["summary"]["adapters"] == [f"{adapter} (scale 1.5, sha256 {sha[:12]}…)"]
+    assert json.loads(stdout)["summary"]["adapters"] == [
+        f"{adapter} (scale 1.5, sha256 {sha[:12]}…)"
+    ]
 
-    code, stdout, _ = run(["verify", out, llama, "--lora", adapter, "--lora-scale", "1.5", "--json"], capsys)
+    code, stdout, _ = run(
+        ["verify", out, llama, "--lora", adapter, "--lora-scale", "1.5", "--json"], capsys
+    )
     assert code == 0, stdout
     assert run(["verify", out, llama, "--quiet"], capsys)[0] == 1  # unmerged source differs
 
@@ -248,7 +271,10 @@ def test_convert_f32_is_the_merge_and_metadata_records_the_adapter(llama, adapte
 @pytest.mark.parametrize("qtype", ["q4_0", "q8_0"])
 def test_quantized_output_is_the_quantized_merge(llama, adapter, tmp_path, capsys, qtype):
     out = tmp_path / "m.nntr"
-    assert run(["convert", llama, out, "--lora", adapter, "--quant-type", qtype, "--quiet"], capsys)[0] == 0
+    assert (
+        run(["convert", llama, out, "--lora", adapter, "--quant-type", qtype, "--quiet"], capsys)[0]
+        == 0
+    )
     ours = merged_source(llama, [(adapter, 1.0)])
     ref = peft_merge(llama, [(adapter, 1.0)])
     same_floats = 0
@@ -267,7 +293,12 @@ def test_quantized_output_is_the_quantized_merge(llama, adapter, tmp_path, capsy
 
 def test_verify_logits_runs_the_merged_model(llama, adapter, tmp_path, capsys):
     out = tmp_path / "m.nntr"
-    assert run(["convert", llama, out, "--lora", adapter, "--quant-type", "q8_0", "--quiet"], capsys)[0] == 0
+    assert (
+        run(["convert", llama, out, "--lora", adapter, "--quant-type", "q8_0", "--quiet"], capsys)[
+            0
+        ]
+        == 0
+    )
     code, stdout, _ = run(["verify", out, llama, "--lora", adapter, "--logits", "--json"], capsys)
     assert code == 0
     logits = json.loads(stdout)["logits"]
@@ -275,7 +306,9 @@ def test_verify_logits_runs_the_merged_model(llama, adapter, tmp_path, capsys):
 
 
 def test_dry_run_shows_each_changed_tensor(llama, adapter, capsys):
-    code, stdout, _ = run(["convert", llama, "--dry-run", "--lora", adapter, "--lora-scale", "0.5"], capsys)
+    code, stdout, _ = run(
+        ["convert", llama, "--dry-run", "--lora", adapter, "--lora-scale", "0.5"], capsys
+    )
     assert code == 0
     assert "lora " in stdout and "(scale 1)" in stdout  # 0.5 * alpha 8 / r 4
     assert "modules_to_save" in stdout and "merged into 5 tensors" in stdout
@@ -285,9 +318,13 @@ def test_export_nntrainer_of_a_merged_model(tmp_path, capsys):
     from nntrainer_reader import read_folder
 
     base = make_hf_model(tmp_path / "qwen3", "qwen3", **Q6K)
-    ad = make_adapter(base, tmp_path / "ad", r=8, lora_alpha=16, target_modules=["q_proj", "down_proj"])
+    ad = make_adapter(
+        base, tmp_path / "ad", r=8, lora_alpha=16, target_modules=["q_proj", "down_proj"]
+    )
     folder = tmp_path / "out"
-    code, _, err = run(["convert", base, folder, "--lora", ad, "--target", "nntrainer", "--quiet"], capsys)
+    code, _, err = run(
+        ["convert", base, folder, "--lora", ad, "--target", "nntrainer", "--quiet"], capsys
+    )
     assert code == 0, err
     got = read_folder(folder, "x86").state_dict
     ref = peft_merge(base, [(ad, 1.0)])
@@ -321,10 +358,17 @@ def _broken(kind: str, llama: Path, adapter: Path, tmp: Path) -> Path:
     if kind == "missing":
         return bad
     if kind == "ia3":
-        return make_adapter(llama, bad, peft_config=IA3Config(target_modules=["k_proj", "down_proj"],
-                                                              feedforward_modules=["down_proj"]))
+        return make_adapter(
+            llama,
+            bad,
+            peft_config=IA3Config(
+                target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]
+            ),
+        )
     if kind == "dora":
-        return make_adapter(llama, bad, peft_config=LoraConfig(r=4, use_dora=True, target_modules=["q_proj"]))
+        return make_adapter(
+            llama, bad, peft_config=LoraConfig(r=4, use_dora=True, target_modules=["q_proj"])
+        )
     if kind == "other-model":
         other = make_hf_model(tmp / "wide", "llama", hidden=128, heads=4, kv_heads=2)
         return make_adapter(other, bad, r=4, target_modules=["q_proj"])
@@ -374,8 +418,20 @@ def test_bad_adapters_are_one_line_exit_2_no_output(llama, adapter, tmp_path, ca
 
 
 def test_lora_scale_needs_one_per_adapter(llama, adapter, tmp_path, capsys):
-    code, _, err = run(["convert", llama, tmp_path / "o.nntr", "--lora", adapter, "--lora", adapter,
-                        "--lora-scale", "2"], capsys)
+    code, _, err = run(
+        [
+            "convert",
+            llama,
+            tmp_path / "o.nntr",
+            "--lora",
+            adapter,
+            "--lora",
+            adapter,
+            "--lora-scale",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 2 and "one --lora-scale per --lora" in error_line(err)
     with pytest.raises(UsageError):
         adapter_specs([], [1.0])
