@@ -79,11 +79,27 @@ def convert_command(
         "x86", "--isa", help="With --target: CPU of the device, x86 (q4_0_8) or arm (q4_0_4)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no summary."),
+    lora: list[str] = typer.Option(
+        None,
+        "--lora",
+        metavar="ADAPTER",
+        help="Merge a PEFT LoRA adapter (folder or hub id) into the weights while converting "
+        "(repeatable: adapters add up in the order given).",
+        show_default=False,
+    ),
+    lora_scale: list[float] = typer.Option(
+        None,
+        "--lora-scale",
+        metavar="S",
+        help="Multiply each --lora's scaling by S (one per --lora, in order; default 1).",
+        show_default=False,
+    ),
 ) -> None:
     """Convert a Hugging Face / PyTorch model to an NNTR file (or, with --target, a runtime's folder)."""
     from nntrtool.cli.display import progress_factory
     from nntrtool.convert import ConvertOptions, convert
     from nntrtool.errors import UsageError
+    from nntrtool.sources.lora import adapter_specs
 
     if out is None and not dry_run:
         raise UsageError("give the output file: nntrtool convert SRC OUT (or use --dry-run)")
@@ -99,6 +115,7 @@ def convert_command(
         allow_nonfinite=allow_nonfinite,
         revision=revision,
         config=config,
+        adapters=adapter_specs(lora, lora_scale),
     )
 
     progress = progress_factory(quiet)
@@ -169,7 +186,11 @@ def _type_table(report: Any, title: str) -> Any:
 
 
 def _render_notes(console: Any, report: Any) -> None:
+    from nntrtool.sources.lora import describe_adapters
+
     plan = report.plan
+    for line in describe_adapters(plan.origin.get("adapters") or []):
+        console.print(line)
     if plan.tied.tied:
         console.print(
             f"tied embeddings: {plan.tied.embedding} is also the output head ({plan.tied.reason})"
@@ -200,8 +221,9 @@ def render_plan(report: Any) -> None:
     table.add_column("bytes", justify="right")
     table.add_column("reason", overflow="fold")
     for t in plan.tensors:
+        reason = f"{t.reason}; {t.note}" if t.note else t.reason
         table.add_row(
-            t.name, t.source_dtype, _shape(t.shape), t.display_type, human_bytes(t.nbytes), t.reason
+            t.name, t.source_dtype, _shape(t.shape), t.display_type, human_bytes(t.nbytes), reason
         )
     console.print(table)
     console.print(_type_table(report, "by type"))

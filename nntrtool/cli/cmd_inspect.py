@@ -94,6 +94,7 @@ def render(info: dict[str, Any], *, show_config: bool = False) -> None:
         ("repack", summary["repack_format"]),
         ("tied embeddings", summary["tied_embeddings"]),
         ("source", summary["source"]),
+        ("lora", ", ".join(summary.get("adapters") or []) or None),
         ("made by", f"nntrtool {summary['tool_version']}" if summary["tool_version"] else None),
     ]
     known = [f"{k}: [cyan]{escape(str(v))}[/]" for k, v in facts if v is not None]

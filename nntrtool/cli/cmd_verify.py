@@ -77,10 +77,22 @@ def verify_command(
         None, "--threads", min=1, help="Threads to use (default: all cores)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    lora: list[str] = typer.Option(
+        None,
+        "--lora",
+        metavar="ADAPTER",
+        help="LoRA adapter the file was converted with "
+        "(PEFT folder or hub id; repeatable, in the convert order): compare with the merged weights.",
+    ),
+    lora_scale: list[float] = typer.Option(
+        None, "--lora-scale", metavar="S", help="Scale of each --lora, in order (default 1)."
+    ),
 ) -> None:
     """Compare FILE with the model it was converted from: per-tensor error, checksums, verdict."""
     from nntrtool import verify as v
+    from nntrtool.sources.lora import adapter_specs
 
+    adapters = adapter_specs(lora, lora_scale)
     limits = v.parse_thresholds(max_rel_err)
     token_ids = v.parse_tokens(tokens) if tokens is not None else None
     if (token_ids is not None or max_kl is not None or text is not None) and not logits:
@@ -113,6 +125,7 @@ def verify_command(
         backend=backend,
         threads=threads,
         progress=progress,
+        adapters=adapters,
     )
     if text_chunks is not None:
         report.text = v.compare_text(
@@ -123,6 +136,7 @@ def verify_command(
             config=config,
             backend=backend,
             progress=progress,
+            adapters=adapters,
         )
     elif logits:
         report.logits = v.compare_logits(
@@ -133,6 +147,7 @@ def verify_command(
             config=config,
             backend=backend,
             progress=progress,
+            adapters=adapters,
         )
     report.max_kl = max_kl
     report.max_ppl_ratio = max_ppl_ratio

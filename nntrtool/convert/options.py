@@ -71,6 +71,8 @@ class ConvertOptions:
     revision: str | None = None
     config: str | Path | None = None
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    #: LoRA adapters merged while converting (:class:`nntrtool.sources.lora.AdapterSpec`).
+    adapters: tuple[Any, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

@@ -135,7 +135,9 @@ def plan_conversion(source_spec: str | Path, options: ConvertOptions) -> Convers
     """Open the source and make its plan (what ``convert --dry-run`` and ``verify`` need)."""
     from nntrtool.sources import open_source
 
-    with open_source(source_spec, revision=options.revision, config=options.config) as src:
+    with open_source(
+        source_spec, revision=options.revision, config=options.config, adapters=options.adapters
+    ) as src:
         return make_plan(src, options)
 
 
@@ -158,7 +160,9 @@ def convert(
         if out_path is None:
             raise UsageError("give an output file name")
         out = check_output(out_path, options.force)
-    with open_source(source_spec, revision=options.revision, config=options.config) as src:
+    with open_source(
+        source_spec, revision=options.revision, config=options.config, adapters=options.adapters
+    ) as src:
         plan = make_plan(src, options)
         if options.dry_run:
             return ConversionReport(plan, None, True, seconds=time.perf_counter() - start)

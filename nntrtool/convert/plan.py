@@ -70,6 +70,8 @@ class TensorPlan:
     source_nbytes: int = 0
     fallback: bool = False
     unrepacked: bool = False
+    #: What a declared transform or an adapter did to the tensor on its way (empty: nothing).
+    note: str = ""
 
     @property
     def display_type(self) -> str:
@@ -103,7 +105,10 @@ class TensorPlan:
         return TensorSpec(self.name, self.ttype, self.shape, self.layout)
 
     def to_config(self) -> dict[str, Any]:
-        return {"type": self.display_type, "source_dtype": self.source_dtype, "reason": self.reason}
+        out = {"type": self.display_type, "source_dtype": self.source_dtype, "reason": self.reason}
+        if self.note:
+            out["note"] = self.note
+        return out
 
 
 @dataclass(frozen=True)
@@ -284,7 +289,9 @@ def plan_tensor(
         "name": t.name,
         "source_dtype": t.dtype,
         "shape": shape,
-        "source_nbytes": int(t.nbytes),
+        # A derived tensor (merged, decoded) accounts for the source bytes it was made from.
+        "source_nbytes": int(getattr(t, "source_nbytes", t.nbytes)),
+        "note": str(getattr(t, "note", "") or ""),
     }
 
     def f32(reason: str, fallback: bool = False) -> TensorPlan:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,9 @@ def _load_model(src: Any, torch: Any, transformers: Any) -> Any:
         if bar_was_on:
             tf_logging.enable_progress_bar()
         tf_logging.set_verbosity(verbosity)
+    from nntrtool.sources.lora import apply_merged_weights
+
+    apply_merged_weights(model, src)  # with adapters, the reference is the merged model
     model.eval()
     return model
 
@@ -145,13 +149,14 @@ def compare_logits(
     config: str | Path | None = None,
     backend: str = "auto",
     progress: ProgressFactory | None = None,
+    adapters: Sequence[Any] = (),
 ) -> LogitsReport:
     """Run the source model on a fixed prompt, then with every weight replaced by the file's
     dequantized value, and measure how far the next-token distributions moved."""
     torch, transformers = _import_torch()
     from nntrtool.sources import open_source
 
-    with open_source(source_spec, revision=revision, config=config) as src:
+    with open_source(source_spec, revision=revision, config=config, adapters=adapters) as src:
         model = _load_model(src, torch, transformers)
         source_names = {t.name for t in src.tensors}
     vocab = int(model.get_input_embeddings().weight.shape[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,7 @@ def verify(
     backend: str = "auto",
     threads: int | None = None,
     progress: ProgressFactory | None = None,
+    adapters: Sequence[Any] = (),
 ) -> VerifyReport:
     """Compare every tensor of the NNTR file with its source; the report says what passed.
 
@@ -130,7 +132,7 @@ def verify(
     _set_threads(threads)
     with (
         NntrFile(file_path) as nf,
-        open_source(source_spec, revision=revision, config=config) as src,
+        open_source(source_spec, revision=revision, config=config, adapters=adapters) as src,
     ):
         results, jobs = _match(nf, src, limits)
         backend = choose_backend(requested, _kernel_uses(jobs))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,6 +313,7 @@ def compare_text(
     config: str | Path | None = None,
     backend: str = "auto",
     progress: ProgressFactory | None = None,
+    adapters: Sequence[Any] = (),
 ) -> TextReport:
     """Run the source model over the text's chunks, then again with the file's weights, and
     report both perplexities and the KL divergence between their next-token distributions."""
@@ -319,7 +321,7 @@ def compare_text(
     from nntrtool.verify.logits import _import_torch, _load_model, load_file_weights
 
     torch, transformers = _import_torch()
-    with open_source(source_spec, revision=revision, config=config) as src:
+    with open_source(source_spec, revision=revision, config=config, adapters=adapters) as src:
         model = _load_model(src, torch, transformers)
         source_names = {t.name for t in src.tensors}
     vocab = int(model.get_input_embeddings().weight.shape[0])
