@@ -93,6 +93,16 @@ def test_f32_file_is_identical_on_text(model_dir, text_file, tmp_path):
     assert t.scored == 2 * chunks.scored_per_chunk and t.not_replaced == []
 
 
+def test_several_files_in_one_run(model_dir, text_file, q4_file, tmp_path):
+    """The source weights are put back between files: f32 after q4_0 is still exact."""
+    f32 = write_from_source(model_dir, tmp_path / "f32.nntr", quantize=False)
+    chunks = v.load_text_chunks(model_dir, text_file, ctx=CTX, chunks=2)
+    q4_report, f32_report = v.compare_text_files([q4_file, f32], model_dir, chunks)
+    assert q4_report.kl_mean > 0 and f32_report.kl_mean == 0.0
+    assert q4_report.ppl_base == f32_report.ppl_base
+    assert q4_report.kl_mean == v.compare_text(q4_file, model_dir, chunks).kl_mean
+
+
 def test_q4_0_figures_match_a_direct_computation(model_dir, text_file, q4_file):
     chunks = v.load_text_chunks(model_dir, text_file, ctx=CTX, chunks=3)
     t = v.compare_text(q4_file, model_dir, chunks)

@@ -39,6 +39,14 @@ def convert_command(
         metavar="REGEX=TYPE",
         help="Store tensors whose name matches REGEX as TYPE (repeatable; first match wins).",
     ),
+    head_type: str = typer.Option(
+        None,
+        "--head-type",
+        metavar="TYPE",
+        help="Type of the output head (of the token embeddings when they are tied to it), "
+        "e.g. q6_k as llama.cpp keeps it; q8_0 where its columns do not fit. Wins over --type.",
+        show_default=False,
+    ),
     keep_f32: list[str] = typer.Option(
         None, "--keep-f32", metavar="REGEX", help="Keep tensors whose name matches REGEX in f32."
     ),
@@ -92,6 +100,7 @@ def convert_command(
         repack_format=repack_format,
         type_overrides=tuple(type_override or ()),
         keep_f32=tuple(keep_f32 or ()),
+        head_type=head_type,
         backend=backend,
         threads=threads,
         force=force,

@@ -171,6 +171,7 @@ class ConversionPlan:
             "repack_format": opts.repack_format,
             "type_overrides": [o.text for o in opts.type_overrides],
             "keep_f32": list(opts.keep_f32),
+            "head_type": opts.head_type,
             "source": dict(self.origin),
             "tied": self.tied.tied,
             "tied_embedding": self.tied.embedding if self.tied.tied else None,
@@ -247,8 +248,15 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
     ]
     skip = {name for name, _ in skipped}
     used_overrides: set[int] = set()
-    plans = [plan_tensor(t, options, used_overrides) for t in tensors if t.name not in skip]
-    notes = [
+    # --head-type applies to the output head, or to the embeddings when they are the head
+    head = (tied.embedding if tied.tied else tied.head) if options.head_type else None
+    plans = [
+        plan_tensor(t, options, used_overrides, head=head) for t in tensors if t.name not in skip
+    ]
+    notes = []
+    if options.head_type and head is None:
+        notes.append(f"--head-type {options.head_type}: the model has no head or token embeddings")
+    notes += [
         f"--type {o.text!r} matched no matrix"
         for i, o in enumerate(options.type_overrides)
         if i not in used_overrides
@@ -276,9 +284,14 @@ def _search(pattern: str, name: str) -> bool:
 
 
 def plan_tensor(
-    t: _Tensor, options: ConvertOptions, used_overrides: set[int] | None = None
+    t: _Tensor,
+    options: ConvertOptions,
+    used_overrides: set[int] | None = None,
+    *,
+    head: str | None = None,
 ) -> TensorPlan:
-    """The plan of one tensor under ``options`` (see :func:`make_plan` for the rules)."""
+    """The plan of one tensor under ``options`` (see :func:`make_plan` for the rules);
+    ``head`` names the tensor that ``--head-type`` applies to (the head or tied embeddings)."""
     shape = tuple(int(s) for s in t.shape)
     common = {
         "name": t.name,
@@ -307,14 +320,26 @@ def plan_tensor(
     cols = shape[-1]
     requested = get_type(options.quant_type)
     override = None
-    for i, o in enumerate(options.type_overrides):
+    head_type = get_type(options.head_type) if options.head_type and t.name == head else None
+    for i, o in enumerate(options.type_overrides if head_type is None else ()):
         if o.matches(t.name):
             override = o
             if used_overrides is not None:
                 used_overrides.add(i)
             break
 
-    if override is not None:
+    if head_type is not None:
+        # like the default type, and like llama.cpp's output type: falls back where it cannot fit
+        if not head_type.quantized or head_type.fits(cols):
+            ttype, reason, fallback = head_type, f"--head-type {head_type.name}", False
+        else:
+            ttype = Q8_0 if Q8_0.fits(cols) else F32
+            reason = (
+                f"--head-type {head_type.name}: last dimension {cols} is not a multiple of "
+                f"{head_type.block_size}: {ttype.name} instead"
+            )
+            fallback = True
+    elif override is not None:
         ttype = get_type(override.type_name)
         if ttype.quantized and not ttype.fits(cols):
             raise UsageError(
