@@ -298,9 +298,10 @@ def write_imatrix(
     for kv in writer.kv_data:
         kv.pop("general.architecture", None)
     writer.add_type("imatrix")
-    writer.add_key_value(
-        KEY_DATASETS, [str(d) for d in datasets], GGUFValueType.ARRAY, GGUFValueType.STRING
-    )
+    if datasets:  # gguf's writer cannot store an empty array; readers take none as none
+        writer.add_key_value(
+            KEY_DATASETS, [str(d) for d in datasets], GGUFValueType.ARRAY, GGUFValueType.STRING
+        )
     writer.add_uint32(KEY_CHUNK_COUNT, int(chunk_count))
     if chunk_size is not None:
         writer.add_uint32(KEY_CHUNK_SIZE, int(chunk_size))
