@@ -71,6 +71,14 @@ def convert_command(
     config: Path = typer.Option(
         None, "--config", help="config.json for a lone .safetensors file.", show_default=False
     ),
+    imatrix: Path = typer.Option(
+        None,
+        "--imatrix",
+        metavar="FILE",
+        help="Importance matrix (llama.cpp imatrix: GGUF or legacy .dat) weighting the "
+        "Q4_0 and Q6_K quantization error, as llama-quantize --imatrix does.",
+        show_default=False,
+    ),
     allow_nonfinite: bool = typer.Option(
         False,
         "--allow-nonfinite",
@@ -108,6 +116,7 @@ def convert_command(
         allow_nonfinite=allow_nonfinite,
         revision=revision,
         config=config,
+        imatrix=imatrix,
     )
 
     progress = progress_factory(quiet)
@@ -193,6 +202,26 @@ def _render_notes(console: Any, report: Any) -> None:
         console.print(f"left unrepacked ({len(plan.unrepacked)}):")
         for name, reason in plan.unrepacked:
             console.print(f"  {name}: {reason}")
+    if plan.imatrix is not None:
+        console.print(f"importance matrix: {imatrix_text(plan.imatrix)}", soft_wrap=True)
+        missing = plan.without_importance
+        if missing:
+            console.print(f"no importance data, plain quantizer ({len(missing)}):")
+            for name, reason in missing:
+                console.print(f"  {name}: {reason}")
+
+
+def imatrix_text(info: dict[str, Any]) -> str:
+    """One line about the importance matrix a file was made with (its recorded metadata)."""
+    parts = [f"sha256 {str(info.get('sha256', ''))[:16]}"]
+    if info.get("chunk_count") is not None:
+        parts.append(f"{info['chunk_count']} chunks")
+    datasets = info.get("datasets") or []
+    if datasets:
+        parts.append("dataset " + ", ".join(str(d) for d in datasets))
+    weighted = info.get("tensors")
+    tail = f": {weighted} tensors weighted" if weighted is not None else ""
+    return f"{info.get('file')} ({info.get('format')}, {', '.join(parts)}){tail}"
 
 
 def render_plan(report: Any) -> None:
@@ -208,10 +237,21 @@ def render_plan(report: Any) -> None:
     table.add_column("type")
     table.add_column("bytes", justify="right")
     table.add_column("reason", overflow="fold")
+    weighted = plan.imatrix is not None
+    if weighted:
+        table.add_column("imatrix", overflow="fold")
     for t in plan.tensors:
-        table.add_row(
-            t.name, t.source_dtype, _shape(t.shape), t.display_type, human_bytes(t.nbytes), t.reason
-        )
+        row = [
+            t.name,
+            t.source_dtype,
+            _shape(t.shape),
+            t.display_type,
+            human_bytes(t.nbytes),
+            t.reason,
+        ]
+        if weighted:
+            row.append(t.importance or "-")
+        table.add_row(*row)
     console.print(table)
     console.print(_type_table(report, "by type"))
     _render_notes(console, report)

@@ -72,6 +72,8 @@ class ConvertOptions:
     revision: str | None = None
     config: str | Path | None = None
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    #: An importance matrix (llama.cpp imatrix, GGUF or .dat) weighting Q4_0 / Q6_K errors.
+    imatrix: str | Path | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

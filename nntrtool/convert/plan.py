@@ -70,6 +70,8 @@ class TensorPlan:
     source_nbytes: int = 0
     fallback: bool = False
     unrepacked: bool = False
+    #: The importance-matrix entry weighting this tensor's quantization (None: plain).
+    importance: str | None = None
 
     @property
     def display_type(self) -> str:
@@ -103,7 +105,10 @@ class TensorPlan:
         return TensorSpec(self.name, self.ttype, self.shape, self.layout)
 
     def to_config(self) -> dict[str, Any]:
-        return {"type": self.display_type, "source_dtype": self.source_dtype, "reason": self.reason}
+        out = {"type": self.display_type, "source_dtype": self.source_dtype, "reason": self.reason}
+        if self.importance is not None:
+            out["imatrix"] = self.importance
+        return out
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,10 @@ class ConversionPlan:
     tied: TiedEmbeddings
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: What is recorded about the importance matrix (name, sha256, ...), when one is used.
+    imatrix: dict[str, Any] | None = None
+    #: Column weights per tensor name, for the tensors the importance matrix covers.
+    importance: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _predicted: int | None = field(default=None, repr=False)
 
     @property
@@ -143,6 +152,17 @@ class ConversionPlan:
     def unrepacked(self) -> list[tuple[str, str]]:
         """Q4_0 tensors left plain although a repack format was asked for, with the reason."""
         return [(t.name, t.reason) for t in self.tensors if t.unrepacked]
+
+    @property
+    def without_importance(self) -> list[tuple[str, str]]:
+        """Tensors an importance matrix would weight (Q4_0, Q6_K) that it holds no data for."""
+        if self.imatrix is None:
+            return []
+        return [
+            (t.name, f"{t.quant_name}: no importance data, plain quantizer")
+            for t in self.tensors
+            if t.importance is None and t.quantized and _uses_imatrix(t.quant_name)
+        ]
 
     @property
     def params(self) -> int:
@@ -177,6 +197,7 @@ class ConversionPlan:
             "tied_embedding": self.tied.embedding if self.tied.tied else None,
             "tied_head": self.tied.head if self.tied.tied else None,
             "skipped": {name: reason for name, reason in self.skipped},
+            **({"imatrix": self.imatrix} if self.imatrix is not None else {}),
             "tensors": {t.name: t.to_config() for t in self.tensors},
         }
 
@@ -212,6 +233,7 @@ class ConversionPlan:
                 nbytes=F32.nbytes(t.shape),
                 fallback=True,
                 unrepacked=False,
+                importance=None,
             )
             if t.name in reasons
             else t
@@ -266,7 +288,7 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
         for p in options.keep_f32
         if not any(_search(p, t.name) for t in tensors)
     ]
-    return ConversionPlan(
+    plan = ConversionPlan(
         tensors=plans,
         options=options,
         model_config=config,
@@ -275,6 +297,42 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
         skipped=skipped,
         notes=notes,
     )
+    if options.imatrix is not None:
+        plan = _apply_imatrix(plan, tensors, options.imatrix)
+    return plan
+
+
+def _uses_imatrix(quant_name: str) -> bool:
+    from nntrtool.quant import get_kernels
+
+    return get_kernels(quant_name).uses_imatrix
+
+
+def _apply_imatrix(plan: ConversionPlan, tensors: list[_Tensor], path: Any) -> ConversionPlan:
+    """The plan with each Q4_0 / Q6_K tensor the importance matrix covers marked as weighted.
+
+    Every entry must fit a tensor of the source (checked against all of them, also those not
+    stored); an ImatrixError says when the file was made for another model.
+    """
+    from nntrtool.imatrix import match_imatrix, read_imatrix
+
+    imx = read_imatrix(path)
+    shapes = [(t.name, tuple(int(s) for s in t.shape)) for t in tensors]
+    tied = plan.tied
+    if tied.tied and not tied.head_in_source and tied.head and tied.embedding:
+        # The head is the embeddings: an entry for it (a tied model's output) is not foreign.
+        shapes.append((tied.head, dict(shapes)[tied.embedding]))
+    found = match_imatrix(imx, shapes, plan.model_config)
+    tensors_out, weights = [], {}
+    for t in plan.tensors:
+        hit = found.get(t.name)
+        if hit is not None and t.quantized and _uses_imatrix(t.quant_name):
+            t = replace(t, importance=hit.label)
+            weights[t.name] = hit.weights
+        tensors_out.append(t)
+    summary = imx.summary()
+    summary["tensors"] = len(weights)
+    return replace(plan, tensors=tensors_out, imatrix=summary, importance=weights, _predicted=None)
 
 
 def _search(pattern: str, name: str) -> bool:

@@ -72,6 +72,7 @@ def config_summary(config: dict) -> dict[str, Any]:
         "tied_embeddings": meta.get("tied", _lookup(config, "tie_word_embeddings")),
         "source": _source_text(meta.get("source")),
         "tool_version": meta.get("version"),
+        "imatrix": meta.get("imatrix"),
     }
 
 
