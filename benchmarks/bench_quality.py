@@ -116,20 +116,20 @@ def convert_supports_imatrix() -> bool:
 
 def variants(imatrix: Path | None) -> list[tuple[str, list[str]]]:
     """(label, convert options) of every file measured."""
-    # llama.cpp keeps the output head at q6_k; SmolLM2's head is its tied embedding, whose 576
-    # columns do not fit q6_k's 256-blocks, so q6_k falls back to q8_0 there (as llama.cpp's
-    # quantizer does): the head variant asks for q8_0 directly
-    head = ["--type", f"{EMBED}=q8_0"]
+    # llama.cpp keeps the output head at q6_k: --head-type q6_k. SmolLM2's head is its tied
+    # embedding, whose 576 columns do not fit q6_k's blocks of 256, so it becomes q8_0 (as in
+    # llama.cpp's quantizer, which falls back the same way)
+    head = ["--head-type", "q6_k"]
     out = [
         ("q4_0", ["--quant-type", "q4_0"]),
-        ("q4_0 + head q8_0", ["--quant-type", "q4_0", *head]),
+        ("q4_0 + --head-type q6_k", ["--quant-type", "q4_0", *head]),
         ("q6_k", ["--quant-type", "q6_k"]),
     ]
     if imatrix is not None:
         im = ["--imatrix", str(imatrix)]
         out += [
             ("q4_0 imatrix", ["--quant-type", "q4_0", *im]),
-            ("q4_0 imatrix + head q8_0", ["--quant-type", "q4_0", *im, *head]),
+            ("q4_0 imatrix + --head-type q6_k", ["--quant-type", "q4_0", *im, *head]),
             ("q6_k imatrix", ["--quant-type", "q6_k", *im]),
         ]
     return out
@@ -139,8 +139,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/nntrtool-bench-quality"))
     parser.add_argument("--ctx", type=int, default=512)
-    parser.add_argument("--calib-chunks", type=int, default=16)
-    parser.add_argument("--eval-chunks", type=int, default=12)
+    parser.add_argument("--calib-chunks", type=int, default=10)
+    parser.add_argument("--eval-chunks", type=int, default=8)
     parser.add_argument("--no-imatrix", action="store_true", help="Plain rows only.")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_quality")
     args = parser.parse_args()
@@ -164,7 +164,8 @@ def main() -> None:
 
     files = []
     for label, options in variants(imatrix):
-        path = args.work / (label.replace(" + ", "-").replace(" ", "-") + ".nntr")
+        stem = label.replace(" + --head-type ", "-head-").replace(" ", "-")
+        path = args.work / (stem + ".nntr")
         nntrtool("convert", str(source), str(path), *options, "--force", "-q")
         files.append((label, options, path))
 
@@ -181,7 +182,9 @@ def main() -> None:
     log(f"measuring {len(todo)} of {len(files)} files on {len(chunks.chunks)} chunks of {args.ctx}")
     t0 = time.time()
     if todo:
-        fresh = compare_text_files(todo, source, chunks)
+        from nntrtool.cli.display import progress_factory
+
+        fresh = compare_text_files(todo, source, chunks, progress=progress_factory())
         for p, report in zip(todo, fresh, strict=True):
             cache[keys[[f[2] for f in files].index(p)]] = report.to_json()
         cache_path.write_text(json.dumps(cache))
@@ -216,10 +219,14 @@ def main() -> None:
 
 
 def _sha256(path: Path) -> str:
+    """Digest of the file's tensors (names, types, bytes): what the measurement depends on."""
+    from nntrtool.format import NntrFile
+
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    with NntrFile(path) as nf:
+        for entry in nf.tensors:
+            digest.update(f"{entry.name}:{entry.display_type}:{list(entry.shape)}".encode())
+            digest.update(memoryview(nf.raw(entry.name)))
     return digest.hexdigest()[:16]
 
 
