@@ -15,6 +15,7 @@ from test_verify_logits import write_from_source
 
 from nntrtool import verify as v
 from nntrtool.cli.app import main
+from nntrtool.verify.text import summarize_positions
 
 CTX = 64
 
@@ -208,3 +209,29 @@ def test_source_without_tokenizer(model_dir, text_file, q4_file, tmp_path, capsy
         capsys, ["verify", str(q4_file), str(bare), "--logits", "--text", str(text_file), "-q"]
     )
     assert "no tokenizer" in err
+
+
+def test_summary_statistics_follow_their_definitions():
+    rng = np.random.default_rng(1)
+    n = 200
+    nll_b = rng.gamma(2.0, 1.0, n)
+    nll_t = nll_b + rng.normal(0.02, 0.05, n)
+    kl = rng.gamma(0.5, 0.02, n)
+    p_b, p_t = np.exp(-nll_b), np.exp(-nll_t)
+    same = rng.random(n) < 0.9
+    chunks = v.TextChunks("t.txt", CTX, [[0] * CTX], n, None)
+    t = summarize_positions(nll_b, nll_t, kl, p_b, p_t, same, chunks)
+    d = nll_t - nll_b
+    assert t.ppl_base == pytest.approx(math.exp(nll_b.mean()))
+    assert t.ppl_base_err == pytest.approx(t.ppl_base * nll_b.std() / math.sqrt(n - 1))
+    assert t.ln_ratio == pytest.approx(d.mean())
+    assert t.ln_ratio_err == pytest.approx(d.std() / math.sqrt(n - 1))
+    assert t.ppl_ratio == pytest.approx(math.exp(d.mean()))
+    assert t.kl_mean_err == pytest.approx(kl.std() / math.sqrt(n - 1))
+    assert t.kl_percentiles["99"] == pytest.approx(np.percentile(kl, 99))
+    assert t.kl_max == kl.max() and t.kl_min == kl.min()
+    f = same.mean()
+    assert t.top1_agreement == f
+    assert t.top1_agreement_err == pytest.approx(math.sqrt(f * (1 - f) / (n - 1)))
+    assert t.rms_dp == pytest.approx(math.sqrt(np.mean((p_t - p_b) ** 2)))
+    assert t.ppl_corr == pytest.approx(np.corrcoef(nll_b, nll_t)[0, 1])
