@@ -38,7 +38,6 @@ LEFT_PLAIN = "left_plain"
 FORMAT_CHOICES: tuple[str, ...] = (*LAYOUTS, "none")
 
 
-
 @dataclass(frozen=True)
 class TensorMove:
     """What repack does with one tensor: its type and layout before and after, and why."""
@@ -81,7 +80,9 @@ def parse_format(fmt: str) -> RepackLayout | None:
     if key in ("none", ""):
         return None
     if key not in LAYOUTS:
-        raise UsageError(f"--format {fmt!r} is not known; choose one of {', '.join(FORMAT_CHOICES)}")
+        raise UsageError(
+            f"--format {fmt!r} is not known; choose one of {', '.join(FORMAT_CHOICES)}"
+        )
     return LAYOUTS[key]
 
 
@@ -121,8 +122,9 @@ def _replan(entry: Any, section: dict[str, Any], target: RepackLayout | None) ->
         options = ConvertOptions.from_file_config(section).with_(
             repack_format=target.name if target is not None else None
         )
-        planned = plan_tensor(_StoredTensor(entry.name, str(record["source_dtype"]),
-                                            tuple(entry.shape)), options)
+        planned = plan_tensor(
+            _StoredTensor(entry.name, str(record["source_dtype"]), tuple(entry.shape)), options
+        )
     except (NntrError, TypeError, ValueError, KeyError):
         return None
     if planned.ttype not in (Q4_0, Q4_0_REPACKED):
@@ -211,15 +213,20 @@ def repack_file(
         if not any(e.ttype in (Q4_0, Q4_0_REPACKED) for e in nf.tensors):
             raise UsageError(f"{src_path} has no Q4_0 tensors: there is nothing to repack")
         decisions, new_config = plan_repack(nf.tensors, nf.config, target)
-        if all(d.move.action in (COPY, LEFT_PLAIN) and d.layout == d.entry.layout
-               for d in decisions) and new_config == nf.config:
+        if (
+            all(
+                d.move.action in (COPY, LEFT_PLAIN) and d.layout == d.entry.layout
+                for d in decisions
+            )
+            and new_config == nf.config
+        ):
             raise UsageError(f"{src_path} is already in layout {fmt_name}: nothing to do")
         specs = [
             TensorSpec(
                 d.entry.name,
-                Q4_0_REPACKED if d.layout is not None else (
-                    Q4_0 if d.entry.ttype in (Q4_0, Q4_0_REPACKED) else d.entry.ttype
-                ),
+                Q4_0_REPACKED
+                if d.layout is not None
+                else (Q4_0 if d.entry.ttype in (Q4_0, Q4_0_REPACKED) else d.entry.ttype),
                 tuple(d.entry.shape),
                 d.layout,
             )

@@ -15,6 +15,7 @@ from test_verify_logits import write_from_source
 
 from nntrtool import verify as v
 from nntrtool.cli.app import main
+from nntrtool.verify.text import summarize_positions
 
 CTX = 64
 
@@ -91,6 +92,16 @@ def test_f32_file_is_identical_on_text(model_dir, text_file, tmp_path):
     assert t.kl_mean == 0.0 and t.kl_max == 0.0 and t.top1_agreement == 1.0
     assert t.ppl_ratio == 1.0 and t.ppl_base == t.ppl_test and t.rms_dp == 0.0
     assert t.scored == 2 * chunks.scored_per_chunk and t.not_replaced == []
+
+
+def test_several_files_in_one_run(model_dir, text_file, q4_file, tmp_path):
+    """The source weights are put back between files: f32 after q4_0 is still exact."""
+    f32 = write_from_source(model_dir, tmp_path / "f32.nntr", quantize=False)
+    chunks = v.load_text_chunks(model_dir, text_file, ctx=CTX, chunks=2)
+    q4_report, f32_report = v.compare_text_files([q4_file, f32], model_dir, chunks)
+    assert q4_report.kl_mean > 0 and f32_report.kl_mean == 0.0
+    assert q4_report.ppl_base == f32_report.ppl_base
+    assert q4_report.kl_mean == v.compare_text(q4_file, model_dir, chunks).kl_mean
 
 
 def test_q4_0_figures_match_a_direct_computation(model_dir, text_file, q4_file):
@@ -198,3 +209,29 @@ def test_source_without_tokenizer(model_dir, text_file, q4_file, tmp_path, capsy
         capsys, ["verify", str(q4_file), str(bare), "--logits", "--text", str(text_file), "-q"]
     )
     assert "no tokenizer" in err
+
+
+def test_summary_statistics_follow_their_definitions():
+    rng = np.random.default_rng(1)
+    n = 200
+    nll_b = rng.gamma(2.0, 1.0, n)
+    nll_t = nll_b + rng.normal(0.02, 0.05, n)
+    kl = rng.gamma(0.5, 0.02, n)
+    p_b, p_t = np.exp(-nll_b), np.exp(-nll_t)
+    same = rng.random(n) < 0.9
+    chunks = v.TextChunks("t.txt", CTX, [[0] * CTX], n, None)
+    t = summarize_positions(nll_b, nll_t, kl, p_b, p_t, same, chunks)
+    d = nll_t - nll_b
+    assert t.ppl_base == pytest.approx(math.exp(nll_b.mean()))
+    assert t.ppl_base_err == pytest.approx(t.ppl_base * nll_b.std() / math.sqrt(n - 1))
+    assert t.ln_ratio == pytest.approx(d.mean())
+    assert t.ln_ratio_err == pytest.approx(d.std() / math.sqrt(n - 1))
+    assert t.ppl_ratio == pytest.approx(math.exp(d.mean()))
+    assert t.kl_mean_err == pytest.approx(kl.std() / math.sqrt(n - 1))
+    assert t.kl_percentiles["99"] == pytest.approx(np.percentile(kl, 99))
+    assert t.kl_max == kl.max() and t.kl_min == kl.min()
+    f = same.mean()
+    assert t.top1_agreement == f
+    assert t.top1_agreement_err == pytest.approx(math.sqrt(f * (1 - f) / (n - 1)))
+    assert t.rms_dp == pytest.approx(math.sqrt(np.mean((p_t - p_b) ** 2)))
+    assert t.ppl_corr == pytest.approx(np.corrcoef(nll_b, nll_t)[0, 1])

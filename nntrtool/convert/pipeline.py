@@ -229,7 +229,8 @@ def _kernel_uses(plan: ConversionPlan) -> list[Any]:
     uses = []
     for tp in plan.tensors:
         if tp.quantized:
-            uses.append(quantize_use(tp.quant_name, tp.source_dtype, tp.numel))
+            weighted = tp.importance is not None
+            uses.append(quantize_use(tp.quant_name, tp.source_dtype, tp.numel, imatrix=weighted))
             if tp.layout is not None:
                 uses.append(repack_use(tp.numel))
     return uses
@@ -279,8 +280,10 @@ class _Work:
         backend: str,
         check_f32: bool,
         prefetched: Future[None] | None,
+        imatrix: np.ndarray | None = None,
     ):
         self.tp, self.x, self.begin, self.backend = tp, x, begin, backend
+        self.imatrix = imatrix
         self.check_f32 = check_f32
         self.prefetched = prefetched
         self.f32_nonfinite: tuple[int, int, float] | None = None
@@ -307,7 +310,13 @@ class _Work:
                 self.f32_nonfinite = _first_nonfinite(data.reshape(data.shape[0], -1))
             return data
         try:
-            q = quantize(self.x, tp.quant_name, backend=self.backend, source_dtype=tp.source_dtype)
+            q = quantize(
+                self.x,
+                tp.quant_name,
+                backend=self.backend,
+                source_dtype=tp.source_dtype,
+                imatrix=self.imatrix,
+            )
         except NonFiniteError as err:
             raise _NonFiniteChunk(
                 tp.name, self.begin + max(err.row, 0), max(err.col, 0), err.value
@@ -329,24 +338,29 @@ def _prepare_kernels(plan: ConversionPlan, backend: str, prog: Any) -> None:
 
     if backend == "numpy":  # nothing to compile
         return
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[tuple[str, str, str, bool]] = set()
     for tp in plan.tensors:
         if not tp.quantized or tp.source_dtype not in READABLE_DTYPES:
             continue
         layout = tp.layout.name if tp.layout is not None else ""
-        key = (tp.quant_name, tp.source_dtype, layout)
+        weighted = tp.importance is not None
+        key = (tp.quant_name, tp.source_dtype, layout, weighted)
         if key in seen:
             continue
         seen.add(key)
         if prog is not None:
-            cached = is_compiled(quantize_use(tp.quant_name, tp.source_dtype, 0).kernel)
+            use = quantize_use(tp.quant_name, tp.source_dtype, 0, imatrix=weighted)
+            cached = is_compiled(use.kernel)
             what = "loading" if cached else "compiling"
             prog.advance(
                 0, current=f"{what} the {tp.quant_name} kernel (compiled once, then cached)"
             )
         rows = tp.layout.rows if tp.layout is not None else 1
         block = np.zeros((rows, tp.ttype.block_size), READABLE_DTYPES[tp.source_dtype])
-        q = quantize(block, tp.quant_name, backend=backend, source_dtype=tp.source_dtype)
+        qw = np.ones(tp.ttype.block_size, np.float32) if weighted else None
+        q = quantize(
+            block, tp.quant_name, backend=backend, source_dtype=tp.source_dtype, imatrix=qw
+        )
         if layout:
             repack(q, layout, backend=backend)
 
@@ -463,7 +477,7 @@ def _write(
                 for begin, stop in _chunks(tp, st, options.chunk_bytes):
                     x = st.read(begin, stop)
                     pre = fetcher.submit(prefault, x)
-                    work = _Work(tp, x, begin, backend, True, pre)
+                    work = _Work(tp, x, begin, backend, True, pre, plan.importance.get(tp.name))
                     pending.append((work, pool.submit(work)))
                     while len(pending) > depth:
                         drain()

@@ -65,7 +65,6 @@ _CHATML_PROMPT = (
 _PLAIN_PROMPT = "Give me a short introduction to large language models."
 
 
-
 @dataclass
 class RuntimeOptions:
     """Run settings written to ``nntr_config.json`` and ``generation_config.json``.
@@ -696,7 +695,9 @@ def _write_tensor(
             if same:
                 w.write(chunk, offset + r0 * row_bytes, after=lambda c=chunk: release_pages(c))
             else:
-                plain = unpack(chunk, t.source_layout, backend=backend) if t.source_layout else chunk
+                plain = (
+                    unpack(chunk, t.source_layout, backend=backend) if t.source_layout else chunk
+                )
                 w.write(repack(plain, t.out_type, backend=backend), offset + r0 * row_bytes)
                 release_pages(chunk)
             if progress is not None:

@@ -84,6 +84,7 @@ def config_summary(config: dict) -> dict[str, Any]:
         "source": _source_text(meta.get("source")),
         "adapters": _adapters_text(meta.get("source")),
         "tool_version": meta.get("version"),
+        "imatrix": meta.get("imatrix"),
     }
 
 

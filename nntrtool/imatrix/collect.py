@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from nntrtool.errors import OutputExistsError, UsageError
-from nntrtool.imatrix.gguf_writer import ImatrixEntry, write_imatrix
+from nntrtool.errors import DiskFullError, OutputExistsError, UsageError
+from nntrtool.imatrix.format import ImatrixEntry, write_imatrix
 from nntrtool.progress import ProgressFactory
 
 #: Decoder-layer submodule (Hugging Face) -> llama.cpp tensor stem, for the supported families.
@@ -46,13 +46,26 @@ _LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.(.+)$")
 _EXPERT = re.compile(r"^mlp\.experts\.(\d+)\.(gate|up|down)_proj$")
 
 
-def llama_cpp_name(module_name: str) -> tuple[str, int | None] | None:
+def llama_cpp_name(
+    module_name: str, config: dict[str, Any] | None = None
+) -> tuple[str, int | None] | None:
     """``model.layers.3.self_attn.q_proj`` -> ``("blk.3.attn_q.weight", None)``; an expert's
     Linear ``model.layers.3.mlp.experts.5.up_proj`` -> ``("blk.3.ffn_up_exps.weight", 5)``;
-    None for modules llama.cpp's imatrix does not collect."""
+    None for modules llama.cpp's imatrix does not collect (outside the decoder layers).
+
+    llama.cpp's own tables (:func:`nntrtool.names.hf_to_gguf`, for the model's architecture)
+    decide first; the fixed table of the common decoder layouts covers what they do not know.
+    """
     m = _LAYER.match(module_name)
     if m is None:
         return None
+    if config:
+        from nntrtool.names import hf_to_gguf
+
+        found = hf_to_gguf(module_name + ".weight", config)
+        if found is not None and found[0].startswith("blk."):
+            name = found[0] if found[0].endswith(".weight") else found[0] + ".weight"
+            return name, found[1]
     block, rest = int(m.group(1)), m.group(2)
     e = _EXPERT.match(rest)
     if e is not None:
@@ -113,6 +126,8 @@ class ImatrixCollector:
     def __init__(self, model: Any) -> None:
         import torch
 
+        config = model.config.to_dict() if hasattr(model, "config") else None
+
         self.stats: dict[str, _Stats] = {}
         self._handles: list[Any] = []
         experts: dict[str, int] = {}  # weight name -> number of experts, for per-expert Linears
@@ -123,7 +138,7 @@ class ImatrixCollector:
             if isinstance(module, torch.nn.Linear) or (
                 isinstance(weight, torch.nn.Parameter) and weight.ndim == 2
             ):
-                mapped = llama_cpp_name(name)
+                mapped = llama_cpp_name(name, config)
                 if mapped is not None:
                     linears.append((module, *mapped))
                     if mapped[1] is not None:
@@ -175,9 +190,9 @@ class ImatrixCollector:
         self._handles.clear()
 
     def entries(self) -> list[ImatrixEntry]:
-        """The statistics as writable entries (float64 sums kept until here)."""
+        """The statistics, one entry per weight in name order (float32, as the file holds them)."""
         return [
-            ImatrixEntry(s.name, s.sums.numpy(), s.counts.copy())
+            ImatrixEntry(s.name, s.sums.numpy().astype(np.float32), s.counts.astype(np.float32))
             for s in sorted(self.stats.values(), key=lambda s: s.name)
         ]
 
@@ -273,7 +288,18 @@ def compute_imatrix(
         collector.remove()
     entries = collector.entries()
     never = _never_activated(entries)
-    write_imatrix(path, entries, chunk_count=n, chunk_size=ctx, datasets=[str(text_path)])
+    try:
+        write_imatrix(
+            path,
+            {e.name: (e.in_sum2, e.counts) for e in entries},
+            chunk_count=n,
+            datasets=[str(text_path)],
+            chunk_size=ctx,
+        )
+    except OSError as err:
+        if err.errno == 28:
+            raise DiskFullError(f"no space left writing {path}: free some disk space") from None
+        raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
     return ImatrixReport(
         out=str(path),
         source=str(source_spec),

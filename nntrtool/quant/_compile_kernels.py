@@ -23,12 +23,15 @@ def compile_kernel(kernel: str) -> None:
 
     op, _, rest = kernel.partition("-")
     if op == "quantize":
+        qw = None
+        if rest.startswith("imatrix-"):
+            rest, qw = rest.removeprefix("imatrix-"), np.ones(_COLS, np.float32)
         qtype, _, element = rest.partition("-")
         if element == "float32":
-            quantize(np.zeros((_ROWS, _COLS), np.float32), qtype, backend="numba")
+            quantize(np.zeros((_ROWS, _COLS), np.float32), qtype, backend="numba", imatrix=qw)
         else:
             x = np.zeros((_ROWS, _COLS), np.uint16)
-            quantize(x, qtype, backend="numba", source_dtype="bf16")
+            quantize(x, qtype, backend="numba", source_dtype="bf16", imatrix=qw)
     elif op == "dequantize":
         data = quantize(np.zeros((_ROWS, _COLS), np.float32), rest, backend="numpy")
         dequantize(data, rest, (_ROWS, _COLS), backend="numba")
@@ -36,7 +39,7 @@ def compile_kernel(kernel: str) -> None:
         data = quantize(np.zeros((_ROWS, _COLS), np.float32), "q4_0", backend="numpy")
         (repack if kernel == "repack" else unpack)(data, "q4_0_8", backend="numba")
     elif kernel == "error-sums":
-        from nntrtool.verify import ErrorStats
+        from nntrtool.verify.metrics import ErrorStats
 
         ErrorStats.of_fast(np.zeros(_COLS, np.float32), np.zeros(_COLS, np.float32))
 

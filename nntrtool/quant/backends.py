@@ -79,9 +79,7 @@ def backend_choice(name: str | None = "auto") -> str:
     Checks the name only: nothing is imported."""
     choice = (name or "auto").strip().lower()
     if choice not in BACKEND_CHOICES:
-        raise UsageError(
-            f"unknown backend {name!r}: use one of {', '.join(BACKEND_CHOICES)}"
-        )
+        raise UsageError(f"unknown backend {name!r}: use one of {', '.join(BACKEND_CHOICES)}")
     return choice
 
 
@@ -96,9 +94,7 @@ def resolve_backend(name: str | None = "auto") -> str:
         cupy, why = _cupy_status()
         if cupy is not None:
             return "cupy"
-        _notice_once(
-            f"cupy:{choice}", f"{why}; using the {cpu} backend", warn=(choice == "cupy")
-        )
+        _notice_once(f"cupy:{choice}", f"{why}; using the {cpu} backend", warn=(choice == "cupy"))
         return cpu
     if choice == "numba" and cpu != "numba":
         _notice_once("numba", "numba is not usable here; using the numpy backend", warn=True)

@@ -54,6 +54,8 @@ NUMPY_RATE: dict[str, float] = {
     "quantize-q4_0": 140e6,
     "quantize-q6_k": 18e6,
     "quantize-q8_0": 100e6,
+    "quantize-imatrix-q4_0": 8e6,
+    "quantize-imatrix-q6_k": 6e6,
     "dequantize-q4_0": 600e6,
     "dequantize-q6_k": 450e6,
     "dequantize-q8_0": 1000e6,
@@ -66,6 +68,8 @@ NUMBA_RATE: dict[str, float] = {
     "quantize-q4_0": 2e9,
     "quantize-q6_k": 150e6,
     "quantize-q8_0": 2e9,
+    "quantize-imatrix-q4_0": 60e6,
+    "quantize-imatrix-q6_k": 40e6,
     "dequantize-q4_0": 1e9,
     "dequantize-q6_k": 1.5e9,
     "dequantize-q8_0": 1.5e9,
@@ -90,10 +94,14 @@ class KernelUse:
         return self.kernel.removesuffix("-float32").removesuffix("-uint16")
 
 
-def quantize_use(qtype: str, source_dtype: str, elements: int) -> KernelUse:
-    """The quantize kernel of ``qtype`` for a source dtype (f16 and bf16 share one kernel)."""
+def quantize_use(
+    qtype: str, source_dtype: str, elements: int, *, imatrix: bool = False
+) -> KernelUse:
+    """The quantize kernel of ``qtype`` for a source dtype (f16 and bf16 share one kernel),
+    the importance-weighted one with ``imatrix``."""
     element = "float32" if source_dtype.lower() in ("f32", "float32") else "uint16"
-    return KernelUse(f"quantize-{qtype.lower()}-{element}", elements)
+    op = "quantize-imatrix" if imatrix else "quantize"
+    return KernelUse(f"{op}-{qtype.lower()}-{element}", elements)
 
 
 def dequantize_use(qtype: str, elements: int) -> KernelUse:

@@ -44,7 +44,9 @@ def check_repackable(shape: tuple[int, ...], layout: RepackLayout) -> None:
     """Raise :class:`QuantError` unless ``shape`` is a (rows, row_bytes) Q4_0 array that
     ``layout`` can hold (rows a multiple of the group, whole blocks)."""
     if len(shape) != 2:
-        raise QuantError(f"{layout.name}: expected a 2-D (rows, row_bytes) Q4_0 array, got shape {shape}")
+        raise QuantError(
+            f"{layout.name}: expected a 2-D (rows, row_bytes) Q4_0 array, got shape {shape}"
+        )
     rows, row_bytes = shape
     if row_bytes % BLOCK_BYTES or row_bytes == 0:
         raise QuantError(

@@ -56,6 +56,7 @@ from nntrtool.verify.text import (
     TextChunks,
     TextReport,
     compare_text,
+    compare_text_files,
     load_text_chunks,
     tokenize_chunks,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "compare_arrays",
     "compare_logits",
     "compare_text",
+    "compare_text_files",
     "default_tokens",
     "load_file_weights",
     "load_text_chunks",

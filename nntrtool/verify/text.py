@@ -317,6 +317,31 @@ def compare_text(
 ) -> TextReport:
     """Run the source model over the text's chunks, then again with the file's weights, and
     report both perplexities and the KL divergence between their next-token distributions."""
+    return compare_text_files(
+        [file_path],
+        source_spec,
+        chunks,
+        revision=revision,
+        config=config,
+        backend=backend,
+        progress=progress,
+        adapters=adapters,
+    )[0]
+
+
+def compare_text_files(
+    file_paths: list[str | Path],
+    source_spec: str | Path,
+    chunks: TextChunks,
+    *,
+    revision: str | None = None,
+    config: str | Path | None = None,
+    backend: str = "auto",
+    progress: ProgressFactory | None = None,
+    adapters: Sequence[Any] = (),
+) -> list[TextReport]:
+    """:func:`compare_text` for several files of one source: the source runs over the text
+    once, then each file's weights in turn (the source's weights are put back in between)."""
     from nntrtool.sources import open_source
     from nntrtool.verify.logits import _import_torch, _load_model, load_file_weights
 
@@ -328,9 +353,10 @@ def compare_text(
     _check_ids(chunks, vocab)
     n_chunks, per_chunk = len(chunks.chunks), chunks.scored_per_chunk
     total = n_chunks * per_chunk
-    nll_b, p_b, nll_t, p_t, kl = (np.empty(total) for _ in range(5))
+    nll_b, p_b = np.empty(total), np.empty(total)
     top_b = np.empty(total, dtype=np.int64)
-    same = np.empty(total, dtype=bool)
+    rows = np.arange(per_chunk)
+    reports = []
 
     with tempfile.TemporaryDirectory(prefix="nntrtool-text-") as tmp:
         try:
@@ -346,7 +372,6 @@ def compare_text(
                 f"source's logits in {tmp}: {err.strerror or err}; "
                 "set TMPDIR to a folder with room, or use fewer --chunks"
             ) from None
-        rows = np.arange(per_chunk)
         with token_progress(progress, total, "source on text") as bar:
             for c, logits in enumerate(_chunk_logits(model, chunks, torch)):
                 lo, hi = c * per_chunk, (c + 1) * per_chunk
@@ -365,29 +390,55 @@ def compare_text(
                 if bar is not None:
                     bar.advance(per_chunk, current=f"chunk {c + 1}/{n_chunks}")
 
-        replaced, not_replaced, unused = load_file_weights(
-            model, file_path, source_names, backend=backend, progress=progress
-        )
-
-        with token_progress(progress, total, "file on text") as bar:
-            for c, logits in enumerate(_chunk_logits(model, chunks, torch)):
-                lo, hi = c * per_chunk, (c + 1) * per_chunk
-                target = np.asarray(chunks.chunks[c][chunks.first_scored + 1 :])
-                logq = _log_softmax(logits)
-                nll_t[lo:hi] = -logq[rows, target]
-                p_t[lo:hi] = np.exp(logq[rows, target])
-                same[lo:hi] = logits.argmax(axis=-1) == top_b[lo:hi]
-                for r in range(0, per_chunk, _ROWS):
-                    lp = _log_softmax(spill[c, r : r + _ROWS])
-                    k = (np.exp(lp) * (lp - logq[r : r + _ROWS])).sum(axis=-1)
-                    kl[lo + r : lo + r + lp.shape[0]] = np.maximum(k, 0.0)
-                if bar is not None:
-                    bar.advance(per_chunk, current=f"chunk {c + 1}/{n_chunks}")
+        for i, file_path in enumerate(file_paths):
+            if i > 0:
+                _restore_source_weights(model, source_spec, revision, config, torch, adapters)
+            replaced, not_replaced, unused = load_file_weights(
+                model, file_path, source_names, backend=backend, progress=progress
+            )
+            nll_t, p_t, kl = np.empty(total), np.empty(total), np.empty(total)
+            same = np.empty(total, dtype=bool)
+            with token_progress(progress, total, f"{Path(file_path).name} on text") as bar:
+                for c, logits in enumerate(_chunk_logits(model, chunks, torch)):
+                    lo, hi = c * per_chunk, (c + 1) * per_chunk
+                    target = np.asarray(chunks.chunks[c][chunks.first_scored + 1 :])
+                    logq = _log_softmax(logits)
+                    nll_t[lo:hi] = -logq[rows, target]
+                    p_t[lo:hi] = np.exp(logq[rows, target])
+                    same[lo:hi] = logits.argmax(axis=-1) == top_b[lo:hi]
+                    for r in range(0, per_chunk, _ROWS):
+                        lp = _log_softmax(spill[c, r : r + _ROWS])
+                        k = (np.exp(lp) * (lp - logq[r : r + _ROWS])).sum(axis=-1)
+                        kl[lo + r : lo + r + lp.shape[0]] = np.maximum(k, 0.0)
+                    if bar is not None:
+                        bar.advance(per_chunk, current=f"chunk {c + 1}/{n_chunks}")
+            report = summarize_positions(nll_b, nll_t, kl, p_b, p_t, same, chunks)
+            report.replaced, report.not_replaced, report.unused = replaced, not_replaced, unused
+            reports.append(report)
         del spill
+    return reports
 
-    report = summarize_positions(nll_b, nll_t, kl, p_b, p_t, same, chunks)
-    report.replaced, report.not_replaced, report.unused = replaced, not_replaced, unused
-    return report
+
+def _restore_source_weights(
+    model: Any,
+    source_spec: str | Path,
+    revision: str | None,
+    config: Any,
+    torch: Any,
+    adapters: Sequence[Any] = (),
+) -> None:
+    """Put the source's weights back into the model, tensor by tensor."""
+    from nntrtool.sources import open_source
+
+    state = model.state_dict()
+    with (
+        open_source(source_spec, revision=revision, config=config, adapters=adapters) as src,
+        torch.no_grad(),
+    ):
+        for t in src.tensors:
+            if t.name in state:
+                value = torch.from_numpy(np.array(t.read_f32(), dtype=np.float32))  # a copy
+                state[t.name].copy_(value.reshape(state[t.name].shape))
 
 
 def _chunk_logits(model: Any, chunks: TextChunks, torch: Any):
