@@ -135,7 +135,9 @@ def plan_conversion(source_spec: str | Path, options: ConvertOptions) -> Convers
     """Open the source and make its plan (what ``convert --dry-run`` and ``verify`` need)."""
     from nntrtool.sources import open_source
 
-    with open_source(source_spec, revision=options.revision, config=options.config) as src:
+    with open_source(
+        source_spec, revision=options.revision, config=options.config, gguf_file=options.gguf_file
+    ) as src:
         return make_plan(src, options)
 
 
@@ -158,7 +160,9 @@ def convert(
         if out_path is None:
             raise UsageError("give an output file name")
         out = check_output(out_path, options.force)
-    with open_source(source_spec, revision=options.revision, config=options.config) as src:
+    with open_source(
+        source_spec, revision=options.revision, config=options.config, gguf_file=options.gguf_file
+    ) as src:
         plan = make_plan(src, options)
         if options.dry_run:
             return ConversionReport(plan, None, True, seconds=time.perf_counter() - start)
@@ -239,7 +243,11 @@ def _chunks(tp: TensorPlan, src_tensor: Any, budget: int) -> Iterator[tuple[int,
 
 def _to_f32(x: np.ndarray, dtype: str) -> np.ndarray:
     from nntrtool.quant.common import source_kind, to_f32
+    from nntrtool.sources.base import BLOCK_DTYPES, decode_blocks
 
+    block = BLOCK_DTYPES.get(dtype)
+    if block is not None:  # GGUF blocks: dequantized to their exact float32 values
+        return decode_blocks(x, dtype, x.shape[1] // block[1] * block[0])
     return to_f32(x, source_kind(dtype))
 
 
@@ -284,13 +292,19 @@ class _Work:
         from nntrtool.quant import quantize, repack
 
         tp = self.tp
+        if tp.copy_blocks:  # same block type as the source: the bytes as they are
+            q = np.ascontiguousarray(self.x)
+            return repack(q, tp.layout.name) if tp.layout is not None else q
         if not tp.quantized:
             data = _to_f32(self.x, tp.source_dtype)
             if self.check_f32:
                 self.f32_nonfinite = _first_nonfinite(data.reshape(data.shape[0], -1))
             return data
+        x, dtype = self.x, tp.source_dtype
+        if tp.requantized:
+            x, dtype = _to_f32(x, dtype), "F32"
         try:
-            q = quantize(self.x, tp.quant_name, backend=self.backend, source_dtype=tp.source_dtype)
+            q = quantize(x, tp.quant_name, backend=self.backend, source_dtype=dtype)
         except NonFiniteError as err:
             raise _NonFiniteChunk(
                 tp.name, self.begin + max(err.row, 0), max(err.col, 0), err.value
@@ -311,10 +325,11 @@ def _prepare_kernels(plan: ConversionPlan, backend: str, prog: Any) -> None:
 
     seen: set[tuple[str, str, str]] = set()
     for tp in plan.tensors:
-        if not tp.quantized or tp.source_dtype not in READABLE_DTYPES:
+        dtype = "F32" if tp.requantized else tp.source_dtype
+        if not tp.quantized or dtype not in READABLE_DTYPES:
             continue
         layout = tp.layout.name if tp.layout is not None else ""
-        key = (tp.quant_name, tp.source_dtype, layout)
+        key = (tp.quant_name, dtype, layout)
         if key in seen:
             continue
         seen.add(key)
@@ -323,8 +338,8 @@ def _prepare_kernels(plan: ConversionPlan, backend: str, prog: Any) -> None:
                 0, current=f"preparing the {tp.quant_name} kernel (compiled once, then cached)"
             )
         rows = tp.layout.rows if tp.layout is not None else 1
-        block = np.zeros((rows, tp.ttype.block_size), READABLE_DTYPES[tp.source_dtype])
-        q = quantize(block, tp.quant_name, backend=backend, source_dtype=tp.source_dtype)
+        block = np.zeros((rows, tp.ttype.block_size), READABLE_DTYPES[dtype])
+        q = quantize(block, tp.quant_name, backend=backend, source_dtype=dtype)
         if layout:
             repack(q, layout)
 
@@ -429,7 +444,8 @@ def _write(
                 ):
                     stages[key] = stages.get(key, 0.0) + value
                 if prog is not None:
-                    prog.advance(work.x.size if work.tp.numel else 0, current=work.tp.name)
+                    done = work.x.shape[0] * work.tp.cols if work.tp.numel else 0
+                    prog.advance(done, current=work.tp.name)
 
             for tp in plan.tensors:
                 st = by_name[tp.name]

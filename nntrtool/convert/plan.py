@@ -22,7 +22,9 @@ from nntrtool.qtypes import (
     F32,
     Q4_0,
     Q4_0_REPACKED,
+    Q6_K,
     Q8_0,
+    TYPES_BY_NAME,
     RepackLayout,
     TensorType,
     display_name,
@@ -70,6 +72,10 @@ class TensorPlan:
     source_nbytes: int = 0
     fallback: bool = False
     unrepacked: bool = False
+    #: The source's quantized blocks are stored as they are (same type: no dequantize).
+    copy_blocks: bool = False
+    #: The source is block-quantized in another type: dequantized, then quantized again.
+    requantized: bool = False
 
     @property
     def display_type(self) -> str:
@@ -229,11 +235,13 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
     if not tensors:
         raise SourceError("the source holds no tensors: nothing to convert")
     for t in tensors:
-        if t.dtype not in SUPPORTED_DTYPES:
+        if not getattr(t, "supported", t.dtype in SUPPORTED_DTYPES):
             raise SourceError(
                 f"tensor {t.name!r} has dtype {t.dtype}, which nntrtool cannot convert "
-                f"(supported: {', '.join(SUPPORTED_DTYPES)})"
+                f"(supported: {', '.join(SUPPORTED_DTYPES)} and GGUF block types)"
             )
+    if options.quant_type == "auto":
+        options = options.with_(quant_type=default_quant_type(source))
     config = dict(source.config or {})
     tied = detect_tied(tensors, config)
     skipped: list[tuple[str, str]] = []
@@ -258,6 +266,14 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
         for p in options.keep_f32
         if not any(_search(p, t.name) for t in tensors)
     ]
+    notes = list(getattr(source, "notes", None) or []) + notes
+    requantized = [p for p in plans if p.requantized]
+    if requantized:
+        kinds = sorted({p.source_dtype.lower() for p in requantized})
+        notes.append(
+            f"{len(requantized)} tensors requantized from {', '.join(kinds)}: the file is lossy "
+            "relative to the GGUF (--quant-type keep stores q4_0, q6_k and q8_0 blocks as they are)"
+        )
     return ConversionPlan(
         tensors=plans,
         options=options,
@@ -267,6 +283,25 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
         skipped=skipped,
         notes=notes,
     )
+
+
+def default_quant_type(source: Any) -> str:
+    """What ``--quant-type auto`` means for ``source``: ``keep`` for GGUF files, else ``q4_0``."""
+    return "keep" if getattr(source, "gguf", None) is not None else Q4_0.name
+
+
+def _keep_type(dtype: str, cols: int) -> tuple[TensorType, str, bool]:
+    """``--quant-type keep``: the stored type for a source dtype, the reason, and whether it
+    is a fallback."""
+    own = TYPES_BY_NAME.get(dtype.lower())
+    if own is not None and own.quantized:
+        return own, f"keep: {own.name}", False
+    if dtype in SUPPORTED_DTYPES:
+        return F32, f"keep: {dtype.lower()} as f32", False
+    for ttype in (Q6_K, Q8_0):
+        if ttype.fits(cols):
+            return ttype, f"keep: {dtype.lower()} has no NNTR type, {ttype.name} instead", False
+    return F32, f"keep: {dtype.lower()} has no NNTR type and rows fit no block: f32", True
 
 
 def _search(pattern: str, name: str) -> bool:
@@ -287,7 +322,11 @@ def plan_tensor(
         "source_nbytes": int(t.nbytes),
     }
 
+    blocked = t.dtype not in SUPPORTED_DTYPES
+
     def f32(reason: str, fallback: bool = False) -> TensorPlan:
+        if blocked:
+            reason += f", dequantized from {t.dtype.lower()}"
         return TensorPlan(
             ttype=F32,
             layout=None,
@@ -305,7 +344,7 @@ def plan_tensor(
         return f32(f"{what}: only 2-D matrices are quantized")
 
     cols = shape[-1]
-    requested = get_type(options.quant_type)
+    requested = get_type(Q4_0.name if options.quant_type == "keep" else options.quant_type)
     override = None
     for i, o in enumerate(options.type_overrides):
         if o.matches(t.name):
@@ -314,6 +353,7 @@ def plan_tensor(
                 used_overrides.add(i)
             break
 
+    keep = options.quant_type == "keep"
     if override is not None:
         ttype = get_type(override.type_name)
         if ttype.quantized and not ttype.fits(cols):
@@ -324,6 +364,8 @@ def plan_tensor(
             )
         reason = f"--type {override.text!r}"
         fallback = False
+    elif keep:
+        ttype, reason, fallback = _keep_type(t.dtype, cols)
     elif not requested.quantized or requested.fits(cols):
         ttype, reason, fallback = requested, f"matrix: {requested.name}", False
     else:
@@ -336,6 +378,11 @@ def plan_tensor(
 
     if ttype is F32:
         return f32(reason, fallback)
+    copy_blocks = blocked and ttype.name == t.dtype.lower()
+    if copy_blocks:
+        reason += f", copied {ttype.name} blocks"
+    elif blocked:
+        reason += f", requantized from {t.dtype.lower()}"
     layout = None
     unrepacked = False
     if ttype is Q4_0 and options.repack_format is not None:
@@ -357,6 +404,8 @@ def plan_tensor(
         nbytes=ttype.nbytes(shape),
         fallback=fallback,
         unrepacked=unrepacked,
+        copy_blocks=copy_blocks,
+        requantized=blocked and not copy_blocks,
         **common,
     )
 

@@ -64,7 +64,7 @@ class DerivedTensor(SourceTensor):
 
     def _read_rows(self, start: int, stop: int) -> np.ndarray:
         arr = self.reader(self.inputs, start, stop)
-        expected = (stop - start, self.cols)
+        expected = (stop - start, self.row_width)
         if arr.shape != expected:
             raise AssertionError(
                 f"transform for {self.name!r} returned rows of shape {arr.shape}, not {expected}"
