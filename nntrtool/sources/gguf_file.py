@@ -141,7 +141,7 @@ def scan_header(path: Path, size: int, head: memoryview) -> Header:
     if n_kv * 13 > cur.left or n_tensors * 25 > cur.left:
         raise SourceError(
             f"{path}: the header claims {n_tensors} tensors and {n_kv} metadata keys, more "
-            f"than a {size}-byte file can hold; the GGUF is corrupt"
+            f"than a {size}-byte file can hold; the GGUF is truncated or corrupt"
         )
     keys: list[str] = []
     seen: set[str] = set()
