@@ -35,6 +35,12 @@ from nntrtool.qtypes import (
 #: Source dtypes the converter reads (safetensors names).
 SUPPORTED_DTYPES = ("F32", "F16", "BF16")
 
+#: Last name parts of module buffers that checkpoints save beside the weights: integer index
+#: tables and counters (BERT's ``position_ids``, ``token_type_ids``; batch norm's counter).
+#: A non-float tensor with one of these names is skipped; any other non-float tensor is refused.
+BUFFER_NAMES = ("position_ids", "token_type_ids", "num_batches_tracked")
+_INTEGER_DTYPES = ("BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64")
+
 #: Name endings of token-embedding matrices and output heads across common architectures.
 EMBEDDING_SUFFIXES = (
     "embed_tokens.weight",
@@ -234,6 +240,14 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
     tensors = list(source.tensors)
     if not tensors:
         raise SourceError("the source holds no tensors: nothing to convert")
+    buffers = [
+        (t.name, f"{t.dtype} buffer, not a weight: not stored")
+        for t in tensors
+        if t.dtype in _INTEGER_DTYPES and t.name.rsplit(".", 1)[-1] in BUFFER_NAMES
+    ]
+    if buffers:
+        dropped = {name for name, _ in buffers}
+        tensors = [t for t in tensors if t.name not in dropped]
     for t in tensors:
         if not getattr(t, "supported", t.dtype in SUPPORTED_DTYPES):
             raise SourceError(
@@ -244,7 +258,7 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
         options = options.with_(quant_type=default_quant_type(source))
     config = dict(source.config or {})
     tied = detect_tied(tensors, config)
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = list(buffers)
     if tied.tied and tied.head_in_source and tied.head is not None:
         skipped.append((tied.head, f"tied to {tied.embedding}: {tied.reason}"))
     # The file format has no empty tensors; a dimension of 0 holds no data to lose.
@@ -267,6 +281,9 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
         if not any(_search(p, t.name) for t in tensors)
     ]
     notes = list(getattr(source, "notes", None) or []) + notes
+    if buffers:
+        names = ", ".join(name for name, _ in buffers)
+        notes.append(f"skipped non-float buffers (not weights): {names}")
     requantized = [p for p in plans if p.requantized]
     if requantized:
         kinds = sorted({p.source_dtype.lower() for p in requantized})
