@@ -257,3 +257,14 @@ def test_ggml_quantizer_helper_matches_the_oracle():
 
     x = np.random.default_rng(0).standard_normal((4, 256)).astype(np.float32)
     assert ggml_quantize_any(x, "Q6_K").tobytes() == ggml_quantize(x, "q6_k").tobytes()
+
+
+def test_verify_logits_uses_transformers_gguf_loading(ggufs, tmp_path):
+    from nntrtool.verify import compare_logits
+
+    out = tmp_path / "l.nntr"
+    convert(ggufs["f32"], out, ConvertOptions(quant_type="f32"))
+    report = compare_logits(out, ggufs["f32"])
+    # The F32 GGUF through transformers' loader and the file's values are the same model.
+    assert report.max_logit_diff < 1e-4 and report.top1_agreement == 1.0
+    assert not report.not_replaced
