@@ -24,7 +24,10 @@ def test_kernels_equal_gguf_on_ggml_blocks_and_on_any_bytes(type_name):
             fast = dequantize_rows(data, type_name, 512)
             ref = dequantize_rows(data, type_name, 512, fast=False)
             assert fast.dtype == np.float32 and fast.shape == ref.shape
-            np.testing.assert_array_equal(fast.view(np.uint32), ref.view(np.uint32))
+            # Bit for bit, but for the sign and payload of NaN (from garbage fp16 scales).
+            nan = np.isnan(ref)
+            np.testing.assert_array_equal(np.isnan(fast), nan)
+            np.testing.assert_array_equal(fast.view(np.uint32)[~nan], ref.view(np.uint32)[~nan])
 
 
 def test_other_types_use_gguf_and_zero_rows_are_empty():
