@@ -243,6 +243,7 @@ def test_convert_f32_is_the_merge_and_metadata_records_the_adapter(
     )
     assert code == 0
     assert f"lora {adapter} (scale 1.5, r 4, alpha 8): merged into 5 tensors, replaced 2" in stdout
+    assert f"model.layers.*.self_attn.q_proj.weight (x2): lora {adapter} (scale 3)" in stdout
     ref = peft_merge(llama, [(adapter, 1.5)])
     ours = merged_source(llama, [(adapter, 1.5)])
     with NntrFile(out) as f:

@@ -544,6 +544,19 @@ def verify_hint(file_config: dict[str, Any]) -> str | None:
     return f"the file was converted with LoRA adapters merged in; to compare with them: {args}"
 
 
+def changed_tensor_lines(tensors: Sequence[Any]) -> list[str]:
+    """The tensors adapters changed (plan entries with a lora note), layers folded together:
+    ``model.layers.*.self_attn.q_proj.weight (x28): lora ad (scale 2)``."""
+    groups: dict[tuple[str, str], int] = {}
+    for t in tensors:
+        note = str(getattr(t, "note", "") or "")
+        if "lora " not in note:
+            continue
+        key = (re.sub(r"\.\d+\.", ".*.", t.name), note)
+        groups[key] = groups.get(key, 0) + 1
+    return [f"{name}{f' (x{n})' if n > 1 else ''}: {note}" for (name, note), n in groups.items()]
+
+
 def describe_adapters(records: Sequence[dict[str, Any]]) -> list[str]:
     """One line per recorded adapter: name, scale, tensors changed, weights hash."""
     lines = []
