@@ -395,6 +395,7 @@ def _merge(
                     f"adapter {ad.name} saves its own copy of {name} (modules_to_save), which "
                     f"unties {tied[0]} from {tied[1]}, stored once here; merge it with PEFT first"
                 )
+            what = "modules_to_save" if name in ad.saved_modules else "its saved base weights"
             if tied is not None and name == tied[0]:
                 name = tied[1]  # the shared weight's saved base value
             base = _model_tensor(by_name, name, ad)
@@ -408,7 +409,6 @@ def _merge(
                     f"adapter {ad.name}: {name} has dtype {new.dtype}, which nntrtool cannot read"
                 )
             target = targets[name] = _Target(new)  # earlier updates are replaced with it
-            what = "modules_to_save" if name in ad.saved_modules else "its saved base weights"
             target.notes.append(f"replaced by lora {ad.name} ({what})")
             replaced += 1
         for module, pair in ad.pairs.items():
