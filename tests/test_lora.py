@@ -347,6 +347,13 @@ def test_adapter_from_the_offline_hub_cache(llama, adapter, offline_hub, capsys)
     with NntrFile(out) as f:
         rec = f.config["nntrtool"]["source"]["adapters"][0]
     assert rec["repo_id"] == "someone/tiny-lora" and rec["revision"] == "c" * 40
+    cache_model(offline_hub, "someone/tiny-lora", files, "d" * 40, ref="v2")
+    out2 = Path("v2.nntr")
+    assert (
+        run(["convert", llama, out2, "--lora", "someone/tiny-lora@v2", "--quiet"], capsys)[0] == 0
+    )
+    with NntrFile(out2) as f:
+        assert f.config["nntrtool"]["source"]["adapters"][0]["revision"] == "d" * 40
     code, _, err = run(["convert", llama, "x.nntr", "--lora", "someone/not-cached"], capsys)
     assert code == 2 and "cache" in error_line(err) and not Path("x.nntr").exists()
 

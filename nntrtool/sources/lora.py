@@ -236,13 +236,18 @@ def _locate(source: str) -> tuple[Path, dict[str, Any]]:
     from nntrtool.sources.hub import looks_like_hub_id, resolve_hub
 
     path = Path(source).expanduser()
-    if not path.exists() and looks_like_hub_id(source):
+    repo_id, at, revision = source.partition("@")  # org/name@revision picks a branch, tag, commit
+    if not path.exists() and looks_like_hub_id(repo_id) and (revision or not at):
         folder, origin = resolve_hub(
-            source, None, adapter_missing, marker=CONFIG_NAME, patterns=adapter_patterns
+            repo_id,
+            revision or None,
+            adapter_missing,
+            marker=CONFIG_NAME,
+            patterns=adapter_patterns,
         )
         return folder, {"repo_id": origin["repo_id"], "revision": origin["revision"]}
     if not path.exists():
-        raise SourceError(f"adapter {source}: no such folder (nor a Hugging Face id in the cache)")
+        raise SourceError(f"adapter {source}: no such folder, nor a Hugging Face id (org/name)")
     if path.is_file():
         path = path.parent  # adapter_config.json or the weights file itself named
     return path.resolve(), {"path": str(path.resolve())}
