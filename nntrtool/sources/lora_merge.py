@@ -44,8 +44,12 @@ def _low_rank_kernel() -> Callable[[np.ndarray, np.ndarray, np.ndarray, np.float
                 b = left[i, k]
                 for j in range(cols):
                     acc[j] += b * right[k, j]
+            # Scaled, stored, then added: PEFT rounds s * (B @ A) before adding it to W, so the
+            # two steps must not contract into one fused multiply-add.
             for j in range(cols):
-                out[i, j] += acc[j] * scale
+                acc[j] *= scale
+            for j in range(cols):
+                out[i, j] += acc[j]
 
     return add_low_rank
 
