@@ -22,12 +22,13 @@ from nntrtool.sources.transforms import DerivedTensor
 def _low_rank_kernel() -> Callable[[np.ndarray, np.ndarray, np.ndarray, np.float32], None]:
     """``out += s * (left @ right)`` for a small inner dimension, compiled (and cached) once.
 
-    Each element is ``out + s * p`` with ``p`` summed over the rank in order, one fused
-    multiply-add at a time (no reassociation: the value of a row never depends on the rows
-    computed with it, so convert and verify, which cut tensors differently, read the same
-    bits). That is the order of the BLAS kernels PEFT's ``B @ A`` runs on, so on CPUs with FMA
-    the merge usually equals PEFT's bit for bit. Single-threaded: it runs beside the
-    quantizing worker threads. BLAS ``@`` from several threads, oversubscribed, was 10x slower.
+    Each element is ``out + (s * p)`` with ``p`` summed over the rank in order, one fused
+    multiply-add at a time, and ``s * p`` rounded before the addition (no reassociation: the
+    value of a row never depends on the rows computed with it, so convert and verify, which cut
+    tensors differently, read the same bits). That is the order of the BLAS kernels PEFT's
+    ``B @ A * s`` runs on, so on CPUs with FMA the merge equals PEFT's bit for bit. Single-
+    threaded: it runs beside the quantizing worker threads, which a multi-threaded BLAS call
+    would compete with for the same cores.
     """
     import numba
 
