@@ -214,11 +214,13 @@ def _type_table(report: Any, title: str) -> Any:
 
 
 def _render_notes(console: Any, report: Any) -> None:
-    from nntrtool.sources.lora import describe_adapters
+    from nntrtool.sources.lora import changed_tensor_lines, describe_adapters
 
     plan = report.plan
     for line in describe_adapters(plan.origin.get("adapters") or []):
         console.print(line)
+    for line in changed_tensor_lines(plan.tensors):
+        console.print(f"  {line}", soft_wrap=True)
     if plan.tied.tied:
         console.print(
             f"tied embeddings: {plan.tied.embedding} is also the output head ({plan.tied.reason})"
