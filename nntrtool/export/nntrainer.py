@@ -696,7 +696,9 @@ def _write_tensor(
             if same:
                 w.write(chunk, offset + r0 * row_bytes, after=lambda c=chunk: release_pages(c))
             else:
-                plain = unpack(chunk, t.source_layout, backend=backend) if t.source_layout else chunk
+                plain = (
+                    unpack(chunk, t.source_layout, backend=backend) if t.source_layout else chunk
+                )
                 w.write(repack(plain, t.out_type, backend=backend), offset + r0 * row_bytes)
                 release_pages(chunk)
             if progress is not None:
