@@ -168,7 +168,7 @@ def _stamp() -> str:
     files = [
         os.path.join(_QUANT_DIR, n) for n in sorted(os.listdir(_QUANT_DIR)) if n.endswith(".py")
     ]
-    files.append(os.path.join(os.path.dirname(_QUANT_DIR), "verify.py"))
+    files.append(os.path.join(os.path.dirname(_QUANT_DIR), "verify", "metrics.py"))
     for path in files:
         try:
             with open(path, "rb") as fh:
