@@ -69,12 +69,14 @@ def write_gguf(
     default_type: str = "F32",
     version: int = 3,
     tokens: int | None = None,
+    tokenizer: bool = True,
 ) -> Path:
     """Write ``out`` from the Hugging Face model in ``folder``.
 
     ``types`` maps regular expressions (searched in the Hugging Face name) to ggml types for
     2-D matrices, first match wins; other matrices get ``default_type``; vectors stay F32.
-    ``tokens`` writes a toy tokenizer vocabulary of that many tokens (default: the vocab size).
+    ``tokens`` writes a toy tokenizer vocabulary of that many tokens (default: the vocab size);
+    ``tokenizer=False`` writes none.
     """
     import gguf
 
@@ -105,11 +107,20 @@ def write_gguf(
     writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
     writer.add_vocab_size(config["vocab_size"])
     n_tokens = tokens if tokens is not None else config["vocab_size"]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list([f"t{i}" for i in range(n_tokens)])
-    writer.add_token_types([1] * n_tokens)
-    writer.add_token_merges([])
+    if tokenizer:
+        # A byte-level vocabulary: the 256 byte symbols first, then made-up merged tokens.
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+        symbols = list(bytes_to_unicode().values())
+        vocab = (
+            symbols + [f"{symbols[i % 26 + 65]}{symbols[i % 7 + 97]}{i}" for i in range(n_tokens)]
+        )[:n_tokens]
+        writer.add_tokenizer_model("llama" if model_type == "llama" else "gpt2")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(vocab)
+        writer.add_token_types([1] * n_tokens)
+        writer.add_token_scores([-float(i) for i in range(n_tokens)])
+        writer.add_token_merges([])
     for key, add in (
         ("bos_token_id", writer.add_bos_token_id),
         ("eos_token_id", writer.add_eos_token_id),

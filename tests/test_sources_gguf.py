@@ -268,3 +268,32 @@ def test_verify_logits_uses_transformers_gguf_loading(ggufs, tmp_path):
     # The F32 GGUF through transformers' loader and the file's values are the same model.
     assert report.max_logit_diff < 1e-4 and report.top1_agreement == 1.0
     assert not report.not_replaced
+
+
+def test_export_makes_tokenizer_files_from_the_gguf(llama, ggufs, tmp_path, capsys):
+    from nntrtool.cli.app import main
+
+    out = tmp_path / "nt"
+    with pytest.raises(SystemExit) as ex:
+        main(["convert", str(ggufs["f32"]), str(out), "--target", "nntrainer", "-q"])
+    assert ex.value.code == 0
+    assert (out / "tokenizer.json").is_file() and (out / "nntr_config.json").is_file()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(out))
+    ref = AutoTokenizer.from_pretrained(str(ggufs["f32"].parent), gguf_file=ggufs["f32"].name)
+    assert tok("hello world")["input_ids"] == ref("hello world")["input_ids"]
+
+
+def test_export_without_a_gguf_tokenizer_says_so_and_writes_the_rest(llama, tmp_path, capsys):
+    from nntrtool.cli.app import main
+
+    path = write_gguf(llama, tmp_path / "notok.gguf", tokenizer=False)
+    out = tmp_path / "nt"
+    with pytest.raises(SystemExit) as ex:
+        main(["convert", str(path), str(out), "--target", "nntrainer"])
+    assert ex.value.code == 0
+    said = capsys.readouterr()
+    lines = [ln for ln in (said.out + said.err).splitlines() if "notok.gguf's tokenizer" in ln]
+    assert len(lines) == 1
+    assert (out / "nntr_config.json").is_file() and not (out / "tokenizer.json").exists()

@@ -236,6 +236,8 @@ def _chunks(tp: TensorPlan, src_tensor: Any, budget: int) -> Iterator[tuple[int,
     if rows == 0 or tp.numel == 0:
         return
     row_bytes = max(1, int(src_tensor.nbytes) // max(1, rows))
+    if getattr(src_tensor, "blocked", False) and not tp.copy_blocks:
+        row_bytes = max(row_bytes, tp.cols * 4)  # blocks are dequantized to float32 first
     step = _chunk_rows(tp, row_bytes, budget)
     for begin in range(0, rows, step):
         yield begin, min(rows, begin + step)

@@ -383,6 +383,15 @@ def _sample_input(tokenizer_sources: list[Path]) -> str:
     return _PLAIN_PROMPT
 
 
+def _gguf_source(config: dict[str, Any]) -> Path | None:
+    """The GGUF file the NNTR file was converted from, when it was one and is still there."""
+    src: Any = _metadata(config).get("source")
+    path = src.get("path") if isinstance(src, dict) else None
+    if isinstance(path, str) and path.lower().endswith(".gguf") and Path(path).is_file():
+        return Path(path)
+    return None
+
+
 def _source_from_metadata(config: dict[str, Any]) -> Path | None:
     """The folder holding the source's tokenizer files, from the file's recorded source."""
     meta = _metadata(config)
@@ -516,7 +525,15 @@ def plan_export(
         if source_path is not None
         else []
     )
-    if not any(p.name == "tokenizer.json" for p in tokenizer_sources):
+    gguf = _gguf_source(config) if source_dir is None else None
+    if gguf is not None and not any(p.name == "tokenizer.json" for p in tokenizer_sources):
+        from nntrtool.export.gguf_tokenizer import gguf_tokenizer_files
+
+        made, problem = gguf_tokenizer_files(gguf)
+        tokenizer_sources = made or tokenizer_sources
+        if problem is not None:
+            warnings.append(problem)
+    elif not any(p.name == "tokenizer.json" for p in tokenizer_sources):
         warnings.append(
             "no tokenizer.json found in the source; the runtime needs one: copy it into the "
             "folder or pass --tokenizer DIR"
