@@ -17,7 +17,33 @@ from typing import Any
 import numpy as np
 
 #: Architectures the writer knows: GGUF name and whether llama.cpp permutes Q/K.
-GGUF_ARCHS = {"llama": ("llama", True), "qwen2": ("qwen2", False), "qwen3": ("qwen3", False)}
+GGUF_ARCHS = {
+    "llama": ("llama", True),
+    "qwen2": ("qwen2", False),
+    "qwen3": ("qwen3", False),
+    "qwen3_moe": ("qwen3moe", False),
+}
+_EXPERT = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(\w+_proj)\.weight")
+
+
+def _fuse_experts(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-expert matrices stacked into one [experts, rows, cols] tensor per layer and
+    projection, as llama.cpp's converter stores them, in the place of the first expert."""
+    out: dict[str, np.ndarray] = {}
+    groups: dict[str, dict[int, np.ndarray]] = {}
+    for name, value in tensors.items():
+        m = _EXPERT.fullmatch(name)
+        if m is None:
+            out[name] = value
+            continue
+        key = f"{m.group(1)}.{m.group(3)}"
+        if key not in groups:
+            groups[key] = {}
+            out[key] = None  # type: ignore[assignment]  # placeholder keeps the order
+        groups[key][int(m.group(2))] = value
+    for key, experts in groups.items():
+        out[key] = np.stack([experts[e] for e in sorted(experts)])
+    return out
 
 
 def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -82,6 +108,7 @@ def write_gguf(
 
     folder, out = Path(folder), Path(out)
     config, tensors = _read_hf(folder)
+    tensors = _fuse_experts(tensors)
     model_type = config["model_type"]
     arch, permuted = GGUF_ARCHS[model_type]
     n_layers = config["num_hidden_layers"]
@@ -106,6 +133,10 @@ def write_gguf(
     writer.add_rope_freq_base(float(theta))
     writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
     writer.add_vocab_size(config["vocab_size"])
+    if model_type == "qwen3_moe":
+        writer.add_expert_count(config.get("num_experts") or config["num_local_experts"])
+        writer.add_expert_used_count(config["num_experts_per_tok"])
+        writer.add_expert_feed_forward_length(config["moe_intermediate_size"])
     n_tokens = tokens if tokens is not None else config["vocab_size"]
     if tokenizer:
         # A byte-level vocabulary: the 256 byte symbols first, then made-up merged tokens.
@@ -128,7 +159,10 @@ def write_gguf(
         if isinstance(config.get(key), int):
             add(config[key])
     for hf, value in tensors.items():
-        name = tmap.get_name(hf, try_suffixes=(".weight", ".bias"))
+        if value.ndim == 3:  # fused experts, named without a suffix above
+            name = f"{tmap.get_name(hf)}.weight"
+        else:
+            name = tmap.get_name(hf, try_suffixes=(".weight", ".bias"))
         assert name is not None, hf
         value = np.ascontiguousarray(value, dtype=np.float32)
         if permuted and hf.endswith("self_attn.q_proj.weight"):
@@ -136,7 +170,7 @@ def write_gguf(
         elif permuted and hf.endswith("self_attn.k_proj.weight"):
             value = llama_cpp_permute(value, n_kv)
         ggml_type = "F32"
-        if value.ndim == 2:
+        if value.ndim >= 2:
             ggml_type = next(
                 (t for p, t in (types or {}).items() if re.search(p, hf)), default_type
             )
@@ -145,9 +179,10 @@ def write_gguf(
         elif ggml_type == "F16":
             writer.add_tensor(name, value.astype(np.float16))
         else:
+            blocks = ggml_quantize_any(value.reshape(-1, value.shape[-1]), ggml_type)
             writer.add_tensor(
                 name,
-                ggml_quantize_any(value, ggml_type),
+                blocks.reshape(*value.shape[:-1], blocks.shape[-1]),
                 raw_dtype=gguf.GGMLQuantizationType[ggml_type],
             )
     writer.write_header_to_file()

@@ -297,3 +297,64 @@ def test_export_without_a_gguf_tokenizer_says_so_and_writes_the_rest(llama, tmp_
     lines = [ln for ln in (said.out + said.err).splitlines() if "notok.gguf's tokenizer" in ln]
     assert len(lines) == 1
     assert (out / "nntr_config.json").is_file() and not (out / "tokenizer.json").exists()
+
+
+@pytest.fixture(scope="module")
+def qwen3moe(tmp_path_factory):
+    import torch
+    import transformers
+
+    folder = tmp_path_factory.mktemp("qwen3moe")
+    cfg = transformers.Qwen3MoeConfig(
+        hidden_size=64, num_hidden_layers=2, vocab_size=512, intermediate_size=128,
+        moe_intermediate_size=64, num_experts=4, num_experts_per_tok=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, mlp_only_layers=[],
+        bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    return folder
+
+
+def test_qwen3moe_experts_split_like_the_checkpoint(qwen3moe, tmp_path):
+    from transformers import AutoConfig
+
+    path = write_gguf(qwen3moe, tmp_path / "moe.gguf", types={"experts": "Q8_0"})
+    with open_source(path) as src:
+        assert "model.layers.1.mlp.experts.3.down_proj.weight" in src
+        ours = src.config
+    theirs = AutoConfig.from_pretrained(tmp_path, gguf_file="moe.gguf").to_dict()
+    checkpoint = json.loads((qwen3moe / "config.json").read_text())
+    for key in ("num_local_experts", "num_experts_per_tok", "moe_intermediate_size"):
+        assert ours[key] == checkpoint[key], key
+    for key in ("num_experts_per_tok", "num_hidden_layers", "hidden_size"):
+        assert ours[key] == theirs[key], key
+    opts = ConvertOptions(quant_type="q8_0")
+    convert(path, tmp_path / "g.nntr", opts)
+    convert(qwen3moe, tmp_path / "h.nntr", opts)
+    assert _tensors(tmp_path / "g.nntr") == _tensors(tmp_path / "h.nntr")
+
+
+def test_llama_qk_biases_are_unpermuted_too(tmp_path):
+    import gguf
+    from gguf_models import llama_cpp_permute
+
+    bias = np.arange(32, dtype=np.float32)
+    weight = np.arange(32 * 32, dtype=np.float32).reshape(32, 32)
+    w = gguf.GGUFWriter(str(tmp_path / "b.gguf"), "llama")
+    w.add_block_count(1)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_tensor("blk.0.attn_q.bias", llama_cpp_permute(bias, 4))
+    w.add_tensor("blk.0.attn_k.weight", llama_cpp_permute(weight, 2))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with open_source(tmp_path / "b.gguf") as src:
+        np.testing.assert_array_equal(
+            src.tensor("model.layers.0.self_attn.q_proj.bias").read_f32()[0], bias
+        )
+        np.testing.assert_array_equal(
+            src.tensor("model.layers.0.self_attn.k_proj.weight").read_f32(), weight
+        )

@@ -83,6 +83,8 @@ def build_config(
         value = field(f"{arch}.{suffix}")
         if value is not None:
             cfg[name] = value
+    if "num_experts" in cfg:  # transformers 5 names it num_local_experts
+        cfg["num_local_experts"] = cfg["num_experts"]
     if "num_attention_heads" in cfg:
         cfg.setdefault("num_key_value_heads", cfg["num_attention_heads"])
         if "hidden_size" in cfg and "head_dim" not in cfg:

@@ -10,8 +10,11 @@ in), and ``config.json`` rebuilt from the metadata (:mod:`.gguf_config`).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from nntrtool.errors import SourceError
 from nntrtool.sources.base import ModelSource, SourceTensor
@@ -19,6 +22,7 @@ from nntrtool.sources.gguf_config import ARCHITECTURES, build_config
 from nntrtool.sources.gguf_file import GGUFFile
 from nntrtool.sources.gguf_names import check_architecture, hf_name
 from nntrtool.sources.transforms import (
+    DerivedTensor,
     Rule,
     TensorLookup,
     apply_rules,
@@ -122,8 +126,13 @@ def _rules(gf: GGUFFile, arch: str) -> list[Rule]:
     if spec is not None and spec.permuted_qk:
         n_head = _int_field(gf, f"{arch}.attention.head_count")
         n_head_kv = _int_field(gf, f"{arch}.attention.head_count_kv", default=n_head)
-        rules.append(Rule(r"model\.layers\.\d+\.self_attn\.q_proj\.weight", _unpermute(n_head)))
-        rules.append(Rule(r"model\.layers\.\d+\.self_attn\.k_proj\.weight", _unpermute(n_head_kv)))
+        for proj, heads in (("q", n_head), ("k", n_head_kv)):
+            rules.append(
+                Rule(
+                    rf"model\.layers\.\d+\.self_attn\.{proj}_proj\.(?:weight|bias)",
+                    _unpermute(heads),
+                )
+            )
     rules.append(
         Rule(
             r"(model\.layers\.\d+\.mlp\.experts)\.((?:gate|up|down)_proj)\.weight",
@@ -136,9 +145,16 @@ def _rules(gf: GGUFFile, arch: str) -> list[Rule]:
 
 def _unpermute(n_head: int):
     def expand(m: re.Match[str], t: SourceTensor, lookup: TensorLookup) -> list[SourceTensor]:
-        if t.ndim != 2:
-            raise SourceError(f"tensor {t.name!r} {list(t.shape)} is not a 2-D attention weight")
-        return [permuted_rows(t, t.name, llama_qk_order(t.shape[0], n_head), _QK_NOTE)]
+        order = llama_qk_order(t.shape[0], n_head)
+        if t.ndim == 2:
+            return [permuted_rows(t, t.name, order, _QK_NOTE)]
+        if t.ndim == 1 and not t.blocked:  # a bias: its one row's values are reordered
+
+            def read(inputs: Sequence[SourceTensor], start: int, stop: int) -> np.ndarray:
+                return np.ascontiguousarray(inputs[0].read(start, stop)[:, order])
+
+            return [DerivedTensor(t.name, t.dtype, t.shape, [t], read, _QK_NOTE)]
+        raise SourceError(f"tensor {t.name!r} {list(t.shape)} is not an attention weight or bias")
 
     return expand
 
