@@ -167,7 +167,12 @@ def convert(
         if options.dry_run:
             return ConversionReport(plan, None, True, seconds=time.perf_counter() - start)
         assert out is not None
-        backend, threads = _setup_backend(options)
+        # A plan of copied blocks and float tensors runs no kernel: numba is not even imported.
+        backend, threads = (
+            _setup_backend(options)
+            if _needs_kernels(plan)
+            else ("numpy", int(options.threads or os.cpu_count() or 1))
+        )
         by_name = {t.name: t for t in src.tensors}
         nonfinite: dict[str, str] = {}
         while True:
@@ -207,6 +212,18 @@ def convert(
 def _nonfinite_reason(row: int, col: int, value: float) -> str:
     what = "NaN" if math.isnan(value) else str(value)
     return f"holds {what} at row {row}, column {col}: stored as f32 (--allow-nonfinite)"
+
+
+def _needs_kernels(plan: ConversionPlan) -> bool:
+    """Whether any tensor is quantized, repacked or dequantized (rather than copied or
+    widened from float)."""
+    from nntrtool.sources import READABLE_DTYPES
+
+    return any(
+        not (tp.copy_blocks and tp.layout is None)
+        and (tp.quantized or tp.source_dtype not in READABLE_DTYPES)
+        for tp in plan.tensors
+    )
 
 
 def _setup_backend(options: ConvertOptions) -> tuple[str, int]:
