@@ -138,15 +138,70 @@ def copy_speed(src: Path, dst: Path) -> tuple[float, float]:
     return size / copy / 1e9, size / write / 1e9
 
 
+def bench_dequant(rows: int = 1024, cols: int = 4096) -> list[dict]:
+    """Dequantize throughput, one thread, nntrtool's kernels against gguf's numpy, best of 3."""
+    import numba
+
+    from nntrtool.sources.gguf_dequant import dequantize_rows
+
+    numba.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    out = []
+    for type_name in ("Q4_0", "Q8_0", "Q6_K", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K"):
+        blocks = (
+            _blocks(rows, cols, type_name, rng)
+            if type_name in ("Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+            else None
+        )
+        if blocks is None:
+            from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+            block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
+            blocks = rng.integers(0, 256, (rows, cols // block * nbytes), dtype=np.uint8)
+            blocks.reshape(rows, -1, nbytes)[:, :, :2] = np.frombuffer(
+                np.float16(0.01).tobytes(), np.uint8
+            )
+            if type_name in ("Q4_1", "Q5_1"):
+                blocks.reshape(rows, -1, nbytes)[:, :, 2:4] = blocks.reshape(rows, -1, nbytes)[
+                    :, :, :2
+                ]
+        timing = {}
+        for label, fast in (("nntrtool", True), ("gguf", False)):
+            dequantize_rows(blocks[:8], type_name, cols, fast=fast)
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                dequantize_rows(blocks, type_name, cols, fast=fast)
+                best = min(best, time.perf_counter() - t0)
+            timing[label] = rows * cols / best
+        row = {"case": f"dequantize {type_name} {rows}x{cols}, 1 thread", **timing}
+        row["ratio"] = timing["nntrtool"] / timing["gguf"]
+        out.append(row)
+        print(
+            f"dequantize {type_name}: nntrtool {timing['nntrtool'] / 1e6:.0f} M values/s, gguf "
+            f"{timing['gguf'] / 1e6:.0f} M values/s ({row['ratio']:.1f}x)",
+            flush=True,
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=float, default=5e8, help="smaller model (doubled for 2nd)")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/nntr-bench-gguf"))
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--only", default=None, help="run only source type Q4_0 or Q4_K")
+    ap.add_argument("--kernels", action="store_true", help="only the dequantize kernels")
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
+    if args.kernels:
+        rows = bench_dequant()
+        result = {"load_before": load, "load_after": os.getloadavg(), "rows": rows}
+        print(f"load average before {load}, after {result['load_after']}")
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
+        return
     rows = []
     # (source type, --quant-type): Q4_0 blocks copied; Q4_K requantized to q6_k (keep) and q4_0.
     cases = [("Q4_0", "keep"), ("Q4_K", "keep"), ("Q4_K", "q4_0")]
