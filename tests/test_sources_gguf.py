@@ -358,3 +358,14 @@ def test_llama_qk_biases_are_unpermuted_too(tmp_path):
         np.testing.assert_array_equal(
             src.tensor("model.layers.0.self_attn.k_proj.weight").read_f32(), weight
         )
+
+
+def test_quantized_tensor_kept_f32_is_dequantized_exactly(ggufs, tmp_path):
+    out = tmp_path / "f.nntr"
+    report = convert(ggufs["mixed"], out, ConvertOptions(keep_f32=("q_proj",)))
+    q = report.plan.tensor("model.layers.0.self_attn.q_proj.weight")
+    assert q.display_type == "f32" and "dequantized from q4_0" in q.reason
+    assert not q.requantized
+    assert any(n.startswith("4 tensors requantized from q4_k, q5_0:") for n in report.plan.notes)
+    with open_source(ggufs["mixed"]) as src, NntrFile(out) as f:
+        np.testing.assert_array_equal(f.array(q.name), src.tensor(q.name).read_f32())
