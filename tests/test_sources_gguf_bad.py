@@ -208,3 +208,34 @@ def test_absurd_counts_and_lengths_are_refused_fast(value, at):
     blob = bytearray(VALID)
     blob[at : at + 8] = struct.pack("<Q", value)
     _open_only_source_errors(bytes(blob))
+
+
+def test_bf16_and_f16_gguf_tensors_read_like_safetensors_ones(tmp_path):
+    import gguf
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 32)).astype(np.float32)
+    bits = (x.view(np.uint32) >> 16).astype(np.uint16)
+    w = gguf.GGUFWriter(str(tmp_path / "b.gguf"), "qwen3")
+    w.add_block_count(1)
+    w.add_tensor(
+        "token_embd.weight",
+        bits.view(np.uint8).reshape(4, 64),
+        raw_dtype=gguf.GGMLQuantizationType.BF16,
+    )
+    w.add_tensor("output.weight", x.astype(np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with open_source(tmp_path / "b.gguf") as src:
+        emb = src.tensor("model.embed_tokens.weight")
+        assert emb.dtype == "BF16" and emb.shape == (4, 32)
+        np.testing.assert_array_equal(emb.read(), bits)
+        np.testing.assert_array_equal(
+            emb.read_f32(), (bits.astype(np.uint32) << 16).view(np.float32)
+        )
+        head = src.tensor("lm_head.weight")
+        np.testing.assert_array_equal(
+            head.read_f32(1, 3), x.astype(np.float16)[1:3].astype(np.float32)
+        )
