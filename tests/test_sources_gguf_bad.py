@@ -154,3 +154,18 @@ def test_bf16_and_f16_gguf_tensors_read_like_safetensors_ones(tmp_path):
         np.testing.assert_array_equal(
             head.read_f32(1, 3), x.astype(np.float16)[1:3].astype(np.float32)
         )
+
+
+def test_absurd_block_count_does_not_size_the_name_table(tmp_path):
+    import gguf
+
+    path = tmp_path / "x.gguf"
+    w = gguf.GGUFWriter(str(path), "qwen3")
+    w.add_block_count(4_000_000_000)
+    w.add_tensor("blk.0.attn_norm.weight", np.ones(8, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with open_source(path) as src:
+        assert src.names == ["model.layers.0.input_layernorm.weight"]
