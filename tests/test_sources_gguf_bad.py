@@ -169,3 +169,18 @@ def test_absurd_block_count_does_not_size_the_name_table(tmp_path):
     w.close()
     with open_source(path) as src:
         assert src.names == ["model.layers.0.input_layernorm.weight"]
+
+
+def test_metadata_of_the_wrong_type_is_one_line(tmp_path):
+    import gguf
+
+    path = tmp_path / "x.gguf"
+    w = gguf.GGUFWriter(str(path), "qwen3")
+    w.add_string("qwen3.embedding_length", "wide")
+    w.add_tensor("token_embd.weight", np.ones((4, 8), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(SourceError, match="embedding_length.*not a valid number"):
+        open_source(path)
