@@ -1,14 +1,15 @@
 """numba dequantizers of the common GGUF types nntrtool does not store (Q4_1, Q5_0, Q5_1, Q4_K,
 Q5_K): one row per parallel task, float32 arithmetic in the same order as ``gguf.quants``, so
 the values are bit-identical to ``gguf.quants.dequantize`` (the tests compare every type).
-Imported on first use only."""
+Here, beside the package's other kernels, so that numba's cache is invalidated with the shared
+helpers they inline. Imported on first use only."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from nntrtool.quant import _numba_common as nc
-from nntrtool.quant._numba_common import njit
+from . import _numba_common as nc
+from ._numba_common import njit
 
 _U4 = np.uint8(0x0F)
 
