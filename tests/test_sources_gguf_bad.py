@@ -184,3 +184,13 @@ def test_metadata_of_the_wrong_type_is_one_line(tmp_path):
     w.close()
     with pytest.raises(SourceError, match="embedding_length.*not a valid number"):
         open_source(path)
+
+
+def test_config_option_is_refused_for_a_gguf(tmp_path):
+    from nntrtool.errors import UsageError
+
+    path = make_small_gguf(tmp_path / "m.gguf")
+    cfg = tmp_path / "config.json"
+    cfg.write_text("{}")
+    with pytest.raises(UsageError, match="--config"):
+        open_source(path, config=cfg)
