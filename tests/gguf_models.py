@@ -194,3 +194,32 @@ def write_gguf(
         data[4:8] = int(version).to_bytes(4, "little")
         out.write_bytes(bytes(data))
     return out
+
+
+def make_small_gguf(path: Path, arch: str = "llama", *, output: bool = True) -> Path:
+    """A tiny valid llama GGUF (numpy only): F32, F16 and Q8_0 tensors, the metadata the reader needs."""
+    import gguf
+
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(1)
+    w.add_embedding_length(32)
+    w.add_head_count(2)
+    w.add_head_count_kv(1)
+    w.add_context_length(64)
+    w.add_feed_forward_length(64)
+    w.add_token_list([f"t{i}" for i in range(8)])
+    w.add_tensor("token_embd.weight", rng.standard_normal((8, 32)).astype(np.float32))
+    q = gguf.quants.quantize(
+        rng.standard_normal((32, 32)).astype(np.float32), gguf.GGMLQuantizationType.Q8_0
+    )
+    w.add_tensor("blk.0.attn_q.weight", q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.add_tensor("blk.0.attn_k.weight", rng.standard_normal((16, 32)).astype(np.float16))
+    w.add_tensor("output_norm.weight", np.ones(32, np.float32))
+    if output:
+        w.add_tensor("output.weight", rng.standard_normal((8, 32)).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -1,4 +1,5 @@
-"""Property-based fuzzing of the NNTR reader: no input makes it fail other than with FormatError.
+"""Property-based fuzzing of the NNTR reader: no input makes it fail other than with FormatError;
+and of the GGUF opener: nothing but SourceError.
 
 Inputs are arbitrary bytes, bytes behind a valid magic and version, structured headers with
 random field values, and mutations (byte changes, truncations, insertions) of valid files.
@@ -16,10 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nntrtool.errors import FormatError
+from nntrtool.errors import FormatError, SourceError
 from nntrtool.format import ALIGNMENT, NntrFile, NntrWriter, TensorSpec, read_directory
 from nntrtool.format.binary import FIXED_HEADER, align_up
 from nntrtool.qtypes import F32, LAYOUTS, Q4_0, Q4_0_REPACKED, Q6_K, Q8_0
+from nntrtool.sources import open_source
 
 FUZZ = settings(
     max_examples=300,
@@ -240,3 +242,71 @@ def test_every_single_header_byte_change_is_caught_or_harmless():
                 rejected += 1
     # only config text, name bytes, checksums and padding can change and still read
     assert rejected > HEADER_END // 2
+
+
+# ---- GGUF: the opener raises SourceError and nothing else ---------------------------------
+
+
+def _small_gguf() -> bytes:
+    from gguf_models import make_small_gguf
+
+    with tempfile.TemporaryDirectory() as d:
+        return make_small_gguf(Path(d) / "v.gguf").read_bytes()
+
+
+GGUF_VALID = _small_gguf()
+
+
+def _open_only_source_errors(blob: bytes) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "f.gguf"
+        path.write_bytes(blob)
+        try:
+            src = open_source(path)
+        except SourceError as err:
+            assert str(err) and "\n" not in str(err)
+            return
+        with src:
+            for t in src.tensors:
+                try:
+                    t.read_f32(0, min(t.rows, 2))
+                except SourceError:
+                    pass
+
+
+GGUF_FUZZ = settings(
+    max_examples=150,
+    deadline=5000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+GGUF_HEADER_END = GGUF_VALID.index(b"token_embd.weight") + 200
+
+
+@GGUF_FUZZ
+@given(st.data())
+def test_mutated_gguf_only_raises_source_error(data):
+    blob = bytearray(GGUF_VALID)
+    for _ in range(data.draw(st.integers(1, 6))):
+        at = data.draw(st.integers(0, GGUF_HEADER_END))
+        blob[at] = data.draw(st.integers(0, 255))
+    _open_only_source_errors(bytes(blob))
+
+
+@GGUF_FUZZ
+@given(st.integers(0, len(GGUF_VALID)), st.binary(max_size=64))
+def test_truncated_or_extended_gguf_only_raises_source_error(cut, extra):
+    _open_only_source_errors(GGUF_VALID[:cut] + extra)
+
+
+@GGUF_FUZZ
+@given(st.binary(max_size=512))
+def test_bytes_after_gguf_magic_only_raise_source_error(tail):
+    _open_only_source_errors(b"GGUF" + struct.pack("<I", 3) + tail)
+
+
+@GGUF_FUZZ
+@given(st.integers(0, 2**64 - 1), st.sampled_from([8, 16, 24, 32]))
+def test_absurd_counts_and_lengths_are_refused_fast(value, at):
+    blob = bytearray(GGUF_VALID)
+    blob[at : at + 8] = struct.pack("<Q", value)
+    _open_only_source_errors(bytes(blob))

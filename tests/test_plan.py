@@ -316,3 +316,11 @@ def test_integer_buffers_are_skipped_with_a_note(tmp_path: Path) -> None:
     from nntrtool.convert import ConvertOptions, convert
 
     convert(folder, tmp_path / "b.nntr", ConvertOptions(quant_type="q8_0"))
+
+
+def test_keep_on_a_float_checkpoint_stores_f32_and_auto_is_q4_0(model: Path) -> None:
+    keep = plan_of(model, quant_type="keep")
+    assert {t.display_type for t in keep.tensors} == {"f32"}
+    assert keep.options.quant_type == "keep"
+    auto = plan_of(model)
+    assert auto.options.quant_type == "q4_0" and auto.to_config()["quant_type"] == "q4_0"

@@ -238,18 +238,33 @@ def test_hub_id_with_gguf_file_reads_the_cache_offline(ggufs, offline_hub):
 def test_any_block_type_gguf_can_dequantize_is_read(llama, tmp_path):
     from gguf import GGMLQuantizationType, quants
 
-    types = {"q_proj": "Q2_K", "k_proj": "Q3_K", "v_proj": "Q5_K", "o_proj": "Q4_1", "up": "Q5_1"}
+    types = {
+        "q_proj": "Q2_K",
+        "k_proj": "Q3_K",
+        "v_proj": "Q5_K",
+        "o_proj": "Q4_1",
+        "up": "Q5_1",
+        "gate": "IQ4_NL",
+        "down": "IQ4_XS",
+    }
     path = write_gguf(llama, tmp_path / "k.gguf", types=types)
     with open_source(path) as src:
         for gguf_name, hf in (
             ("blk.0.attn_v.weight", "model.layers.0.self_attn.v_proj.weight"),
             ("blk.0.ffn_up.weight", "model.layers.0.mlp.up_proj.weight"),
+            ("blk.1.ffn_gate.weight", "model.layers.1.mlp.gate_proj.weight"),
+            ("blk.1.ffn_down.weight", "model.layers.1.mlp.down_proj.weight"),
         ):
             raw, t = _gguf_blocks(path, gguf_name)
             want = quants.dequantize(raw, GGMLQuantizationType[t])
             np.testing.assert_array_equal(src.tensor(hf).read_f32(), want)
+            assert src.tensor(hf).dtype == t
     plan = plan_conversion(path, ConvertOptions())
     assert {t.display_type for t in plan.tensors if t.requantized} == {"q6_k"}
+    report = convert(path, tmp_path / "k.nntr", ConvertOptions())
+    assert report.plan.tensor("model.layers.1.mlp.down_proj.weight").reason.endswith(
+        "requantized from iq4_xs"
+    )
 
 
 def test_ggml_quantizer_helper_matches_the_oracle():
@@ -358,3 +373,14 @@ def test_llama_qk_biases_are_unpermuted_too(tmp_path):
         np.testing.assert_array_equal(
             src.tensor("model.layers.0.self_attn.k_proj.weight").read_f32(), weight
         )
+
+
+def test_quantized_tensor_kept_f32_is_dequantized_exactly(ggufs, tmp_path):
+    out = tmp_path / "f.nntr"
+    report = convert(ggufs["mixed"], out, ConvertOptions(keep_f32=("q_proj",)))
+    q = report.plan.tensor("model.layers.0.self_attn.q_proj.weight")
+    assert q.display_type == "f32" and "dequantized from q4_0" in q.reason
+    assert not q.requantized
+    assert any(n.startswith("4 tensors requantized from q4_k, q5_0:") for n in report.plan.notes)
+    with open_source(ggufs["mixed"]) as src, NntrFile(out) as f:
+        np.testing.assert_array_equal(f.array(q.name), src.tensor(q.name).read_f32())

@@ -82,12 +82,12 @@ def build_config(
     for suffix, name in keys.items():
         value = field(f"{arch}.{suffix}")
         if value is not None:
-            cfg[name] = value
+            cfg[name] = _number(f"{arch}.{suffix}", value, name in _FLOAT_KEYS)
     if "num_experts" in cfg:  # transformers 5 names it num_local_experts
         cfg["num_local_experts"] = cfg["num_experts"]
     if "num_attention_heads" in cfg:
         cfg.setdefault("num_key_value_heads", cfg["num_attention_heads"])
-        if "hidden_size" in cfg and "head_dim" not in cfg:
+        if "hidden_size" in cfg and "head_dim" not in cfg and cfg["num_attention_heads"]:
             cfg["head_dim"] = cfg["hidden_size"] // cfg["num_attention_heads"]
     if "vocab_size" not in cfg:
         vocab = vocab_rows if vocab_rows is not None else token_count
@@ -102,10 +102,23 @@ def build_config(
     for key, name in _TOKEN_IDS.items():
         value = field(key)
         if value is not None:
-            cfg[name] = int(value)
+            cfg[name] = _number(key, value, False)
     if spec is not None and spec.hf_class.startswith(("Llama", "Qwen")):
         cfg.setdefault("hidden_act", "silu")
     return {k: _plain(v) for k, v in cfg.items()}
+
+
+_FLOAT_KEYS = ("rope_theta", "rms_norm_eps")
+
+
+def _number(key: str, value: Any, real: bool) -> int | float:
+    """A metadata count (or, ``real``, any number); SourceError for anything else."""
+    ok = isinstance(value, (int, float)) if real else isinstance(value, int)
+    if not ok or isinstance(value, bool) or value < 0:
+        from nntrtool.errors import SourceError
+
+        raise SourceError(f"the GGUF's metadata {key!r} is {value!r}, not a valid number")
+    return value
 
 
 def _rope_scaling(arch: str, field: Callable[[str], Any]) -> dict[str, Any] | None:

@@ -1,8 +1,9 @@
 """Dequantizing GGUF block rows to float32, bit-identical to ``gguf.quants.dequantize``.
 
 The common types run on numba kernels: Q4_0, Q8_0 and Q6_K on nntrtool's own dequantizers
-(ggml's values, which are gguf's), Q4_1, Q5_0, Q5_1, Q4_K and Q5_K on :mod:`._gguf_numba`. The
-rest (Q2_K, Q3_K, the IQ types ...) go through the ``gguf`` package's numpy code.
+(ggml's values, which are gguf's), Q4_1, Q5_0, Q5_1, Q4_K and Q5_K on
+:mod:`nntrtool.quant._gguf_numba`. The rest (Q2_K, Q3_K, the IQ types ...) go through the
+``gguf`` package's numpy code.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def dequantize_rows(raw: np.ndarray, type_name: str, cols: int, *, fast: bool = 
 
         return dequantize(raw, _OWN_TYPES[type_name], (rows, cols), backend="numba")
     if fast and type_name in _NUMBA_TYPES:
-        from nntrtool.sources._gguf_numba import dequantize
+        from nntrtool.quant._gguf_numba import dequantize
 
         return dequantize(raw, type_name)
     from gguf import GGMLQuantizationType, quants

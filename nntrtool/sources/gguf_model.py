@@ -52,7 +52,8 @@ def _assemble(gf: GGUFFile, origin: dict[str, Any]) -> ModelSource:
             "converted"
         )
     check_architecture(arch)
-    n_blocks = _int_field(gf, f"{arch}.block_count", default=_count_blocks(gf))
+    # The name table covers the blocks the file holds (a corrupt block_count cannot blow it up).
+    n_blocks = _count_blocks(gf)
     notes: list[str] = []
     names: dict[str, str] = {}
     unknown: list[str] = []

@@ -82,6 +82,12 @@ def open_source(
     if gguf_path is not None:
         from nntrtool.sources.gguf_model import open_gguf
 
+        if config_path is not None:
+            raise UsageError(
+                f"--config applies to bare weight files; {gguf_path.name} is a GGUF, whose "
+                "config is rebuilt from its own metadata"
+            )
+
         return open_gguf(gguf_path, {**origin, "path": str(gguf_path.resolve())})
     if path.is_dir():
         return _open_folder(path, config_path, {**origin, "kind": "folder"})
