@@ -1,7 +1,7 @@
 """A GGUF file opened as a model source: Hugging Face names, layout and config recovered.
 
 The stored tensors are what converting the Hugging Face checkpoint the GGUF was made from gives:
-names mapped back (:mod:`.gguf_names`), llama's Q/K rows un-permuted and fused MoE experts split
+names mapped back (:mod:`nntrtool.names`), llama's Q/K rows un-permuted and fused MoE experts split
 per expert, both as declared rules (:mod:`.transforms`) so quantized blocks move whole and stay
 bit-exact, tensors sorted by name (the order a single-file safetensors checkpoint holds them
 in), and ``config.json`` rebuilt from the metadata (:mod:`.gguf_config`).
@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from nntrtool.errors import SourceError
+from nntrtool.names import check_architecture, hf_name
 from nntrtool.sources.base import ModelSource, SourceTensor
 from nntrtool.sources.gguf_config import ARCHITECTURES, build_config
 from nntrtool.sources.gguf_file import GGUFFile
-from nntrtool.sources.gguf_names import check_architecture, hf_name
 from nntrtool.sources.transforms import (
     DerivedTensor,
     Rule,
