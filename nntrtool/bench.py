@@ -654,7 +654,7 @@ def _imatrix_case(
 
     rows, cols = x.shape
     qw = np.random.default_rng(seed + 1).exponential(1.0, cols).astype(np.float32)
-    g = _Group(f"quantize {qtype} imatrix {size_text(rows, cols)}", "quantize+imatrix",
+    g = _Group(f"quantize {qtype} imatrix {size_text(rows, cols)}", "imatrix",
                rows * cols, x.nbytes, qbytes, qtype=qtype, shape=[rows, cols])  # fmt: skip
     ref_fns = {REF_GGML: partial(refs.ggml.quantize, x, qtype, qw)} if refs.ggml else {}
     impls = {
