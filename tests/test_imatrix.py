@@ -313,6 +313,15 @@ def test_match_experts(tmp_path):
     np.testing.assert_array_equal(found[tensors[1][0]].weights, np.ones(48, np.float32))
 
 
+def test_match_experts_stored_flat(tmp_path):
+    # One count for all experts, their sums in one row (legacy and early GGUF files)
+    tensors = [(f"model.layers.0.mlp.experts.{e}.up_proj.weight", (32, 16)) for e in range(2)]
+    sums = np.arange(32, dtype=np.float32)
+    imx = _imx(tmp_path, {"blk.0.ffn_up_exps.weight": (sums, [4.0])})
+    found = match_imatrix(imx, tensors, QWEN3MOE)
+    np.testing.assert_array_equal(found[tensors[1][0]].weights, sums[16:] / 4)
+
+
 @pytest.mark.parametrize(
     "entries, text",
     [
@@ -487,6 +496,19 @@ def test_hf_named_and_legacy_files_give_the_same_weights(llama, tmp_path, capsys
     dtype, x = src[name]
     qw = imx.entries["blk.1.ffn_down.weight"].importance()[0]
     assert np.array_equal(stored[name], quantize(x, "q4_0", source_dtype=dtype, imatrix=qw))
+
+
+@pytest.mark.parametrize("qtype", ["q4_0", "q6_k"])
+def test_numpy_backend_writes_the_same_file(llama, tmp_path, capsys, qtype):
+    path = tmp_path / "i.gguf"
+    write_imatrix(path, _llama_entries(np.random.default_rng(9)), 1, [])
+    outs = {}
+    for backend in ("numba", "numpy"):
+        out = outs[backend] = tmp_path / f"{backend}.nntr"
+        args = ["convert", llama, out, "--quant-type", qtype, "--imatrix", path, "--quiet"]
+        code, _, stderr = run([*args, "--backend", backend], capsys)
+        assert code == 0, stderr
+    assert outs["numba"].read_bytes() == outs["numpy"].read_bytes()
 
 
 def test_dry_run_lists_the_plan(llama, tmp_path, capsys):
