@@ -2,10 +2,13 @@
 
     python benchmarks/bench_quant.py [--rows 4096] [--cols 4096] [--repeats 5] [--json out.json]
         [--types q4_0,q8_0,q6_k] [--one-thread] [--cpu-time] [--numpy [--numpy-rows 512]]
+        [--no-imatrix]
 
 Times the public API (``nntrtool.quant``) on a float32 matrix in memory, best of ``--repeats``
-runs after a warm-up, and checks every result against ggml's bytes. Also times the first call
-of a fresh process (the numba kernels loading from the on-disk cache). Figures are params/s
+runs after a warm-up, and checks every result against ggml's bytes. Q4_0 and Q6_K are also
+timed weighted by an importance matrix (a random one, one value per column), against ggml
+given the same matrix. Also times the first call of a fresh process (the numba kernels loading
+from the on-disk cache). Figures are params/s
 (values quantized or dequantized per second) or bytes/s for the repack, by wall time. The load
 average is printed with them: on a machine shared with other work, multi-threaded kernels lose
 the most (a parallel region waits for its slowest thread), so compare runs at a low load.
@@ -113,10 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one-thread", action="store_true", help="also numba on one thread")
     parser.add_argument("--cpu-time", action="store_true", help="also the rate per CPU-second")
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument(
+        "--no-imatrix", action="store_true", help="skip the importance-weighted quantizers"
+    )
     args = parser.parse_args(argv)
 
     rows, cols = args.rows, args.cols
     x = np.random.default_rng(0).standard_normal((rows, cols)).astype(np.float32)
+    qw = np.random.default_rng(1).exponential(1.0, cols).astype(np.float32)  # importance
     n = x.size
     ggml = _ggml_ref.load()
     results: dict[str, Any] = {
@@ -192,6 +199,35 @@ def main(argv: list[str] | None = None) -> int:
                 ref=t_ref * xs.size / n,
             )
             assert np.array_equal(got, expected[: len(xs)]), f"{qtype} numpy: bytes differ"
+        if qtype in ("q4_0", "q6_k") and not args.no_imatrix:
+            t_imx, expected_imx = timed(
+                f"ggml {qtype} imatrix quantize (1 thread)",
+                lambda q=qtype: ggml.quantize(x, q, qw),
+                n,
+                "params/s",
+                max(1, args.repeats // 2),
+            )
+            for threads, suffix in runs:
+                _, got = timed(
+                    f"numba {qtype} imatrix quantize{suffix}",
+                    lambda q=qtype: quantize(x, q, backend="numba", imatrix=qw),
+                    n,
+                    "params/s",
+                    args.repeats,
+                    ref=t_imx,
+                    threads=threads,
+                )
+                assert np.array_equal(got, expected_imx), f"{qtype} imatrix: bytes differ"
+            if args.numpy:
+                _, got = timed(
+                    f"numpy {qtype} imatrix quantize{part}",
+                    lambda q=qtype: quantize(xs, q, backend="numpy", imatrix=qw),
+                    xs.size,
+                    "params/s",
+                    args.repeats,
+                    ref=t_imx * xs.size / n,
+                )
+                assert np.array_equal(got, expected_imx[: len(xs)]), f"{qtype} imatrix numpy"
         t_ref, ref_values = timed(
             f"ggml {qtype} dequantize (1 thread)",
             lambda q=qtype, d=expected: ggml.dequantize(d, q, cols),

@@ -1,7 +1,7 @@
 """The benchmark behind ``nntrtool bench``: cases, timing method, machine info and results.
 
-What is measured, for every available backend: quantize and dequantize (q4_0, q6_k, q8_0) and
-Q4_0 repack on float32 matrices of realistic sizes, then an end-to-end conversion of a synthetic
+What is measured, for every available backend: quantize and dequantize (q4_0, q6_k, q8_0),
+quantize weighted by an importance matrix (q4_0, q6_k), and Q4_0 repack on float32 matrices of realistic sizes, then an end-to-end conversion of a synthetic
 bf16 safetensors model in a child process (so its peak memory is its own). Side by side, when
 installed: ggml's C reference on one thread (through ggml-python) and gguf's numpy quantizers,
 as ratios, and the original converter's published figures.
@@ -88,6 +88,8 @@ class BenchOptions:
     case_budget_s: float = 20.0
     quick: bool = False
     seed: int = 0
+    #: Also time Q4_0 / Q6_K quantization weighted by an importance matrix.
+    imatrix: bool = True
 
     def __post_init__(self) -> None:
         if not self.sizes:
@@ -615,6 +617,8 @@ def _kernel_cases(
             }  # fmt: skip
             outputs = runner.group(g, ref_fns, impls)
             del ref_fns
+            if options.imatrix and quant.get_kernels(qtype).uses_imatrix:
+                _imatrix_case(runner, refs, backends, x, tiny_x, qtype, qbytes, options.seed)
             data = next(iter(outputs.values()), None)
             if data is None:
                 continue
@@ -638,6 +642,27 @@ def _kernel_cases(
         if q4_0_data is not None:
             _repack_cases(runner, refs, backends, q4_0_data, rows, cols)
         del x
+
+
+def _imatrix_case(
+    runner: _Runner, refs: _References, backends: Sequence[str], x: np.ndarray,
+    tiny_x: np.ndarray, qtype: str, qbytes: int, seed: int,
+) -> None:  # fmt: skip
+    """Quantization weighted by an importance matrix (one value per column), against ggml's
+    ``ggml_quantize_chunk`` given the same matrix."""
+    from nntrtool import quant
+
+    rows, cols = x.shape
+    qw = np.random.default_rng(seed + 1).exponential(1.0, cols).astype(np.float32)
+    g = _Group(f"quantize {qtype} imatrix {size_text(rows, cols)}", "imatrix",
+               rows * cols, x.nbytes, qbytes, qtype=qtype, shape=[rows, cols])  # fmt: skip
+    ref_fns = {REF_GGML: partial(refs.ggml.quantize, x, qtype, qw)} if refs.ggml else {}
+    impls = {
+        b: (partial(quant.quantize, x, qtype, backend=b, imatrix=qw),
+            partial(quant.quantize, tiny_x, qtype, backend=b, imatrix=qw))
+        for b in backends
+    }  # fmt: skip
+    runner.group(g, ref_fns, impls)
 
 
 def _repack_cases(

@@ -97,6 +97,11 @@ def test_every_kernel_backend_and_size_is_measured(run_json):
                     assert (f"{op} {q} {size}", "ggml-c") in seen
             if HAVE_GGUF:
                 assert (f"dequantize {q} {size}", "gguf-numpy") in seen
+            # importance-weighted quantization: Q4_0 and Q6_K only (ggml ignores it for Q8_0)
+            weighted = [(f"quantize {q} imatrix {size}", b) in seen for b in backends]
+            assert all(weighted) if q != "q8_0" else not any(weighted)
+            if HAVE_GGML and q != "q8_0":
+                assert (f"quantize {q} imatrix {size}", "ggml-c") in seen
         if HAVE_GGUF:
             assert (f"quantize q4_0 {size}", "gguf-numpy") in seen
         for layout in LAYOUTS:
@@ -277,8 +282,8 @@ def test_without_the_references_they_are_skipped_cleanly(monkeypatch):
     assert {"ggml C reference", "gguf numpy reference", "end-to-end conversion"} <= skipped
     assert report.cases and not any(c.reference or c.ratios for c in report.cases)
     assert {c.name for c in report.cases} == {
-        "quantize q4_0 8x256", "dequantize q4_0 8x256", "repack q4_0_8 8x256",
-        "unpack q4_0_8 8x256",
+        "quantize q4_0 8x256", "quantize q4_0 imatrix 8x256", "dequantize q4_0 8x256",
+        "repack q4_0_8 8x256", "unpack q4_0_8 8x256",
     }  # fmt: skip
 
 

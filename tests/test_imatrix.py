@@ -313,6 +313,15 @@ def test_match_experts(tmp_path):
     np.testing.assert_array_equal(found[tensors[1][0]].weights, np.ones(48, np.float32))
 
 
+def test_match_experts_stored_flat(tmp_path):
+    # One count for all experts, their sums in one row (legacy and early GGUF files)
+    tensors = [(f"model.layers.0.mlp.experts.{e}.up_proj.weight", (32, 16)) for e in range(2)]
+    sums = np.arange(32, dtype=np.float32)
+    imx = _imx(tmp_path, {"blk.0.ffn_up_exps.weight": (sums, [4.0])})
+    found = match_imatrix(imx, tensors, QWEN3MOE)
+    np.testing.assert_array_equal(found[tensors[1][0]].weights, sums[16:] / 4)
+
+
 @pytest.mark.parametrize(
     "entries, text",
     [

@@ -61,8 +61,9 @@ def match_imatrix(
                 break
             cols = int(shape[-1])
             n_mat, n_cols = entry.n_mat, entry.n_cols
-            if entry.legacy and n_mat == 1 and n_cols != cols and cols and n_cols % cols == 0:
-                n_mat, n_cols = n_cols // cols, cols  # legacy files store experts flat
+            if expert is not None and n_mat == 1 and n_cols != cols and n_cols % cols == 0:
+                # Legacy and early GGUF files keep one count and all experts in one row.
+                n_mat, n_cols = n_cols // cols, cols
             fits = n_cols == cols and (n_mat > expert if expert is not None else n_mat == 1)
             if not fits:
                 have = f"{n_cols} columns" if n_mat == 1 else f"{n_mat} experts x {n_cols} columns"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nntrtool.errors import QuantError
 from nntrtool.qtypes import Q4_0
 
 from . import _numba_common as nc
@@ -179,6 +180,8 @@ def tile_importance(qw: np.ndarray) -> np.ndarray:
 def quantize(x: np.ndarray, src_kind: int, qw: np.ndarray) -> np.ndarray:
     """Importance-weighted Q4_0 bytes of a C-contiguous 2-D float32 array (or uint16 fp16/bf16
     bits per ``src_kind``); ``qw`` is float32, one importance per column."""
+    if x.ndim != 2 or np.size(qw) != x.shape[1]:
+        raise QuantError(f"q4_0: {np.size(qw)} importance values for an array of shape {x.shape}")
     qwt = tile_importance(qw)
 
     def kernel(x, src_kind, out, bad):

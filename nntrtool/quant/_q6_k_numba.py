@@ -102,7 +102,8 @@ _SCRATCH = _BIG + NSUB
 def _quantize_superblock(x, r, c0, src_kind, qw, dst, o, s):
     """Quantize x[r, c0:c0+256] into dst[o:o+210] using scratch ``s``; False if not all finite.
 
-    ``qw``: importance per column (ggml's ``quant_weights``), or empty for the plain weights x*x.
+    ``qw``: importance per column (ggml's ``quant_weights``) in the tile order of
+    :func:`_tile_weights`, or empty for the plain weights x*x.
     """
     src = x[r, c0 : c0 + QK]
     for k in range(QK):
@@ -125,12 +126,11 @@ def _quantize_superblock(x, r, c0, src_kind, qw, dst, o, s):
             wv = v * v
             s[_W + SUB * i + j] = wv
             s[_WX + SUB * i + j] = wv * v
-    if qw.size:
-        for i in range(SUB):
-            for j in range(NSUB):
-                wv = qw[c0 + SUB * j + i]
-                s[_W + SUB * i + j] = wv
-                s[_WX + SUB * i + j] = wv * s[_XT + SUB * i + j]
+    if qw.size:  # already in tile order (see quantize), so this is one contiguous loop
+        for k in range(QK):
+            wv = qw[c0 + k]
+            s[_W + k] = wv
+            s[_WX + k] = wv * s[_XT + k]
     finite = True
     for j in range(NSUB):
         if s[_CHK + j] != _ZERO:
@@ -306,6 +306,14 @@ _DTYPE_OF_KIND = {SRC_F32: np.float32, SRC_F16: np.uint16, SRC_BF16: np.uint16}
 _NO_WEIGHTS = np.empty(0, dtype=np.float32)
 
 
+def _tile_weights(qw: np.ndarray) -> np.ndarray:
+    """Importance per column laid out as each superblock's position-major tile
+    (``[b*256 + 16*i + j]`` holds column ``b*256 + 16*j + i``), made once per call."""
+    qw = np.asarray(qw, dtype=np.float32)
+    tiles = qw.reshape(-1, NSUB, SUB).transpose(0, 2, 1)
+    return np.ascontiguousarray(tiles).reshape(-1)
+
+
 def quantize(x: Any, src_kind: int, qw: np.ndarray | None = None) -> np.ndarray:
     """Q6_K bytes ``(rows, cols // 256 * 210)`` of ``x`` (see ``q6_k.quantize_numba``),
     weighted by the importance ``qw`` (float32, one per column) when given."""
@@ -326,7 +334,9 @@ def quantize(x: Any, src_kind: int, qw: np.ndarray | None = None) -> np.ndarray:
         raise QuantError(
             f"q6_k needs rows that are a whole number of {QK}-value blocks, got {cols} columns"
         )
-    weights = _NO_WEIGHTS if qw is None else np.ascontiguousarray(qw, dtype=np.float32)
+    if qw is not None and np.size(qw) != cols:
+        raise QuantError(f"q6_k: {np.size(qw)} importance values for {cols} columns")
+    weights = _NO_WEIGHTS if qw is None else _tile_weights(qw)
 
     def kernel(x, src_kind, out, bad):
         _quantize_kernel(x, src_kind, weights, out, bad)
