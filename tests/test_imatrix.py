@@ -498,6 +498,19 @@ def test_hf_named_and_legacy_files_give_the_same_weights(llama, tmp_path, capsys
     assert np.array_equal(stored[name], quantize(x, "q4_0", source_dtype=dtype, imatrix=qw))
 
 
+@pytest.mark.parametrize("qtype", ["q4_0", "q6_k"])
+def test_numpy_backend_writes_the_same_file(llama, tmp_path, capsys, qtype):
+    path = tmp_path / "i.gguf"
+    write_imatrix(path, _llama_entries(np.random.default_rng(9)), 1, [])
+    outs = {}
+    for backend in ("numba", "numpy"):
+        out = outs[backend] = tmp_path / f"{backend}.nntr"
+        args = ["convert", llama, out, "--quant-type", qtype, "--imatrix", path, "--quiet"]
+        code, _, stderr = run([*args, "--backend", backend], capsys)
+        assert code == 0, stderr
+    assert outs["numba"].read_bytes() == outs["numpy"].read_bytes()
+
+
 def test_dry_run_lists_the_plan(llama, tmp_path, capsys):
     path = tmp_path / "i.gguf"
     write_imatrix(path, _llama_entries(np.random.default_rng(1)), 1, [])
