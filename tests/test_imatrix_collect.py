@@ -233,3 +233,38 @@ def test_bad_inputs(model_dir, text_file, tmp_path, capsys):
     nowhere = tmp_path / "no" / "such" / "i.gguf"
     argv = ["imatrix", str(model_dir), "--text", str(text_file), "-o", str(nowhere), "-q"]
     assert "does not exist" in _one_line_exit_2(capsys, argv, nowhere)
+
+
+def test_per_expert_linear_modules_become_rows_of_one_entry():
+    """Checkpoints with one nn.Linear per expert (mlp.experts.E.up_proj): expert E is row E."""
+    import torch
+
+    from nntrtool.imatrix.collect import ImatrixCollector
+
+    class Experts(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.experts = torch.nn.ModuleList(
+                torch.nn.ModuleDict({"up_proj": torch.nn.Linear(8, 4, bias=False)})
+                for _ in range(3)
+            )
+
+    model = torch.nn.Module()
+    model.model = torch.nn.Module()
+    model.model.layers = torch.nn.ModuleList([torch.nn.Module()])
+    model.model.layers[0].mlp = Experts()
+    collector = ImatrixCollector(model)
+    x0, x2 = torch.randn(5, 8), torch.randn(2, 7, 8)
+    with torch.no_grad():
+        model.model.layers[0].mlp.experts[0]["up_proj"](x0)
+        model.model.layers[0].mlp.experts[2]["up_proj"](x2)
+    collector.remove()
+    (entry,) = collector.entries()
+    assert entry.name == "blk.0.ffn_up_exps.weight" and entry.in_sum2.shape == (3, 8)
+    np.testing.assert_array_equal(entry.counts, [5, 0, 14])
+    np.testing.assert_allclose(entry.in_sum2[0], (x0.double() ** 2).sum(0), rtol=1e-6)
+    np.testing.assert_allclose(entry.in_sum2[2], (x2.double() ** 2).sum((0, 1)), rtol=1e-6)
+    assert not entry.in_sum2[1].any()
+    from nntrtool.imatrix.collect import _never_activated
+
+    assert _never_activated([entry]) == ["blk.0.ffn_up_exps.weight (experts 1)"]
