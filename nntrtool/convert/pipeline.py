@@ -262,8 +262,12 @@ class _Work:
         backend: str,
         check_f32: bool,
         prefetched: Future[None] | None,
+        encoded: bool = False,
     ):
         self.tp, self.x, self.begin, self.backend = tp, x, begin, backend
+        #: ``x`` holds the rows already as ``tp``'s blocks, straight from the source.
+        self.encoded = encoded
+        self.numel = x.shape[0] * tp.cols if encoded else x.size
         self.check_f32 = check_f32
         self.prefetched = prefetched
         self.f32_nonfinite: tuple[int, int, float] | None = None
@@ -284,6 +288,8 @@ class _Work:
         from nntrtool.quant import quantize, repack
 
         tp = self.tp
+        if self.encoded:
+            return self.x if tp.layout is None else repack(self.x, tp.layout.name)
         if not tp.quantized:
             data = _to_f32(self.x, tp.source_dtype)
             if self.check_f32:
@@ -429,14 +435,15 @@ def _write(
                 ):
                     stages[key] = stages.get(key, 0.0) + value
                 if prog is not None:
-                    prog.advance(work.x.size if work.tp.numel else 0, current=work.tp.name)
+                    prog.advance(work.numel if work.tp.numel else 0, current=work.tp.name)
 
             for tp in plan.tensors:
                 st = by_name[tp.name]
                 for begin, stop in _chunks(tp, st, options.chunk_bytes):
-                    x = st.read(begin, stop)
+                    encoded = _encoded_rows(st, tp, begin, stop)
+                    x = encoded if encoded is not None else st.read(begin, stop)
                     pre = fetcher.submit(prefault, x)
-                    work = _Work(tp, x, begin, backend, True, pre)
+                    work = _Work(tp, x, begin, backend, True, pre, encoded is not None)
                     pending.append((work, pool.submit(work)))
                     while len(pending) > depth:
                         drain()
@@ -450,6 +457,14 @@ def _write(
         pool.shutdown(wait=True, cancel_futures=True)
         fetcher.shutdown(wait=True, cancel_futures=True)
     return stored_nonfinite
+
+
+def _encoded_rows(st: Any, tp: TensorPlan, begin: int, stop: int) -> np.ndarray | None:
+    """The rows as ``tp``'s blocks when the source holds them exactly so (MXFP4 in Q8_0)."""
+    encode = getattr(st, "encoded_rows", None)
+    if encode is None or not tp.quantized:
+        return None
+    return encode(tp.quant_name, begin, stop)
 
 
 def _scan_nonfinite(plan: ConversionPlan, by_name: dict[str, Any]) -> dict[str, str]:

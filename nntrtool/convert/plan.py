@@ -314,6 +314,7 @@ def plan_tensor(
                 used_overrides.add(i)
             break
 
+    preferred = _preferred(t) if override is None else None
     if override is not None:
         ttype = get_type(override.type_name)
         if ttype.quantized and not ttype.fits(cols):
@@ -324,6 +325,8 @@ def plan_tensor(
             )
         reason = f"--type {override.text!r}"
         fallback = False
+    elif preferred is not None:
+        ttype, reason, fallback = get_type(preferred[0]), preferred[1], False
     elif not requested.quantized or requested.fits(cols):
         ttype, reason, fallback = requested, f"matrix: {requested.name}", False
     else:
@@ -359,6 +362,16 @@ def plan_tensor(
         unrepacked=unrepacked,
         **common,
     )
+
+
+def _preferred(t: _Tensor) -> tuple[str, str] | None:
+    """The type a declared transform prefers for ``t`` (a router: f32), when it fits."""
+    prefer = getattr(t, "preferred", None)
+    found = prefer() if callable(prefer) else None
+    if found is None:
+        return None
+    ttype = get_type(found[0])
+    return found if not ttype.quantized or ttype.fits(int(t.shape[-1])) else None
 
 
 def _config_tie(config: dict[str, Any]) -> bool | None:

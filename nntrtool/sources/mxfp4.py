@@ -1,0 +1,155 @@
+"""MXFP4, the packed expert format of GPT-OSS checkpoints: exact decoding, and exact Q8_0 blocks.
+
+An MXFP4 block is 32 FP4 (E2M1) values sharing one E8M0 scale. The checkpoint stores a matrix
+``[rows, cols]`` as ``*_blocks`` ``[rows, cols / 32, 16]`` (two values a byte, the low nibble
+first) and ``*_scales`` ``[rows, cols / 32]`` (a biased exponent: the block's values are
+``FP4_VALUES[nibble] * 2 ** (scale - 127)``), so blocks run along the last axis.
+
+E2M1 values are ``{0, 0.5, 1, 1.5, 2, 3, 4, 6}`` with a sign, i.e. the integers ``{0, 1, 2, 3,
+4, 6, 8, 12}`` times ``1/2``. A block is therefore exactly a Q8_0 block with ``d = 2 ** (scale -
+128)`` and ``q = 2 * value`` in ``[-12, 12]``, as long as ``d`` is an fp16 number (``scale`` in
+104..143) or the block is all zeros. ggml's Q8_0 quantizer does not find that encoding (it takes
+``d = amax / 127``), so such blocks are written directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from nntrtool.sources.base import SourceTensor
+from nntrtool.sources.transforms import DerivedTensor, done_reading
+
+#: The 16 E2M1 values by nibble (sign in the top bit).
+FP4_VALUES = np.array(
+    [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0],
+    dtype=np.float32,
+)
+#: Twice the E2M1 values: the Q8_0 integers of a block whose d is half its MXFP4 scale.
+FP4_DOUBLED = (FP4_VALUES * 2).astype(np.int8)
+BLOCK = 32
+#: E8M0 scales whose ``2 ** (scale - 128)`` is an fp16 number (subnormals included).
+EXACT_Q8_0_SCALES = range(127 - 23, 127 + 16 + 1)
+
+
+def _values(blocks: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """``(..., G, 16)`` packed bytes -> ``(..., G, 32)`` values from ``lut``, low nibble first."""
+    out = np.empty((*blocks.shape[:-1], BLOCK), dtype=lut.dtype)
+    out[..., 0::2] = lut[blocks & 0x0F]
+    out[..., 1::2] = lut[blocks >> 4]
+    return out
+
+
+def decode_f32(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """MXFP4 ``(rows, G, 16)`` blocks and ``(rows, G)`` scales -> float32 ``(rows, G * 32)``."""
+    vals = _values(blocks, FP4_VALUES)
+    exp = scales.astype(np.int32)[..., None] - 127
+    with np.errstate(over="ignore"):  # scale 255 overflows to inf, as in transformers
+        return np.ldexp(vals, exp).reshape(blocks.shape[0], -1)
+
+
+def decode_bf16(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Like :func:`decode_f32`, as BF16 bit patterns: E2M1 values times a power of two have
+    two significant bits, so cutting float32 to its top 16 bits loses nothing."""
+    f32 = decode_f32(blocks, scales)
+    return (f32.view(np.uint32) >> 16).astype(np.uint16)
+
+
+def exact_in_q8_0(blocks: np.ndarray, scales: np.ndarray) -> bool:
+    """Whether every block is exactly a Q8_0 block (its scale fits fp16, or it is all zeros)."""
+    ok = (scales >= EXACT_Q8_0_SCALES.start) & (scales < EXACT_Q8_0_SCALES.stop)
+    if ok.all():
+        return True
+    zero = ~((blocks & 0x77).any(axis=-1))  # +-0 nibbles only
+    return bool((ok | zero).all())
+
+
+def encode_q8_0(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray | None:
+    """The Q8_0 rows holding exactly these MXFP4 blocks, ``(rows, G * 34)`` uint8; ``None``
+    when a block's scale does not fit fp16."""
+    if not exact_in_q8_0(blocks, scales):
+        return None
+    n, groups = scales.shape
+    q = _values(blocks, FP4_DOUBLED)
+    ok = (scales >= EXACT_Q8_0_SCALES.start) & (scales < EXACT_Q8_0_SCALES.stop)
+    d = np.where(ok, np.ldexp(np.float32(1), scales.astype(np.int32) - 128), 0).astype("<f2")
+    out = np.empty((n, groups, 2 + BLOCK), dtype=np.uint8)
+    out[..., :2] = d.view(np.uint8).reshape(n, groups, 2)
+    out[..., 2:] = q.view(np.uint8)
+    return out.reshape(n, groups * (2 + BLOCK))
+
+
+def mxfp4_matrix(
+    blocks: SourceTensor,
+    scales: SourceTensor,
+    name: str,
+    expert: int,
+    *,
+    row_step: int = 1,
+    row_offset: int = 0,
+    note: str = "",
+) -> DerivedTensor:
+    """One expert's ``[out, in]`` matrix out of packed ``[E, R, G, 16]`` blocks and ``[E, R, G]``
+    scales, decoded to BF16; stored row ``i`` is packed row ``row_offset + i * row_step``.
+
+    Blocks run along ``in`` in both layouts, so the tensor also offers its rows as exact Q8_0
+    blocks and prefers Q8_0 when every block of the expert fits (checked on the scales once).
+    """
+    if blocks.ndim != 4 or scales.ndim != 3 or tuple(blocks.shape[:3]) != tuple(scales.shape):
+        raise ValueError(
+            f"MXFP4 blocks {list(blocks.shape)} and scales {list(scales.shape)} do not match"
+        )
+    n_exp, packed_rows, groups, half = blocks.shape
+    if half != BLOCK // 2:
+        raise ValueError(f"MXFP4 blocks of {name!r} hold {half} bytes, not {BLOCK // 2}")
+    rows = len(range(row_offset, packed_rows, row_step))
+    shape = (rows, groups * BLOCK)
+
+    def packed(inputs: Sequence[SourceTensor], start: int, stop: int) -> tuple[np.ndarray, ...]:
+        b_t, s_t = inputs
+        first = expert * packed_rows + row_offset + start * row_step
+        last = expert * packed_rows + row_offset + (stop - 1) * row_step + 1
+        if stop <= start:
+            return np.zeros((0, groups, half), np.uint8), np.zeros((0, groups), np.uint8)
+        b_raw = b_t.read_raw(first * groups, last * groups)
+        s_raw = s_t.read_raw(first, last)
+        b = b_raw.reshape(-1, groups, half)[::row_step].copy()
+        s = s_raw.reshape(-1, groups)[::row_step].copy()
+        done_reading(b_raw)
+        done_reading(s_raw)
+        return b, s
+
+    def read(inputs: Sequence[SourceTensor], start: int, stop: int) -> np.ndarray:
+        b, s = packed(inputs, start, stop)
+        return decode_bf16(b, s).reshape(stop - start, shape[1])
+
+    def read_q8_0(inputs: Sequence[SourceTensor], start: int, stop: int) -> np.ndarray | None:
+        return encode_q8_0(*packed(inputs, start, stop))
+
+    exact: dict[str, bool] = {}
+
+    def prefer() -> tuple[str, str] | None:
+        if "q8_0" not in exact:
+            _, s = packed((blocks, scales), 0, rows)
+            ok = bool(((s >= EXACT_Q8_0_SCALES.start) & (s < EXACT_Q8_0_SCALES.stop)).all())
+            if not ok:
+                b, s = packed((blocks, scales), 0, rows)
+                ok = exact_in_q8_0(b, s)
+            exact["q8_0"] = ok
+        if not exact["q8_0"]:
+            return None
+        return "q8_0", "MXFP4 expert: q8_0 holds its blocks exactly (--type to choose another)"
+
+    share = (blocks.nbytes + scales.nbytes) * rows // (n_exp * packed_rows)
+    return DerivedTensor(
+        name,
+        "BF16",
+        shape,
+        [blocks, scales],
+        read,
+        note or "MXFP4 decoded",
+        source_nbytes=share,
+        prefer=prefer,
+        encoders={"q8_0": read_q8_0},
+    )
