@@ -118,7 +118,7 @@ def check_output(out_path: str | Path, force: bool) -> Path:
 
 def check_disk_space(out: Path, needed: int) -> None:
     """DiskFullError unless the output's file system has ``needed`` bytes free."""
-    from nntrtool.cli.display import human_bytes
+    from nntrtool.units import human_bytes
 
     parent = out.parent if str(out.parent) else Path(".")
     free = shutil.disk_usage(parent).free

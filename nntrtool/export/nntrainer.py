@@ -726,7 +726,7 @@ def _check_space(parent: Path, need: int) -> None:
     except OSError:
         return
     if free < need:
-        from nntrtool.cli.display import human_bytes
+        from nntrtool.units import human_bytes
 
         raise DiskFullError(
             f"{parent} has {human_bytes(free)} free but the export needs about "
