@@ -56,7 +56,8 @@ def save_qwen3_moe(folder: Path, *, experts: int = 8, seed: int = 0, **overrides
     model = Qwen3MoeForCausalLM(Qwen3MoeConfig(**cfg))
     with torch.no_grad():  # a router sharp enough that routing decisions matter
         for layer in model.model.layers:
-            layer.mlp.gate.weight.normal_(0, 0.5)
+            if hasattr(layer.mlp, "gate"):  # dense layers (mlp_only_layers) have none
+                layer.mlp.gate.weight.normal_(0, 0.5)
     return _finish(model, folder)
 
 
@@ -106,7 +107,7 @@ def save_gpt_oss(folder: Path, *, experts: int = 8, seed: int = 0, **overrides) 
             "factor": 32.0,
             "beta_fast": 32.0,
             "beta_slow": 1.0,
-            "original_max_position_embeddings": 8,
+            "original_max_position_embeddings": 4096,
             "truncate": False,
         },
     )

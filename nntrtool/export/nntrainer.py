@@ -142,17 +142,37 @@ def _is_tied(config: dict[str, Any], names: set[str]) -> bool:
     return "lm_head.weight" not in names
 
 
-def _role_error(slot: Slot, found: str, wanted: str) -> UsageError:
-    return UsageError(f"{slot.name} is {found}, but nntrainer reads {wanted} there; {CONVERT_HINT}")
+#: What to add for MoE experts, which a converted MXFP4 checkpoint stores as Q8_0 by default.
+EXPERTS_HINT = "for experts add --type 'mlp\\.experts\\.=q4_0' (or =f32)"
+ROUTER_HINT = "re-convert without a --type or --quant-type override for the router (it stays f32)"
+
+
+def _hinted_error(slot: Slot, found: str, wanted: str, moe: bool = False) -> UsageError:
+    if slot.role is Role.ROUTER:
+        hint = ROUTER_HINT
+    elif moe:
+        hint = f"{CONVERT_HINT}; {EXPERTS_HINT}"
+    else:
+        hint = CONVERT_HINT
+    return UsageError(f"{slot.name} is {found}, but nntrainer reads {wanted} there; {hint}")
 
 
 def _check_types(slots: list[tuple[Slot, Any]]) -> None:
     """Refuse any combination of types the runtime cannot load (its types are global)."""
     linear_types: dict[str, list[str]] = {}
+    moe = any(slot.role is Role.ROUTER for slot, _ in slots)
+
+    def _role_error(slot: Slot, found: str, wanted: str) -> UsageError:
+        return _hinted_error(slot, found, wanted, moe)
+
     for slot, entry in slots:
         base = Q4_0 if entry.ttype is Q4_0_REPACKED else entry.ttype
         if slot.role is Role.NORM and base is not F32:
             raise _role_error(slot, base.name, "f32 (norms are never quantized)")
+        if slot.role is Role.VECTOR and base is not F32:
+            raise _role_error(slot, base.name, "f32 (biases and sinks are never quantized)")
+        if slot.role is Role.ROUTER and base is not F32:
+            raise _role_error(slot, base.name, "an f32 router (routing is computed in FP32)")
         if slot.role is Role.EMBEDDING and base not in (F32, Q6_K):
             raise _role_error(slot, base.name, "an f32 or q6_k embedding")
         if slot.role is Role.LM_HEAD and base not in (F32, Q4_0):
@@ -177,7 +197,7 @@ def _plan_tensor(slot: Slot, entry: Any, isa: str) -> TensorExport:
     shape = tuple(int(s) for s in slot.shape)
     base = Q4_0 if entry.ttype is Q4_0_REPACKED else entry.ttype
     source_layout = entry.layout if entry.ttype is Q4_0_REPACKED else None
-    if slot.role in (Role.LINEAR, Role.LM_HEAD) and base is F32:
+    if slot.role in (Role.LINEAR, Role.LM_HEAD, Role.ROUTER) and base is F32:
         out_shape = (shape[1], shape[0])
         return TensorExport(
             slot, entry.ttype, None, F32.name, out_shape, F32.nbytes(out_shape), True
@@ -214,7 +234,7 @@ def nntrainer_type_overrides(quant_type: str, config: dict[str, Any]) -> tuple[s
     """
     qt = quant_type.lower()
     if qt == F32.name:
-        return ()
+        return _expert_override(qt, config)
     if qt != Q4_0.name:
         raise UsageError(
             f"nntrainer runs f32 or q4_0 linear layers, not {qt}; use --quant-type q4_0 "
@@ -222,7 +242,14 @@ def nntrainer_type_overrides(quant_type: str, config: dict[str, Any]) -> tuple[s
         )
     hidden = config.get("hidden_size")
     emb = Q6_K.name if isinstance(hidden, int) and Q6_K.fits(hidden) else F32.name
-    return (f"embed_tokens={emb}",)
+    return (f"embed_tokens={emb}",) + _expert_override(qt, config)
+
+
+def _expert_override(quant_type: str, config: dict[str, Any]) -> tuple[str, ...]:
+    """Experts in the linear layers' type, whatever a source's own preference (MXFP4: q8_0)."""
+    if not (config.get("num_experts") or config.get("num_local_experts")):
+        return ()
+    return (f"mlp\\.experts\\.={quant_type}",)
 
 
 def plan_export(
@@ -245,6 +272,7 @@ def plan_export(
         raise UsageError(f"unknown --isa {isa!r}; choose one of {', '.join(ISA_LAYOUTS)}")
     config: dict[str, Any] = dict(nf.config)
     layout: ArchitectureLayout = layout_for_config(config)
+    layout.check_config(config)  # refusals first: they explain missing tensors best
     entries = _entries(nf)
     tied = _is_tied(config, set(entries))
     slots = layout.slots(config, tied)
@@ -286,7 +314,7 @@ def plan_export(
     head = None if tied else (role_type(Role.LM_HEAD) or F32.name)
 
     warnings: list[str] = []
-    runtime_cfg = _runtime_config(config, layout.architecture, tied, warnings)
+    runtime_cfg = _runtime_config(config, layout, tied, warnings)
 
     source_path = Path(source_dir).expanduser() if source_dir is not None else None
     if source_path is not None and not source_path.is_dir():

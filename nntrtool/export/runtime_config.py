@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nntrtool.errors import UsageError
+from nntrtool.export.layouts import ArchitectureLayout, architecture_of
 
 #: Files of a Hugging Face folder that the runtime's tokenizer (or a user) may need.
 TOKENIZER_FILES: tuple[str, ...] = (
@@ -91,7 +92,9 @@ def _metadata(config: dict[str, Any]) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def _rope_theta(config: dict[str, Any], warnings: list[str]) -> int:
+def _rope_theta(
+    config: dict[str, Any], warnings: list[str], applied: frozenset[str] = frozenset()
+) -> int:
     theta: Any = config.get("rope_theta")
     params = config.get("rope_parameters") or {}
     scaling = config.get("rope_scaling") or {}
@@ -101,11 +104,15 @@ def _rope_theta(config: dict[str, Any], warnings: list[str]) -> int:
             if isinstance(p, dict) and p.get("rope_theta") is not None:
                 theta = p["rope_theta"]
                 break
-    kinds = {
-        str(p.get("rope_type") or p.get("type"))
-        for p in candidates + [scaling]
-        if isinstance(p, dict) and (p.get("rope_type") or p.get("type"))
-    } - {"default"}
+    kinds = (
+        {
+            str(p.get("rope_type") or p.get("type"))
+            for p in candidates + [scaling]
+            if isinstance(p, dict) and (p.get("rope_type") or p.get("type"))
+        }
+        - {"default"}
+        - applied
+    )
     if kinds:
         warnings.append(
             f"the model uses '{', '.join(sorted(kinds))}' RoPE scaling, which nntrainer's "
@@ -125,22 +132,51 @@ def _rope_theta(config: dict[str, Any], warnings: list[str]) -> int:
 
 
 def _runtime_config(
-    config: dict[str, Any], arch: str, tied: bool, warnings: list[str]
+    config: dict[str, Any], layout: ArchitectureLayout, tied: bool, warnings: list[str]
 ) -> dict[str, Any]:
     out = {k: v for k, v in config.items() if k != "nntrtool"}
-    out["architectures"] = [arch]
-    out["rope_theta"] = _rope_theta(config, warnings)
+    out["architectures"] = [architecture_of(config)]
+    out["rope_theta"] = _rope_theta(config, warnings, layout.rope_scaling)
     out["tie_word_embeddings"] = tied
     if out.get("use_sliding_window") is False:
         # the runtime applies any non-null window; Hugging Face ignores it when disabled
         out["sliding_window"] = None
-    for key in ("max_position_embeddings", "rms_norm_eps"):
+    for key in ("max_position_embeddings", "rms_norm_eps", *layout.required):
         if out.get(key) is None:
             raise UsageError(
                 f"the file's config lacks {key}, which the runtime needs; re-convert from a "
                 "complete config.json"
             )
+    for key, sources in layout.config_keys:
+        value = next((config[k] for k in sources if config.get(k) is not None), None)
+        if value is None:
+            raise UsageError(
+                f"the file's config lacks {' or '.join(sources)}, which the runtime reads as "
+                f"{key}; re-convert from a complete config.json"
+            )
+        out[key] = value
+    if layout.rope_scaling:
+        out["rope_scaling"] = _rope_scaling(config, layout)
+    warnings.extend(layout.check_config(config))
     return out
+
+
+def _rope_scaling(config: dict[str, Any], layout: ArchitectureLayout) -> dict[str, Any]:
+    """The ``rope_scaling`` object the runtime reads (transformers 5 writes rope_parameters)."""
+    for where in ("rope_scaling", "rope_parameters"):
+        params = config.get(where)
+        if not isinstance(params, dict):
+            continue
+        kind = params.get("rope_type") or params.get("type")
+        if kind in layout.rope_scaling and params.get("factor") is not None:
+            out = {k: v for k, v in params.items() if k != "rope_theta"}
+            out["rope_type"] = kind
+            return out
+    raise UsageError(
+        f"{layout.architecture} needs a {'/'.join(sorted(layout.rope_scaling))} RoPE scaling "
+        "with a factor in the config (rope_scaling or rope_parameters), and the file's config "
+        "has none; re-convert from the model's own config.json"
+    )
 
 
 def _as_id_list(value: Any) -> list[int]:
