@@ -18,6 +18,21 @@ import torch
 GENERATION = {"bos_token_id": 1, "eos_token_id": [2], "do_sample": False}
 
 
+def write_byte_tokenizer(folder: Path) -> None:
+    """A real byte-level BPE ``tokenizer.json`` of 256 tokens (one per byte, no merges), so
+    that a runtime can encode any prompt for these 256-token models and decode their output."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    chars = {b: chr(b) for b in printable}
+    others = [b for b in range(256) if b not in chars]
+    chars.update({b: chr(256 + n) for n, b in enumerate(others)})  # byte-level BPE's table
+    tok = Tokenizer(models.BPE(vocab={chars[b]: b for b in range(256)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.save(str(folder / "tokenizer.json"))
+
+
 def _finish(model, folder: Path) -> Path:
     with torch.no_grad():  # norms away from 1 so that a misplaced norm changes the logits
         for name, p in model.named_parameters():
@@ -25,7 +40,7 @@ def _finish(model, folder: Path) -> Path:
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
     model.save_pretrained(folder)
     (folder / "generation_config.json").write_text(json.dumps(GENERATION))
-    (folder / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPE"}}')
+    write_byte_tokenizer(folder)
     return folder
 
 
