@@ -106,19 +106,28 @@ def mxfp4_matrix(
     rows = len(range(row_offset, packed_rows, row_step))
     shape = (rows, groups * BLOCK)
 
+    def span(start: int, stop: int) -> tuple[int, int]:
+        first = expert * packed_rows + row_offset + start * row_step
+        return first, first + (stop - start - 1) * row_step + 1
+
+    def scales_of(s_t: SourceTensor, start: int, stop: int) -> np.ndarray:
+        if stop <= start:
+            return np.zeros((0, groups), np.uint8)
+        first, last = span(start, stop)
+        raw = s_t.read_raw(first, last)
+        s = raw.reshape(-1, groups)[::row_step].copy()
+        done_reading(raw)
+        return s
+
     def packed(inputs: Sequence[SourceTensor], start: int, stop: int) -> tuple[np.ndarray, ...]:
         b_t, s_t = inputs
-        first = expert * packed_rows + row_offset + start * row_step
-        last = expert * packed_rows + row_offset + (stop - 1) * row_step + 1
         if stop <= start:
-            return np.zeros((0, groups, half), np.uint8), np.zeros((0, groups), np.uint8)
-        b_raw = b_t.read_raw(first * groups, last * groups)
-        s_raw = s_t.read_raw(first, last)
-        b = b_raw.reshape(-1, groups, half)[::row_step].copy()
-        s = s_raw.reshape(-1, groups)[::row_step].copy()
-        done_reading(b_raw)
-        done_reading(s_raw)
-        return b, s
+            return np.zeros((0, groups, half), np.uint8), scales_of(s_t, start, stop)
+        first, last = span(start, stop)
+        raw = b_t.read_raw(first * groups, last * groups)
+        b = raw.reshape(-1, groups, half)[::row_step].copy()
+        done_reading(raw)
+        return b, scales_of(s_t, start, stop)
 
     def read(inputs: Sequence[SourceTensor], start: int, stop: int) -> np.ndarray:
         b, s = packed(inputs, start, stop)
@@ -130,13 +139,10 @@ def mxfp4_matrix(
     exact: dict[str, bool] = {}
 
     def prefer() -> tuple[str, str] | None:
-        if "q8_0" not in exact:
-            _, s = packed((blocks, scales), 0, rows)
+        if "q8_0" not in exact:  # the scales decide; blocks are read only if some do not fit
+            s = scales_of(scales, 0, rows)
             ok = bool(((s >= EXACT_Q8_0_SCALES.start) & (s < EXACT_Q8_0_SCALES.stop)).all())
-            if not ok:
-                b, s = packed((blocks, scales), 0, rows)
-                ok = exact_in_q8_0(b, s)
-            exact["q8_0"] = ok
+            exact["q8_0"] = ok or exact_in_q8_0(*packed((blocks, scales), 0, rows))
         if not exact["q8_0"]:
             return None
         return "q8_0", "MXFP4 expert: q8_0 holds its blocks exactly (--type to choose another)"
