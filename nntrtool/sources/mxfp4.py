@@ -33,27 +33,38 @@ BLOCK = 32
 EXACT_Q8_0_SCALES = range(127 - 23, 127 + 16 + 1)
 
 
-def _values(blocks: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """``(..., G, 16)`` packed bytes -> ``(..., G, 32)`` values from ``lut``, low nibble first."""
-    out = np.empty((*blocks.shape[:-1], BLOCK), dtype=lut.dtype)
-    out[..., 0::2] = lut[blocks & 0x0F]
-    out[..., 1::2] = lut[blocks >> 4]
-    return out
+_NIBBLE_LO, _NIBBLE_HI = np.arange(256) & 0x0F, np.arange(256) >> 4
+#: Per packed byte, its two values (low nibble first) as one 8-byte word: one gather per byte.
+_PAIRS_F32 = np.stack([FP4_VALUES[_NIBBLE_LO], FP4_VALUES[_NIBBLE_HI]], -1).view(np.uint64)[:, 0]
+_PAIRS_Q = np.stack([FP4_DOUBLED[_NIBBLE_LO], FP4_DOUBLED[_NIBBLE_HI]], -1).view(np.uint16)[:, 0]
+#: 2 ** (scale - 127) for every E8M0 scale (255, E8M0's NaN, gives inf as in transformers).
+with np.errstate(over="ignore"):
+    _POW2 = np.ldexp(np.float32(1), np.arange(256) - 127).astype(np.float32)
+
+
+def _values(blocks: np.ndarray, pairs: np.ndarray, dtype: type) -> np.ndarray:
+    """``(..., G, 16)`` packed bytes -> ``(..., G, 32)`` values from a table of byte pairs."""
+    return pairs[blocks].view(dtype).reshape(*blocks.shape[:-1], BLOCK)
 
 
 def decode_f32(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """MXFP4 ``(rows, G, 16)`` blocks and ``(rows, G)`` scales -> float32 ``(rows, G * 32)``."""
-    vals = _values(blocks, FP4_VALUES)
-    exp = scales.astype(np.int32)[..., None] - 127
-    with np.errstate(over="ignore"):  # scale 255 overflows to inf, as in transformers
-        return np.ldexp(vals, exp).reshape(blocks.shape[0], -1)
+    vals = _values(blocks, _PAIRS_F32, np.float32)
+    if (scales == 255).any():  # 0 * inf: ldexp keeps zeros zero, as transformers does
+        exp = scales.astype(np.int32)[..., None] - 127
+        with np.errstate(over="ignore"):
+            vals = np.ldexp(vals, exp)
+    else:  # multiplying by a power of two is exact, subnormal results included
+        with np.errstate(over="ignore"):  # 6 * 2**127 is inf, as in transformers
+            vals *= _POW2[scales][..., None]
+    return vals.reshape(blocks.shape[0], -1)
 
 
 def decode_bf16(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """Like :func:`decode_f32`, as BF16 bit patterns: E2M1 values times a power of two have
     two significant bits, so cutting float32 to its top 16 bits loses nothing."""
     f32 = decode_f32(blocks, scales)
-    return (f32.view(np.uint32) >> 16).astype(np.uint16)
+    return np.ascontiguousarray(f32.view("<u2")[:, 1::2])  # the high half of each value
 
 
 def exact_in_q8_0(blocks: np.ndarray, scales: np.ndarray) -> bool:
@@ -71,9 +82,9 @@ def encode_q8_0(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray | None:
     if not exact_in_q8_0(blocks, scales):
         return None
     n, groups = scales.shape
-    q = _values(blocks, FP4_DOUBLED)
+    q = _values(blocks, _PAIRS_Q, np.int8)
     ok = (scales >= EXACT_Q8_0_SCALES.start) & (scales < EXACT_Q8_0_SCALES.stop)
-    d = np.where(ok, np.ldexp(np.float32(1), scales.astype(np.int32) - 128), 0).astype("<f2")
+    d = np.where(ok, _POW2[scales] * np.float32(0.5), 0).astype("<f2")
     out = np.empty((n, groups, 2 + BLOCK), dtype=np.uint8)
     out[..., :2] = d.view(np.uint8).reshape(n, groups, 2)
     out[..., 2:] = q.view(np.uint8)
