@@ -106,3 +106,23 @@ def test_a_fused_expert_tensor_of_the_wrong_rank_is_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"architectures": ["GptOssForCausalLM"]}')
     with pytest.raises(SourceError, match="3-D fused expert tensor"):
         open_source(tmp_path)
+
+
+def test_releasing_edge_pages_keeps_every_byte(tmp_path):
+    import mmap
+
+    from nntrtool.convert.memory import PAGE, release_pages
+
+    data = np.random.default_rng(0).integers(0, 256, 3 * PAGE, dtype=np.uint8)
+    path = tmp_path / "f.bin"
+    data.tofile(path)
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    buf = np.frombuffer(mm, dtype=np.uint8)
+    middle = buf[100 : 2 * PAGE + 7]
+    assert int(middle.sum()) == int(data[100 : 2 * PAGE + 7].sum())
+    assert release_pages(middle, edges=True)
+    # the neighbours' bytes on the shared pages are mapped again from the file
+    np.testing.assert_array_equal(buf, data)
+    del buf, middle
+    mm.close()

@@ -60,15 +60,20 @@ def _page_range(arr: np.ndarray, mm: mmap.mmap, base: int, inner: bool) -> tuple
     return (lo, hi - lo) if hi > lo else None
 
 
-def release_pages(arr: np.ndarray) -> bool:
-    """Drop the mapped pages of ``arr`` from this process; ``True`` if it was a file mapping."""
+def release_pages(arr: np.ndarray, edges: bool = False) -> bool:
+    """Drop the mapped pages of ``arr`` from this process; ``True`` if it was a file mapping.
+
+    With ``edges`` the pages it shares with its neighbours go too: harmless for the read-only
+    file mapping (a page still in use is mapped again from the page cache), and what keeps
+    many small reads, each leaving two partial pages, from adding up.
+    """
     if _MADV_DONTNEED is None or not isinstance(arr, np.ndarray):
         return False
     found = _mapping_of(arr)
     if found is None:
         return False
     mm, base = found
-    rng = _page_range(arr, mm, base, inner=True)
+    rng = _page_range(arr, mm, base, inner=not edges)
     if rng is None:
         return True
     try:

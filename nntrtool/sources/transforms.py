@@ -179,7 +179,7 @@ def done_reading(arr: np.ndarray) -> None:
     """
     from nntrtool.convert.memory import release_pages
 
-    release_pages(arr)
+    release_pages(arr, edges=True)
 
 
 def prefer_type(base: SourceTensor, type_name: str, reason: str) -> DerivedTensor:
