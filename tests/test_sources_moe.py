@@ -41,6 +41,15 @@ def test_mxfp4_matrix_selects_rows_and_prefers_q8_0_only_when_exact():
     scales[1, 0, 0] = 200  # out of fp16's range: no exact q8_0 for expert 1
     bad = mxfp4.mxfp4_matrix(b_t, ArrayTensor("s", scales, dtype="U8"), "g", 1)
     assert bad.preferred() is None and bad.encoded_rows("q8_0", 0, 6) is None
+    flat = mxfp4.mxfp4_matrix(  # transformers' 3-D parameter layout reads the same
+        ArrayTensor("b", blocks.reshape(3, 6, 32), dtype="U8"),
+        s_t,
+        "up",
+        2,
+        row_step=2,
+        row_offset=1,
+    )
+    np.testing.assert_array_equal(flat.read_f32(), want)
     with pytest.raises(ValueError, match="do not match"):
         mxfp4.mxfp4_matrix(b_t, ArrayTensor("s", scales[:, :5], dtype="U8"), "x", 0)
 

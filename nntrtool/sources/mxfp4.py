@@ -107,13 +107,19 @@ def mxfp4_matrix(
     Blocks run along ``in`` in both layouts, so the tensor also offers its rows as exact Q8_0
     blocks and prefers Q8_0 when every block of the expert fits (checked on the scales once).
     """
-    if blocks.ndim != 4 or scales.ndim != 3 or tuple(blocks.shape[:3]) != tuple(scales.shape):
+    # Blocks come as [E, R, G, 16] (the checkpoint) or [E, R, G * 16] (transformers' parameter).
+    half = BLOCK // 2
+    if (
+        scales.ndim != 3
+        or blocks.ndim not in (3, 4)
+        or tuple(blocks.shape[:2]) != tuple(scales.shape[:2])
+        or blocks.numel != scales.numel * half
+    ):
         raise ValueError(
             f"MXFP4 blocks {list(blocks.shape)} and scales {list(scales.shape)} do not match"
         )
-    n_exp, packed_rows, groups, half = blocks.shape
-    if half != BLOCK // 2:
-        raise ValueError(f"MXFP4 blocks of {name!r} hold {half} bytes, not {BLOCK // 2}")
+    n_exp, packed_rows, groups = scales.shape
+    per_row = blocks.rows // (n_exp * packed_rows)  # rows of the blocks' 2-D view per matrix row
     rows = len(range(row_offset, packed_rows, row_step))
     shape = (rows, groups * BLOCK)
 
@@ -135,7 +141,7 @@ def mxfp4_matrix(
         if stop <= start:
             return np.zeros((0, groups, half), np.uint8), scales_of(s_t, start, stop)
         first, last = span(start, stop)
-        raw = b_t.read_raw(first * groups, last * groups)
+        raw = b_t.read_raw(first * per_row, last * per_row)
         b = raw.reshape(-1, groups, half)[::row_step].copy()
         done_reading(raw)
         return b, scales_of(s_t, start, stop)
