@@ -1,7 +1,7 @@
 """ggml's C reference kernels through ctypes, for side-by-side timing in ``nntrtool bench``.
 
-Only what the benchmark needs: quantize (``ggml_quantize_chunk``, one thread, no importance
-matrix), dequantize (``dequantize_row_*``) and the Q4_0 CPU repacks. The libraries come from the
+Only what the benchmark needs: quantize (``ggml_quantize_chunk``, one thread, with or without
+an importance matrix), dequantize (``dequantize_row_*``) and the Q4_0 CPU repacks. The libraries come from the
 optional ``ggml-python`` package; :func:`load` raises :class:`GgmlUnavailable` when it is absent,
 so callers can skip the comparison cleanly. Nothing here is imported unless a benchmark asks.
 """
@@ -56,14 +56,21 @@ class GgmlRef:
     def type_id(self, qtype: str) -> int:
         return int(getattr(self._g, _GGML_TYPE_ATTR[qtype]))
 
-    def quantize(self, x: np.ndarray, qtype: str) -> np.ndarray:
-        """Quantize a 2-D float32 array on one thread with ggml's reference quantizer."""
+    def quantize(self, x: np.ndarray, qtype: str, imatrix: np.ndarray | None = None) -> np.ndarray:
+        """Quantize a 2-D float32 array on one thread with ggml's reference quantizer, or with
+        ``imatrix`` (float32, one importance per column) its importance-weighted one."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         rows, cols = x.shape
         ttype = get_type(qtype)
         out = np.empty((rows, ttype.row_bytes(cols)), dtype=np.uint8)
+        qw = None
+        if imatrix is not None:
+            imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
+            if imatrix.shape != (cols,):
+                raise ValueError(f"imatrix of shape {imatrix.shape} for {cols} columns")
+            qw = imatrix.ctypes.data
         written = self._quantize(
-            self.type_id(qtype), x.ctypes.data, out.ctypes.data, 0, rows, cols, None
+            self.type_id(qtype), x.ctypes.data, out.ctypes.data, 0, rows, cols, qw
         )
         if written != out.nbytes:
             raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes, expected {out.nbytes}")

@@ -375,7 +375,11 @@ def _cupy_info() -> tuple[str | None, dict[str, Any] | None]:
         props = cupy.cuda.runtime.getDeviceProperties(0)
         name = props["name"]
         name = name.decode() if isinstance(name, bytes) else str(name)
-        return version, {"name": name, "count": int(count), "memory_bytes": int(props["totalGlobalMem"])}
+        return version, {
+            "name": name,
+            "count": int(count),
+            "memory_bytes": int(props["totalGlobalMem"]),
+        }
     except Exception:
         return version, None
 
@@ -461,7 +465,9 @@ class _References:
 
             self.gguf = gguf
         except Exception as err:
-            report.skipped.append({"what": "gguf numpy reference", "reason": f"gguf is not installed ({err})"})
+            report.skipped.append(
+                {"what": "gguf numpy reference", "reason": f"gguf is not installed ({err})"}
+            )
 
     @property
     def gguf_quantizes(self) -> tuple[str, ...]:
@@ -627,7 +633,9 @@ def _kernel_cases(
             if refs.ggml is not None:
                 ref_fns[REF_GGML] = partial(refs.ggml.dequantize, data, qtype, cols)
             if refs.gguf is not None:
-                ref_fns[REF_GGUF] = partial(refs.gguf.quants.dequantize, data, refs.gguf_type(qtype))
+                ref_fns[REF_GGUF] = partial(
+                    refs.gguf.quants.dequantize, data, refs.gguf_type(qtype)
+                )
             impls = {
                 b: (partial(quant.dequantize, data, qtype, (rows, cols), backend=b),
                     partial(quant.dequantize, tiny_data, qtype, (ROW_MULTIPLE, cols), backend=b))
@@ -805,12 +813,21 @@ def _e2e_cases(report: BenchReport, options: BenchOptions, backend: str, log: Lo
                 f"{res['import_s']:.2f} s of imports; peak RSS from {res['peak_rss_source']}; "
                 f"the {params_text} model was written in {write_s:.1f} s"
             )
-            report.cases.append(_case(
-                name, "convert", backend, timing, params=n, bytes_in=src_bytes,
-                bytes_out=res["output_bytes"], qtype=qtype,
-                published=published_for(qtype, backend), peak_rss_bytes=res["peak_rss_bytes"],
-                note=note,
-            ))
+            report.cases.append(
+                _case(
+                    name,
+                    "convert",
+                    backend,
+                    timing,
+                    params=n,
+                    bytes_in=src_bytes,
+                    bytes_out=res["output_bytes"],
+                    qtype=qtype,
+                    published=published_for(qtype, backend),
+                    peak_rss_bytes=res["peak_rss_bytes"],
+                    note=note,
+                )
+            )
             for p in (spec["out"], spec["warm_out"]):
                 Path(p).unlink(missing_ok=True)
 

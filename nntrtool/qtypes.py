@@ -84,7 +84,9 @@ class RepackLayout:
 LAYOUTS: dict[str, RepackLayout] = {
     "q4_0_4": RepackLayout("q4_0_4", 4, 8, "q4_0_4x8", "4 rows, 8-byte interleave (ARM i8mm)"),
     "q4_0_8": RepackLayout("q4_0_8", 8, 8, "q4_0_8x8", "8 rows, 8-byte interleave (x86 AVX2)"),
-    "q4_0_4x4": RepackLayout("q4_0_4x4", 4, 4, "q4_0_4x4", "4 rows, 4-byte interleave (ARM dotprod)"),
+    "q4_0_4x4": RepackLayout(
+        "q4_0_4x4", 4, 4, "q4_0_4x4", "4 rows, 4-byte interleave (ARM dotprod)"
+    ),
 }
 
 

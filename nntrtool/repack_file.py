@@ -38,7 +38,6 @@ LEFT_PLAIN = "left_plain"
 FORMAT_CHOICES: tuple[str, ...] = (*LAYOUTS, "none")
 
 
-
 @dataclass(frozen=True)
 class TensorMove:
     """What repack does with one tensor: its type and layout before and after, and why."""
@@ -81,7 +80,9 @@ def parse_format(fmt: str) -> RepackLayout | None:
     if key in ("none", ""):
         return None
     if key not in LAYOUTS:
-        raise UsageError(f"--format {fmt!r} is not known; choose one of {', '.join(FORMAT_CHOICES)}")
+        raise UsageError(
+            f"--format {fmt!r} is not known; choose one of {', '.join(FORMAT_CHOICES)}"
+        )
     return LAYOUTS[key]
 
 
@@ -121,8 +122,9 @@ def _replan(entry: Any, section: dict[str, Any], target: RepackLayout | None) ->
         options = ConvertOptions.from_file_config(section).with_(
             repack_format=target.name if target is not None else None
         )
-        planned = plan_tensor(_StoredTensor(entry.name, str(record["source_dtype"]),
-                                            tuple(entry.shape)), options)
+        planned = plan_tensor(
+            _StoredTensor(entry.name, str(record["source_dtype"]), tuple(entry.shape)), options
+        )
     except (NntrError, TypeError, ValueError, KeyError):
         return None
     if planned.ttype not in (Q4_0, Q4_0_REPACKED):
@@ -211,15 +213,20 @@ def repack_file(
         if not any(e.ttype in (Q4_0, Q4_0_REPACKED) for e in nf.tensors):
             raise UsageError(f"{src_path} has no Q4_0 tensors: there is nothing to repack")
         decisions, new_config = plan_repack(nf.tensors, nf.config, target)
-        if all(d.move.action in (COPY, LEFT_PLAIN) and d.layout == d.entry.layout
-               for d in decisions) and new_config == nf.config:
+        if (
+            all(
+                d.move.action in (COPY, LEFT_PLAIN) and d.layout == d.entry.layout
+                for d in decisions
+            )
+            and new_config == nf.config
+        ):
             raise UsageError(f"{src_path} is already in layout {fmt_name}: nothing to do")
         specs = [
             TensorSpec(
                 d.entry.name,
-                Q4_0_REPACKED if d.layout is not None else (
-                    Q4_0 if d.entry.ttype in (Q4_0, Q4_0_REPACKED) else d.entry.ttype
-                ),
+                Q4_0_REPACKED
+                if d.layout is not None
+                else (Q4_0 if d.entry.ttype in (Q4_0, Q4_0_REPACKED) else d.entry.ttype),
                 tuple(d.entry.shape),
                 d.layout,
             )
@@ -228,9 +235,10 @@ def repack_file(
         writer = NntrWriter(out_path, new_config, specs, force=force)
         total = sum(math.prod(e.shape) for e in nf.tensors)
         bar = progress(total, "repacking") if progress else contextlib.nullcontext(None)
+        backend = _relayout_backend(decisions)
         with writer, bar as prog:
             for d in decisions:
-                _stream_tensor(nf, d, writer, prog)
+                _stream_tensor(nf, d, writer, prog, backend)
         file_size = writer.file_size
     return RepackReport(
         source=str(src_path),
@@ -242,7 +250,25 @@ def repack_file(
     )
 
 
-def _stream_tensor(nf: Any, d: _Decision, writer: Any, progress: ProgressLike | None) -> None:
+def _relayout_backend(decisions: list[_Decision]) -> str:
+    """numpy or numba for the unpacks and repacks: a small file skips numba's compile."""
+    from nntrtool.quant.kernel_cost import choose_backend, repack_use
+
+    uses = []
+    for d in decisions:
+        if d.move.action in (COPY, LEFT_PLAIN) and d.layout == d.entry.layout:
+            continue
+        n = math.prod(d.entry.shape) if d.entry.shape else 1
+        if d.entry.layout is not None:
+            uses.append(repack_use(n, unpack=True))
+        if d.layout is not None:
+            uses.append(repack_use(n))
+    return choose_backend("auto", uses)
+
+
+def _stream_tensor(
+    nf: Any, d: _Decision, writer: Any, progress: ProgressLike | None, backend: str = "auto"
+) -> None:
     from nntrtool.convert.memory import release_pages
     from nntrtool.quant import repack, unpack
 
@@ -266,9 +292,9 @@ def _stream_tensor(nf: Any, d: _Decision, writer: Any, progress: ProgressLike | 
     for lo in range(0, rows, step):
         chunk = np.ascontiguousarray(data[lo : lo + step])
         if entry.layout is not None:
-            chunk = unpack(chunk, entry.layout.name)
+            chunk = unpack(chunk, entry.layout.name, backend=backend)
         if d.layout is not None:
-            chunk = repack(chunk, d.layout.name)
+            chunk = repack(chunk, d.layout.name, backend=backend)
         writer.write(entry.name, chunk)
         release_pages(data[lo : lo + step])
         if progress is not None:

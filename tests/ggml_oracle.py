@@ -44,8 +44,9 @@ def _type_id(qtype: str) -> int:
     return {"q4_0": g.GGML_TYPE_Q4_0, "q8_0": g.GGML_TYPE_Q8_0, "q6_k": g.GGML_TYPE_Q6_K}[qtype]
 
 
-def ggml_quantize(x: np.ndarray, qtype: str) -> np.ndarray:
-    """``ggml_quantize_chunk`` (the reference quantizer, no importance matrix) on a 2-D float32."""
+def ggml_quantize(x: np.ndarray, qtype: str, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """``ggml_quantize_chunk`` on a 2-D float32: the reference quantizer, or with ``imatrix``
+    (float32, one importance per column) ggml's importance-weighted one."""
     g = _ggml()
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim == 1:
@@ -53,6 +54,11 @@ def ggml_quantize(x: np.ndarray, qtype: str) -> np.ndarray:
     rows, cols = x.shape
     qk, nbytes = _BLOCK[qtype]
     out = np.zeros((rows, cols // qk * nbytes), dtype=np.uint8)
+    qw = None
+    if imatrix is not None:
+        imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
+        assert imatrix.shape == (cols,), imatrix.shape
+        qw = imatrix.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
     written = g.ggml_quantize_chunk(
         _type_id(qtype),
         x.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
@@ -60,7 +66,7 @@ def ggml_quantize(x: np.ndarray, qtype: str) -> np.ndarray:
         0,
         rows,
         cols,
-        None,
+        qw,
     )
     assert written == out.nbytes, (written, out.nbytes)
     return out
@@ -68,7 +74,11 @@ def ggml_quantize(x: np.ndarray, qtype: str) -> np.ndarray:
 
 @functools.cache
 def _dequantizer(qtype: str) -> Any:
-    name = {"q4_0": "dequantize_row_q4_0", "q8_0": "dequantize_row_q8_0", "q6_k": "dequantize_row_q6_K"}
+    name = {
+        "q4_0": "dequantize_row_q4_0",
+        "q8_0": "dequantize_row_q8_0",
+        "q6_k": "dequantize_row_q6_K",
+    }
     fn = getattr(_ggml().lib, name[qtype])
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     fn.restype = None
@@ -100,7 +110,9 @@ def ggml_repack(data: np.ndarray, layout: str) -> np.ndarray:
     rows, row_bytes = data.shape
     cols = row_bytes // 18 * 32
     out = np.zeros_like(data)
-    params = g.ggml_init_params(mem_size=4 * g.ggml_tensor_overhead(), mem_buffer=None, no_alloc=True)
+    params = g.ggml_init_params(
+        mem_size=4 * g.ggml_tensor_overhead(), mem_buffer=None, no_alloc=True
+    )
     ctx = g.ggml_init(params)
     try:
         tensor = g.ggml_new_tensor_2d(ctx, g.GGML_TYPE_Q4_0, cols, rows)
@@ -126,6 +138,9 @@ def gguf_dequantize(data: np.ndarray, qtype: str) -> np.ndarray:
     """The ``gguf`` package's numpy dequantizer (``qtype`` in q4_0, q6_k, q8_0)."""
     from gguf import GGMLQuantizationType, quants  # noqa: PLC0415
 
-    t = {"q4_0": GGMLQuantizationType.Q4_0, "q6_k": GGMLQuantizationType.Q6_K,
-         "q8_0": GGMLQuantizationType.Q8_0}[qtype]
+    t = {
+        "q4_0": GGMLQuantizationType.Q4_0,
+        "q6_k": GGMLQuantizationType.Q6_K,
+        "q8_0": GGMLQuantizationType.Q8_0,
+    }[qtype]
     return np.asarray(quants.dequantize(np.asarray(data, dtype=np.uint8), t), dtype=np.float32)

@@ -286,3 +286,36 @@ def cache_model(
         (repo / "refs").mkdir(exist_ok=True)
         (repo / "refs" / ref).write_text(commit)
     return snap
+
+
+# ---- tokenizers ---------------------------------------------------------------------------
+
+
+def add_tokenizer(path: str | Path, vocab: int = 512, *, bos: bool = True) -> Path:
+    """Train a byte-level BPE tokenizer of ``vocab`` ids (``tokenizers``) on a fixed English
+    sample and save it into the model folder ``path`` the way Hugging Face does
+    (tokenizer.json, tokenizer_config.json). With ``bos`` it prepends ``<s>`` (id 0) to every
+    encoded text, like Llama's tokenizer. Returns ``path``."""
+    import importlib.resources
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    sample = importlib.resources.files("pydoc_data").joinpath("topics.py").read_text()[:200_000]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([sample], trainer=trainer)
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 0)]
+        )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(str(path))
+    return Path(path)

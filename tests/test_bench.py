@@ -130,7 +130,9 @@ def test_outputs_match_the_references_and_ratios_are_speed_over_reference(run_js
         assert c["same_output"] and all(c["same_output"].values()), (c["name"], c["backend"])
         assert set(c["ratios"]) == set(c["same_output"])
         for ref, ratio in c["ratios"].items():
-            assert ratio == pytest.approx(c["params_per_s"] / refs[(c["name"], ref)]["params_per_s"])
+            assert ratio == pytest.approx(
+                c["params_per_s"] / refs[(c["name"], ref)]["params_per_s"]
+            )
 
 
 def test_end_to_end_conversions(run_json):
@@ -206,7 +208,10 @@ def test_measure_repeats_tiny_calls_inside_a_sample():
     assert 0 < timing.median < 1e-3
 
 
-@pytest.mark.parametrize("text, expected", [("4096x4096", (4096, 4096)), ("11008X4096", (11008, 4096)), ("8*256", (8, 256))])
+@pytest.mark.parametrize(
+    "text, expected",
+    [("4096x4096", (4096, 4096)), ("11008X4096", (11008, 4096)), ("8*256", (8, 256))],
+)
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
 
@@ -217,7 +222,9 @@ def test_bad_sizes(text):
         parse_size(text)
 
 
-@pytest.mark.parametrize("text, expected", [("1e9", 1e9), ("250M", 250e6), ("1.5B", 1.5e9), ("0", 0.0), ("20k", 2e4)])
+@pytest.mark.parametrize(
+    "text, expected", [("1e9", 1e9), ("250M", 250e6), ("1.5B", 1.5e9), ("0", 0.0), ("20k", 2e4)]
+)
 def test_parse_count(text, expected):
     assert parse_count(text) == expected
 

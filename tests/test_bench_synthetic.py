@@ -136,8 +136,14 @@ def test_the_package_reader_sees_the_same_model(tmp_path):
         assert math.isclose(float(np.abs(x).mean()), 0.016, rel_tol=0.3)
 
 
-@pytest.mark.parametrize("kwargs", [{"n_params": 3e6}, {"n_params": 1e9, "tie": True},
-                                    {"hidden": 512, "heads": 4, "kv_heads": 1, "layers": 3}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n_params": 3e6},
+        {"n_params": 1e9, "tie": True},
+        {"hidden": 512, "heads": 4, "kv_heads": 1, "layers": 3},
+    ],
+)
 def test_parameter_count_formula_agrees_with_the_tensor_list(kwargs):
     shape = synthetic_shape(**kwargs)
     assert shape.n_params == sum(math.prod(s) for _, s in shape.tensors())

@@ -55,7 +55,17 @@ def files_in(folder: Path) -> list[str]:
 def test_convert_prints_a_summary(model, tmp_path, capsys):
     out = tmp_path / "o.nntr"
     code, stdout, stderr = run(
-        ["convert", model, out, "--quant-type", "q6_k", "--repack-format", "q4_0_8", "--threads", "1"],
+        [
+            "convert",
+            model,
+            out,
+            "--quant-type",
+            "q6_k",
+            "--repack-format",
+            "q4_0_8",
+            "--threads",
+            "1",
+        ],
         capsys,
     )
     assert code == 0, stderr

@@ -760,9 +760,7 @@ def test_convert_target_nntrainer_is_convert_then_export(sources, tmp_path, caps
     """`convert --target nntrainer` gives the folder that convert + export give, and no leftovers."""
     src = sources["qwen3_untied"]
     short = tmp_path / "short"
-    assert (
-        _run_cli(["convert", str(src), str(short), "--target", "nntrainer", "--isa", "arm"]) == 0
-    )
+    assert _run_cli(["convert", str(src), str(short), "--target", "nntrainer", "--isa", "arm"]) == 0
     out = capsys.readouterr().out
     assert f"exported to {short}" in out and "embedding Q6_K" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["short"]  # temporary NNTR file gone
@@ -783,6 +781,9 @@ def test_convert_target_nntrainer_is_convert_then_export(sources, tmp_path, caps
     # a type the runtime cannot run is refused before anything is written
     capsys.readouterr()
     bad = tmp_path / "bad"
-    assert _run_cli(["convert", str(src), str(bad), "--target", "nntrainer", "--quant-type", "q6_k"]) == 2
+    assert (
+        _run_cli(["convert", str(src), str(bad), "--target", "nntrainer", "--quant-type", "q6_k"])
+        == 2
+    )
     assert "use --quant-type q4_0" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long", "long.nntr", "short"]

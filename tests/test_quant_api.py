@@ -147,7 +147,11 @@ def _run(code: str, env: dict[str, str] | None = None, cwd: str | None = None) -
         full.pop("XDG_CACHE_HOME", None)
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, env=full, cwd=cwd, timeout=300,
+        capture_output=True,
+        text=True,
+        env=full,
+        cwd=cwd,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -194,7 +198,9 @@ def test_read_only_install_caches_in_a_writable_fallback(tmp_path):
     # A copy of the package whose __pycache__ cannot be created (a file is in the way), and a
     # home whose cache folder cannot be created either: the kernels must cache elsewhere.
     pkg = tmp_path / "site"
-    shutil.copytree(REPO / "nntrtool", pkg / "nntrtool", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "nntrtool", pkg / "nntrtool", ignore=shutil.ignore_patterns("__pycache__")
+    )
     (pkg / "nntrtool" / "quant" / "__pycache__").write_text("not a folder")
     home = tmp_path / "home"
     home.mkdir()
@@ -254,7 +260,9 @@ def test_editing_a_helper_module_invalidates_cached_kernels(tmp_path):
     # numba alone keys a cached kernel on its own file; the kernels inline helpers from other
     # modules of the package, so an edit to any of them must recompile.
     pkg = tmp_path / "site"
-    shutil.copytree(REPO / "nntrtool", pkg / "nntrtool", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "nntrtool", pkg / "nntrtool", ignore=shutil.ignore_patterns("__pycache__")
+    )
     probe = """
         import numpy as np
         from nntrtool.quant import quantize, _q8_0_numba
@@ -279,4 +287,6 @@ def test_torch_tensors_including_bfloat16():
     b = x.to(torch.bfloat16)
     decoded = b.to(torch.float32).numpy()
     assert np.array_equal(quantize(b, "q4_0"), ggml_quantize(decoded, "q4_0"))
-    assert np.array_equal(quantize(b.T.contiguous().T, "q4_0", backend="numpy"), ggml_quantize(decoded, "q4_0"))
+    assert np.array_equal(
+        quantize(b.T.contiguous().T, "q4_0", backend="numpy"), ggml_quantize(decoded, "q4_0")
+    )

@@ -70,8 +70,8 @@ def test_f16_to_f32_all_values():
 def _f16_midpoints() -> np.ndarray:
     """Every float32 exactly halfway between two adjacent finite fp16 values, and its
     float32 neighbours, both signs (the ties of round-to-nearest-even)."""
-    pos = ALL_F16[: 0x7C00].view(np.float16).astype(np.float64)
-    nxt = ALL_F16[1 : 0x7C01].view(np.float16).astype(np.float64)
+    pos = ALL_F16[:0x7C00].view(np.float16).astype(np.float64)
+    nxt = ALL_F16[1:0x7C01].view(np.float16).astype(np.float64)
     nxt[-1] = 65536.0  # halfway to "the next value" past 65504 is the overflow threshold
     mid = ((pos + nxt) / 2).astype(np.float32)
     near = np.concatenate(
@@ -82,8 +82,24 @@ def _f16_midpoints() -> np.ndarray:
 
 def test_f32_to_f16_ties_and_boundaries():
     special = np.array(
-        [0.0, -0.0, 65504, 65519.996, 65520, 65536, 1e30, np.inf, -np.inf, 6e-8, 2.9802322e-08,
-         2.9802326e-08, 1e-45, 6.1035156e-05, 6.1035152e-05, 3.4028235e38],
+        [
+            0.0,
+            -0.0,
+            65504,
+            65519.996,
+            65520,
+            65536,
+            1e30,
+            np.inf,
+            -np.inf,
+            6e-8,
+            2.9802322e-08,
+            2.9802326e-08,
+            1e-45,
+            6.1035156e-05,
+            6.1035152e-05,
+            3.4028235e38,
+        ],
         dtype=np.float32,
     )
     x = np.concatenate([_f16_midpoints(), special, -special])
@@ -158,8 +174,14 @@ def test_load_row_kinds():
 
 @pytest.mark.parametrize(
     "name,kind",
-    [("F32", SRC_F32), ("f16", SRC_F16), ("BF16", SRC_BF16), ("bfloat16", SRC_BF16),
-     ("float32", SRC_F32), ("Float16", SRC_F16)],
+    [
+        ("F32", SRC_F32),
+        ("f16", SRC_F16),
+        ("BF16", SRC_BF16),
+        ("bfloat16", SRC_BF16),
+        ("float32", SRC_F32),
+        ("Float16", SRC_F16),
+    ],
 )
 def test_source_kind_names(name, kind):
     assert source_kind(name) == kind

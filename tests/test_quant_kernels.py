@@ -32,7 +32,7 @@ def make(name: str, rng: np.random.Generator, rows: int = 16, cols: int = 1024) 
     elif name == "sparse":
         x = rng.standard_normal((rows, cols)) * (rng.random((rows, cols)) < 0.03)
     elif name == "mixed_block_scales":
-        x = (_blocks(rng, rows, cols) * 10.0 ** rng.uniform(-38, 37, (rows, cols // QK, 1)))
+        x = _blocks(rng, rows, cols) * 10.0 ** rng.uniform(-38, 37, (rows, cols // QK, 1))
     elif name == "weights_like":
         x = rng.standard_normal((rows, cols)) * 0.02
         x[:, rng.integers(0, cols, 4)] *= 300
@@ -41,7 +41,9 @@ def make(name: str, rng: np.random.Generator, rows: int = 16, cols: int = 1024) 
     elif name == "ties":
         # Few magnitudes: the largest |x| appears several times with both signs, and many
         # x * id land exactly on the rounding boundaries.
-        x = rng.choice(np.array([-4, -3, -2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 3, 4]), (rows, cols))
+        x = rng.choice(
+            np.array([-4, -3, -2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 3, 4]), (rows, cols)
+        )
     elif name == "uniform":
         x = rng.uniform(-1, 1, (rows, cols))
     elif name == "positive":
@@ -64,8 +66,20 @@ def make(name: str, rng: np.random.Generator, rows: int = 16, cols: int = 1024) 
 
 
 DISTRIBUTIONS = [
-    "normal", "heavy_tailed", "cauchy", "sparse", "mixed_block_scales", "weights_like", "grid",
-    "ties", "uniform", "positive", "subnormal", "tiny_normal", "fp16_overflow", "fp16_underflow",
+    "normal",
+    "heavy_tailed",
+    "cauchy",
+    "sparse",
+    "mixed_block_scales",
+    "weights_like",
+    "grid",
+    "ties",
+    "uniform",
+    "positive",
+    "subnormal",
+    "tiny_normal",
+    "fp16_overflow",
+    "fp16_underflow",
     "bit_patterns",
 ]
 
@@ -149,7 +163,13 @@ def test_edge_blocks_match_ggml(qtype):
     for name, fn in QUANTIZERS.items():
         got = fn(qtype, x)
         for r in range(x.shape[0]):
-            assert np.array_equal(got[r], expected[r]), (name, r, x[r, :4], got[r, :6], expected[r, :6])
+            assert np.array_equal(got[r], expected[r]), (
+                name,
+                r,
+                x[r, :4],
+                got[r, :6],
+                expected[r, :6],
+            )
     # And the same blocks laid side by side in one row.
     row = x.reshape(1, -1)
     assert np.array_equal(_numba(qtype, row), ggml_quantize(row, qtype))
@@ -226,7 +246,9 @@ def test_half_precision_sources_decode_on_the_fly(qtype, backend):
     f16 = x.astype(np.float16)
     expected = ggml_quantize(f16.astype(np.float32), qtype)
     assert np.array_equal(quantize(f16, qtype, backend=backend), expected)
-    assert np.array_equal(quantize(f16.view(np.uint16), qtype, backend=backend, source_dtype="F16"), expected)
+    assert np.array_equal(
+        quantize(f16.view(np.uint16), qtype, backend=backend, source_dtype="F16"), expected
+    )
     bf16 = (x.view(np.uint32) >> 16).astype(np.uint16)
     decoded = (bf16.astype(np.uint32) << 16).view(np.float32)
     expected = ggml_quantize(decoded, qtype)
@@ -234,7 +256,9 @@ def test_half_precision_sources_decode_on_the_fly(qtype, backend):
         assert np.array_equal(quantize(bf16, qtype, backend=backend, source_dtype=name), expected)
     k = get_kernels(qtype)
     assert np.array_equal(k.quantize_numba(bf16, SRC_BF16), expected)
-    assert np.array_equal(k.quantize_numba(f16.view(np.uint16), SRC_F16), ggml_quantize(f16.astype(np.float32), qtype))
+    assert np.array_equal(
+        k.quantize_numba(f16.view(np.uint16), SRC_F16), ggml_quantize(f16.astype(np.float32), qtype)
+    )
 
 
 @pytest.mark.parametrize("qtype", TYPES)

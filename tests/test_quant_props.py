@@ -42,8 +42,11 @@ def test_every_backend_matches_ggml(x, qtype):
 
 @SETTINGS
 @given(
-    x=arrays(np.float32, st.tuples(st.integers(1, 4), st.sampled_from([32, 64, 96])),
-             elements=st.floats(-1e4, 1e4, width=32)),
+    x=arrays(
+        np.float32,
+        st.tuples(st.integers(1, 4), st.sampled_from([32, 64, 96])),
+        elements=st.floats(-1e4, 1e4, width=32),
+    ),
     qtype=st.sampled_from(["q4_0", "q8_0"]),
 )
 def test_round_trip_error_is_within_one_step(x, qtype):

@@ -260,5 +260,7 @@ def test_verify_sees_the_same_values_in_every_layout(source, converted):
         assert report.passed
         for r in report.tensors:
             assert (r.rmse, r.max_abs_err, r.rel_err) == (
-                plain[r.name].rmse, plain[r.name].max_abs_err, plain[r.name].rel_err
+                plain[r.name].rmse,
+                plain[r.name].max_abs_err,
+                plain[r.name].rel_err,
             ), (fmt, r.name)

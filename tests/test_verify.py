@@ -167,8 +167,13 @@ def test_parallel_kernel_matches_numpy_reference(size):
     b = (a + 0.01 * rng.standard_normal(size)).astype(np.float32)
     fast, ref = v.ErrorStats.of_fast(a, b), v.ErrorStats.of(a, b)
     want = independent_metrics(a, b)
-    for key, metric in (("rmse", "rmse"), ("max_abs_err", "max_abs"), ("rel_err", "rel_err"),
-                        ("cosine", "cosine"), ("snr_db", "snr_db")):
+    for key, metric in (
+        ("rmse", "rmse"),
+        ("max_abs_err", "max_abs"),
+        ("rel_err", "rel_err"),
+        ("cosine", "cosine"),
+        ("snr_db", "snr_db"),
+    ):
         assert getattr(fast, metric) == pytest.approx(want[key], rel=1e-12), key
         assert getattr(fast, metric) == pytest.approx(getattr(ref, metric), rel=1e-12), key
     assert fast.count == size and not fast.bit_exact
@@ -436,7 +441,7 @@ def test_type_differing_from_the_files_plan_record_fails(tmp_path):
 def test_chunking_gives_the_same_numbers(model, monkeypatch):
     src, nntr, _ = model
     whole = {r.name: r for r in v.verify(nntr, src).tensors}
-    monkeypatch.setattr(v, "CHUNK_ELEMENTS", 4096)  # many chunks, several rows each
+    monkeypatch.setattr(v.matching, "CHUNK_ELEMENTS", 4096)  # many chunks, several rows each
     chunked = {r.name: r for r in v.verify(nntr, src, threads=2).tensors}
     for name, r in whole.items():
         assert chunked[name].rel_err == pytest.approx(r.rel_err, rel=1e-12)
@@ -566,8 +571,9 @@ def test_tied_head_in_the_source_is_compared_with_the_stored_embedding(tmp_path)
 
     tensors = source_tensors()
     tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].copy()
-    src = write_source(tmp_path / "src", tensors, {"model_type": "llama",
-                                                   "tie_word_embeddings": True})
+    src = write_source(
+        tmp_path / "src", tensors, {"model_type": "llama", "tie_word_embeddings": True}
+    )
     out = tmp_path / "m.nntr"
     convert(src, out, ConvertOptions(quant_type="q4_0"))
     with NntrFile(out) as f:

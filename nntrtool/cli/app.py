@@ -15,7 +15,15 @@ import sys
 import typer
 
 from nntrtool import __version__
-from nntrtool.cli import cmd_bench, cmd_convert, cmd_export, cmd_inspect, cmd_repack, cmd_verify
+from nntrtool.cli import (
+    cmd_bench,
+    cmd_convert,
+    cmd_export,
+    cmd_imatrix,
+    cmd_inspect,
+    cmd_repack,
+    cmd_verify,
+)
 from nntrtool.errors import NntrError
 
 # Typer may carry its own copy of click (``typer._click``) and its own Exit/Abort; the
@@ -64,6 +72,7 @@ app.command("verify")(cmd_verify.verify_command)
 app.command("repack")(cmd_repack.repack_command)
 app.command("bench")(cmd_bench.bench_command)
 app.command("export")(cmd_export.export_command)
+app.command("imatrix")(cmd_imatrix.imatrix_command)
 
 
 def error_line(message: str) -> None:

@@ -91,8 +91,12 @@ def _table(title: str, columns: list[tuple[str, str]]) -> Any:
 
     # one space between columns and no borders: the widest table fits 80 columns
     table = Table(
-        title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-        padding=(0, 0), show_edge=False,
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 0),
+        show_edge=False,
     )
     for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
@@ -114,8 +118,14 @@ def render(doc: dict[str, Any]) -> None:
         table = _table(
             f"float32 {rows}x{cols} ({human_count(rows * cols)} params) in memory, "
             "median of the repeats",
-            [("case", "left"), ("backend", "left"), ("median", "right"), ("spread", "right"),
-             ("params/s", "right"), ("GB/s", "right")]
+            [
+                ("case", "left"),
+                ("backend", "left"),
+                ("median", "right"),
+                ("spread", "right"),
+                ("params/s", "right"),
+                ("GB/s", "right"),
+            ]
             + [(f"vs {_REF_LABEL.get(r, r)}", "right") for r in refs]
             + [("orig.", "right")],
         )
@@ -126,9 +136,14 @@ def render(doc: dict[str, Any]) -> None:
             label = "" if _short_op(c) == previous else _short_op(c)
             previous = _short_op(c)
             table.add_row(
-                label, _REF_LABEL.get(c["backend"], c["backend"]), _fmt_s(c["seconds"]),
-                _spread(c), _rate(c["params_per_s"]), f"{c['gb_per_s']:.2f}",
-                *[_ratio_cell(c, r) for r in refs], _published_cell(c),
+                label,
+                _REF_LABEL.get(c["backend"], c["backend"]),
+                _fmt_s(c["seconds"]),
+                _spread(c),
+                _rate(c["params_per_s"]),
+                f"{c['gb_per_s']:.2f}",
+                *[_ratio_cell(c, r) for r in refs],
+                _published_cell(c),
                 style="dim" if c["reference"] else None,
             )
         console.print(table)
@@ -150,16 +165,29 @@ def render(doc: dict[str, Any]) -> None:
         table = _table(
             f"End to end: synthetic Llama-style bf16 safetensors model of "
             f"{human_count(e2e[0]['params'])} params, converted in a child process",
-            [("type", "left"), ("backend", "left"), ("median", "right"), ("runs", "right"),
-             ("params/s", "right"), ("src GB/s", "right"), ("peak RSS", "right"),
-             ("first", "right"), ("orig.", "right")],
+            [
+                ("type", "left"),
+                ("backend", "left"),
+                ("median", "right"),
+                ("runs", "right"),
+                ("params/s", "right"),
+                ("src GB/s", "right"),
+                ("peak RSS", "right"),
+                ("first", "right"),
+                ("orig.", "right"),
+            ],
         )
         for c in e2e:
             table.add_row(
-                c["qtype"], c["backend"], _fmt_s(c["seconds"]), str(c["repeats"]),
-                _rate(c["params_per_s"]), f"{c['gb_per_s']:.2f}",
+                c["qtype"],
+                c["backend"],
+                _fmt_s(c["seconds"]),
+                str(c["repeats"]),
+                _rate(c["params_per_s"]),
+                f"{c['gb_per_s']:.2f}",
                 human_bytes(c["peak_rss_bytes"]) if c["peak_rss_bytes"] else "-",
-                _fmt_s(c["first_call_s"]), _published_cell(c),
+                _fmt_s(c["first_call_s"]),
+                _published_cell(c),
             )
         console.print(table)
     pub = doc["published"]
@@ -177,31 +205,44 @@ def render(doc: dict[str, Any]) -> None:
 
 def bench_command(
     size: Optional[list[str]] = typer.Option(  # noqa: UP045 (typer needs Optional here)
-        None, "--size", "-s", metavar="ROWSxCOLS",
+        None,
+        "--size",
+        "-s",
+        metavar="ROWSxCOLS",
         help="Matrix size to measure (repeatable). Default 4096x4096 and 11008x4096.",
     ),
     repeats: Optional[int] = typer.Option(  # noqa: UP045
         None, "--repeats", "-r", min=1, help="Timed repeats per case (default 5, 3 with --quick)."
     ),
     e2e_params: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--e2e-params", metavar="N",
+        None,
+        "--e2e-params",
+        metavar="N",
         help="Parameters of the synthetic model converted end to end, e.g. 1e9, 250M; 0 skips "
         "(default 1e9, 2e7 with --quick).",
     ),
     backend: Optional[list[str]] = typer.Option(  # noqa: UP045
-        None, "--backend", "-b", metavar="auto|numpy|numba|cupy",
+        None,
+        "--backend",
+        "-b",
+        metavar="auto|numpy|numba|cupy",
         help="Backend to measure (repeatable). Default: every available one; the end-to-end "
         "run uses the first given, or auto.",
     ),
     qtype: Optional[list[str]] = typer.Option(  # noqa: UP045
-        None, "--type", "-t", metavar="q4_0|q6_k|q8_0",
+        None,
+        "--type",
+        "-t",
+        metavar="q4_0|q6_k|q8_0",
         help="Quantization type to measure (repeatable). Default: all three for the kernels, "
         "q4_0 and q6_k end to end.",
     ),
     threads: Optional[int] = typer.Option(  # noqa: UP045
         None, "--threads", min=1, help="CPU threads for the parallel kernels (default: all)."
     ),
-    quick: bool = typer.Option(False, "--quick", help="A run of seconds: small sizes, few repeats."),
+    quick: bool = typer.Option(
+        False, "--quick", help="A run of seconds: small sizes, few repeats."
+    ),
     no_reference: bool = typer.Option(
         False, "--no-reference", help="Skip ggml's C reference and gguf's numpy quantizers."
     ),

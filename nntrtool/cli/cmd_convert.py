@@ -39,6 +39,14 @@ def convert_command(
         metavar="REGEX=TYPE",
         help="Store tensors whose name matches REGEX as TYPE (repeatable; first match wins).",
     ),
+    head_type: str = typer.Option(
+        None,
+        "--head-type",
+        metavar="TYPE",
+        help="Type of the output head (of the token embeddings when they are tied to it), "
+        "e.g. q6_k as llama.cpp keeps it; q8_0 where its columns do not fit. Wins over --type.",
+        show_default=False,
+    ),
     keep_f32: list[str] = typer.Option(
         None, "--keep-f32", metavar="REGEX", help="Keep tensors whose name matches REGEX in f32."
     ),
@@ -63,6 +71,14 @@ def convert_command(
     config: Path = typer.Option(
         None, "--config", help="config.json for a lone .safetensors file.", show_default=False
     ),
+    imatrix: Path = typer.Option(
+        None,
+        "--imatrix",
+        metavar="FILE",
+        help="Importance matrix (llama.cpp imatrix: GGUF or legacy .dat) weighting the "
+        "Q4_0 and Q6_K quantization error, as llama-quantize --imatrix does.",
+        show_default=False,
+    ),
     allow_nonfinite: bool = typer.Option(
         False,
         "--allow-nonfinite",
@@ -79,11 +95,27 @@ def convert_command(
         "x86", "--isa", help="With --target: CPU of the device, x86 (q4_0_8) or arm (q4_0_4)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no summary."),
+    lora: list[str] = typer.Option(
+        None,
+        "--lora",
+        metavar="ADAPTER",
+        help="Merge a PEFT LoRA adapter (folder or hub id) into the weights while converting "
+        "(repeatable: adapters add up in the order given).",
+        show_default=False,
+    ),
+    lora_scale: list[float] = typer.Option(
+        None,
+        "--lora-scale",
+        metavar="S",
+        help="Multiply each --lora's scaling by S (one per --lora, in order; default 1).",
+        show_default=False,
+    ),
 ) -> None:
     """Convert a Hugging Face / PyTorch model to an NNTR file (or, with --target, a runtime's folder)."""
     from nntrtool.cli.display import progress_factory
     from nntrtool.convert import ConvertOptions, convert
     from nntrtool.errors import UsageError
+    from nntrtool.sources.lora import adapter_specs
 
     if out is None and not dry_run:
         raise UsageError("give the output file: nntrtool convert SRC OUT (or use --dry-run)")
@@ -92,6 +124,7 @@ def convert_command(
         repack_format=repack_format,
         type_overrides=tuple(type_override or ()),
         keep_f32=tuple(keep_f32 or ()),
+        head_type=head_type,
         backend=backend,
         threads=threads,
         force=force,
@@ -99,6 +132,8 @@ def convert_command(
         allow_nonfinite=allow_nonfinite,
         revision=revision,
         config=config,
+        adapters=adapter_specs(lora, lora_scale),
+        imatrix=imatrix,
     )
 
     progress = progress_factory(quiet)
@@ -169,7 +204,11 @@ def _type_table(report: Any, title: str) -> Any:
 
 
 def _render_notes(console: Any, report: Any) -> None:
+    from nntrtool.sources.lora import describe_adapters
+
     plan = report.plan
+    for line in describe_adapters(plan.origin.get("adapters") or []):
+        console.print(line)
     if plan.tied.tied:
         console.print(
             f"tied embeddings: {plan.tied.embedding} is also the output head ({plan.tied.reason})"
@@ -184,6 +223,26 @@ def _render_notes(console: Any, report: Any) -> None:
         console.print(f"left unrepacked ({len(plan.unrepacked)}):")
         for name, reason in plan.unrepacked:
             console.print(f"  {name}: {reason}")
+    if plan.imatrix is not None:
+        console.print(f"importance matrix: {imatrix_text(plan.imatrix)}", soft_wrap=True)
+        missing = plan.without_importance
+        if missing:
+            console.print(f"no importance data, plain quantizer ({len(missing)}):")
+            for name, reason in missing:
+                console.print(f"  {name}: {reason}")
+
+
+def imatrix_text(info: dict[str, Any]) -> str:
+    """One line about the importance matrix a file was made with (its recorded metadata)."""
+    parts = [f"sha256 {str(info.get('sha256', ''))[:16]}"]
+    if info.get("chunk_count") is not None:
+        parts.append(f"{info['chunk_count']} chunks")
+    datasets = info.get("datasets") or []
+    if datasets:
+        parts.append("dataset " + ", ".join(str(d) for d in datasets))
+    weighted = info.get("tensors")
+    tail = f": {weighted} tensors weighted" if weighted is not None else ""
+    return f"{info.get('file')} ({info.get('format')}, {', '.join(parts)}){tail}"
 
 
 def render_plan(report: Any) -> None:
@@ -199,10 +258,22 @@ def render_plan(report: Any) -> None:
     table.add_column("type")
     table.add_column("bytes", justify="right")
     table.add_column("reason", overflow="fold")
+    weighted = plan.imatrix is not None
+    if weighted:
+        table.add_column("imatrix", overflow="fold")
     for t in plan.tensors:
-        table.add_row(
-            t.name, t.source_dtype, _shape(t.shape), t.display_type, human_bytes(t.nbytes), t.reason
-        )
+        reason = f"{t.reason}; {t.note}" if t.note else t.reason
+        row = [
+            t.name,
+            t.source_dtype,
+            _shape(t.shape),
+            t.display_type,
+            human_bytes(t.nbytes),
+            reason,
+        ]
+        if weighted:
+            row.append(t.importance or "-")
+        table.add_row(*row)
     console.print(table)
     console.print(_type_table(report, "by type"))
     _render_notes(console, report)

@@ -94,10 +94,15 @@ def render(info: dict[str, Any], *, show_config: bool = False) -> None:
         ("repack", summary["repack_format"]),
         ("tied embeddings", summary["tied_embeddings"]),
         ("source", summary["source"]),
+        ("lora", ", ".join(summary.get("adapters") or []) or None),
         ("made by", f"nntrtool {summary['tool_version']}" if summary["tool_version"] else None),
     ]
     known = [f"{k}: [cyan]{escape(str(v))}[/]" for k, v in facts if v is not None]
     out("config: " + (", ".join(known) if known else "[dim](no model facts recorded)[/]"))
+    if isinstance(summary.get("imatrix"), dict):
+        from nntrtool.cli.cmd_convert import imatrix_text
+
+        out(f"importance matrix: [cyan]{escape(imatrix_text(summary['imatrix']))}[/]")
     if show_config:
         out(json.dumps(info["config"], indent=2, ensure_ascii=False), markup=False)
 

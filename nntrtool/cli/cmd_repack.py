@@ -17,7 +17,10 @@ def repack_command(
     file: Path = typer.Argument(..., help="The NNTR file to read."),
     out: Path = typer.Argument(..., help="The NNTR file to write."),
     fmt: str = typer.Option(
-        ..., "--format", "-f", metavar="LAYOUT",
+        ...,
+        "--format",
+        "-f",
+        metavar="LAYOUT",
         help="Layout of the Q4_0 tensors: q4_0_4 (ARM i8mm), q4_0_8 (x86 AVX2), q4_0_4x4 (ARM "
         "dotprod), or none for plain Q4_0.",
     ),
@@ -44,7 +47,8 @@ def repack_command(
     console.print(
         f"wrote {report.output} ({human_bytes(report.file_size)}, layout {report.format}): "
         f"{parts} in {report.seconds:.2f} s",
-        markup=False, soft_wrap=True,
+        markup=False,
+        soft_wrap=True,
     )
     for move in report.left_plain:
         console.print(f"  {move.name}: {move.reason}", markup=False, soft_wrap=True)

@@ -22,7 +22,8 @@ from nntrtool.qtypes import LAYOUTS
 def verify_command(
     file: Path = typer.Argument(..., help="The NNTR file to check."),
     source: str = typer.Argument(
-        ..., help="What it was converted from: a model folder, .safetensors file, checkpoint or hub id."
+        ...,
+        help="What it was converted from: a model folder, .safetensors file, checkpoint or hub id.",
     ),
     json_out: bool = typer.Option(
         False, "--json", help="Print one JSON object (schema in docs/VERIFY.md) instead of tables."
@@ -35,48 +36,121 @@ def verify_command(
         "TYPE=X for one (repeatable). Defaults: q4_0=0.18 q6_k=0.04 q8_0=0.012; f32 must be exact.",
     ),
     logits: bool = typer.Option(
-        False, "--logits", help="Also run the model on a fixed prompt with and without the file's "
-        "weights and report KL divergence and top-1 agreement (needs the torch extra)."
+        False,
+        "--logits",
+        help="Also run the model on a fixed prompt with and without the file's "
+        "weights and report KL divergence and top-1 agreement (needs the torch extra).",
     ),
     tokens: str = typer.Option(
         None, "--tokens", metavar="1,2,3", help="Token ids of the prompt for --logits."
     ),
+    text: Path = typer.Option(
+        None,
+        "--text",
+        metavar="FILE.txt",
+        help="With --logits: run both models over this UTF-8 text instead of the fixed prompt "
+        "and report perplexity, KL divergence percentiles and top-1 agreement.",
+    ),
+    ctx: int = typer.Option(512, "--ctx", help="With --text: tokens per chunk."),
+    chunks: int = typer.Option(
+        None, "--chunks", min=1, help="With --text: use at most N chunks (all that fit by default)."
+    ),
     max_kl: float = typer.Option(
         None, "--max-kl", help="With --logits: fail when the mean KL divergence exceeds this."
+    ),
+    max_ppl_ratio: float = typer.Option(
+        None,
+        "--max-ppl-ratio",
+        help="With --text: fail when PPL(file) / PPL(source) exceeds this (e.g. 1.05).",
     ),
     top: int = typer.Option(
         None, "--top", min=1, help="Show only the N worst tensors in the table (all by default)."
     ),
     revision: str = typer.Option(None, "--revision", help="Revision of a hub id source."),
-    config: Path = typer.Option(None, "--config", help="config.json for a single .safetensors source."),
-    backend: str = typer.Option("auto", "--backend", help="Dequantization backend: auto|numpy|numba|cupy."),
-    threads: int = typer.Option(None, "--threads", min=1, help="Threads to use (default: all cores)."),
+    config: Path = typer.Option(
+        None, "--config", help="config.json for a single .safetensors source."
+    ),
+    backend: str = typer.Option(
+        "auto", "--backend", help="Dequantization backend: auto|numpy|numba|cupy."
+    ),
+    threads: int = typer.Option(
+        None, "--threads", min=1, help="Threads to use (default: all cores)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    lora: list[str] = typer.Option(
+        None,
+        "--lora",
+        metavar="ADAPTER",
+        help="LoRA adapter the file was converted with "
+        "(PEFT folder or hub id; repeatable, in the convert order): compare with the merged weights.",
+    ),
+    lora_scale: list[float] = typer.Option(
+        None, "--lora-scale", metavar="S", help="Scale of each --lora, in order (default 1)."
+    ),
 ) -> None:
     """Compare FILE with the model it was converted from: per-tensor error, checksums, verdict."""
     from nntrtool import verify as v
+    from nntrtool.sources.lora import adapter_specs
 
+    adapters = adapter_specs(lora, lora_scale)
     limits = v.parse_thresholds(max_rel_err)
     token_ids = v.parse_tokens(tokens) if tokens is not None else None
-    if (token_ids is not None or max_kl is not None) and not logits:
-        raise UsageError("--tokens and --max-kl only apply with --logits")
+    if (token_ids is not None or max_kl is not None or text is not None) and not logits:
+        raise UsageError("--tokens, --text and --max-kl only apply with --logits")
+    if text is None and (chunks is not None or max_ppl_ratio is not None):
+        raise UsageError("--chunks and --max-ppl-ratio only apply with --text")
+    if text is not None and token_ids is not None:
+        raise UsageError("give either --tokens or --text, not both")
     if max_kl is not None and not max_kl >= 0:
         raise UsageError(f"--max-kl {max_kl}: give a number >= 0")
+    if max_ppl_ratio is not None and not max_ppl_ratio > 0:
+        raise UsageError(f"--max-ppl-ratio {max_ppl_ratio}: give a number > 0")
+    text_chunks = None
     if logits:
         v._import_torch()  # fail before the long comparison if the extra is missing
+    if text is not None:
+        # read and tokenize the text first: a bad text or tokenizer fails in a second
+        text_chunks = v.load_text_chunks(
+            source, text, ctx=ctx, chunks=chunks, revision=revision, config=config
+        )
 
     progress = progress_factory(quiet)
 
     report = v.verify(
-        file, source, max_rel_err=limits, revision=revision, config=config,
-        backend=backend, threads=threads, progress=progress,
+        file,
+        source,
+        max_rel_err=limits,
+        revision=revision,
+        config=config,
+        backend=backend,
+        threads=threads,
+        progress=progress,
+        adapters=adapters,
     )
-    if logits:
-        report.logits = v.compare_logits(
-            file, source, tokens=token_ids, revision=revision, config=config,
-            backend=backend, progress=progress,
+    if text_chunks is not None:
+        report.text = v.compare_text(
+            file,
+            source,
+            text_chunks,
+            revision=revision,
+            config=config,
+            backend=backend,
+            progress=progress,
+            adapters=adapters,
         )
-        report.max_kl = max_kl
+    elif logits:
+        report.logits = v.compare_logits(
+            file,
+            source,
+            tokens=token_ids,
+            revision=revision,
+            config=config,
+            backend=backend,
+            progress=progress,
+            adapters=adapters,
+        )
+    report.max_kl = max_kl
+    report.max_ppl_ratio = max_ppl_ratio
 
     if json_out:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
@@ -108,9 +182,16 @@ def render(report, top: int | None = None) -> None:
     shown = rows if top is None else rows[:top]
     table = Table(title=f"{report.file} vs {report.source}", title_justify="left")
     for name, justify in (
-        ("tensor", "left"), ("type", "left"), ("shape", "left"), ("rel err", "right"),
-        ("rmse", "right"), ("max abs", "right"), ("cosine", "right"), ("SNR dB", "right"),
-        ("crc", "center"), ("status", "left"),
+        ("tensor", "left"),
+        ("type", "left"),
+        ("shape", "left"),
+        ("rel err", "right"),
+        ("rmse", "right"),
+        ("max abs", "right"),
+        ("cosine", "right"),
+        ("SNR dB", "right"),
+        ("crc", "center"),
+        ("status", "left"),
     ):
         table.add_column(name, justify=justify, no_wrap=name in ("tensor", "shape"))
     for r in shown:
@@ -121,22 +202,41 @@ def render(report, top: int | None = None) -> None:
             status += f" [dim]({r.message})[/]"
         crc = "-" if r.checksum_ok is None else ("ok" if r.checksum_ok else "[bold red]BAD[/]")
         table.add_row(
-            r.name, r.type or "-", "x".join(map(str, r.shape)) if r.shape else "-",
-            _fmt(r.rel_err, ".4g"), _fmt(r.rmse, ".3g"), _fmt(r.max_abs_err, ".3g"),
-            _fmt(r.cosine, ".6f"), _fmt(r.snr_db, ".2f"), crc, status,
+            r.name,
+            r.type or "-",
+            "x".join(map(str, r.shape)) if r.shape else "-",
+            _fmt(r.rel_err, ".4g"),
+            _fmt(r.rmse, ".3g"),
+            _fmt(r.max_abs_err, ".3g"),
+            _fmt(r.cosine, ".6f"),
+            _fmt(r.snr_db, ".2f"),
+            crc,
+            status,
         )
     if len(shown) < len(rows):
         table.caption = f"{len(rows) - len(shown)} more tensors not shown (--top {top})"
     console.print(table)
 
     summary = Table(title="summary by type", title_justify="left")
-    for name in ("type", "tensors", "params", "limit", "rel err mean/worst", "rmse mean/worst",
-                 "max abs worst", "cosine mean/worst", "SNR dB mean/worst", "failed"):
+    for name in (
+        "type",
+        "tensors",
+        "params",
+        "limit",
+        "rel err mean/worst",
+        "rmse mean/worst",
+        "max abs worst",
+        "cosine mean/worst",
+        "SNR dB mean/worst",
+        "failed",
+    ):
         summary.add_column(name, justify="left" if name == "type" else "right")
     for s in report.summary:
         limit = report.thresholds.get("q4_0" if s.type in LAYOUTS else s.type)
         summary.add_row(
-            s.type, str(s.tensors), human_count(s.params),
+            s.type,
+            str(s.tensors),
+            human_count(s.params),
             "exact" if limit == 0 else _fmt(limit, "g"),
             f"{_fmt(s.mean['rel_err'], '.4g')} / {_fmt(s.worst['rel_err'], '.4g')}",
             f"{_fmt(s.mean['rmse'], '.3g')} / {_fmt(s.worst['rmse'], '.3g')}",
@@ -155,13 +255,25 @@ def render(report, top: int | None = None) -> None:
             f"({lg.replaced} weights replaced)"
         )
         if lg.not_replaced:
-            console.print(f"[yellow]not replaced (not in the file):[/] {', '.join(lg.not_replaced)}")
-        if lg.unused:
-            console.print(f"[yellow]in the file but not used by the model:[/] {', '.join(lg.unused)}")
-        if not report.logits_ok:
             console.print(
-                f"[bold red]mean KL divergence {lg.kl_mean:.3g} exceeds --max-kl {report.max_kl:g}[/]"
+                f"[yellow]not replaced (not in the file):[/] {', '.join(lg.not_replaced)}"
             )
+        if lg.unused:
+            console.print(
+                f"[yellow]in the file but not used by the model:[/] {', '.join(lg.unused)}"
+            )
+    if report.text is not None:
+        render_text(console, report.text)
+    measured = report.text if report.text is not None else report.logits
+    if not report.kl_ok:
+        console.print(
+            f"[bold red]mean KL divergence {measured.kl_mean:.3g} exceeds --max-kl {report.max_kl:g}[/]"
+        )
+    if not report.ppl_ratio_ok:
+        console.print(
+            f"[bold red]PPL ratio {report.text.ppl_ratio:.4f} exceeds --max-ppl-ratio "
+            f"{report.max_ppl_ratio:g}[/]"
+        )
 
     failures = report.failures
     if report.passed:
@@ -170,5 +282,49 @@ def render(report, top: int | None = None) -> None:
             f"({report.seconds:.2f} s)"
         )
     else:
-        what = f"{len(failures)} of {len(report.tensors)} tensors failed" if failures else "logits check failed"
+        what = (
+            f"{len(failures)} of {len(report.tensors)} tensors failed"
+            if failures
+            else "logits check failed"
+        )
         console.print(f"[bold red]FAIL[/]: {what} ({report.seconds:.2f} s)")
+
+
+def render_text(console, t) -> None:
+    """The text measurement, laid out like llama-perplexity's KL-divergence statistics."""
+    from rich.table import Table
+
+    console.print(
+        f"text {t.text}: {t.chunks} chunks of {t.ctx} tokens ({t.text_tokens} in the text), "
+        f"{t.scored} tokens scored (second half of each chunk); "
+        f"{t.replaced} weights replaced"
+    )
+    table = Table(title="file vs source on the text", title_justify="left", show_header=False)
+    table.add_column("statistic", justify="left")
+    table.add_column("value", justify="right")
+    rows = [
+        ("Mean PPL(file)", f"{t.ppl_test:.4f} ± {t.ppl_test_err:.4f}"),
+        ("Mean PPL(source)", f"{t.ppl_base:.4f} ± {t.ppl_base_err:.4f}"),
+        ("Cor(ln PPL(file), ln PPL(source))", f"{100 * t.ppl_corr:.2f}%"),
+        ("Mean ln(PPL(file)/PPL(source))", f"{t.ln_ratio:.6f} ± {t.ln_ratio_err:.6f}"),
+        ("Mean PPL(file)/PPL(source)", f"{t.ppl_ratio:.6f} ± {t.ppl_ratio_err:.6f}"),
+        ("Mean PPL(file)-PPL(source)", f"{t.ppl_test - t.ppl_base:.6f}"),
+        ("Mean KLD", f"{t.kl_mean:.6f} ± {t.kl_mean_err:.6f}"),
+        ("Maximum KLD", f"{t.kl_max:.6f}"),
+    ]
+    for key, value in t.kl_percentiles.items():
+        label = "Median KLD" if key == "50" else f"{float(key):.1f}% KLD"
+        rows.append((label, f"{value:.6f}"))
+    rows += [
+        ("Minimum KLD", f"{t.kl_min:.6f}"),
+        ("Mean Δp", f"{100 * t.dp_mean:.3f} ± {100 * t.dp_mean_err:.3f} %"),
+        ("RMS Δp", f"{100 * t.rms_dp:.3f} ± {100 * t.rms_dp_err:.3f} %"),
+        ("Same top p", f"{100 * t.top1_agreement:.3f} ± {100 * t.top1_agreement_err:.3f} %"),
+    ]
+    for label, value in rows:
+        table.add_row(label, value)
+    console.print(table)
+    if t.not_replaced:
+        console.print(f"[yellow]not replaced (not in the file):[/] {', '.join(t.not_replaced)}")
+    if t.unused:
+        console.print(f"[yellow]in the file but not used by the model:[/] {', '.join(t.unused)}")

@@ -63,6 +63,7 @@ class ConvertOptions:
     repack_format: str | None = None
     type_overrides: tuple[TypeOverride, ...] = ()
     keep_f32: tuple[str, ...] = ()
+    head_type: str | None = None
     backend: str = "auto"
     threads: int | None = None
     force: bool = False
@@ -71,6 +72,10 @@ class ConvertOptions:
     revision: str | None = None
     config: str | Path | None = None
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    #: LoRA adapters merged while converting (:class:`nntrtool.sources.lora.AdapterSpec`).
+    adapters: tuple[Any, ...] = ()
+    #: An importance matrix (llama.cpp imatrix, GGUF or .dat) weighting Q4_0 / Q6_K errors.
+    imatrix: str | Path | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -97,6 +102,14 @@ class ConvertOptions:
             for o in (self.type_overrides or ())
         )
         object.__setattr__(self, "type_overrides", overrides)
+        if self.head_type is not None:
+            head = str(self.head_type).lower()
+            if head not in TARGET_TYPE_NAMES:
+                raise UsageError(
+                    f"--head-type {self.head_type!r} is not known; choose one of "
+                    f"{', '.join(TARGET_TYPE_NAMES)}"
+                )
+            object.__setattr__(self, "head_type", head)
         keep = tuple(str(p) for p in (self.keep_f32 or ()))
         for p in keep:
             _compile(p, f"--keep-f32 {p!r}")
@@ -118,5 +131,6 @@ class ConvertOptions:
             repack_format=section.get("repack_format"),
             type_overrides=tuple(section.get("type_overrides", ())),
             keep_f32=tuple(section.get("keep_f32", ())),
+            head_type=section.get("head_type"),
             **kwargs,
         )

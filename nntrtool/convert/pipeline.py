@@ -135,7 +135,9 @@ def plan_conversion(source_spec: str | Path, options: ConvertOptions) -> Convers
     """Open the source and make its plan (what ``convert --dry-run`` and ``verify`` need)."""
     from nntrtool.sources import open_source
 
-    with open_source(source_spec, revision=options.revision, config=options.config) as src:
+    with open_source(
+        source_spec, revision=options.revision, config=options.config, adapters=options.adapters
+    ) as src:
         return make_plan(src, options)
 
 
@@ -158,12 +160,14 @@ def convert(
         if out_path is None:
             raise UsageError("give an output file name")
         out = check_output(out_path, options.force)
-    with open_source(source_spec, revision=options.revision, config=options.config) as src:
+    with open_source(
+        source_spec, revision=options.revision, config=options.config, adapters=options.adapters
+    ) as src:
         plan = make_plan(src, options)
         if options.dry_run:
             return ConversionReport(plan, None, True, seconds=time.perf_counter() - start)
         assert out is not None
-        backend, threads = _setup_backend(options)
+        backend, threads = _setup_backend(options, plan)
         by_name = {t.name: t for t in src.tensors}
         nonfinite: dict[str, str] = {}
         while True:
@@ -205,10 +209,10 @@ def _nonfinite_reason(row: int, col: int, value: float) -> str:
     return f"holds {what} at row {row}, column {col}: stored as f32 (--allow-nonfinite)"
 
 
-def _setup_backend(options: ConvertOptions) -> tuple[str, int]:
-    from nntrtool.quant import resolve_backend
+def _setup_backend(options: ConvertOptions, plan: ConversionPlan) -> tuple[str, int]:
+    from nntrtool.quant.kernel_cost import choose_backend
 
-    backend = resolve_backend(options.backend)
+    backend = choose_backend(options.backend, _kernel_uses(plan))
     cores = os.cpu_count() or 1
     threads = int(options.threads) if options.threads else cores
     if backend == "numba":
@@ -216,6 +220,20 @@ def _setup_backend(options: ConvertOptions) -> tuple[str, int]:
 
         threads = min(threads, numba.config.NUMBA_NUM_THREADS)
     return backend, threads
+
+
+def _kernel_uses(plan: ConversionPlan) -> list[Any]:
+    """The kernels the plan runs, for the backend choice (a small model skips the compile)."""
+    from nntrtool.quant.kernel_cost import quantize_use, repack_use
+
+    uses = []
+    for tp in plan.tensors:
+        if tp.quantized:
+            weighted = tp.importance is not None
+            uses.append(quantize_use(tp.quant_name, tp.source_dtype, tp.numel, imatrix=weighted))
+            if tp.layout is not None:
+                uses.append(repack_use(tp.numel))
+    return uses
 
 
 def _chunk_rows(tp: TensorPlan, row_bytes: int, budget: int) -> int:
@@ -262,9 +280,11 @@ class _Work:
         backend: str,
         check_f32: bool,
         prefetched: Future[None] | None,
+        imatrix: np.ndarray | None = None,
         encoded: bool = False,
     ):
         self.tp, self.x, self.begin, self.backend = tp, x, begin, backend
+        self.imatrix = imatrix
         #: ``x`` holds the rows already as ``tp``'s blocks, straight from the source.
         self.encoded = encoded
         self.numel = x.shape[0] * tp.cols if encoded else x.size
@@ -296,13 +316,19 @@ class _Work:
                 self.f32_nonfinite = _first_nonfinite(data.reshape(data.shape[0], -1))
             return data
         try:
-            q = quantize(self.x, tp.quant_name, backend=self.backend, source_dtype=tp.source_dtype)
+            q = quantize(
+                self.x,
+                tp.quant_name,
+                backend=self.backend,
+                source_dtype=tp.source_dtype,
+                imatrix=self.imatrix,
+            )
         except NonFiniteError as err:
             raise _NonFiniteChunk(
                 tp.name, self.begin + max(err.row, 0), max(err.col, 0), err.value
             ) from None
         if tp.layout is not None:
-            q = repack(q, tp.layout.name)
+            q = repack(q, tp.layout.name, backend=self.backend)
         return q
 
 
@@ -313,26 +339,36 @@ def _prepare_kernels(plan: ConversionPlan, backend: str, prog: Any) -> None:
     the progress display says so instead of showing a bar that seems stuck at 0%.
     """
     from nntrtool.quant import quantize, repack
+    from nntrtool.quant.kernel_cost import is_compiled, quantize_use
     from nntrtool.sources import READABLE_DTYPES
 
-    seen: set[tuple[str, str, str]] = set()
+    if backend == "numpy":  # nothing to compile
+        return
+    seen: set[tuple[str, str, str, bool]] = set()
     for tp in plan.tensors:
         if not tp.quantized or tp.source_dtype not in READABLE_DTYPES:
             continue
         layout = tp.layout.name if tp.layout is not None else ""
-        key = (tp.quant_name, tp.source_dtype, layout)
+        weighted = tp.importance is not None
+        key = (tp.quant_name, tp.source_dtype, layout, weighted)
         if key in seen:
             continue
         seen.add(key)
         if prog is not None:
+            use = quantize_use(tp.quant_name, tp.source_dtype, 0, imatrix=weighted)
+            cached = is_compiled(use.kernel)
+            what = "loading" if cached else "compiling"
             prog.advance(
-                0, current=f"preparing the {tp.quant_name} kernel (compiled once, then cached)"
+                0, current=f"{what} the {tp.quant_name} kernel (compiled once, then cached)"
             )
         rows = tp.layout.rows if tp.layout is not None else 1
         block = np.zeros((rows, tp.ttype.block_size), READABLE_DTYPES[tp.source_dtype])
-        q = quantize(block, tp.quant_name, backend=backend, source_dtype=tp.source_dtype)
+        qw = np.ones(tp.ttype.block_size, np.float32) if weighted else None
+        q = quantize(
+            block, tp.quant_name, backend=backend, source_dtype=tp.source_dtype, imatrix=qw
+        )
         if layout:
-            repack(q, layout)
+            repack(q, layout, backend=backend)
 
 
 def _pool_shape(backend: str, threads: int) -> tuple[int, int]:
@@ -356,9 +392,14 @@ def _numba_calls_may_overlap() -> bool:
     (omp and tbb do; the fallback workqueue layer aborts the process instead)."""
     import numba
 
-    from nntrtool.quant import quantize
+    try:  # starts numba's threads, which picks the layer, without compiling a kernel
+        from numba.np.ufunc.parallel import _launch_threads
 
-    quantize(np.zeros((1, 32), np.float32), "q4_0", backend="numba")  # picks the layer
+        _launch_threads()
+    except (ImportError, AttributeError):
+        from nntrtool.quant import quantize
+
+        quantize(np.zeros((1, 32), np.float32), "q4_0", backend="numba")
     try:
         return numba.threading_layer() != "workqueue"
     except ValueError:
@@ -443,7 +484,10 @@ def _write(
                     encoded = _encoded_rows(st, tp, begin, stop)
                     x = encoded if encoded is not None else st.read(begin, stop)
                     pre = fetcher.submit(prefault, x)
-                    work = _Work(tp, x, begin, backend, True, pre, encoded is not None)
+                    work = _Work(
+                        tp, x, begin, backend, True, pre, plan.importance.get(tp.name),
+                        encoded=encoded is not None,
+                    )  # fmt: skip
                     pending.append((work, pool.submit(work)))
                     while len(pending) > depth:
                         drain()

@@ -70,6 +70,10 @@ class TensorPlan:
     source_nbytes: int = 0
     fallback: bool = False
     unrepacked: bool = False
+    #: What a declared transform or an adapter did to the tensor on its way (empty: nothing).
+    note: str = ""
+    #: The importance-matrix entry weighting this tensor's quantization (None: plain).
+    importance: str | None = None
 
     @property
     def display_type(self) -> str:
@@ -103,7 +107,12 @@ class TensorPlan:
         return TensorSpec(self.name, self.ttype, self.shape, self.layout)
 
     def to_config(self) -> dict[str, Any]:
-        return {"type": self.display_type, "source_dtype": self.source_dtype, "reason": self.reason}
+        out = {"type": self.display_type, "source_dtype": self.source_dtype, "reason": self.reason}
+        if self.note:
+            out["note"] = self.note
+        if self.importance is not None:
+            out["imatrix"] = self.importance
+        return out
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,10 @@ class ConversionPlan:
     tied: TiedEmbeddings
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: What is recorded about the importance matrix (name, sha256, ...), when one is used.
+    imatrix: dict[str, Any] | None = None
+    #: Column weights per tensor name, for the tensors the importance matrix covers.
+    importance: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _predicted: int | None = field(default=None, repr=False)
 
     @property
@@ -143,6 +156,17 @@ class ConversionPlan:
     def unrepacked(self) -> list[tuple[str, str]]:
         """Q4_0 tensors left plain although a repack format was asked for, with the reason."""
         return [(t.name, t.reason) for t in self.tensors if t.unrepacked]
+
+    @property
+    def without_importance(self) -> list[tuple[str, str]]:
+        """Tensors an importance matrix would weight (Q4_0, Q6_K) that it holds no data for."""
+        if self.imatrix is None:
+            return []
+        return [
+            (t.name, f"{t.quant_name}: no importance data, plain quantizer")
+            for t in self.tensors
+            if t.importance is None and t.quantized and _uses_imatrix(t.quant_name)
+        ]
 
     @property
     def params(self) -> int:
@@ -171,11 +195,13 @@ class ConversionPlan:
             "repack_format": opts.repack_format,
             "type_overrides": [o.text for o in opts.type_overrides],
             "keep_f32": list(opts.keep_f32),
+            "head_type": opts.head_type,
             "source": dict(self.origin),
             "tied": self.tied.tied,
             "tied_embedding": self.tied.embedding if self.tied.tied else None,
             "tied_head": self.tied.head if self.tied.tied else None,
             "skipped": {name: reason for name, reason in self.skipped},
+            **({"imatrix": self.imatrix} if self.imatrix is not None else {}),
             "tensors": {t.name: t.to_config() for t in self.tensors},
         }
 
@@ -211,6 +237,7 @@ class ConversionPlan:
                 nbytes=F32.nbytes(t.shape),
                 fallback=True,
                 unrepacked=False,
+                importance=None,
             )
             if t.name in reasons
             else t
@@ -247,8 +274,15 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
     ]
     skip = {name for name, _ in skipped}
     used_overrides: set[int] = set()
-    plans = [plan_tensor(t, options, used_overrides) for t in tensors if t.name not in skip]
-    notes = [
+    # --head-type applies to the output head, or to the embeddings when they are the head
+    head = (tied.embedding if tied.tied else tied.head) if options.head_type else None
+    plans = [
+        plan_tensor(t, options, used_overrides, head=head) for t in tensors if t.name not in skip
+    ]
+    notes = []
+    if options.head_type and head is None:
+        notes.append(f"--head-type {options.head_type}: the model has no head or token embeddings")
+    notes += [
         f"--type {o.text!r} matched no matrix"
         for i, o in enumerate(options.type_overrides)
         if i not in used_overrides
@@ -258,7 +292,7 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
         for p in options.keep_f32
         if not any(_search(p, t.name) for t in tensors)
     ]
-    return ConversionPlan(
+    plan = ConversionPlan(
         tensors=plans,
         options=options,
         model_config=config,
@@ -267,6 +301,42 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
         skipped=skipped,
         notes=notes,
     )
+    if options.imatrix is not None:
+        plan = _apply_imatrix(plan, tensors, options.imatrix)
+    return plan
+
+
+def _uses_imatrix(quant_name: str) -> bool:
+    from nntrtool.quant import get_kernels
+
+    return get_kernels(quant_name).uses_imatrix
+
+
+def _apply_imatrix(plan: ConversionPlan, tensors: list[_Tensor], path: Any) -> ConversionPlan:
+    """The plan with each Q4_0 / Q6_K tensor the importance matrix covers marked as weighted.
+
+    Every entry must fit a tensor of the source (checked against all of them, also those not
+    stored); an ImatrixError says when the file was made for another model.
+    """
+    from nntrtool.imatrix import match_imatrix, read_imatrix
+
+    imx = read_imatrix(path)
+    shapes = [(t.name, tuple(int(s) for s in t.shape)) for t in tensors]
+    tied = plan.tied
+    if tied.tied and not tied.head_in_source and tied.head and tied.embedding:
+        # The head is the embeddings: an entry for it (a tied model's output) is not foreign.
+        shapes.append((tied.head, dict(shapes)[tied.embedding]))
+    found = match_imatrix(imx, shapes, plan.model_config)
+    tensors_out, weights = [], {}
+    for t in plan.tensors:
+        hit = found.get(t.name)
+        if hit is not None and t.quantized and _uses_imatrix(t.quant_name):
+            t = replace(t, importance=hit.label)
+            weights[t.name] = hit.weights
+        tensors_out.append(t)
+    summary = imx.summary()
+    summary["tensors"] = len(weights)
+    return replace(plan, tensors=tensors_out, imatrix=summary, importance=weights, _predicted=None)
 
 
 def _search(pattern: str, name: str) -> bool:
@@ -276,15 +346,22 @@ def _search(pattern: str, name: str) -> bool:
 
 
 def plan_tensor(
-    t: _Tensor, options: ConvertOptions, used_overrides: set[int] | None = None
+    t: _Tensor,
+    options: ConvertOptions,
+    used_overrides: set[int] | None = None,
+    *,
+    head: str | None = None,
 ) -> TensorPlan:
-    """The plan of one tensor under ``options`` (see :func:`make_plan` for the rules)."""
+    """The plan of one tensor under ``options`` (see :func:`make_plan` for the rules);
+    ``head`` names the tensor that ``--head-type`` applies to (the head or tied embeddings)."""
     shape = tuple(int(s) for s in t.shape)
     common = {
         "name": t.name,
         "source_dtype": t.dtype,
         "shape": shape,
-        "source_nbytes": int(t.nbytes),
+        # A derived tensor (merged, decoded) accounts for the source bytes it was made from.
+        "source_nbytes": int(getattr(t, "source_nbytes", t.nbytes)),
+        "note": str(getattr(t, "note", "") or ""),
     }
 
     def f32(reason: str, fallback: bool = False) -> TensorPlan:
@@ -307,15 +384,27 @@ def plan_tensor(
     cols = shape[-1]
     requested = get_type(options.quant_type)
     override = None
-    for i, o in enumerate(options.type_overrides):
+    head_type = get_type(options.head_type) if options.head_type and t.name == head else None
+    for i, o in enumerate(options.type_overrides if head_type is None else ()):
         if o.matches(t.name):
             override = o
             if used_overrides is not None:
                 used_overrides.add(i)
             break
 
-    preferred = _preferred(t) if override is None else None
-    if override is not None:
+    preferred = _preferred(t) if override is None and head_type is None else None
+    if head_type is not None:
+        # like the default type, and like llama.cpp's output type: falls back where it cannot fit
+        if not head_type.quantized or head_type.fits(cols):
+            ttype, reason, fallback = head_type, f"--head-type {head_type.name}", False
+        else:
+            ttype = Q8_0 if Q8_0.fits(cols) else F32
+            reason = (
+                f"--head-type {head_type.name}: last dimension {cols} is not a multiple of "
+                f"{head_type.block_size}: {ttype.name} instead"
+            )
+            fallback = True
+    elif override is not None:
         ttype = get_type(override.type_name)
         if ttype.quantized and not ttype.fits(cols):
             raise UsageError(

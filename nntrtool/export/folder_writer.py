@@ -94,6 +94,23 @@ def _transpose(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def _relayout_backend(plan: ExportPlan) -> str:
+    """numpy or numba for the Q4_0 re-layouts: a small model skips numba's compile."""
+    from nntrtool.quant.kernel_cost import choose_backend, repack_use
+
+    uses = []
+    for t in plan.tensors:
+        if t.out_type in ISA_LAYOUTS.values() and not _same_layout(t):
+            uses.append(repack_use(t.params))
+            if t.source_layout is not None:
+                uses.append(repack_use(t.params, unpack=True))
+    return choose_backend("auto", uses)
+
+
+def _same_layout(t: TensorExport) -> bool:
+    return t.source_layout is not None and t.source_layout.name == t.out_type
+
+
 def _write_tensor(
     w: _BackgroundWriter,
     offset: int,
@@ -101,6 +118,7 @@ def _write_tensor(
     t: TensorExport,
     progress: ProgressLike | None,
     budget: int,
+    backend: str = "auto",
 ) -> None:
     """Queue one tensor for ``offset``; source pages are dropped as soon as they are used."""
     from nntrtool.convert.memory import release_pages
@@ -133,14 +151,16 @@ def _write_tensor(
         src = raw.reshape(rows, row_bytes)
         group = 8  # a multiple of every layout's row group, so chunks never split a group
         step = max(group, budget // row_bytes // group * group)
-        same = t.source_layout is not None and t.source_layout.name == t.out_type
+        same = _same_layout(t)
         for r0 in range(0, rows, step):
             chunk = src[r0 : r0 + step]
             if same:
                 w.write(chunk, offset + r0 * row_bytes, after=lambda c=chunk: release_pages(c))
             else:
-                plain = unpack(chunk, t.source_layout) if t.source_layout else chunk
-                w.write(repack(plain, t.out_type), offset + r0 * row_bytes)
+                plain = (
+                    unpack(chunk, t.source_layout, backend=backend) if t.source_layout else chunk
+                )
+                w.write(repack(plain, t.out_type, backend=backend), offset + r0 * row_bytes)
                 release_pages(chunk)
             if progress is not None:
                 progress.advance(chunk.shape[0] * cols, name)
@@ -218,10 +238,13 @@ def write_export(
         fd = os.open(tmp / plan.model_file_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             writer = _BackgroundWriter(fd)
+            backend = _relayout_backend(plan)
             try:
                 offset = 0
                 for t in plan.tensors:
-                    _write_tensor(writer, offset, nf, t, progress, max(1, int(chunk_bytes)))
+                    _write_tensor(
+                        writer, offset, nf, t, progress, max(1, int(chunk_bytes)), backend
+                    )
                     offset += t.nbytes
             finally:
                 writer.close()

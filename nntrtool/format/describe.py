@@ -56,6 +56,17 @@ def _source_text(source: Any) -> Any:
     return source
 
 
+def _adapters_text(source: Any) -> list[str]:
+    """``name (scale s, sha256 …)`` of every LoRA adapter merged at conversion."""
+    records = source.get("adapters") if isinstance(source, dict) else None
+    out = []
+    for rec in records if isinstance(records, list) else []:
+        if isinstance(rec, dict):
+            sha = str(rec.get("sha256") or "?")[:12]
+            out.append(f"{rec.get('name')} (scale {rec.get('scale', 1.0):g}, sha256 {sha}…)")
+    return out
+
+
 def config_summary(config: dict) -> dict[str, Any]:
     """The few config facts worth a glance: architecture, sizes, and how the file was made."""
     meta = config.get("nntrtool") if isinstance(config.get("nntrtool"), dict) else {}
@@ -71,7 +82,9 @@ def config_summary(config: dict) -> dict[str, Any]:
         "repack_format": meta.get("repack_format"),
         "tied_embeddings": meta.get("tied", _lookup(config, "tie_word_embeddings")),
         "source": _source_text(meta.get("source")),
+        "adapters": _adapters_text(meta.get("source")),
         "tool_version": meta.get("version"),
+        "imatrix": meta.get("imatrix"),
     }
 
 

@@ -12,7 +12,6 @@ import functools
 import hashlib
 import os
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,34 +19,7 @@ from typing import Any
 
 import numpy as np
 
-
-def _writable_dir(path: str) -> bool:
-    """Whether files can be created in ``path`` (made if missing); numba's own test."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
-    except OSError:
-        return False
-    return True
-
-
-def choose_cache_dir(pkg_dir: str) -> str | None:
-    """Where numba should cache our kernels: ``None`` when its defaults work (a writable
-    ``__pycache__`` next to the sources, else its per-user cache), else a writable folder."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return None
-    if _writable_dir(os.path.join(pkg_dir, "__pycache__")):
-        return None
-    home_cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-    for candidate in (
-        os.path.join(home_cache, "nntrtool", "numba"),
-        os.path.join(tempfile.gettempdir(), f"nntrtool-numba-{user}"),
-    ):
-        if _writable_dir(candidate):
-            return candidate
-    return None
-
+from nntrtool.quant.kernel_cost import choose_cache_dir
 
 # A read-only install (system site-packages, a container image) leaves numba no __pycache__
 # to write; it then tries its per-user cache, and where that is not writable either it raises
@@ -230,6 +202,35 @@ def nearest_int(v):
     return np.int32(f32_bits(t) & U32(0x7FFFFF)) - np.int32(0x400000)
 
 
+def make_clamp(lo: float, hi: float) -> Any:
+    """Intrinsic ``f(v) -> float32``: ``min(max(v, lo), hi)`` for a float32 that is never NaN,
+    as two SIMD min/max instructions.
+
+    Plain compare-and-select code must keep NaN semantics and costs four instructions per
+    vector; the ``nnan nsz`` flags on the two compares let LLVM emit max/min instead. Scale
+    searches use it on finite integers (+0.0 for zero), where the result is the same value.
+    """
+
+    @intrinsic
+    def clamp(typingctx, v):
+        if v != types.float32:
+            return None
+
+        def codegen(context, builder, signature, args):
+            (x,) = args
+            low = ir.Constant(ir.FloatType(), float(lo))
+            high = ir.Constant(ir.FloatType(), float(hi))
+            flags = ("nnan", "nsz")
+            x = builder.select(builder.fcmp_ordered(">", x, low, flags=flags), x, low, flags=flags)
+            return builder.select(
+                builder.fcmp_ordered("<", x, high, flags=flags), x, high, flags=flags
+            )
+
+        return types.float32(types.float32), codegen
+
+    return clamp
+
+
 def load_f32(row, j, src_kind):
     """Element ``j`` of a source row as float32 (float32 row, or uint16 fp16/bf16 bits)."""
     raise NotImplementedError  # replaced by the overload below inside jitted code
@@ -340,4 +341,5 @@ __all__ = [
     "load_f16",
     "nearest_int",
     "load_f32",
+    "make_clamp",
 ]

@@ -15,9 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from llvmlite import ir
-from numba import prange, types
-from numba.extending import intrinsic, register_jitable
+from numba import prange
+from numba.extending import register_jitable
 
 from nntrtool.errors import QuantError
 from nntrtool.qtypes import Q6_K
@@ -26,6 +25,7 @@ from nntrtool.quant._numba_common import (
     f32_to_f16_bits,
     load_f16,
     load_f32,
+    make_clamp,
     nearest_int,
     njit,
     run_dequantize,
@@ -74,27 +74,8 @@ _NUMS_PADDED = np.concatenate([_NUMS, np.full(_NCAND_PADDED - _NCAND, _NUMS[0], 
 _CHUNK = 16
 
 
-@intrinsic
-def _clamp_code(typingctx, v):
-    """min(max(v, -32), 31) for a float32 that is never NaN, as two SIMD min/max instructions.
-
-    Plain compare-and-select code must keep NaN semantics and costs four instructions per
-    vector; the ``nnan nsz`` flags on these two compares allow LLVM to emit max/min instead.
-    Only the search uses it, where ``v`` is a finite integer (+0.0 for zero), so the result is
-    the same value either way.
-    """
-    if v != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        (x,) = args
-        lo = ir.Constant(ir.FloatType(), float(-NMAX))
-        hi = ir.Constant(ir.FloatType(), float(NMAX - 1))
-        flags = ("nnan", "nsz")
-        x = builder.select(builder.fcmp_ordered(">", x, lo, flags=flags), x, lo, flags=flags)
-        return builder.select(builder.fcmp_ordered("<", x, hi, flags=flags), x, hi, flags=flags)
-
-    return types.float32(types.float32), codegen
+# min(max(v, -32), 31) as two SIMD instructions; only for the search, where v is never NaN.
+_clamp_code = make_clamp(-NMAX, NMAX - 1)
 
 
 # Offsets into the flat float32 scratch of one superblock. One array with constant offsets lets
@@ -118,8 +99,11 @@ _SCRATCH = _BIG + NSUB
 
 
 @register_jitable
-def _quantize_superblock(x, r, c0, src_kind, dst, o, s):
-    """Quantize x[r, c0:c0+256] into dst[o:o+210] using scratch ``s``; False if not all finite."""
+def _quantize_superblock(x, r, c0, src_kind, qw, dst, o, s):
+    """Quantize x[r, c0:c0+256] into dst[o:o+210] using scratch ``s``; False if not all finite.
+
+    ``qw``: importance per column (ggml's ``quant_weights``), or empty for the plain weights x*x.
+    """
     src = x[r, c0 : c0 + QK]
     for k in range(QK):
         s[_Q + k] = load_f32(src, k, src_kind)  # _Q is free until the requantization
@@ -141,6 +125,12 @@ def _quantize_superblock(x, r, c0, src_kind, dst, o, s):
             wv = v * v
             s[_W + SUB * i + j] = wv
             s[_WX + SUB * i + j] = wv * v
+    if qw.size:
+        for i in range(SUB):
+            for j in range(NSUB):
+                wv = qw[c0 + SUB * j + i]
+                s[_W + SUB * i + j] = wv
+                s[_WX + SUB * i + j] = wv * s[_XT + SUB * i + j]
     finite = True
     for j in range(NSUB):
         if s[_CHK + j] != _ZERO:
@@ -261,7 +251,7 @@ def _quantize_superblock(x, r, c0, src_kind, dst, o, s):
 
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def _quantize_kernel(x, src_kind, out, bad):
+def _quantize_kernel(x, src_kind, qw, out, bad):
     rows, cols = x.shape
     per_row = cols // QK
     total = rows * per_row
@@ -271,7 +261,7 @@ def _quantize_kernel(x, src_kind, out, bad):
         for k in range(t * _CHUNK, min(total, (t + 1) * _CHUNK)):
             r = k // per_row
             b = k - r * per_row
-            if not _quantize_superblock(x, r, b * QK, src_kind, out[r], b * BLOCK_BYTES, s):
+            if not _quantize_superblock(x, r, b * QK, src_kind, qw, out[r], b * BLOCK_BYTES, s):
                 bad[r] = b * QK  # chunks may race here; any value >= 0 marks the row
 
 
@@ -313,8 +303,12 @@ _STRIDED_SLICE_BYTES = 16 << 20
 _DTYPE_OF_KIND = {SRC_F32: np.float32, SRC_F16: np.uint16, SRC_BF16: np.uint16}
 
 
-def quantize(x: Any, src_kind: int) -> np.ndarray:
-    """Q6_K bytes ``(rows, cols // 256 * 210)`` of ``x`` (see ``q6_k.quantize_numba``)."""
+_NO_WEIGHTS = np.empty(0, dtype=np.float32)
+
+
+def quantize(x: Any, src_kind: int, qw: np.ndarray | None = None) -> np.ndarray:
+    """Q6_K bytes ``(rows, cols // 256 * 210)`` of ``x`` (see ``q6_k.quantize_numba``),
+    weighted by the importance ``qw`` (float32, one per column) when given."""
     x = np.asarray(x)
     if src_kind not in _DTYPE_OF_KIND:
         raise QuantError(f"q6_k: unknown source kind {src_kind}")
@@ -332,8 +326,13 @@ def quantize(x: Any, src_kind: int) -> np.ndarray:
         raise QuantError(
             f"q6_k needs rows that are a whole number of {QK}-value blocks, got {cols} columns"
         )
+    weights = _NO_WEIGHTS if qw is None else np.ascontiguousarray(qw, dtype=np.float32)
+
+    def kernel(x, src_kind, out, bad):
+        _quantize_kernel(x, src_kind, weights, out, bad)
+
     if x.flags.c_contiguous:
-        return run_quantize(_quantize_kernel, Q6_K, x, src_kind)
+        return run_quantize(kernel, Q6_K, x, src_kind)
     # A strided view is copied a slice of rows at a time: bounded extra memory, and the kernel
     # keeps the one compiled (C-contiguous) version per source dtype.
     out = np.empty((rows, Q6_K.row_bytes(cols)), dtype=np.uint8)
@@ -341,7 +340,7 @@ def quantize(x: Any, src_kind: int) -> np.ndarray:
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         part = np.ascontiguousarray(x[r0:r1])
-        run_quantize(_quantize_kernel, Q6_K, part, src_kind, out=out[r0:r1], row_offset=r0)
+        run_quantize(kernel, Q6_K, part, src_kind, out=out[r0:r1], row_offset=r0)
     return out
 
 

@@ -54,10 +54,7 @@ def _check_array(ary, dtype, name):
     # Vector loads assume consecutive elements: only C-contiguous 1-D arrays are accepted.
     dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
     if not (
-        isinstance(ary, types.Array)
-        and ary.ndim == 1
-        and ary.dtype in dtypes
-        and ary.layout == "C"
+        isinstance(ary, types.Array) and ary.ndim == 1 and ary.dtype in dtypes and ary.layout == "C"
     ):
         raise TypeError(f"{name}: expected a C-contiguous 1-D {dtypes} array, got {ary}")
 
@@ -195,6 +192,48 @@ def make_q4_0_pack(qk: int):
         return types.none(row, base, kind, inv, out, obase), codegen
 
     return q4_0_pack
+
+
+def make_q4_0_pack_nearest(qk: int, nmax: int):
+    """Intrinsic ``f(row, base, kind, inv, out, obase)``: ``out[obase:obase+qk/2] = lo | hi << 4``
+    with lo/hi the codes ``clamp(nearest_int(x * inv), -nmax, nmax-1) + nmax`` of the block's
+    two halves (ggml's make_qx_quants codes; ``x * inv`` finite and within +-2^22)."""
+    half = qk // 2
+
+    @intrinsic
+    def q4_0_pack_nearest(typingctx, row, base, kind, inv, out, obase):
+        _check_source(row, "q4_0_pack_nearest")
+        _check_array(out, types.uint8, "q4_0_pack_nearest")
+        _check_f32(inv, "q4_0_pack_nearest")
+
+        def codegen(context, builder, sig, args):
+            rowty, _, _, _, outty, _ = sig.args
+            ary, base, kind, inv, oary, obase = args
+            fvec = ir.VectorType(_F32, half)
+            ivec = ir.VectorType(_I32, half)
+            bvec = ir.VectorType(_I8, half)
+            vinv = _splat(builder, inv, fvec)
+            bias = _const_vec(fvec, 12582912.0)  # 1.5 * 2^23: rounds half to even
+            lo_lim = _const_vec(fvec, float(-nmax))
+            hi_lim = _const_vec(fvec, float(nmax - 1))
+            offset = _const_vec(fvec, float(nmax))
+
+            def codes(offs):
+                x = _load_f32(context, builder, rowty, ary, offs, kind, half)
+                v = builder.fsub(builder.fadd(builder.fmul(x, vinv), bias), bias)
+                v = builder.select(builder.fcmp_ordered(">", v, lo_lim), v, lo_lim)
+                v = builder.select(builder.fcmp_ordered("<", v, hi_lim), v, hi_lim)
+                return builder.trunc(builder.fptosi(builder.fadd(v, offset), ivec), bvec)
+
+            lo = codes(base)
+            hi = codes(builder.add(base, ir.Constant(base.type, half)))
+            packed = builder.or_(lo, builder.shl(hi, _const_vec(bvec, 4)))
+            builder.store(packed, _block_ptr(context, builder, outty, oary, obase, bvec), align=1)
+            return context.get_dummy_value()
+
+        return types.none(row, base, kind, inv, out, obase), codegen
+
+    return q4_0_pack_nearest
 
 
 def make_q8_0_pack(qk: int):

@@ -88,8 +88,11 @@ def _row_chunks(rows: int, cols: int, backend: str) -> range:
     return range(0, rows, step)
 
 
-def _quantize_xp(k: QuantKernels, src: np.ndarray, kind: int, backend: str) -> np.ndarray:
+def _quantize_xp(
+    k: QuantKernels, src: np.ndarray, kind: int, backend: str, qw: np.ndarray | None = None
+) -> np.ndarray:
     xp = array_module(backend)
+    qw_xp = None if qw is None else xp.asarray(qw)
     rows, cols = src.shape
     out = np.empty((rows, k.ttype.row_bytes(cols)), dtype=np.uint8)
     starts = _row_chunks(rows, cols, backend)
@@ -97,30 +100,75 @@ def _quantize_xp(k: QuantKernels, src: np.ndarray, kind: int, backend: str) -> n
         hi = min(rows, lo + starts.step)
         chunk = to_f32(xp.asarray(src[lo:hi]), kind, xp)
         try:
-            out[lo:hi] = _to_host(k.quantize_xp(chunk, xp))
+            if qw_xp is None:
+                out[lo:hi] = _to_host(k.quantize_xp(chunk, xp))
+            else:
+                out[lo:hi] = _to_host(k.quantize_imatrix_xp(chunk, qw_xp, xp))
         except NonFiniteError as err:
             raise non_finite_error(err.row + lo, err.col, err.value) from None
     return out
 
 
+def as_importance(imatrix: Any, cols: int) -> np.ndarray:
+    """An importance vector as C-contiguous float32 of length ``cols``: finite and not
+    negative, else :class:`QuantError`."""
+    qw, _ = _from_torch(imatrix, None)
+    qw = np.asarray(qw)
+    if qw.ndim != 1 or qw.shape[0] != cols:
+        raise QuantError(
+            f"the importance matrix must hold one value per column ({cols}), got shape "
+            f"{tuple(qw.shape)}"
+        )
+    if qw.dtype.kind not in "fiu":
+        raise QuantError(f"the importance matrix must be numbers, got {qw.dtype}")
+    qw = np.ascontiguousarray(qw, dtype=np.float32)
+    bad = ~np.isfinite(qw) | (qw < 0)
+    if bad.any():
+        col = int(np.argmax(bad))
+        raise QuantError(
+            f"the importance matrix holds {qw[col]} at column {col}: importances must be "
+            "finite and not negative"
+        )
+    return qw
+
+
 def quantize(
-    x: Any, qtype: str | TensorType, *, backend: str = "auto", source_dtype: str | None = None
+    x: Any,
+    qtype: str | TensorType,
+    *,
+    backend: str = "auto",
+    source_dtype: str | None = None,
+    imatrix: Any = None,
 ) -> np.ndarray:
     """Quantize a 2-D array (1-D is one row) to ``qtype`` bytes: uint8 (rows, row_bytes).
 
     ``x`` is float32, float16, or uint16 holding bf16 (or fp16) bits with ``source_dtype``
     ("F32", "F16", "BF16", any case). NaN/inf raise :class:`NonFiniteError` naming row/column.
+    ``imatrix`` (one importance per column, e.g. mean squared activations) weights the error
+    as ggml's ``ggml_quantize_chunk`` does with one: Q4_0 and Q6_K search their scales for it,
+    Q8_0 ignores it, as ggml does.
     """
     k = get_kernels(qtype)
     src, kind = _as_source(x, source_dtype)
     rows, cols = src.shape
     _check_cols(k.ttype, cols)
+    qw = None
+    if imatrix is not None:
+        qw = as_importance(imatrix, cols)
+        if not k.uses_imatrix:
+            qw = None
     if rows == 0:
         return np.empty((0, k.ttype.row_bytes(cols)), dtype=np.uint8)
     chosen = resolve_backend(backend)
     if chosen == "numba":
+        if qw is not None:
+            from .kernel_cost import mark_compiled
+
+            out = k.quantize_imatrix_numba(src, kind, qw)
+            mark_compiled(f"quantize-imatrix-{k.ttype.name.lower()}-{src.dtype.name}")
+            return out
         return k.quantize_numba(src, kind)
-    return _quantize_xp(k, src, kind, chosen)
+    return _quantize_xp(k, src, kind, chosen, qw)
 
 
 def _as_blocks(data: Any, ttype: TensorType, shape: tuple[int, ...]) -> np.ndarray:

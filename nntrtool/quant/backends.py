@@ -74,14 +74,19 @@ def _notice_once(key: str, message: str, *, warn: bool) -> None:
         log.info(message)
 
 
+def backend_choice(name: str | None = "auto") -> str:
+    """A user's backend choice, normalized (``None`` is ``"auto"``); UsageError if unknown.
+    Checks the name only: nothing is imported."""
+    choice = (name or "auto").strip().lower()
+    if choice not in BACKEND_CHOICES:
+        raise UsageError(f"unknown backend {name!r}: use one of {', '.join(BACKEND_CHOICES)}")
+    return choice
+
+
 def resolve_backend(name: str | None = "auto") -> str:
     """The backend to run for a user's choice: ``"auto"`` is cupy when a GPU is usable, else
     numba; an unavailable cupy or numba falls back (with a one-time notice)."""
-    choice = (name or "auto").strip().lower()
-    if choice not in BACKEND_CHOICES:
-        raise UsageError(
-            f"unknown backend {name!r}: use one of {', '.join(BACKEND_CHOICES)}"
-        )
+    choice = backend_choice(name)
     if choice == "numpy":
         return choice
     cpu = "numba" if _numba_usable() else "numpy"
@@ -89,9 +94,7 @@ def resolve_backend(name: str | None = "auto") -> str:
         cupy, why = _cupy_status()
         if cupy is not None:
             return "cupy"
-        _notice_once(
-            f"cupy:{choice}", f"{why}; using the {cpu} backend", warn=(choice == "cupy")
-        )
+        _notice_once(f"cupy:{choice}", f"{why}; using the {cpu} backend", warn=(choice == "cupy"))
         return cpu
     if choice == "numba" and cpu != "numba":
         _notice_once("numba", "numba is not usable here; using the numpy backend", warn=True)

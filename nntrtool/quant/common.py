@@ -116,6 +116,68 @@ def nearest_int(v_f32: Any, xp: Any = np) -> Any:
     return (t.view(xp.int32) & xp.int32(0x7FFFFF)) - xp.int32(0x400000)
 
 
+def search_numerators(nmax: int) -> np.ndarray:
+    """The 19 numerators of the inverse scales ggml's ``make_qx_quants`` tries, in its order
+    (``iscale = num / max``): first ``-nmax``, then ``-(nmax + 0.1f*k)`` for k = -9..9, k != 0,
+    each rounded in float32."""
+    nums = [np.float32(-nmax)]
+    for k in range(-9, 10):
+        if k:
+            nums.append(-(np.float32(nmax) + np.float32(0.1) * np.float32(k)))
+    return np.array(nums, dtype=np.float32)
+
+
+def qx_scale_search(
+    xt: Any, w: Any, wx: Any, vmax: Any, nmax: int, xp: Any = np
+) -> tuple[Any, Any]:
+    """ggml's ``make_qx_quants`` (rmse_type 1) scale search on many runs at once.
+
+    ``xt``, ``w`` and ``wx`` (= ``w * x``) are position-major ``(n, m)`` float32 arrays: row i
+    holds value i of each of the m runs, so every step of ggml's sequential per-run sums is one
+    vector operation across runs. ``vmax`` is each run's signed value of largest magnitude (not
+    zero). Returns each run's chosen scale and the index of its chosen numerator in
+    :func:`search_numerators`. ``nearest_int`` is taken as ``(v + 1.5*2^23) - 1.5*2^23``,
+    exact here since ``|v| <= nmax + 1``.
+    """
+    nums = search_numerators(nmax)
+    lo, hi = np.float32(-nmax), np.float32(nmax - 1)
+    m = xt.shape[1]
+    v = xp.empty(m, dtype=xp.float32)
+    tmp = xp.empty(m, dtype=xp.float32)
+    sumlx = xp.empty(m, dtype=xp.float32)
+    suml2 = xp.empty(m, dtype=xp.float32)
+    scale = best = best_c = None
+    for c, num in enumerate(nums):
+        inv = num / vmax
+        sumlx.fill(0)
+        suml2.fill(0)
+        for i in range(xt.shape[0]):
+            xp.multiply(inv, xt[i], out=v)
+            xp.add(v, NEAREST_INT_BIAS, out=v)
+            xp.subtract(v, NEAREST_INT_BIAS, out=v)
+            xp.maximum(v, lo, out=v)
+            xp.minimum(v, hi, out=v)
+            xp.multiply(wx[i], v, out=tmp)
+            xp.add(sumlx, tmp, out=sumlx)
+            xp.multiply(w[i], v, out=tmp)
+            xp.multiply(tmp, v, out=tmp)
+            xp.add(suml2, tmp, out=suml2)
+        if c == 0:
+            # `suml2 ? sumlx/suml2 : 0` in C: NaN counts as true.
+            with np.errstate(all="ignore"):
+                scale = xp.where(suml2 != _F0, sumlx / suml2, _F0)
+                best = scale * sumlx
+            best_c = xp.zeros(m, dtype=xp.int32)
+        else:
+            with np.errstate(all="ignore"):
+                take = (suml2 > _F0) & (sumlx * sumlx > best * suml2)
+                new_scale = sumlx / suml2
+                scale = xp.where(take, new_scale, scale)
+                best = xp.where(take, new_scale * sumlx, best)
+            best_c = xp.where(take, xp.int32(c), best_c)
+    return scale, best_c
+
+
 def to_f32(raw: Any, src_kind: int, xp: Any = np) -> Any:
     """Decode a chunk of source elements (float32, or uint16 fp16/bf16 bits) to float32."""
     if src_kind == SRC_F32:
@@ -157,11 +219,19 @@ def numba_entry_points(
     ``quantize`` / ``dequantize`` of ``nntrtool.quant.<module>``, imported (and numba with it)
     on the first call, so that looking at a type costs no numba import."""
 
+    from .kernel_cost import mark_compiled
+
+    qtype = type_name.lower()
+
     def quantize_numba(x: Any, src_kind: int) -> np.ndarray:
-        return importlib.import_module(f"nntrtool.quant.{module}").quantize(x, src_kind)
+        out = importlib.import_module(f"nntrtool.quant.{module}").quantize(x, src_kind)
+        mark_compiled(f"quantize-{qtype}-{x.dtype.name}")
+        return out
 
     def dequantize_numba(data: Any) -> np.ndarray:
-        return importlib.import_module(f"nntrtool.quant.{module}").dequantize(data)
+        out = importlib.import_module(f"nntrtool.quant.{module}").dequantize(data)
+        mark_compiled(f"dequantize-{qtype}")
+        return out
 
     quantize_numba.__doc__ = (
         f"{type_name} bytes (rows, row_bytes) of a C-contiguous 2-D float32 array (or uint16 "

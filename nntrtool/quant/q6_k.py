@@ -22,6 +22,7 @@ How the array code stays bit-exact with ggml's scalar C:
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,8 @@ from nntrtool.quant.common import (
     f16_to_f32,
     nearest_int,
     numba_entry_points,
+    qx_scale_search,
+    search_numerators,
 )
 
 QK = Q6_K.block_size  # 256 values per superblock
@@ -53,19 +56,7 @@ assert D_OFF + 2 == BLOCK_BYTES
 GROUP_MAX_EPS = np.float32(1e-15)
 
 
-def _search_numerators() -> np.ndarray:
-    """The 19 numerators of the inverse scales ggml tries, in its order (``is = num / max``).
-
-    First ``-nmax``, then ``-(nmax + 0.1f*k)`` for k = -9..9, k != 0, each rounded in float32.
-    """
-    nums = [np.float32(-NMAX)]
-    for k in range(-9, 10):
-        if k:
-            nums.append(-(np.float32(NMAX) + np.float32(0.1) * np.float32(k)))
-    return np.array(nums, dtype=np.float32)
-
-
-SEARCH_NUMERATORS = _search_numerators()
+SEARCH_NUMERATORS = search_numerators(NMAX)
 
 _F32_ZERO = np.float32(0.0)
 _LO = np.float32(-NMAX)
@@ -90,6 +81,13 @@ def _check_shape(x: Any, what: str) -> tuple[int, int]:
 
 def quantize_xp(x: Any, xp: Any = np) -> Any:
     """Quantize float32 ``(rows, cols)`` to Q6_K bytes ``(rows, cols // 256 * 210)`` with ``xp``."""
+    return quantize_imatrix_xp(x, None, xp)
+
+
+def quantize_imatrix_xp(x: Any, qw: Any, xp: Any = np) -> Any:
+    """Q6_K bytes of float32 ``(rows, cols)`` weighted by importance ``qw`` (float32, one per
+    column), as ggml's ``quantize_q6_K`` with ``quant_weights``; ``qw=None`` is the plain
+    quantizer (weights ``x*x``)."""
     from nntrtool.errors import QuantError
 
     rows, cols = _check_shape(x, "quantize")
@@ -104,15 +102,21 @@ def quantize_xp(x: Any, xp: Any = np) -> Any:
     blocks = xp.ascontiguousarray(x).reshape(nb, QK)
     out = xp.empty((nb, BLOCK_BYTES), dtype=xp.uint8)
     chunk = _NUMPY_CHUNK if xp is np else _DEVICE_CHUNK
+    per_row = cols // QK
+    qw_blocks = None if qw is None else xp.asarray(qw, dtype=xp.float32).reshape(per_row, QK)
     with np.errstate(all="ignore"):  # inf/NaN from overflowing weights are part of the format
         for start in range(0, nb, chunk):
             stop = min(nb, start + chunk)
-            out[start:stop] = _quantize_blocks(blocks[start:stop], xp)
+            wb = None
+            if qw_blocks is not None:  # each superblock takes its columns' importance
+                wb = qw_blocks[xp.arange(start, stop) % per_row]
+            out[start:stop] = _quantize_blocks(blocks[start:stop], xp, wb)
     return out.reshape(rows, Q6_K.row_bytes(cols))
 
 
-def _quantize_blocks(blocks: Any, xp: Any) -> Any:
-    """Q6_K bytes ``(n, 210)`` of ``n`` superblocks of 256 float32 values."""
+def _quantize_blocks(blocks: Any, xp: Any, qw_blocks: Any = None) -> Any:
+    """Q6_K bytes ``(n, 210)`` of ``n`` superblocks of 256 float32 values (weighted by
+    ``qw_blocks``, ``(n, 256)``, when given)."""
     n = blocks.shape[0]
     m = n * NSUB
     # Position-major: xt[i] holds value i of every sub-block, so each step of a sequential
@@ -129,9 +133,9 @@ def _quantize_blocks(blocks: Any, xp: Any) -> Any:
     tiny = amax < GROUP_MAX_EPS
     vmax = xp.where(tiny, _ONE, vmax)  # keep the search finite there; the result is masked
 
-    w = xt * xt
+    w = xt * xt if qw_blocks is None else xp.ascontiguousarray(qw_blocks.reshape(m, SUB).T)
     wx = w * xt
-    scale, best_c = _scale_search(xt, w, wx, vmax, xp)
+    scale, best_c = qx_scale_search(xt, w, wx, vmax, NMAX, xp)
     scale = xp.where(tiny, _F32_ZERO, scale)
 
     # Superblock scale: the sub-block scale of largest magnitude, first one wins.
@@ -180,46 +184,6 @@ def _numerators(xp: Any) -> Any:
     return SEARCH_NUMERATORS if xp is np else xp.asarray(SEARCH_NUMERATORS)
 
 
-def _scale_search(xt: Any, w: Any, wx: Any, vmax: Any, xp: Any) -> tuple[Any, Any]:
-    """ggml's make_qx_quants (nmax 32, weights x*x) on every sub-block at once.
-
-    Returns the chosen scale and the index of the chosen numerator for each sub-block.
-    """
-    m = xt.shape[1]
-    v = xp.empty(m, dtype=xp.float32)
-    tmp = xp.empty(m, dtype=xp.float32)
-    sumlx = xp.empty(m, dtype=xp.float32)
-    suml2 = xp.empty(m, dtype=xp.float32)
-    scale = best = best_c = None
-    for c, num in enumerate(SEARCH_NUMERATORS):
-        inv = num / vmax
-        sumlx.fill(0)
-        suml2.fill(0)
-        for i in range(SUB):
-            xp.multiply(inv, xt[i], out=v)
-            xp.add(v, NEAREST_INT_BIAS, out=v)
-            xp.subtract(v, NEAREST_INT_BIAS, out=v)
-            xp.maximum(v, _LO, out=v)
-            xp.minimum(v, _HI, out=v)
-            xp.multiply(wx[i], v, out=tmp)
-            xp.add(sumlx, tmp, out=sumlx)
-            xp.multiply(w[i], v, out=tmp)
-            xp.multiply(tmp, v, out=tmp)
-            xp.add(suml2, tmp, out=suml2)
-        if c == 0:
-            # `suml2 ? sumlx/suml2 : 0` in C: NaN counts as true.
-            scale = xp.where(suml2 != _F32_ZERO, sumlx / suml2, _F32_ZERO)
-            best = scale * sumlx
-            best_c = xp.zeros(m, dtype=xp.int32)
-        else:
-            take = (suml2 > _F32_ZERO) & (sumlx * sumlx > best * suml2)
-            new_scale = sumlx / suml2
-            scale = xp.where(take, new_scale, scale)
-            best = xp.where(take, new_scale * sumlx, best)
-            best_c = xp.where(take, xp.int32(c), best_c)
-    return scale, best_c
-
-
 def _pack(codes: Any, out: Any, xp: Any) -> None:
     """Write ``ql`` and ``qh`` of ``n`` blocks of 256 codes (0..63) into ``out``."""
     n = codes.shape[0]
@@ -266,3 +230,8 @@ def dequantize_xp(data: Any, xp: Any = np) -> Any:
 
 # The numba kernels live in _q6_k_numba, imported with numba on first use.
 quantize_numba, dequantize_numba = numba_entry_points("Q6_K", "_q6_k_numba")
+
+
+def quantize_imatrix_numba(x: Any, src_kind: int, qw: Any) -> np.ndarray:
+    """Importance-weighted Q6_K bytes with the numba kernel (imported on first use)."""
+    return importlib.import_module("nntrtool.quant._q6_k_numba").quantize(x, src_kind, qw)

@@ -1,7 +1,9 @@
 """The kernel registry: one kernel module per quantized type, looked up by the type's name.
 
 Every type module exposes the same four functions (``quantize_xp(x, xp)``,
-``dequantize_xp(data, xp)``, ``quantize_numba(x, src_kind)``, ``dequantize_numba(data)``);
+``dequantize_xp(data, xp)``, ``quantize_numba(x, src_kind)``, ``dequantize_numba(data)``),
+and types whose bytes an importance matrix changes also ``quantize_imatrix_xp(x, qw, xp)``
+and ``quantize_imatrix_numba(x, src_kind, qw)``;
 generic code picks the module here and never branches on a type's name. Modules are imported
 on first use, so looking a type up costs nothing.
 """
@@ -40,6 +42,19 @@ class QuantKernels:
     def quantize_numba(self, x: Any, src_kind: int) -> Any:
         """Bytes of a C-contiguous 2-D float32 (or uint16 fp16/bf16 bits) numpy array."""
         return self.impl.quantize_numba(x, src_kind)
+
+    @property
+    def uses_imatrix(self) -> bool:
+        """Whether an importance matrix changes this type's bytes (ggml ignores it for Q8_0)."""
+        return hasattr(self.impl, "quantize_imatrix_xp")
+
+    def quantize_imatrix_xp(self, x: Any, qw: Any, xp: Any) -> Any:
+        """Bytes of a 2-D float32 ``xp`` array weighted by importance ``qw`` (one per column)."""
+        return self.impl.quantize_imatrix_xp(x, qw, xp)
+
+    def quantize_imatrix_numba(self, x: Any, src_kind: int, qw: Any) -> Any:
+        """Importance-weighted bytes of a C-contiguous 2-D source array, numba kernels."""
+        return self.impl.quantize_imatrix_numba(x, src_kind, qw)
 
     def dequantize_numba(self, data: Any) -> Any:
         """float32 (rows, cols) of a C-contiguous (rows, row_bytes) numpy array."""

@@ -44,7 +44,9 @@ def check_repackable(shape: tuple[int, ...], layout: RepackLayout) -> None:
     """Raise :class:`QuantError` unless ``shape`` is a (rows, row_bytes) Q4_0 array that
     ``layout`` can hold (rows a multiple of the group, whole blocks)."""
     if len(shape) != 2:
-        raise QuantError(f"{layout.name}: expected a 2-D (rows, row_bytes) Q4_0 array, got shape {shape}")
+        raise QuantError(
+            f"{layout.name}: expected a 2-D (rows, row_bytes) Q4_0 array, got shape {shape}"
+        )
     rows, row_bytes = shape
     if row_bytes % BLOCK_BYTES or row_bytes == 0:
         raise QuantError(
@@ -86,12 +88,18 @@ def unpack_xp(data: Any, layout: RepackLayout, xp: Any = np) -> Any:
 def repack_numba(data: np.ndarray, layout: RepackLayout) -> np.ndarray:
     """``repack_xp`` with the parallel numba kernel (C-contiguous uint8 input)."""
     from . import _repack_numba
+    from .kernel_cost import mark_compiled
 
-    return _repack_numba.repack(data, layout.rows, layout.interleave)
+    out = _repack_numba.repack(data, layout.rows, layout.interleave)
+    mark_compiled("repack")
+    return out
 
 
 def unpack_numba(data: np.ndarray, layout: RepackLayout) -> np.ndarray:
     """``unpack_xp`` with the parallel numba kernel (C-contiguous uint8 input)."""
     from . import _repack_numba
+    from .kernel_cost import mark_compiled
 
-    return _repack_numba.unpack(data, layout.rows, layout.interleave)
+    out = _repack_numba.unpack(data, layout.rows, layout.interleave)
+    mark_compiled("unpack")
+    return out

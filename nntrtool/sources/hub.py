@@ -89,12 +89,14 @@ def weight_patterns(repo_files: Iterable[str]) -> list[str]:
     return SIDE_FILES + weights
 
 
-def find_cached(repo_id: str, revision: str | None, cache_dir: Path) -> tuple[Path, str] | None:
-    """``(snapshot folder, commit)`` of a cached snapshot holding ``config.json``, or None."""
+def find_cached(
+    repo_id: str, revision: str | None, cache_dir: Path, marker: str = "config.json"
+) -> tuple[Path, str] | None:
+    """``(snapshot folder, commit)`` of a cached snapshot holding ``marker``, or None."""
     from huggingface_hub import try_to_load_from_cache
 
     found = try_to_load_from_cache(
-        repo_id, "config.json", cache_dir=str(cache_dir), revision=revision or "main"
+        repo_id, marker, cache_dir=str(cache_dir), revision=revision or "main"
     )
     if not isinstance(found, str):
         return None
@@ -103,17 +105,24 @@ def find_cached(repo_id: str, revision: str | None, cache_dir: Path) -> tuple[Pa
 
 
 def resolve_hub(
-    repo_id: str, revision: str | None, is_complete: Callable[[Path], str | None]
+    repo_id: str,
+    revision: str | None,
+    is_complete: Callable[[Path], str | None],
+    *,
+    marker: str = "config.json",
+    patterns: Callable[[Iterable[str]], list[str]] = weight_patterns,
 ) -> tuple[Path, dict[str, Any]]:
     """The local folder of ``repo_id`` at ``revision``, from the cache or downloaded.
 
     ``is_complete(folder)`` returns None when the folder holds a whole model, else what is
-    missing. Returns the folder and the source's ``origin`` dict.
+    missing. ``marker`` is the file a cached snapshot must hold (a model's config, an adapter's
+    config) and ``patterns(repo files)`` what to download. Returns the folder and the source's
+    ``origin`` dict.
     """
     cache = hub_cache_dir()
     ref = revision or "main"
     missing = "nothing cached"
-    cached = find_cached(repo_id, revision, cache)
+    cached = find_cached(repo_id, revision, cache, marker)
     if cached is not None:
         folder, commit = cached
         missing = is_complete(folder) or ""
@@ -127,7 +136,7 @@ def resolve_hub(
             "the hub is offline (HF_HUB_OFFLINE is set); download it once online, or pass a "
             "local folder"
         )
-    folder, commit = _download(repo_id, revision, cache)
+    folder, commit = _download(repo_id, revision, cache, patterns)
     missing = is_complete(folder)
     if missing:
         raise SourceError(f"{repo_id} (revision {ref}) was downloaded but is incomplete: {missing}")
@@ -138,7 +147,12 @@ def _origin(repo_id: str, ref: str, commit: str, folder: Path) -> dict[str, Any]
     return {"kind": "hub", "path": str(folder), "repo_id": repo_id, "revision": commit, "ref": ref}
 
 
-def _download(repo_id: str, revision: str | None, cache: Path) -> tuple[Path, str]:
+def _download(
+    repo_id: str,
+    revision: str | None,
+    cache: Path,
+    patterns_for: Callable[[Iterable[str]], list[str]] = weight_patterns,
+) -> tuple[Path, str]:
     from huggingface_hub import HfApi, snapshot_download
 
     errors = _hub_errors()
@@ -146,7 +160,7 @@ def _download(repo_id: str, revision: str | None, cache: Path) -> tuple[Path, st
     try:
         info = HfApi().model_info(repo_id, revision=revision)
         commit = info.sha or ref
-        patterns = weight_patterns(s.rfilename for s in (info.siblings or []))
+        patterns = patterns_for(s.rfilename for s in (info.siblings or []))
         folder = snapshot_download(
             repo_id, revision=commit, cache_dir=str(cache), allow_patterns=patterns
         )

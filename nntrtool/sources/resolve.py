@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nntrtool.errors import SourceError, UsageError
 from nntrtool.sources import moe as _moe  # noqa: F401  (registers the MoE architectures' rules)
 from nntrtool.sources.base import ModelSource, SourceTensor
 from nntrtool.sources.hub import looks_like_hub_id, resolve_hub
 from nntrtool.sources.transforms import apply_rules, rules_for
+
+if TYPE_CHECKING:
+    from nntrtool.sources.lora import AdapterSpec
 
 CHECKPOINT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
@@ -37,9 +41,17 @@ def open_source(
     *,
     revision: str | None = None,
     config: str | os.PathLike | None = None,
+    adapters: Sequence[AdapterSpec] = (),
 ) -> ModelSource:
     """Open a model: a Hugging Face folder, a ``.safetensors`` file, a ``.bin``/``.pt``
-    checkpoint, or a hub id ``org/name`` (an existing local path always wins over an id)."""
+    checkpoint, or a hub id ``org/name`` (an existing local path always wins over an id).
+
+    ``adapters`` (LoRA, see :mod:`nntrtool.sources.lora`) are merged into the tensors they change.
+    """
+    if adapters:
+        from nntrtool.sources.lora import apply_adapters
+
+        return apply_adapters(open_source(spec, revision=revision, config=config), adapters)
     config_path = Path(config).expanduser() if config is not None else None
     if config_path is not None and not config_path.is_file():
         raise SourceError(f"config file not found: {config}")

@@ -1,0 +1,67 @@
+"""``nntrtool imatrix SRC --text FILE -o OUT``: an importance matrix computed on a text.
+
+A thin layer over :func:`nntrtool.imatrix.collect.compute_imatrix`: parses options, runs it with
+a progress bar and prints what was covered (or ``--json``). The output is llama.cpp's GGUF
+imatrix format, usable by ``nntrtool convert --imatrix`` and by llama.cpp's quantizer.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from nntrtool.cli.display import progress_factory
+
+
+def imatrix_command(
+    source: str = typer.Argument(
+        ..., help="The model: a folder with config.json, weights and tokenizer, or a hub id."
+    ),
+    text: Path = typer.Option(..., "--text", metavar="FILE.txt", help="UTF-8 calibration text."),
+    out: Path = typer.Option(
+        ..., "--output", "-o", help="Output imatrix file (GGUF, e.g. imatrix.gguf)."
+    ),
+    ctx: int = typer.Option(512, "--ctx", help="Tokens per chunk."),
+    chunks: int = typer.Option(
+        None, "--chunks", min=1, help="Use at most N chunks (all that fit by default)."
+    ),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object of the summary."),
+    revision: str = typer.Option(None, "--revision", help="Revision of a hub id source."),
+    config: Path = typer.Option(
+        None, "--config", help="config.json for a single .safetensors source."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Run SRC over a text and record each linear layer's input importance (needs torch)."""
+    from nntrtool.imatrix.collect import compute_imatrix
+
+    report = compute_imatrix(
+        source,
+        text,
+        out,
+        ctx=ctx,
+        chunks=chunks,
+        force=force,
+        revision=revision,
+        config=config,
+        progress=progress_factory(quiet),
+    )
+    if json_out:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+        return
+    print(
+        f"wrote {report.out}: {report.tensors} tensors ({report.matrices} matrices counting "
+        f"experts) from {report.chunks} chunks of {report.chunk_size} tokens = {report.tokens} "
+        f"tokens of {report.text} ({report.text_tokens} in the text), {report.seconds:.1f} s"
+    )
+    if report.never_activated:
+        print(
+            f"never activated ({len(report.never_activated)}; their statistics are zero): "
+            + "; ".join(report.never_activated)
+        )
+    else:
+        print("every tensor was activated")

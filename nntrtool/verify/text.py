@@ -1,0 +1,513 @@
+"""Measuring a file on real text: perplexity and KL divergence against the source model.
+
+The text is tokenized with the source's tokenizer and cut into chunks of ``ctx`` tokens, each run
+as one sequence, the way ``llama-perplexity`` does: the first token of a chunk becomes BOS when
+the tokenizer adds one, and only the second half of each chunk is scored (positions
+``ctx/2 .. ctx-2`` predicting the next token), so every scored token has at least ``ctx/2``
+tokens of context.
+
+Memory stays bounded by one model and one chunk: the source run spills each chunk's scored
+logits to a temporary file (float32 as the model gives them, ``positions x vocab``; about
+``chunks x ctx/2 x vocab x 4`` bytes, in ``TMPDIR``), then the file's weights
+are dequantized tensor by tensor into the same model and the second run compares chunk by chunk.
+Only per-position scalars (NLL, probability of the right token, KL, agreement) are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nntrtool.errors import NntrError, UsageError
+from nntrtool.progress import ProgressFactory
+from nntrtool.verify.report import _json_float
+
+#: Tokens per chunk by default (llama-perplexity's default context for this measurement).
+DEFAULT_CTX = 512
+#: Smallest chunk that leaves something to score after the first half.
+MIN_CTX = 16
+#: Files a Hugging Face tokenizer is loaded from (any one is enough to try).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+#: Percentiles of the per-token KL divergence that the report shows (llama-perplexity's set).
+KL_PERCENTILES = (99.9, 99.0, 90.0, 50.0, 10.0, 5.0, 1.0, 0.1)
+#: Positions turned into log-probabilities at once: bounds the float64 temporaries.
+_ROWS = 64
+
+
+# ----------------------------------------------------------------------------------------------
+# text -> chunks of token ids
+
+
+@dataclass
+class TextChunks:
+    """A text cut into equal chunks of token ids, ready to run."""
+
+    path: str
+    ctx: int
+    chunks: list[list[int]]
+    text_tokens: int  # tokens in the whole text (the chunks may use fewer)
+    bos: int | None  # the BOS id written at the start of each chunk, if the tokenizer adds one
+
+    @property
+    def first_scored(self) -> int:
+        """Index of the first position whose prediction is scored (the second half)."""
+        return self.ctx // 2
+
+    @property
+    def scored_per_chunk(self) -> int:
+        return self.ctx - 1 - self.first_scored
+
+
+def read_text(path: str | Path) -> str:
+    """The text of ``path`` (UTF-8); ``UsageError`` when it is missing, unreadable or empty."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--text {path}: no such file; give a UTF-8 text file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(
+            f"--text {path}: not UTF-8 text (byte {err.start}); convert it to UTF-8 first"
+        ) from None
+    except OSError as err:
+        raise UsageError(f"--text {path}: cannot read it: {err.strerror or err}") from None
+    if not text.strip():
+        raise UsageError(f"--text {path}: the file is empty")
+    return text
+
+
+def load_tokenizer(src: Any, transformers: Any) -> Any:
+    """The source's Hugging Face tokenizer; ``UsageError`` when the source has none."""
+    root = getattr(src, "root", None)
+    if root is None or not any((Path(root) / n).is_file() for n in TOKENIZER_FILES):
+        where = f" in {root}" if root is not None else ""
+        raise UsageError(
+            f"no tokenizer found{where} (tokenizer.json, tokenizer.model or vocab.json); "
+            "--text needs the source model's tokenizer: give the model folder that has it"
+        )
+    with _quiet_transformers(transformers):
+        try:
+            return transformers.AutoTokenizer.from_pretrained(str(root), local_files_only=True)
+        except Exception as err:  # transformers raises many kinds; the user needs one line
+            raise UsageError(f"cannot load the tokenizer in {root}: {_first_line(err)}") from None
+
+
+def tokenize_chunks(
+    tokenizer: Any, text: str, path: str | Path, ctx: int = DEFAULT_CTX, chunks: int | None = None
+) -> TextChunks:
+    """Tokenize ``text`` and cut it into ``chunks`` chunks of ``ctx`` tokens (as many as fit
+    when ``chunks`` is None); ``UsageError`` when not even one chunk fits."""
+    if ctx < MIN_CTX:
+        raise UsageError(f"--ctx {ctx}: use at least {MIN_CTX} tokens per chunk")
+    if chunks is not None and chunks < 1:
+        raise UsageError(f"--chunks {chunks}: give a number >= 1")
+    import transformers
+
+    with _quiet_transformers(transformers):
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    adds_bos = bos is not None and len(probe) > 0 and probe[0] == bos
+    available = len(ids) // ctx
+    if available == 0:
+        raise UsageError(
+            f"--text {path}: {len(ids)} tokens, too short for one chunk of --ctx {ctx}; "
+            "give a longer text or a smaller --ctx"
+        )
+    n = available if chunks is None else min(chunks, available)
+    out = []
+    for i in range(n):
+        chunk = ids[i * ctx : (i + 1) * ctx]
+        if adds_bos:
+            chunk[0] = int(bos)
+        out.append([int(t) for t in chunk])
+    return TextChunks(
+        path=str(path), ctx=ctx, chunks=out, text_tokens=len(ids), bos=bos if adds_bos else None
+    )
+
+
+def load_text_chunks(
+    source_spec: str | Path,
+    text_path: str | Path,
+    *,
+    ctx: int = DEFAULT_CTX,
+    chunks: int | None = None,
+    revision: str | None = None,
+    config: str | Path | None = None,
+) -> TextChunks:
+    """Read the text, load the source's tokenizer and cut the text into chunks."""
+    from nntrtool.sources import open_source
+    from nntrtool.verify.logits import _import_torch
+
+    _, transformers = _import_torch()
+    text = read_text(text_path)
+    with open_source(source_spec, revision=revision, config=config) as src:
+        tokenizer = load_tokenizer(src, transformers)
+    return tokenize_chunks(tokenizer, text, text_path, ctx=ctx, chunks=chunks)
+
+
+# ----------------------------------------------------------------------------------------------
+# the report
+
+
+@dataclass
+class TextReport:
+    """Perplexity of both models and how far the file's next-token distributions moved."""
+
+    text: str
+    ctx: int
+    chunks: int
+    text_tokens: int
+    scored: int
+    ppl_base: float
+    ppl_base_err: float
+    ppl_test: float
+    ppl_test_err: float
+    ln_ratio: float
+    ln_ratio_err: float
+    ppl_ratio: float
+    ppl_ratio_err: float
+    ppl_corr: float
+    kl_mean: float
+    kl_mean_err: float
+    kl_max: float
+    kl_min: float
+    kl_percentiles: dict[str, float]
+    top1_agreement: float
+    top1_agreement_err: float
+    dp_mean: float
+    dp_mean_err: float
+    rms_dp: float
+    rms_dp_err: float
+    replaced: int = 0
+    not_replaced: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+    @property
+    def kl_median(self) -> float:
+        return self.kl_percentiles["50"]
+
+    @property
+    def kl_p99(self) -> float:
+        return self.kl_percentiles["99"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "ctx": self.ctx,
+            "chunks": self.chunks,
+            "text_tokens": self.text_tokens,
+            "scored_tokens": self.scored,
+            "ppl_base": _json_float(self.ppl_base),
+            "ppl_base_err": _json_float(self.ppl_base_err),
+            "ppl": _json_float(self.ppl_test),
+            "ppl_err": _json_float(self.ppl_test_err),
+            "ppl_ratio": _json_float(self.ppl_ratio),
+            "ppl_ratio_err": _json_float(self.ppl_ratio_err),
+            "ln_ppl_ratio": _json_float(self.ln_ratio),
+            "ln_ppl_ratio_err": _json_float(self.ln_ratio_err),
+            "ln_ppl_correlation": _json_float(self.ppl_corr),
+            "kl_mean": _json_float(self.kl_mean),
+            "kl_mean_err": _json_float(self.kl_mean_err),
+            "kl_median": _json_float(self.kl_median),
+            "kl_p99": _json_float(self.kl_p99),
+            "kl_max": _json_float(self.kl_max),
+            "kl_min": _json_float(self.kl_min),
+            "kl_percentiles": {k: _json_float(v) for k, v in self.kl_percentiles.items()},
+            "top1_agreement": _json_float(self.top1_agreement),
+            "top1_agreement_err": _json_float(self.top1_agreement_err),
+            "dp_mean": _json_float(self.dp_mean),
+            "dp_mean_err": _json_float(self.dp_mean_err),
+            "rms_dp": _json_float(self.rms_dp),
+            "rms_dp_err": _json_float(self.rms_dp_err),
+            "replaced": self.replaced,
+            "not_replaced": list(self.not_replaced),
+            "unused": list(self.unused),
+        }
+
+
+def _mean_err(x: np.ndarray) -> tuple[float, float]:
+    """Mean and its standard error ``sqrt(var / (n - 1))`` (0 for a single value)."""
+    n = x.size
+    mean = float(x.mean())
+    if n < 2:
+        return mean, 0.0
+    var = float(np.mean(x * x)) - mean * mean
+    return mean, math.sqrt(max(var, 0.0) / (n - 1))
+
+
+def summarize_positions(
+    nll_base: np.ndarray,
+    nll_test: np.ndarray,
+    kl: np.ndarray,
+    p_base: np.ndarray,
+    p_test: np.ndarray,
+    same_top: np.ndarray,
+    chunks: TextChunks,
+) -> TextReport:
+    """The report's figures from the per-position values (all float64 arrays of one length)."""
+    n = int(kl.size)
+    ln_b, ln_b_err = _mean_err(nll_base)
+    ln_t, ln_t_err = _mean_err(nll_test)
+    ln_r, ln_r_err = _mean_err(nll_test - nll_base)
+    if n > 1 and np.std(nll_base) > 0 and np.std(nll_test) > 0:
+        corr = float(np.corrcoef(nll_base, nll_test)[0, 1])
+    else:
+        corr = 1.0
+    kl_mean, kl_err = _mean_err(kl)
+    top1 = float(np.mean(same_top))
+    top1_err = math.sqrt(top1 * (1.0 - top1) / (n - 1)) if n > 1 else 0.0
+    dp = p_test - p_base
+    dp_mean, dp_err = _mean_err(dp)
+    dp2_mean, dp2_err = _mean_err(dp * dp)
+    rms = math.sqrt(dp2_mean)
+    rms_err = 0.5 * dp2_err / rms if rms > 0 else 0.0
+    pct = np.percentile(kl, KL_PERCENTILES)
+    ratio = math.exp(ln_r)
+    return TextReport(
+        text=chunks.path,
+        ctx=chunks.ctx,
+        chunks=len(chunks.chunks),
+        text_tokens=chunks.text_tokens,
+        scored=n,
+        ppl_base=math.exp(ln_b),
+        ppl_base_err=math.exp(ln_b) * ln_b_err,
+        ppl_test=math.exp(ln_t),
+        ppl_test_err=math.exp(ln_t) * ln_t_err,
+        ln_ratio=ln_r,
+        ln_ratio_err=ln_r_err,
+        ppl_ratio=ratio,
+        ppl_ratio_err=ratio * ln_r_err,
+        ppl_corr=corr,
+        kl_mean=kl_mean,
+        kl_mean_err=kl_err,
+        kl_max=float(kl.max()),
+        kl_min=float(kl.min()),
+        kl_percentiles={f"{p:g}": float(v) for p, v in zip(KL_PERCENTILES, pct, strict=True)},
+        top1_agreement=top1,
+        top1_agreement_err=top1_err,
+        dp_mean=dp_mean,
+        dp_mean_err=dp_err,
+        rms_dp=rms,
+        rms_dp_err=rms_err,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# running the models
+
+
+def compare_text(
+    file_path: str | Path,
+    source_spec: str | Path,
+    chunks: TextChunks,
+    *,
+    revision: str | None = None,
+    config: str | Path | None = None,
+    backend: str = "auto",
+    progress: ProgressFactory | None = None,
+    adapters: Sequence[Any] = (),
+) -> TextReport:
+    """Run the source model over the text's chunks, then again with the file's weights, and
+    report both perplexities and the KL divergence between their next-token distributions."""
+    return compare_text_files(
+        [file_path],
+        source_spec,
+        chunks,
+        revision=revision,
+        config=config,
+        backend=backend,
+        progress=progress,
+        adapters=adapters,
+    )[0]
+
+
+def compare_text_files(
+    file_paths: list[str | Path],
+    source_spec: str | Path,
+    chunks: TextChunks,
+    *,
+    revision: str | None = None,
+    config: str | Path | None = None,
+    backend: str = "auto",
+    progress: ProgressFactory | None = None,
+    adapters: Sequence[Any] = (),
+) -> list[TextReport]:
+    """:func:`compare_text` for several files of one source: the source runs over the text
+    once, then each file's weights in turn (the source's weights are put back in between)."""
+    from nntrtool.sources import open_source
+    from nntrtool.verify.logits import _import_torch, _load_model, load_file_weights
+
+    torch, transformers = _import_torch()
+    with open_source(source_spec, revision=revision, config=config, adapters=adapters) as src:
+        model = _load_model(src, torch, transformers)
+        source_names = {t.name for t in src.tensors}
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    _check_ids(chunks, vocab)
+    n_chunks, per_chunk = len(chunks.chunks), chunks.scored_per_chunk
+    total = n_chunks * per_chunk
+    nll_b, p_b = np.empty(total), np.empty(total)
+    top_b = np.empty(total, dtype=np.int64)
+    rows = np.arange(per_chunk)
+    reports = []
+
+    with tempfile.TemporaryDirectory(prefix="nntrtool-text-") as tmp:
+        try:
+            spill = np.lib.format.open_memmap(
+                Path(tmp) / "source_logits.npy",
+                mode="w+",
+                dtype=np.float32,
+                shape=(n_chunks, per_chunk, vocab),
+            )
+        except OSError as err:
+            raise NntrError(
+                f"--text: cannot make the {_gib(total * vocab * 4)} temporary file for the "
+                f"source's logits in {tmp}: {err.strerror or err}; "
+                "set TMPDIR to a folder with room, or use fewer --chunks"
+            ) from None
+        with token_progress(progress, total, "source on text") as bar:
+            for c, logits in enumerate(_chunk_logits(model, chunks, torch)):
+                lo, hi = c * per_chunk, (c + 1) * per_chunk
+                target = np.asarray(chunks.chunks[c][chunks.first_scored + 1 :])
+                try:
+                    spill[c] = logits
+                except OSError as err:
+                    raise NntrError(
+                        f"--text: writing the source's logits to a temporary file failed: "
+                        f"{err.strerror or err}; set TMPDIR to a folder with room"
+                    ) from None
+                logp = _log_softmax(logits)
+                nll_b[lo:hi] = -logp[rows, target]
+                p_b[lo:hi] = np.exp(logp[rows, target])
+                top_b[lo:hi] = logits.argmax(axis=-1)
+                if bar is not None:
+                    bar.advance(per_chunk, current=f"chunk {c + 1}/{n_chunks}")
+
+        for i, file_path in enumerate(file_paths):
+            if i > 0:
+                _restore_source_weights(model, source_spec, revision, config, torch, adapters)
+            replaced, not_replaced, unused = load_file_weights(
+                model, file_path, source_names, backend=backend, progress=progress
+            )
+            nll_t, p_t, kl = np.empty(total), np.empty(total), np.empty(total)
+            same = np.empty(total, dtype=bool)
+            with token_progress(progress, total, f"{Path(file_path).name} on text") as bar:
+                for c, logits in enumerate(_chunk_logits(model, chunks, torch)):
+                    lo, hi = c * per_chunk, (c + 1) * per_chunk
+                    target = np.asarray(chunks.chunks[c][chunks.first_scored + 1 :])
+                    logq = _log_softmax(logits)
+                    nll_t[lo:hi] = -logq[rows, target]
+                    p_t[lo:hi] = np.exp(logq[rows, target])
+                    same[lo:hi] = logits.argmax(axis=-1) == top_b[lo:hi]
+                    for r in range(0, per_chunk, _ROWS):
+                        lp = _log_softmax(spill[c, r : r + _ROWS])
+                        k = (np.exp(lp) * (lp - logq[r : r + _ROWS])).sum(axis=-1)
+                        kl[lo + r : lo + r + lp.shape[0]] = np.maximum(k, 0.0)
+                    if bar is not None:
+                        bar.advance(per_chunk, current=f"chunk {c + 1}/{n_chunks}")
+            report = summarize_positions(nll_b, nll_t, kl, p_b, p_t, same, chunks)
+            report.replaced, report.not_replaced, report.unused = replaced, not_replaced, unused
+            reports.append(report)
+        del spill
+    return reports
+
+
+def _restore_source_weights(
+    model: Any,
+    source_spec: str | Path,
+    revision: str | None,
+    config: Any,
+    torch: Any,
+    adapters: Sequence[Any] = (),
+) -> None:
+    """Put the source's weights back into the model, tensor by tensor."""
+    from nntrtool.sources import open_source
+
+    state = model.state_dict()
+    with (
+        open_source(source_spec, revision=revision, config=config, adapters=adapters) as src,
+        torch.no_grad(),
+    ):
+        for t in src.tensors:
+            if t.name in state:
+                value = torch.from_numpy(np.array(t.read_f32(), dtype=np.float32))  # a copy
+                state[t.name].copy_(value.reshape(state[t.name].shape))
+
+
+def _chunk_logits(model: Any, chunks: TextChunks, torch: Any):
+    """Yield, per chunk, the model's float32 logits at the scored positions ``(n, vocab)``."""
+    import inspect
+
+    first, ctx = chunks.first_scored, chunks.ctx
+    keep = ctx - first  # positions first .. ctx-1; the last one predicts past the chunk
+    takes_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+    for ids in chunks.chunks:
+        input_ids = torch.tensor([ids], dtype=torch.long)
+        with torch.no_grad():
+            if takes_keep:
+                logits = model(input_ids=input_ids, use_cache=False, logits_to_keep=keep).logits
+            else:
+                logits = model(input_ids=input_ids, use_cache=False).logits[:, first:]
+        yield np.ascontiguousarray(logits[0, :-1].float().numpy())
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float64 log-probabilities of float32 logits, a few rows at a time (bounded temporaries).
+
+    Both runs' log-probabilities come from their float32 logits the same way, so identical
+    weights give exactly zero divergence."""
+    out = np.empty(logits.shape, dtype=np.float64)
+    for r in range(0, logits.shape[0], _ROWS):
+        x = logits[r : r + _ROWS].astype(np.float64)
+        x -= x.max(axis=-1, keepdims=True)
+        x -= np.log(np.exp(x).sum(axis=-1, keepdims=True))
+        out[r : r + x.shape[0]] = x
+    return out
+
+
+def _check_ids(chunks: TextChunks, vocab: int) -> None:
+    high = max(max(c) for c in chunks.chunks)
+    if high >= vocab:
+        raise UsageError(
+            f"--text: the tokenizer gives id {high}, outside the model's vocabulary ({vocab}); "
+            "the tokenizer does not belong to this model"
+        )
+
+
+def token_progress(progress: ProgressFactory | None, total: int, description: str) -> Any:
+    """A progress bar counting tokens (nothing when ``progress`` is None)."""
+    if progress is None:
+        return contextlib.nullcontext(None)
+    try:
+        return progress(total, description, unit="tokens")
+    except TypeError:  # a factory without units
+        return progress(total, description)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+@contextlib.contextmanager
+def _quiet_transformers(transformers: Any):
+    """Silence transformers' notices (e.g. "sequence longer than the model's maximum"):
+    the text is deliberately tokenized whole and cut into chunks afterwards."""
+    tf_logging = transformers.utils.logging
+    verbosity = tf_logging.get_verbosity()
+    tf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tf_logging.set_verbosity(verbosity)
