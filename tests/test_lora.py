@@ -243,6 +243,7 @@ def test_convert_f32_is_the_merge_and_metadata_records_the_adapter(
     )
     assert code == 0
     assert f"lora {adapter} (scale 1.5, r 4, alpha 8): merged into 5 tensors, replaced 2" in stdout
+    assert f"model.layers.*.self_attn.q_proj.weight (x2): lora {adapter} (scale 3)" in stdout
     ref = peft_merge(llama, [(adapter, 1.5)])
     ours = merged_source(llama, [(adapter, 1.5)])
     with NntrFile(out) as f:
@@ -265,7 +266,9 @@ def test_convert_f32_is_the_merge_and_metadata_records_the_adapter(
         ["verify", out, llama, "--lora", adapter, "--lora-scale", "1.5", "--json"], capsys
     )
     assert code == 0, stdout
-    assert run(["verify", out, llama, "--quiet"], capsys)[0] == 1  # unmerged source differs
+    code, _, err = run(["verify", out, llama, "--quiet"], capsys)
+    assert code == 1  # the unmerged source differs, and the note says what to pass
+    assert f"--lora {adapter} --lora-scale 1.5" in err
 
 
 @pytest.mark.parametrize("qtype", ["q4_0", "q8_0"])
@@ -344,6 +347,13 @@ def test_adapter_from_the_offline_hub_cache(llama, adapter, offline_hub, capsys)
     with NntrFile(out) as f:
         rec = f.config["nntrtool"]["source"]["adapters"][0]
     assert rec["repo_id"] == "someone/tiny-lora" and rec["revision"] == "c" * 40
+    cache_model(offline_hub, "someone/tiny-lora", files, "d" * 40, ref="v2")
+    out2 = Path("v2.nntr")
+    assert (
+        run(["convert", llama, out2, "--lora", "someone/tiny-lora@v2", "--quiet"], capsys)[0] == 0
+    )
+    with NntrFile(out2) as f:
+        assert f.config["nntrtool"]["source"]["adapters"][0]["revision"] == "d" * 40
     code, _, err = run(["convert", llama, "x.nntr", "--lora", "someone/not-cached"], capsys)
     assert code == 2 and "cache" in error_line(err) and not Path("x.nntr").exists()
 
@@ -385,9 +395,14 @@ def _broken(kind: str, llama: Path, adapter: Path, tmp: Path) -> Path:
     elif kind == "truncated":
         data = (bad / "adapter_model.safetensors").read_bytes()
         (bad / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
-    elif kind == "wrong-rank":
+    elif kind in ("wrong-rank", "bad-pattern", "zero-rank"):
         cfg = json.loads((bad / "adapter_config.json").read_text())
-        cfg["r"] = 8
+        if kind == "wrong-rank":
+            cfg["r"] = 8
+        elif kind == "bad-pattern":
+            cfg["rank_pattern"] = {"q_proj(": 4}
+        else:
+            cfg["rank_pattern"] = {"q_proj": 0}
         (bad / "adapter_config.json").write_text(json.dumps(cfg))
     return bad
 
@@ -404,6 +419,8 @@ def _broken(kind: str, llama: Path, adapter: Path, tmp: Path) -> Path:
         ("other-model", "do not fit"),
         ("more-layers", "model.layers.2.self_attn.q_proj.weight, which the model does not have"),
         ("wrong-rank", "rank 4 in its weights but 8"),
+        ("bad-pattern", "rank_pattern key 'q_proj(' is not a regular expression"),
+        ("zero-rank", "rank 0 for model.layers.0.self_attn.q_proj"),
     ],
 )
 def test_bad_adapters_are_one_line_exit_2_no_output(llama, adapter, tmp_path, capsys, kind, words):

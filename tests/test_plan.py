@@ -290,3 +290,29 @@ def test_store_f32_replaces_named_tensors(model: Path) -> None:
     assert t.ttype is F32 and t.layout is None and t.reason == "why"
     assert changed.predicted_size > plan.predicted_size
     assert plan.tensor(name).ttype is Q4_0_REPACKED  # the original is untouched
+
+
+def test_integer_buffers_are_skipped_with_a_note(tmp_path: Path) -> None:
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    write_safetensors(
+        folder / "model.safetensors",
+        {
+            "bert.embeddings.position_ids": np.arange(64, dtype=np.int64).reshape(1, 64),
+            "bert.embeddings.token_type_ids": np.zeros((1, 64), np.int64),
+            "bert.embeddings.word_embeddings.weight": np.ones((16, 32), np.float32),
+            "bert.pooler.dense.weight": np.ones((32, 32), np.float32),
+        },
+    )
+    (folder / "config.json").write_text('{"architectures": ["BertModel"]}')
+    plan = plan_of(folder)
+    assert [t.name for t in plan.tensors] == [
+        "bert.embeddings.word_embeddings.weight",
+        "bert.pooler.dense.weight",
+    ]
+    skipped = dict(plan.skipped)
+    assert "buffer" in skipped["bert.embeddings.position_ids"]
+    assert any("position_ids" in n and "token_type_ids" in n for n in plan.notes)
+    from nntrtool.convert import ConvertOptions, convert
+
+    convert(folder, tmp_path / "b.nntr", ConvertOptions(quant_type="q8_0"))

@@ -18,14 +18,17 @@ from nntrtool.cli.display import human_bytes, human_count
 def convert_command(
     src: str = typer.Argument(
         ...,
-        help="Model folder, .safetensors or .bin file, or Hugging Face id (org/name).",
+        help="Model folder, .safetensors, .bin or .gguf file, or Hugging Face id (org/name).",
         show_default=False,
     ),
     out: Path = typer.Argument(
         None, help="Output NNTR file (not needed with --dry-run).", show_default=False
     ),
     quant_type: str = typer.Option(
-        "q4_0", "--quant-type", help="Type of the weight matrices: q4_0, q6_k, q8_0 (or f32)."
+        "auto",
+        "--quant-type",
+        help="Type of the weight matrices: q4_0, q6_k, q8_0, f32, or keep (GGUF blocks as they "
+        "are, other types to q6_k/q8_0, floats to f32). auto: keep for GGUF sources, else q4_0.",
     ),
     repack_format: str = typer.Option(
         "none",
@@ -77,6 +80,12 @@ def convert_command(
         metavar="FILE",
         help="Importance matrix (llama.cpp imatrix: GGUF or legacy .dat) weighting the "
         "Q4_0 and Q6_K quantization error, as llama-quantize --imatrix does.",
+    ),
+    gguf_file: str = typer.Option(
+        None,
+        "--gguf-file",
+        metavar="NAME",
+        help="The GGUF file to take from a folder or a Hugging Face repo.",
         show_default=False,
     ),
     allow_nonfinite: bool = typer.Option(
@@ -111,7 +120,7 @@ def convert_command(
         show_default=False,
     ),
 ) -> None:
-    """Convert a Hugging Face / PyTorch model to an NNTR file (or, with --target, a runtime's folder)."""
+    """Convert a Hugging Face / PyTorch / GGUF model to an NNTR file (or, with --target, a runtime's folder)."""
     from nntrtool.cli.display import progress_factory
     from nntrtool.convert import ConvertOptions, convert
     from nntrtool.errors import UsageError
@@ -134,6 +143,7 @@ def convert_command(
         config=config,
         adapters=adapter_specs(lora, lora_scale),
         imatrix=imatrix,
+        gguf_file=gguf_file,
     )
 
     progress = progress_factory(quiet)
@@ -204,11 +214,13 @@ def _type_table(report: Any, title: str) -> Any:
 
 
 def _render_notes(console: Any, report: Any) -> None:
-    from nntrtool.sources.lora import describe_adapters
+    from nntrtool.sources.lora import changed_tensor_lines, describe_adapters
 
     plan = report.plan
     for line in describe_adapters(plan.origin.get("adapters") or []):
         console.print(line)
+    for line in changed_tensor_lines(plan.tensors):
+        console.print(f"  {line}", soft_wrap=True)
     if plan.tied.tied:
         console.print(
             f"tied embeddings: {plan.tied.embedding} is also the output head ({plan.tied.reason})"
@@ -219,6 +231,15 @@ def _render_notes(console: Any, report: Any) -> None:
         console.print(f"fallbacks ({len(plan.fallbacks)}):")
         for name, reason in plan.fallbacks:
             console.print(f"  {name}: {reason}")
+    requantized = [t for t in plan.tensors if t.requantized]
+    if requantized:
+        console.print(
+            f"requantized from the GGUF's types ({len(requantized)}; lossy relative to the GGUF):"
+        )
+        for t in requantized:
+            console.print(
+                f"  {t.name}: requantized from {t.source_dtype.lower()} to {t.display_type}"
+            )
     if plan.unrepacked:
         console.print(f"left unrepacked ({len(plan.unrepacked)}):")
         for name, reason in plan.unrepacked:

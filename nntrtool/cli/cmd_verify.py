@@ -152,6 +152,14 @@ def verify_command(
     report.max_kl = max_kl
     report.max_ppl_ratio = max_ppl_ratio
 
+    if not report.passed and not adapters:
+        from nntrtool.format import NntrFile
+        from nntrtool.sources.lora import verify_hint
+
+        with NntrFile(file) as nf:
+            hint = verify_hint(nf.config)
+        if hint:
+            print(f"note: {hint}", file=sys.stderr)
     if json_out:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
     else:

@@ -10,6 +10,10 @@ from typing import Any
 from nntrtool.errors import UsageError
 from nntrtool.qtypes import LAYOUTS, TARGET_TYPE_NAMES
 
+#: ``--quant-type`` values besides the stored types: ``keep`` stores GGUF blocks as they are
+#: (see the plan), ``auto`` is ``keep`` for GGUF sources and ``q4_0`` for the others.
+QUANT_TYPE_CHOICES = (*TARGET_TYPE_NAMES, "keep", "auto")
+
 #: Source bytes per row chunk: large enough to amortize calls, small enough to bound memory.
 DEFAULT_CHUNK_BYTES = 16 << 20
 
@@ -56,10 +60,12 @@ class ConvertOptions:
     """Everything that decides what ``convert`` does; the CLI fills it from its flags.
 
     ``type_overrides`` holds :class:`TypeOverride` objects or ``"REGEX=TYPE"`` strings;
-    ``repack_format`` is a layout name from :data:`nntrtool.qtypes.LAYOUTS` or ``None``.
+    ``repack_format`` is a layout name from :data:`nntrtool.qtypes.LAYOUTS` or ``None``;
+    ``quant_type`` is one of :data:`QUANT_TYPE_CHOICES` (``auto`` is resolved by the plan);
+    ``gguf_file`` picks the GGUF of a folder or hub repo.
     """
 
-    quant_type: str = "q4_0"
+    quant_type: str = "auto"
     repack_format: str | None = None
     type_overrides: tuple[TypeOverride, ...] = ()
     keep_f32: tuple[str, ...] = ()
@@ -71,6 +77,7 @@ class ConvertOptions:
     allow_nonfinite: bool = False
     revision: str | None = None
     config: str | Path | None = None
+    gguf_file: str | None = None
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     #: LoRA adapters merged while converting (:class:`nntrtool.sources.lora.AdapterSpec`).
     adapters: tuple[Any, ...] = ()
@@ -80,10 +87,10 @@ class ConvertOptions:
 
     def __post_init__(self) -> None:
         qt = str(self.quant_type).lower()
-        if qt not in TARGET_TYPE_NAMES:
+        if qt not in QUANT_TYPE_CHOICES:
             raise UsageError(
                 f"--quant-type {self.quant_type!r} is not known; choose one of "
-                f"{', '.join(TARGET_TYPE_NAMES)}"
+                f"{', '.join(QUANT_TYPE_CHOICES)}"
             )
         object.__setattr__(self, "quant_type", qt)
         repack = self.repack_format

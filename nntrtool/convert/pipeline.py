@@ -136,7 +136,11 @@ def plan_conversion(source_spec: str | Path, options: ConvertOptions) -> Convers
     from nntrtool.sources import open_source
 
     with open_source(
-        source_spec, revision=options.revision, config=options.config, adapters=options.adapters
+        source_spec,
+        revision=options.revision,
+        config=options.config,
+        adapters=options.adapters,
+        gguf_file=options.gguf_file,
     ) as src:
         return make_plan(src, options)
 
@@ -161,13 +165,22 @@ def convert(
             raise UsageError("give an output file name")
         out = check_output(out_path, options.force)
     with open_source(
-        source_spec, revision=options.revision, config=options.config, adapters=options.adapters
+        source_spec,
+        revision=options.revision,
+        config=options.config,
+        adapters=options.adapters,
+        gguf_file=options.gguf_file,
     ) as src:
         plan = make_plan(src, options)
         if options.dry_run:
             return ConversionReport(plan, None, True, seconds=time.perf_counter() - start)
         assert out is not None
-        backend, threads = _setup_backend(options, plan)
+        # A plan of copied blocks and float tensors runs no kernel: numba is not even imported.
+        backend, threads = (
+            _setup_backend(options, plan)
+            if _needs_kernels(plan)
+            else ("numpy", int(options.threads or os.cpu_count() or 1))
+        )
         by_name = {t.name: t for t in src.tensors}
         nonfinite: dict[str, str] = {}
         while True:
@@ -209,6 +222,18 @@ def _nonfinite_reason(row: int, col: int, value: float) -> str:
     return f"holds {what} at row {row}, column {col}: stored as f32 (--allow-nonfinite)"
 
 
+def _needs_kernels(plan: ConversionPlan) -> bool:
+    """Whether any tensor is quantized, repacked or dequantized (rather than copied or
+    widened from float)."""
+    from nntrtool.sources import READABLE_DTYPES
+
+    return any(
+        not (tp.copy_blocks and tp.layout is None)
+        and (tp.quantized or tp.source_dtype not in READABLE_DTYPES)
+        for tp in plan.tensors
+    )
+
+
 def _setup_backend(options: ConvertOptions, plan: ConversionPlan) -> tuple[str, int]:
     from nntrtool.quant.kernel_cost import choose_backend
 
@@ -228,9 +253,13 @@ def _kernel_uses(plan: ConversionPlan) -> list[Any]:
 
     uses = []
     for tp in plan.tensors:
-        if tp.quantized:
+        if tp.copy_blocks:
+            if tp.layout is not None:
+                uses.append(repack_use(tp.numel))
+        elif tp.quantized:
             weighted = tp.importance is not None
-            uses.append(quantize_use(tp.quant_name, tp.source_dtype, tp.numel, imatrix=weighted))
+            dtype = "F32" if tp.requantized else tp.source_dtype
+            uses.append(quantize_use(tp.quant_name, dtype, tp.numel, imatrix=weighted))
             if tp.layout is not None:
                 uses.append(repack_use(tp.numel))
     return uses
@@ -250,6 +279,8 @@ def _chunks(tp: TensorPlan, src_tensor: Any, budget: int) -> Iterator[tuple[int,
     if rows == 0 or tp.numel == 0:
         return
     row_bytes = max(1, int(src_tensor.nbytes) // max(1, rows))
+    if getattr(src_tensor, "blocked", False) and not tp.copy_blocks:
+        row_bytes = max(row_bytes, tp.cols * 4)  # blocks are dequantized to float32 first
     step = _chunk_rows(tp, row_bytes, budget)
     for begin in range(0, rows, step):
         yield begin, min(rows, begin + step)
@@ -257,7 +288,11 @@ def _chunks(tp: TensorPlan, src_tensor: Any, budget: int) -> Iterator[tuple[int,
 
 def _to_f32(x: np.ndarray, dtype: str) -> np.ndarray:
     from nntrtool.quant.common import source_kind, to_f32
+    from nntrtool.sources.base import BLOCK_DTYPES, decode_blocks
 
+    block = BLOCK_DTYPES.get(dtype)
+    if block is not None:  # GGUF blocks: dequantized to their exact float32 values
+        return decode_blocks(x, dtype, x.shape[1] // block[1] * block[0])
     return to_f32(x, source_kind(dtype))
 
 
@@ -287,7 +322,6 @@ class _Work:
         self.imatrix = imatrix
         #: ``x`` holds the rows already as ``tp``'s blocks, straight from the source.
         self.encoded = encoded
-        self.numel = x.shape[0] * tp.cols if encoded else x.size
         self.check_f32 = check_f32
         self.prefetched = prefetched
         self.f32_nonfinite: tuple[int, int, float] | None = None
@@ -308,19 +342,23 @@ class _Work:
         from nntrtool.quant import quantize, repack
 
         tp = self.tp
-        if self.encoded:
-            return self.x if tp.layout is None else repack(self.x, tp.layout.name)
+        if tp.copy_blocks or self.encoded:  # the bytes as they are: the source's own blocks,
+            q = np.ascontiguousarray(self.x)  # or blocks a transform encoded exactly
+            return repack(q, tp.layout.name, backend=self.backend) if tp.layout is not None else q
         if not tp.quantized:
             data = _to_f32(self.x, tp.source_dtype)
             if self.check_f32:
                 self.f32_nonfinite = _first_nonfinite(data.reshape(data.shape[0], -1))
             return data
+        x, dtype = self.x, tp.source_dtype
+        if tp.requantized:
+            x, dtype = _to_f32(x, dtype), "F32"
         try:
             q = quantize(
-                self.x,
+                x,
                 tp.quant_name,
                 backend=self.backend,
-                source_dtype=tp.source_dtype,
+                source_dtype=dtype,
                 imatrix=self.imatrix,
             )
         except NonFiniteError as err:
@@ -346,27 +384,26 @@ def _prepare_kernels(plan: ConversionPlan, backend: str, prog: Any) -> None:
         return
     seen: set[tuple[str, str, str, bool]] = set()
     for tp in plan.tensors:
-        if not tp.quantized or tp.source_dtype not in READABLE_DTYPES:
+        dtype = "F32" if tp.requantized else tp.source_dtype
+        if not tp.quantized or dtype not in READABLE_DTYPES:
             continue
         layout = tp.layout.name if tp.layout is not None else ""
         weighted = tp.importance is not None
-        key = (tp.quant_name, tp.source_dtype, layout, weighted)
+        key = (tp.quant_name, dtype, layout, weighted)
         if key in seen:
             continue
         seen.add(key)
         if prog is not None:
-            use = quantize_use(tp.quant_name, tp.source_dtype, 0, imatrix=weighted)
+            use = quantize_use(tp.quant_name, dtype, 0, imatrix=weighted)
             cached = is_compiled(use.kernel)
             what = "loading" if cached else "compiling"
             prog.advance(
                 0, current=f"{what} the {tp.quant_name} kernel (compiled once, then cached)"
             )
         rows = tp.layout.rows if tp.layout is not None else 1
-        block = np.zeros((rows, tp.ttype.block_size), READABLE_DTYPES[tp.source_dtype])
+        block = np.zeros((rows, tp.ttype.block_size), READABLE_DTYPES[dtype])
         qw = np.ones(tp.ttype.block_size, np.float32) if weighted else None
-        q = quantize(
-            block, tp.quant_name, backend=backend, source_dtype=tp.source_dtype, imatrix=qw
-        )
+        q = quantize(block, tp.quant_name, backend=backend, source_dtype=dtype, imatrix=qw)
         if layout:
             repack(q, layout, backend=backend)
 
@@ -476,7 +513,8 @@ def _write(
                 ):
                     stages[key] = stages.get(key, 0.0) + value
                 if prog is not None:
-                    prog.advance(work.numel if work.tp.numel else 0, current=work.tp.name)
+                    done = work.x.shape[0] * work.tp.cols if work.tp.numel else 0
+                    prog.advance(done, current=work.tp.name)
 
             for tp in plan.tensors:
                 st = by_name[tp.name]

@@ -22,7 +22,9 @@ from nntrtool.qtypes import (
     F32,
     Q4_0,
     Q4_0_REPACKED,
+    Q6_K,
     Q8_0,
+    TYPES_BY_NAME,
     RepackLayout,
     TensorType,
     display_name,
@@ -32,6 +34,12 @@ from nntrtool.qtypes import (
 
 #: Source dtypes the converter reads (safetensors names).
 SUPPORTED_DTYPES = ("F32", "F16", "BF16")
+
+#: Last name parts of module buffers that checkpoints save beside the weights: integer index
+#: tables and counters (BERT's ``position_ids``, ``token_type_ids``; batch norm's counter).
+#: A non-float tensor with one of these names is skipped; any other non-float tensor is refused.
+BUFFER_NAMES = ("position_ids", "token_type_ids", "num_batches_tracked")
+_INTEGER_DTYPES = ("BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64")
 
 #: Name endings of token-embedding matrices and output heads across common architectures.
 EMBEDDING_SUFFIXES = (
@@ -74,6 +82,10 @@ class TensorPlan:
     note: str = ""
     #: The importance-matrix entry weighting this tensor's quantization (None: plain).
     importance: str | None = None
+    #: The source's quantized blocks are stored as they are (same type: no dequantize).
+    copy_blocks: bool = False
+    #: The source is block-quantized in another type: dequantized, then quantized again.
+    requantized: bool = False
 
     @property
     def display_type(self) -> str:
@@ -255,15 +267,25 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
     tensors = list(source.tensors)
     if not tensors:
         raise SourceError("the source holds no tensors: nothing to convert")
+    buffers = [
+        (t.name, f"{t.dtype} buffer, not a weight: not stored")
+        for t in tensors
+        if t.dtype in _INTEGER_DTYPES and t.name.rsplit(".", 1)[-1] in BUFFER_NAMES
+    ]
+    if buffers:
+        dropped = {name for name, _ in buffers}
+        tensors = [t for t in tensors if t.name not in dropped]
     for t in tensors:
-        if t.dtype not in SUPPORTED_DTYPES:
+        if not getattr(t, "supported", t.dtype in SUPPORTED_DTYPES):
             raise SourceError(
                 f"tensor {t.name!r} has dtype {t.dtype}, which nntrtool cannot convert "
-                f"(supported: {', '.join(SUPPORTED_DTYPES)})"
+                f"(supported: {', '.join(SUPPORTED_DTYPES)} and GGUF block types)"
             )
+    if options.quant_type == "auto":
+        options = options.with_(quant_type=default_quant_type(source))
     config = dict(source.config or {})
     tied = detect_tied(tensors, config)
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = list(buffers)
     if tied.tied and tied.head_in_source and tied.head is not None:
         skipped.append((tied.head, f"tied to {tied.embedding}: {tied.reason}"))
     # The file format has no empty tensors; a dimension of 0 holds no data to lose.
@@ -292,6 +314,17 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
         for p in options.keep_f32
         if not any(_search(p, t.name) for t in tensors)
     ]
+    notes = list(getattr(source, "notes", None) or []) + notes
+    if buffers:
+        names = ", ".join(name for name, _ in buffers)
+        notes.append(f"skipped non-float buffers (not weights): {names}")
+    requantized = [p for p in plans if p.requantized]
+    if requantized:
+        kinds = sorted({p.source_dtype.lower() for p in requantized})
+        notes.append(
+            f"{len(requantized)} tensors requantized from {', '.join(kinds)}: the file is lossy "
+            "relative to the GGUF (--quant-type keep stores q4_0, q6_k and q8_0 blocks as they are)"
+        )
     plan = ConversionPlan(
         tensors=plans,
         options=options,
@@ -330,13 +363,33 @@ def _apply_imatrix(plan: ConversionPlan, tensors: list[_Tensor], path: Any) -> C
     tensors_out, weights = [], {}
     for t in plan.tensors:
         hit = found.get(t.name)
-        if hit is not None and t.quantized and _uses_imatrix(t.quant_name):
+        # copied blocks are not quantized again: an importance matrix cannot change them
+        if hit is not None and t.quantized and not t.copy_blocks and _uses_imatrix(t.quant_name):
             t = replace(t, importance=hit.label)
             weights[t.name] = hit.weights
         tensors_out.append(t)
     summary = imx.summary()
     summary["tensors"] = len(weights)
     return replace(plan, tensors=tensors_out, imatrix=summary, importance=weights, _predicted=None)
+
+
+def default_quant_type(source: Any) -> str:
+    """What ``--quant-type auto`` means for ``source``: ``keep`` for GGUF files, else ``q4_0``."""
+    return "keep" if getattr(source, "gguf", None) is not None else Q4_0.name
+
+
+def _keep_type(dtype: str, cols: int) -> tuple[TensorType, str, bool]:
+    """``--quant-type keep``: the stored type for a source dtype, the reason, and whether it
+    is a fallback."""
+    own = TYPES_BY_NAME.get(dtype.lower())
+    if own is not None and own.quantized:
+        return own, f"keep: {own.name}", False
+    if dtype in SUPPORTED_DTYPES:
+        return F32, f"keep: {dtype.lower()} as f32", False
+    for ttype in (Q6_K, Q8_0):
+        if ttype.fits(cols):
+            return ttype, f"keep: {dtype.lower()} has no NNTR type, {ttype.name} instead", False
+    return F32, f"keep: {dtype.lower()} has no NNTR type and rows fit no block: f32", True
 
 
 def _search(pattern: str, name: str) -> bool:
@@ -364,7 +417,11 @@ def plan_tensor(
         "note": str(getattr(t, "note", "") or ""),
     }
 
+    blocked = t.dtype not in SUPPORTED_DTYPES
+
     def f32(reason: str, fallback: bool = False) -> TensorPlan:
+        if blocked:
+            reason += f", dequantized from {t.dtype.lower()}"
         return TensorPlan(
             ttype=F32,
             layout=None,
@@ -382,7 +439,7 @@ def plan_tensor(
         return f32(f"{what}: only 2-D matrices are quantized")
 
     cols = shape[-1]
-    requested = get_type(options.quant_type)
+    requested = get_type(Q4_0.name if options.quant_type == "keep" else options.quant_type)
     override = None
     head_type = get_type(options.head_type) if options.head_type and t.name == head else None
     for i, o in enumerate(options.type_overrides if head_type is None else ()):
@@ -393,6 +450,7 @@ def plan_tensor(
             break
 
     preferred = _preferred(t) if override is None and head_type is None else None
+    keep = options.quant_type == "keep"
     if head_type is not None:
         # like the default type, and like llama.cpp's output type: falls back where it cannot fit
         if not head_type.quantized or head_type.fits(cols):
@@ -416,6 +474,8 @@ def plan_tensor(
         fallback = False
     elif preferred is not None:
         ttype, reason, fallback = get_type(preferred[0]), preferred[1], False
+    elif keep:
+        ttype, reason, fallback = _keep_type(t.dtype, cols)
     elif not requested.quantized or requested.fits(cols):
         ttype, reason, fallback = requested, f"matrix: {requested.name}", False
     else:
@@ -428,6 +488,11 @@ def plan_tensor(
 
     if ttype is F32:
         return f32(reason, fallback)
+    copy_blocks = blocked and ttype.name == t.dtype.lower()
+    if copy_blocks:
+        reason += f", copied {ttype.name} blocks"
+    elif blocked:
+        reason += f", requantized from {t.dtype.lower()}"
     layout = None
     unrepacked = False
     if ttype is Q4_0 and options.repack_format is not None:
@@ -449,6 +514,8 @@ def plan_tensor(
         nbytes=ttype.nbytes(shape),
         fallback=fallback,
         unrepacked=unrepacked,
+        copy_blocks=copy_blocks,
+        requantized=blocked and not copy_blocks,
         **common,
     )
 

@@ -32,6 +32,7 @@ from nntrtool.export.runtime_config import (
     TOKENIZER_FILES,
     RuntimeOptions,
     _generation_config,
+    _gguf_source,
     _metadata,
     _runtime_config,
     _sample_input,
@@ -326,7 +327,15 @@ def plan_export(
         if source_path is not None
         else []
     )
-    if not any(p.name == "tokenizer.json" for p in tokenizer_sources):
+    gguf = _gguf_source(config) if source_dir is None else None
+    if gguf is not None and not any(p.name == "tokenizer.json" for p in tokenizer_sources):
+        from nntrtool.export.gguf_tokenizer import gguf_tokenizer_files
+
+        made, problem = gguf_tokenizer_files(gguf)
+        tokenizer_sources = made or tokenizer_sources
+        if problem is not None:
+            warnings.append(problem)
+    elif not any(p.name == "tokenizer.json" for p in tokenizer_sources):
         warnings.append(
             "no tokenizer.json found in the source; the runtime needs one: copy it into the "
             "folder or pass --tokenizer DIR"

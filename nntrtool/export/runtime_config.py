@@ -240,6 +240,15 @@ def _sample_input(tokenizer_sources: list[Path]) -> str:
     return _PLAIN_PROMPT
 
 
+def _gguf_source(config: dict[str, Any]) -> Path | None:
+    """The GGUF file the NNTR file was converted from, when it was one and is still there."""
+    src: Any = _metadata(config).get("source")
+    path = src.get("path") if isinstance(src, dict) else None
+    if isinstance(path, str) and path.lower().endswith(".gguf") and Path(path).is_file():
+        return Path(path)
+    return None
+
+
 def _source_from_metadata(config: dict[str, Any]) -> Path | None:
     """The folder holding the source's tokenizer files, from the file's recorded source."""
     meta = _metadata(config)

@@ -45,11 +45,20 @@ def convert_and_export(
     check_target(target)
     out = Path(os.path.abspath(os.fspath(out_dir)))
     check_output(out, options.force)
-    with open_source(source_spec, revision=options.revision, config=options.config) as src:
+    from nntrtool.convert.plan import default_quant_type
+
+    with open_source(
+        source_spec, revision=options.revision, config=options.config, gguf_file=options.gguf_file
+    ) as src:
         config, root = src.config, src.root
-    overrides = tuple(options.type_overrides) + nntrainer_type_overrides(options.quant_type, config)
+        quant_type = options.quant_type
+        if quant_type == "auto":
+            quant_type = default_quant_type(src)
+    # With ``keep`` the blocks stay as they are and export says what it cannot run.
+    extra = () if quant_type == "keep" else nntrainer_type_overrides(quant_type, config)
+    overrides = tuple(options.type_overrides) + extra
     conv_options: ConvertOptions = dataclasses.replace(
-        options, type_overrides=overrides, force=True, dry_run=False
+        options, quant_type=quant_type, type_overrides=overrides, force=True, dry_run=False
     )
     # A private folder beside the output, so the NNTR file can carry the output's name (the
     # weight file is named after it) without clashing with anything of the user's.

@@ -33,8 +33,11 @@ NUMBA_START_S = 0.55
 CACHED_LOAD_S = 0.05
 #: Extra seconds of the first compile in a process (numba builds its compiler state).
 FIRST_COMPILE_S = 0.8
-#: Seconds to compile each kernel (a C-contiguous source of the given element type), measured
-#: with ``benchmarks/bench_first_run.py --kernels`` on a 2-core x86-64 VM.
+#: Seconds to compile each kernel (a C-contiguous source of the given element type): each one
+#: compiled after another in one process on this project's 2-core x86-64 VM at load average
+#: 1.4, so without the first compile's extra. Only the ratio to the numpy rates below matters,
+#: and a loaded machine stretches both; ``benchmarks/bench_first_run.py --kernels`` measures
+#: the compiles (with that extra) on any machine.
 COMPILE_S: dict[str, float] = {
     "quantize-q4_0-float32": 1.3,
     "quantize-q4_0-uint16": 2.4,
@@ -49,7 +52,7 @@ COMPILE_S: dict[str, float] = {
     "unpack": 0.5,
     "error-sums": 1.7,
 }
-#: Elements per second of the numpy kernels on one core (the same benchmark).
+#: Elements per second of the numpy kernels on one core (same machine, same load).
 NUMPY_RATE: dict[str, float] = {
     "quantize-q4_0": 140e6,
     "quantize-q6_k": 18e6,
@@ -165,7 +168,7 @@ def _stamp() -> str:
     files = [
         os.path.join(_QUANT_DIR, n) for n in sorted(os.listdir(_QUANT_DIR)) if n.endswith(".py")
     ]
-    files.append(os.path.join(os.path.dirname(_QUANT_DIR), "verify.py"))
+    files.append(os.path.join(os.path.dirname(_QUANT_DIR), "verify", "metrics.py"))
     for path in files:
         try:
             with open(path, "rb") as fh:

@@ -8,7 +8,7 @@ safetensors names them (``"F32"``, ``"BF16"``, ``"I8"`` ...), whatever the file 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,34 @@ READABLE_DTYPES: dict[str, np.dtype] = {
 #: Byte-sized integer dtypes whose raw rows transforms read (MXFP4 blocks and E8M0 scales are U8).
 RAW_DTYPES: dict[str, np.dtype] = {**READABLE_DTYPES, "U8": np.dtype("u1"), "I8": np.dtype("i1")}
 
+#: Block-quantized dtypes (ggml types such as ``"Q4_K"``, registered by the GGUF reader when it is
+#: imported): name -> (values per block, bytes per block). Their raw rows are uint8 block bytes.
+BLOCK_DTYPES: dict[str, tuple[int, int]] = {}
+#: Decoders of block dtypes: (uint8 block rows, values per row) -> float32 (rows, cols).
+_BLOCK_DECODERS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {}
+
+
+def register_block_dtype(
+    name: str,
+    block_size: int,
+    block_bytes: int,
+    decode: Callable[[np.ndarray, int], np.ndarray],
+) -> None:
+    """Make a block-quantized dtype readable: its sizes and its decoder to float32."""
+    BLOCK_DTYPES[name] = (int(block_size), int(block_bytes))
+    _BLOCK_DECODERS[name] = decode
+
+
+def decode_blocks(raw: np.ndarray, dtype: str, cols: int) -> np.ndarray:
+    """float32 ``(rows, cols)`` values of raw block rows of a registered block dtype."""
+    return _BLOCK_DECODERS[dtype](raw, cols)
+
 
 def dtype_nbytes(dtype: str, numel: int) -> int:
-    """Bytes that ``numel`` elements of ``dtype`` take in a safetensors file."""
+    """Bytes that ``numel`` elements of ``dtype`` take in their file."""
+    block = BLOCK_DTYPES.get(dtype)
+    if block is not None:
+        return numel // block[0] * block[1]
     return (numel * DTYPE_BITS[dtype] + 7) // 8
 
 
@@ -101,21 +126,35 @@ class SourceTensor:
 
     @property
     def supported(self) -> bool:
-        """True when nntrtool can read this tensor's dtype (F32, F16 or BF16)."""
-        return self.dtype in READABLE_DTYPES
+        """True when nntrtool can read this tensor's dtype (F32, F16, BF16 or a block type)."""
+        return self.dtype in READABLE_DTYPES or self.dtype in BLOCK_DTYPES
+
+    @property
+    def blocked(self) -> bool:
+        """True for block-quantized dtypes, whose raw rows are block bytes."""
+        return self.dtype in BLOCK_DTYPES
+
+    @property
+    def row_width(self) -> int:
+        """Width of a raw row as :meth:`read` returns it: ``cols``, or bytes for block dtypes."""
+        block = BLOCK_DTYPES.get(self.dtype)
+        if block is None:
+            return self.cols
+        return self.cols // block[0] * block[1]
 
     # ---- reading -------------------------------------------------------------------------
     def read(self, start_row: int = 0, stop_row: int | None = None) -> np.ndarray:
         """Raw rows ``start_row:stop_row`` as a read-only ``(rows, cols)`` array.
 
-        float32 for F32, float16 for F16, uint16 bit patterns for BF16; a view, not a copy,
-        wherever the source allows it.
+        float32 for F32, float16 for F16, uint16 bit patterns for BF16, uint8 block bytes
+        ``(rows, row_width)`` for block-quantized dtypes; a view, not a copy, wherever the
+        source allows it.
         """
         start, stop = self._check_rows(start_row, stop_row)
         if not self.supported:
             raise SourceError(
                 f"tensor {self.name!r} in {self.file.name} has dtype {self.dtype}, which nntrtool "
-                f"cannot convert (supported: {', '.join(READABLE_DTYPES)}); "
+                f"cannot convert (supported: {', '.join(READABLE_DTYPES)} and GGUF block types); "
                 "convert the model to one of those first"
             )
         arr = self._read_rows(start, stop)
@@ -137,18 +176,26 @@ class SourceTensor:
     def read_f32(
         self, start_row: int = 0, stop_row: int | None = None, out: np.ndarray | None = None
     ) -> np.ndarray:
-        """Rows ``start_row:stop_row`` as float32 ``(rows, cols)``, widened from F16/BF16.
+        """Rows ``start_row:stop_row`` as float32 ``(rows, cols)``, widened from F16/BF16 or
+        dequantized from block types.
 
         Without ``out``, an F32 source comes back as its read-only view; with ``out`` (a
         C-contiguous float32 array of the right shape) the values are written there.
         """
         raw = self.read(start_row, stop_row)
+        shape = (raw.shape[0], self.cols)
         if out is not None:
-            if out.dtype != np.float32 or out.shape != raw.shape or not out.flags.c_contiguous:
+            if out.dtype != np.float32 or out.shape != shape or not out.flags.c_contiguous:
                 raise ValueError(
-                    f"out must be C-contiguous float32 of shape {raw.shape}, "
+                    f"out must be C-contiguous float32 of shape {shape}, "
                     f"got {out.dtype} {out.shape}"
                 )
+        if self.blocked:
+            values = decode_blocks(raw, self.dtype, self.cols)
+            if out is None:
+                return values
+            np.copyto(out, values)
+            return out
         if self.dtype == "BF16":
             return bf16_to_f32(raw, np, out)
         if out is None:
@@ -215,6 +262,7 @@ class ModelSource:
         tensors: list[SourceTensor],
         files: list[Path],
         closers: list[Any] | None = None,
+        notes: list[str] | None = None,
     ):
         #: The model's ``config.json`` content.
         self.config = config
@@ -227,6 +275,10 @@ class ModelSource:
         self.tensors = tensors
         #: The weight files the tensors are read from.
         self.files = files
+        #: What opening the source changed or could not settle (shown as warnings by convert).
+        self.notes: list[str] = list(notes or [])
+        #: The open GGUF file, for sources read from one (metadata, tokenizer).
+        self.gguf: Any = None
         self._by_name = {t.name: t for t in tensors}
         self._closers = list(closers or [])
 

@@ -40,7 +40,7 @@ def looks_like_hub_id(spec: str) -> bool:
     """True for ``org/name``; paths (``./x``, ``/x``, ``~/x``, ``x.safetensors``) are not ids."""
     if spec.startswith((".", "/", "~")) or "\\" in spec or len(spec) > 96:
         return False
-    if spec.lower().endswith((".safetensors", ".bin", ".pt", ".pth", ".json", ".ckpt")):
+    if spec.lower().endswith((".safetensors", ".bin", ".pt", ".pth", ".json", ".ckpt", ".gguf")):
         return False
     return bool(_REPO_ID.fullmatch(spec)) and ".." not in spec and "--" not in spec
 

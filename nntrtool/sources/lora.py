@@ -21,12 +21,11 @@ with, so ``convert`` and ``verify``, which cut tensors differently, see bit-iden
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import numpy as np
 
 from nntrtool.errors import SourceError, UsageError
 from nntrtool.sources.base import ModelSource, SourceTensor
+from nntrtool.sources.lora_merge import BiasUpdate, LowRankUpdate, merged_tensor, replaced_tensor
 from nntrtool.sources.transforms import DerivedTensor
 
 CONFIG_NAME = "adapter_config.json"
@@ -132,9 +132,35 @@ class Adapter:
     def rank_alpha(self, module: str) -> tuple[int, float]:
         """PEFT's ``r`` and ``lora_alpha`` of ``module`` (``rank_pattern``/``alpha_pattern`` first)."""
         cfg = self.config
-        r = _pattern_value(cfg.get("rank_pattern"), module, cfg.get("r", 8))
-        alpha = _pattern_value(cfg.get("alpha_pattern"), module, cfg.get("lora_alpha", 8))
-        return int(r), float(alpha)
+        r = self._pattern_value("rank_pattern", module, cfg.get("r", 8))
+        alpha = self._pattern_value("alpha_pattern", module, cfg.get("lora_alpha", 8))
+        if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+            raise SourceError(
+                f"adapter {self.name}: rank {r!r} for {module} (r / rank_pattern in "
+                f"{CONFIG_NAME}) is not a positive integer"
+            )
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+            raise SourceError(
+                f"adapter {self.name}: lora_alpha {alpha!r} for {module} (lora_alpha / "
+                f"alpha_pattern in {CONFIG_NAME}) is not a positive number"
+            )
+        return r, float(alpha)
+
+    def _pattern_value(self, key: str, module: str, default: Any) -> Any:
+        """PEFT's ``get_pattern_key``: the first pattern matching the end of the module name."""
+        patterns = self.config.get(key)
+        if not isinstance(patterns, dict):
+            return default
+        for pattern, value in patterns.items():
+            try:
+                hit = re.match(rf"(.*\.)?({pattern})$", module)
+            except re.error:
+                raise SourceError(
+                    f"adapter {self.name}: {key} key {pattern!r} is not a regular expression"
+                ) from None
+            if hit:
+                return value
+        return default
 
     def scaling(self, module: str) -> float:
         """The factor of ``B @ A`` for ``module``: ``scale * alpha / r`` (``/ sqrt(r)`` for rsLoRA),
@@ -143,16 +169,6 @@ class Adapter:
         if self.config.get("use_rslora"):
             return self.spec.scale * alpha / math.sqrt(r)
         return self.spec.scale * alpha / r
-
-
-def _pattern_value(patterns: Any, module: str, default: Any) -> Any:
-    """PEFT's ``get_pattern_key``: the first pattern that matches the end of the module name."""
-    if not isinstance(patterns, dict):
-        return default
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
 
 
 def open_adapter(spec: AdapterSpec) -> Adapter:
@@ -220,13 +236,18 @@ def _locate(source: str) -> tuple[Path, dict[str, Any]]:
     from nntrtool.sources.hub import looks_like_hub_id, resolve_hub
 
     path = Path(source).expanduser()
-    if not path.exists() and looks_like_hub_id(source):
+    repo_id, at, revision = source.partition("@")  # org/name@revision picks a branch, tag, commit
+    if not path.exists() and looks_like_hub_id(repo_id) and (revision or not at):
         folder, origin = resolve_hub(
-            source, None, adapter_missing, marker=CONFIG_NAME, patterns=adapter_patterns
+            repo_id,
+            revision or None,
+            adapter_missing,
+            marker=CONFIG_NAME,
+            patterns=adapter_patterns,
         )
         return folder, {"repo_id": origin["repo_id"], "revision": origin["revision"]}
     if not path.exists():
-        raise SourceError(f"adapter {source}: no such folder (nor a Hugging Face id in the cache)")
+        raise SourceError(f"adapter {source}: no such folder, nor a Hugging Face id (org/name)")
     if path.is_file():
         path = path.parent  # adapter_config.json or the weights file itself named
     return path.resolve(), {"path": str(path.resolve())}
@@ -333,123 +354,6 @@ def _sha256(path: Path) -> str:
 # ---- merging ------------------------------------------------------------------------------
 
 
-@functools.cache
-def _low_rank_kernel() -> Callable[[np.ndarray, np.ndarray, np.ndarray, np.float32], None]:
-    """``out += s * (left @ right)`` for a small inner dimension, compiled (and cached) once.
-
-    Each element is ``out + s * p`` with ``p`` summed over the rank in order, one fused
-    multiply-add at a time (no reassociation: the value of a row never depends on the rows
-    computed with it, so convert and verify, which cut tensors differently, read the same
-    bits). That is the order of the BLAS kernels PEFT's ``B @ A`` runs on, so on CPUs with FMA
-    the merge usually equals PEFT's bit for bit. Single-threaded: it runs beside the
-    quantizing worker threads. BLAS ``@`` from several threads, oversubscribed, was 10x slower.
-    """
-    import numba
-
-    import nntrtool.quant._numba_common  # noqa: F401  (the kernels' numba cache folder)
-
-    @numba.njit(nogil=True, cache=True, fastmath={"contract"})
-    def add_low_rank(out, left, right, scale):  # pragma: no cover - compiled
-        rows, rank = left.shape
-        cols = right.shape[1]
-        acc = np.empty(cols, dtype=np.float32)
-        for i in range(rows):
-            acc[:] = 0
-            for k in range(rank):
-                b = left[i, k]
-                for j in range(cols):
-                    acc[j] += b * right[k, j]
-            for j in range(cols):
-                out[i, j] += acc[j] * scale
-
-    return add_low_rank
-
-
-class LowRankUpdate:
-    """``s * B @ A`` of one adapter on one weight, added to row ranges of the weight.
-
-    ``transposed`` is the orientation of embeddings and ``fan_in_fan_out`` layers, whose
-    stored weight is ``(B @ A).T``: its rows come from columns of ``A``. A range of rows reads
-    only those rows of ``B``; ``A`` (and ``B.T`` when transposed), ``rank`` rows, is held while
-    the tensor is read and dropped after its last row.
-    """
-
-    def __init__(self, a: SourceTensor, b: SourceTensor, scaling: float, transposed: bool):
-        self.a, self.b, self.scaling, self.transposed = a, b, float(scaling), transposed
-        self.rows = a.cols if transposed else b.rows
-        self._cache: dict[str, np.ndarray] = {}
-
-    def add_to(self, out: np.ndarray, start: int, stop: int) -> None:
-        """Add the update's rows ``start:stop`` to ``out`` (C-contiguous float32 of those rows)."""
-        from nntrtool.convert.memory import release_pages
-
-        if stop <= start:
-            return
-        if self.transposed:
-            left = np.ascontiguousarray(self._whole("a")[:, start:stop].T)
-            right = self._whole("bt")
-        else:
-            left = np.ascontiguousarray(self.b.read_f32(start, stop), dtype=np.float32)
-            release_pages(self.b.read(start, stop))
-            right = self._whole("a")
-        # PEFT multiplies the product by a Python float: float32 arithmetic with s as float32.
-        _low_rank_kernel()(out, left, right, np.float32(self.scaling))
-        if stop >= self.rows:
-            self._cache.clear()
-
-    def _whole(self, which: str) -> np.ndarray:
-        arr = self._cache.get(which)
-        if arr is None:
-            if which == "a":
-                arr = np.array(self.a.read_f32(), dtype=np.float32)
-            else:
-                arr = np.ascontiguousarray(np.array(self.b.read_f32(), dtype=np.float32).T)
-            self._cache[which] = arr
-        return arr
-
-
-class BiasUpdate:
-    """``s * lora_B.bias`` added to a layer's bias (``lora_bias``)."""
-
-    def __init__(self, bias: SourceTensor, scaling: float):
-        self.bias, self.scaling = bias, float(scaling)
-
-    def add_to(self, out: np.ndarray, start: int, stop: int) -> None:
-        """Add to the bias's (single) row."""
-        if stop > start:
-            out += self.bias.read_f32() * np.float32(self.scaling)
-
-
-def merged_tensor(
-    name: str, base: SourceTensor, updates: Sequence[Any], note: str, source_nbytes: int
-) -> DerivedTensor:
-    """``base`` with ``updates`` added in order, in float32, stored as ``name``."""
-
-    def read(inputs: Sequence[SourceTensor], start: int, stop: int) -> np.ndarray:
-        from nntrtool.convert.memory import release_pages
-
-        src = inputs[0]
-        out = np.empty((stop - start, src.cols), dtype=np.float32)
-        src.read_f32(start, stop, out=out)
-        release_pages(src.read(start, stop))
-        for update in updates:
-            update.add_to(out, start, stop)
-        return out
-
-    return DerivedTensor(name, "F32", base.shape, [base], read, note, source_nbytes=source_nbytes)
-
-
-def replaced_tensor(base: SourceTensor, new: SourceTensor, note: str) -> DerivedTensor:
-    """``base`` replaced whole by an adapter's saved tensor (stored in the saved dtype)."""
-
-    def read(inputs: Sequence[SourceTensor], start: int, stop: int) -> np.ndarray:
-        return inputs[0].read(start, stop)
-
-    return DerivedTensor(
-        base.name, new.dtype, base.shape, [new], read, note, source_nbytes=base.nbytes
-    )
-
-
 @dataclass
 class _Target:
     """What the adapters do to one model tensor: a replacement, then updates, and the notes."""
@@ -496,6 +400,7 @@ def _merge(
                     f"adapter {ad.name} saves its own copy of {name} (modules_to_save), which "
                     f"unties {tied[0]} from {tied[1]}, stored once here; merge it with PEFT first"
                 )
+            what = "modules_to_save" if name in ad.saved_modules else "its saved base weights"
             if tied is not None and name == tied[0]:
                 name = tied[1]  # the shared weight's saved base value
             base = _model_tensor(by_name, name, ad)
@@ -509,7 +414,6 @@ def _merge(
                     f"adapter {ad.name}: {name} has dtype {new.dtype}, which nntrtool cannot read"
                 )
             target = targets[name] = _Target(new)  # earlier updates are replaced with it
-            what = "modules_to_save" if name in ad.saved_modules else "its saved base weights"
             target.notes.append(f"replaced by lora {ad.name} ({what})")
             replaced += 1
         for module, pair in ad.pairs.items():
@@ -626,6 +530,36 @@ def apply_merged_weights(model: Any, source: ModelSource) -> int:
                 state[t.name].copy_(value.reshape(state[t.name].shape))
             done += 1
     return done
+
+
+def recorded_adapters(file_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The adapters an NNTR file's metadata says were merged into it (empty for none)."""
+    meta = file_config.get("nntrtool") if isinstance(file_config, dict) else None
+    source = meta.get("source") if isinstance(meta, dict) else None
+    records = source.get("adapters") if isinstance(source, dict) else None
+    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+
+
+def verify_hint(file_config: dict[str, Any]) -> str | None:
+    """What to pass to ``verify`` for a file converted with adapters, or None."""
+    records = recorded_adapters(file_config)
+    if not records:
+        return None
+    args = " ".join(f"--lora {r.get('name')} --lora-scale {r.get('scale', 1.0):g}" for r in records)
+    return f"the file was converted with LoRA adapters merged in; to compare with them: {args}"
+
+
+def changed_tensor_lines(tensors: Sequence[Any]) -> list[str]:
+    """The tensors adapters changed (plan entries with a lora note), layers folded together:
+    ``model.layers.*.self_attn.q_proj.weight (x28): lora ad (scale 2)``."""
+    groups: dict[tuple[str, str], int] = {}
+    for t in tensors:
+        note = str(getattr(t, "note", "") or "")
+        if "lora " not in note:
+            continue
+        key = (re.sub(r"\.\d+\.", ".*.", t.name), note)
+        groups[key] = groups.get(key, 0) + 1
+    return [f"{name}{f' (x{n})' if n > 1 else ''}: {note}" for (name, note), n in groups.items()]
 
 
 def describe_adapters(records: Sequence[dict[str, Any]]) -> list[str]:

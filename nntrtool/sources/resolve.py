@@ -42,16 +42,21 @@ def open_source(
     revision: str | None = None,
     config: str | os.PathLike | None = None,
     adapters: Sequence[AdapterSpec] = (),
+    gguf_file: str | None = None,
 ) -> ModelSource:
     """Open a model: a Hugging Face folder, a ``.safetensors`` file, a ``.bin``/``.pt``
-    checkpoint, or a hub id ``org/name`` (an existing local path always wins over an id).
+    checkpoint, a ``.gguf`` file (or a folder of them, ``gguf_file`` picking one), or a hub id
+    ``org/name`` (with ``gguf_file``: that GGUF of the repo). An existing local path always
+    wins over an id.
 
     ``adapters`` (LoRA, see :mod:`nntrtool.sources.lora`) are merged into the tensors they change.
     """
     if adapters:
         from nntrtool.sources.lora import apply_adapters
 
-        return apply_adapters(open_source(spec, revision=revision, config=config), adapters)
+        return apply_adapters(
+            open_source(spec, revision=revision, config=config, gguf_file=gguf_file), adapters
+        )
     config_path = Path(config).expanduser() if config is not None else None
     if config_path is not None and not config_path.is_file():
         raise SourceError(f"config file not found: {config}")
@@ -60,6 +65,10 @@ def open_source(
         and not os.path.exists(os.path.expanduser(spec))
         and looks_like_hub_id(spec)
     ):
+        if gguf_file is not None:
+            from nntrtool.sources.gguf_pick import gguf_from_hub
+
+            return gguf_from_hub(spec, revision, gguf_file)
         folder, origin = resolve_hub(spec, revision, folder_missing)
         return _open_folder(folder, config_path, origin)
     if revision is not None:
@@ -68,6 +77,13 @@ def open_source(
     if not path.exists():
         raise SourceError(f"no such file or folder: {spec}")
     origin: dict[str, Any] = {"path": str(path.resolve()), "repo_id": None, "revision": None}
+    from nntrtool.sources.gguf_pick import pick_gguf
+
+    gguf_path = pick_gguf(path, gguf_file)
+    if gguf_path is not None:
+        from nntrtool.sources.gguf_model import open_gguf
+
+        return open_gguf(gguf_path, {**origin, "path": str(gguf_path.resolve())})
     if path.is_dir():
         return _open_folder(path, config_path, {**origin, "kind": "folder"})
     name = path.name.lower()
@@ -81,7 +97,7 @@ def open_source(
     else:
         raise SourceError(
             f"{spec} is not a model: expected a Hugging Face folder, a .safetensors file, "
-            "a .bin/.pt checkpoint, or a hub id like org/name"
+            "a .bin/.pt checkpoint, a .gguf file, or a hub id like org/name"
         )
     if config_path is None:
         beside = path.parent / "config.json"

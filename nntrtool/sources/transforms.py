@@ -91,7 +91,7 @@ class DerivedTensor(SourceTensor):
 
     def _read_rows(self, start: int, stop: int) -> np.ndarray:
         arr = self.reader(self.inputs, start, stop)
-        expected = (stop - start, self.cols)
+        expected = (stop - start, self.row_width)
         if arr.shape != expected:
             raise AssertionError(
                 f"transform for {self.name!r} returned rows of shape {arr.shape}, not {expected}"
@@ -205,8 +205,13 @@ def rows_at(t: SourceTensor, index: np.ndarray) -> np.ndarray:
     """Rows ``index`` of ``t`` (any order), reading only the span they cover."""
     if index.size == 0:
         return t.read(0, 0)
+    from nntrtool.convert.memory import release_pages
+
     lo, hi = int(index.min()), int(index.max()) + 1
-    return np.ascontiguousarray(t.read(lo, hi)[index - lo])
+    span = t.read(lo, hi)
+    rows = np.ascontiguousarray(span[index - lo])
+    release_pages(span)  # the rows were copied: keep a mapped source's pages out of RSS
+    return rows
 
 
 def permuted_rows(base: SourceTensor, name: str, order: np.ndarray, note: str) -> DerivedTensor:

@@ -106,8 +106,13 @@ def _load_model(src: Any, torch: Any, transformers: Any) -> Any:
     # transformers' own loading bar and notices would interleave with nntrtool's output
     tf_logging.disable_progress_bar()
     tf_logging.set_verbosity_error()
+    gguf_path = Path(src.files[0]) if getattr(src, "gguf", None) is not None else None
     try:
-        if (
+        if gguf_path is not None:  # transformers' own GGUF loading is the reference
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+            )
+        elif (
             root is not None
             and (Path(root) / "config.json").is_file()
             and any(Path(root).glob(pattern) for pattern in ("*.safetensors", "pytorch_model*.bin"))
