@@ -794,7 +794,7 @@ def check_e2e_space(options: BenchOptions) -> Path:
     need = 2 * n + int(1.2 * n) + (64 << 20)
     free = shutil.disk_usage(base).free
     if free < need:
-        from nntrtool.cli.display import human_bytes
+        from nntrtool.units import human_bytes
 
         raise DiskFullError(
             f"the end-to-end run needs {human_bytes(need)} free in {base}, which has "

@@ -40,9 +40,15 @@ class FolderContents:
 def _tensor_order(config: dict) -> list[tuple[str, str, tuple[int, ...]]]:
     """(name, kind, [out, in]-style shape) in the runtime's read order."""
     arch = config["architectures"][0]
-    qwen3 = arch == "Qwen3ForCausalLM"
-    if arch not in ("LlamaForCausalLM", "Qwen3ForCausalLM"):
+    if arch not in (
+        "LlamaForCausalLM",
+        "Qwen3ForCausalLM",
+        "Qwen3MoeForCausalLM",
+        "GptOssForCausalLM",
+    ):
         raise ValueError(f"reader does not know {arch}")
+    qk_norm = arch in ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
+    gpt_oss = arch == "GptOssForCausalLM"
     v, d, inter = config["vocab_size"], config["hidden_size"], config["intermediate_size"]
     heads = config["num_attention_heads"]
     hd = config.get("head_dim") or d // heads
@@ -51,18 +57,39 @@ def _tensor_order(config: dict) -> list[tuple[str, str, tuple[int, ...]]]:
     for i in range(config["num_hidden_layers"]):
         p = f"model.layers.{i}."
         order.append((p + "input_layernorm.weight", "norm", (d,)))
-        order.append((p + "self_attn.q_proj.weight", "fc", (heads * hd, d)))
-        if qwen3:
-            order.append((p + "self_attn.q_norm.weight", "norm", (hd,)))
-        order.append((p + "self_attn.k_proj.weight", "fc", (kv * hd, d)))
-        if qwen3:
-            order.append((p + "self_attn.k_norm.weight", "norm", (hd,)))
-        order.append((p + "self_attn.v_proj.weight", "fc", (kv * hd, d)))
+        for proj, rows in (("q", heads * hd), ("k", kv * hd), ("v", kv * hd)):
+            order.append((p + f"self_attn.{proj}_proj.weight", "fc", (rows, d)))
+            if gpt_oss:
+                order.append((p + f"self_attn.{proj}_proj.bias", "vector", (rows,)))
+            if qk_norm and proj in ("q", "k"):
+                order.append((p + f"self_attn.{proj}_norm.weight", "norm", (hd,)))
+        if gpt_oss:
+            order.append((p + "self_attn.sinks", "vector", (heads,)))
         order.append((p + "self_attn.o_proj.weight", "fc", (d, heads * hd)))
+        if gpt_oss:
+            order.append((p + "self_attn.o_proj.bias", "vector", (d,)))
         order.append((p + "post_attention_layernorm.weight", "norm", (d,)))
-        order.append((p + "mlp.up_proj.weight", "fc", (inter, d)))
-        order.append((p + "mlp.gate_proj.weight", "fc", (inter, d)))
-        order.append((p + "mlp.down_proj.weight", "fc", (d, inter)))
+        if arch == "Qwen3MoeForCausalLM":
+            n, m = config["num_experts"], config["moe_intermediate_size"]
+            order.append((p + "mlp.gate.weight", "router", (n, d)))
+            for e in range(n):
+                q = f"{p}mlp.experts.{e}."
+                order.append((q + "up_proj.weight", "fc", (m, d)))
+                order.append((q + "gate_proj.weight", "fc", (m, d)))
+                order.append((q + "down_proj.weight", "fc", (d, m)))
+        elif gpt_oss:
+            n = config["num_local_experts"]
+            order.append((p + "mlp.router.weight", "router", (n, d)))
+            order.append((p + "mlp.router.bias", "vector", (n,)))
+            for e in range(n):
+                q = f"{p}mlp.experts.{e}."
+                for proj, shape in (("up", (inter, d)), ("gate", (inter, d)), ("down", (d, inter))):
+                    order.append((q + f"{proj}_proj.weight", "fc", shape))
+                    order.append((q + f"{proj}_proj.bias", "vector", shape[:1]))
+        else:
+            order.append((p + "mlp.up_proj.weight", "fc", (inter, d)))
+            order.append((p + "mlp.gate_proj.weight", "fc", (inter, d)))
+            order.append((p + "mlp.down_proj.weight", "fc", (d, inter)))
     order.append(("model.norm.weight", "norm", (d,)))
     if not config["tie_word_embeddings"]:
         order.append(("lm_head.weight", "lmhead", (v, d)))
@@ -96,11 +123,15 @@ def read_folder(folder: str | Path, isa: str) -> FolderContents:
     nntr = json.loads((folder / "nntr_config.json").read_text())
     weight_file = folder / nntr["model_file_name"]
     blob = np.fromfile(weight_file, dtype=np.uint8)
+    # the runtime takes the linear layers' type from model_tensor_type ("Q4_0-FP32": weights,
+    # activations); fc_layer_dtype is read but unused. Routers are always FP32.
     dtypes = {
         "embedding": nntr["embedding_dtype"],
-        "fc": nntr["fc_layer_dtype"],
+        "fc": nntr["model_tensor_type"].split("-")[0],
         "lmhead": nntr.get("lmhead_dtype", nntr["embedding_dtype"]),
         "norm": "FP32",
+        "vector": "FP32",
+        "router": "FP32",
     }
     group, chunk = ISA_Q4_0[isa]
     state: dict[str, np.ndarray] = {}
@@ -108,7 +139,7 @@ def read_folder(folder: str | Path, isa: str) -> FolderContents:
     pos = 0
     for name, kind, shape in _tensor_order(config):
         dtype = dtypes[kind]
-        transposed = kind in ("fc", "lmhead") and dtype == "FP32"
+        transposed = kind in ("fc", "lmhead", "router") and dtype == "FP32"
         stored = (shape[1], shape[0]) if transposed else shape
         n = _size(dtype, stored)
         assert pos + n <= blob.size, f"weight file ends inside {name}"

@@ -14,24 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-
-def human_bytes(n: float) -> str:
-    """``1536 -> '1.5 KiB'``."""
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def human_count(n: float) -> str:
-    """``1_500_000 -> '1.50 M'``."""
-    n = float(n)
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n:.0f}"
+from nntrtool.units import human_bytes, human_count  # also imported from here by callers
 
 
 def rss_bytes() -> int:

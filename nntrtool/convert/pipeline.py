@@ -118,7 +118,7 @@ def check_output(out_path: str | Path, force: bool) -> Path:
 
 def check_disk_space(out: Path, needed: int) -> None:
     """DiskFullError unless the output's file system has ``needed`` bytes free."""
-    from nntrtool.cli.display import human_bytes
+    from nntrtool.units import human_bytes
 
     parent = out.parent if str(out.parent) else Path(".")
     free = shutil.disk_usage(parent).free
@@ -316,9 +316,12 @@ class _Work:
         check_f32: bool,
         prefetched: Future[None] | None,
         imatrix: np.ndarray | None = None,
+        encoded: bool = False,
     ):
         self.tp, self.x, self.begin, self.backend = tp, x, begin, backend
         self.imatrix = imatrix
+        #: ``x`` holds the rows already as ``tp``'s blocks, straight from the source.
+        self.encoded = encoded
         self.check_f32 = check_f32
         self.prefetched = prefetched
         self.f32_nonfinite: tuple[int, int, float] | None = None
@@ -339,8 +342,8 @@ class _Work:
         from nntrtool.quant import quantize, repack
 
         tp = self.tp
-        if tp.copy_blocks:  # same block type as the source: the bytes as they are
-            q = np.ascontiguousarray(self.x)
+        if tp.copy_blocks or self.encoded:  # the bytes as they are: the source's own blocks,
+            q = np.ascontiguousarray(self.x)  # or blocks a transform encoded exactly
             return repack(q, tp.layout.name, backend=self.backend) if tp.layout is not None else q
         if not tp.quantized:
             data = _to_f32(self.x, tp.source_dtype)
@@ -516,9 +519,13 @@ def _write(
             for tp in plan.tensors:
                 st = by_name[tp.name]
                 for begin, stop in _chunks(tp, st, options.chunk_bytes):
-                    x = st.read(begin, stop)
+                    encoded = _encoded_rows(st, tp, begin, stop)
+                    x = encoded if encoded is not None else st.read(begin, stop)
                     pre = fetcher.submit(prefault, x)
-                    work = _Work(tp, x, begin, backend, True, pre, plan.importance.get(tp.name))
+                    work = _Work(
+                        tp, x, begin, backend, True, pre, plan.importance.get(tp.name),
+                        encoded=encoded is not None,
+                    )  # fmt: skip
                     pending.append((work, pool.submit(work)))
                     while len(pending) > depth:
                         drain()
@@ -532,6 +539,14 @@ def _write(
         pool.shutdown(wait=True, cancel_futures=True)
         fetcher.shutdown(wait=True, cancel_futures=True)
     return stored_nonfinite
+
+
+def _encoded_rows(st: Any, tp: TensorPlan, begin: int, stop: int) -> np.ndarray | None:
+    """The rows as ``tp``'s blocks when the source holds them exactly so (MXFP4 in Q8_0)."""
+    encode = getattr(st, "encoded_rows", None)
+    if encode is None or not tp.quantized:
+        return None
+    return encode(tp.quant_name, begin, stop)
 
 
 def _scan_nonfinite(plan: ConversionPlan, by_name: dict[str, Any]) -> dict[str, str]:

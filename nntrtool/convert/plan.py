@@ -449,6 +449,7 @@ def plan_tensor(
                 used_overrides.add(i)
             break
 
+    preferred = _preferred(t) if override is None and head_type is None else None
     keep = options.quant_type == "keep"
     if head_type is not None:
         # like the default type, and like llama.cpp's output type: falls back where it cannot fit
@@ -471,6 +472,8 @@ def plan_tensor(
             )
         reason = f"--type {override.text!r}"
         fallback = False
+    elif preferred is not None:
+        ttype, reason, fallback = get_type(preferred[0]), preferred[1], False
     elif keep:
         ttype, reason, fallback = _keep_type(t.dtype, cols)
     elif not requested.quantized or requested.fits(cols):
@@ -515,6 +518,16 @@ def plan_tensor(
         requantized=blocked and not copy_blocks,
         **common,
     )
+
+
+def _preferred(t: _Tensor) -> tuple[str, str] | None:
+    """The type a declared transform prefers for ``t`` (a router: f32), when it fits."""
+    prefer = getattr(t, "preferred", None)
+    found = prefer() if callable(prefer) else None
+    if found is None:
+        return None
+    ttype = get_type(found[0])
+    return found if not ttype.quantized or ttype.fits(int(t.shape[-1])) else None
 
 
 def _config_tie(config: dict[str, Any]) -> bool | None:

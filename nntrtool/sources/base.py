@@ -50,6 +50,9 @@ READABLE_DTYPES: dict[str, np.dtype] = {
 }
 
 
+#: Byte-sized integer dtypes whose raw rows transforms read (MXFP4 blocks and E8M0 scales are U8).
+RAW_DTYPES: dict[str, np.dtype] = {**READABLE_DTYPES, "U8": np.dtype("u1"), "I8": np.dtype("i1")}
+
 #: Block-quantized dtypes (ggml types such as ``"Q4_K"``, registered by the GGUF reader when it is
 #: imported): name -> (values per block, bytes per block). Their raw rows are uint8 block bytes.
 BLOCK_DTYPES: dict[str, tuple[int, int]] = {}
@@ -158,6 +161,17 @@ class SourceTensor:
         if arr.flags.writeable:
             arr.flags.writeable = False
         return arr
+
+    def read_raw(self, start_row: int = 0, stop_row: int | None = None) -> np.ndarray:
+        """Rows ``start_row:stop_row`` in the tensor's own dtype, also for the integer dtypes of
+        :data:`RAW_DTYPES` that only transforms read (packed blocks, scales)."""
+        start, stop = self._check_rows(start_row, stop_row)
+        if self.dtype not in RAW_DTYPES:
+            raise SourceError(
+                f"tensor {self.name!r} in {self.file.name} has dtype {self.dtype}, which nntrtool "
+                "cannot read"
+            )
+        return self._read_rows(start, stop)
 
     def read_f32(
         self, start_row: int = 0, stop_row: int | None = None, out: np.ndarray | None = None

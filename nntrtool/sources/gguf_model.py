@@ -29,6 +29,7 @@ from nntrtool.sources.transforms import (
     expert_matrix,
     llama_qk_order,
     permuted_rows,
+    rules_for,
 )
 
 _QK_NOTE = "rows un-permuted (llama.cpp Q/K order)"
@@ -83,6 +84,8 @@ def _assemble(gf: GGUFFile, origin: dict[str, Any]) -> ModelSource:
         has_output="output.weight" in names.values(),
         token_count=len(tokens) if isinstance(tokens, list) else None,
     )
+    # The Hugging Face architecture's own rules too (a MoE router prefers F32), as for folders.
+    tensors = apply_rules(tensors, rules_for(config))
     if arch not in ARCHITECTURES:
         notes.append(
             f"GGUF architecture {arch!r}: config rebuilt from the generic keys only (full "

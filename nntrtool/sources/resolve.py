@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nntrtool.errors import SourceError, UsageError
+from nntrtool.sources import moe as _moe  # noqa: F401  (registers the MoE architectures' rules)
 from nntrtool.sources.base import ModelSource, SourceTensor
 from nntrtool.sources.hub import looks_like_hub_id, resolve_hub
 from nntrtool.sources.transforms import apply_rules, rules_for

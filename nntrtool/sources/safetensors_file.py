@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from nntrtool.errors import SourceError
-from nntrtool.sources.base import DTYPE_BITS, READABLE_DTYPES, SourceTensor, dtype_nbytes
+from nntrtool.sources.base import DTYPE_BITS, RAW_DTYPES, SourceTensor, dtype_nbytes
 
 #: Headers larger than this are refused (safetensors' own reader uses the same bound).
 MAX_HEADER_BYTES = 100_000_000
@@ -35,7 +35,7 @@ class SafetensorsTensor(SourceTensor):
         self.end = end
 
     def _read_rows(self, start: int, stop: int) -> np.ndarray:
-        np_dtype = READABLE_DTYPES[self.dtype]
+        np_dtype = RAW_DTYPES[self.dtype]
         row_bytes = self.cols * np_dtype.itemsize
         lo = self.begin + start * row_bytes
         hi = self.begin + stop * row_bytes

@@ -29,6 +29,13 @@ from nntrtool.sources.base import SourceTensor
 #: Reads rows ``start:stop`` of a derived tensor from its inputs.
 RowReader = Callable[[Sequence[SourceTensor], int, int], np.ndarray]
 
+#: Reads rows ``start:stop`` already encoded as blocks of a quantized type (``(rows, row_bytes)``
+#: uint8), or ``None`` when those rows cannot be encoded exactly and must be quantized instead.
+EncodedReader = Callable[[Sequence[SourceTensor], int, int], "np.ndarray | None"]
+
+#: The type a tensor is best stored in and why (``("f32", "router: ...")``), or ``None``.
+Preference = tuple[str, str] | None
+
 
 class DerivedTensor(SourceTensor):
     """A stored tensor computed from one or more source tensors by a declared operation.
@@ -48,6 +55,8 @@ class DerivedTensor(SourceTensor):
         reader: RowReader,
         note: str = "",
         source_nbytes: int | None = None,
+        prefer: Preference | Callable[[], Preference] = None,
+        encoders: dict[str, EncodedReader] | None = None,
     ):
         if not inputs:
             raise ValueError("a derived tensor needs at least one input")
@@ -56,6 +65,24 @@ class DerivedTensor(SourceTensor):
         self.reader = reader
         self.note = note
         self._source_nbytes = source_nbytes
+        self._prefer = prefer
+        #: Readers handing out rows already encoded in a quantized type (by type name), for
+        #: sources that hold exactly what that type stores (MXFP4 blocks in Q8_0).
+        self.encoders = dict(encoders or {})
+
+    def preferred(self) -> Preference:
+        """The type this tensor is stored in unless ``--type``/``--keep-f32`` say otherwise, with
+        the reason (``None``: the requested type, like any tensor)."""
+        return self._prefer() if callable(self._prefer) else self._prefer
+
+    def encoded_rows(self, type_name: str, start: int, stop: int) -> np.ndarray | None:
+        """Rows ``start:stop`` as ``type_name`` blocks straight from the source, or ``None`` when
+        this tensor has no exact encoding in that type (then they are quantized as usual)."""
+        encode = self.encoders.get(type_name)
+        if encode is None:
+            return None
+        start, stop = self._check_rows(start, stop)
+        return encode(self.inputs, start, stop)
 
     @property
     def source_nbytes(self) -> int:
@@ -144,6 +171,36 @@ def apply_rules(tensors: Sequence[SourceTensor], rules: Sequence[Rule]) -> list[
 # ---- operations -------------------------------------------------------------------------
 
 
+def done_reading(arr: np.ndarray) -> None:
+    """Drop the mapped source pages behind ``arr`` once a transform has copied what it needs.
+
+    The pipeline releases the pages of the rows it reads, but a derived tensor's rows are a
+    computed copy: the pages of its inputs would otherwise stay resident to the end.
+    """
+    from nntrtool.convert.memory import release_pages
+
+    release_pages(arr, edges=True)
+
+
+def prefer_type(base: SourceTensor, type_name: str, reason: str) -> DerivedTensor:
+    """``base`` unchanged, stored as ``type_name`` unless the user's ``--type``/``--keep-f32``
+    say otherwise (MoE routers stay F32: the runtime computes them in FP32)."""
+
+    def read(inputs: Sequence[SourceTensor], start: int, stop: int) -> np.ndarray:
+        return inputs[0].read(start, stop)
+
+    return DerivedTensor(
+        base.name,
+        base.dtype,
+        base.shape,
+        [base],
+        read,
+        reason,
+        source_nbytes=base.nbytes,
+        prefer=(type_name, reason),
+    )
+
+
 def rows_at(t: SourceTensor, index: np.ndarray) -> np.ndarray:
     """Rows ``index`` of ``t`` (any order), reading only the span they cover."""
     if index.size == 0:
@@ -221,10 +278,14 @@ def expert_matrix(
         src = inputs[0]
         if not transpose:
             rows = src.read(expert * a + start, expert * a + stop)
-            return np.ascontiguousarray(rows[:, columns])
+            picked = np.ascontiguousarray(rows[:, columns])
+            done_reading(rows)
+            return picked
         whole = cache.get("m")
         if whole is None:
-            whole = np.ascontiguousarray(src.read(expert * a, (expert + 1) * a)[:, columns].T)
+            rows = src.read(expert * a, (expert + 1) * a)
+            whole = np.ascontiguousarray(rows[:, columns].T)
+            done_reading(rows)
             cache["m"] = whole
         out = whole[start:stop]
         if stop >= shape[0]:
@@ -246,4 +307,40 @@ def rules_for(config: dict) -> list[Rule]:
     """The rules that apply to a Hugging Face checkpoint with this config (often none)."""
     archs = config.get("architectures") or []
     make = ARCHITECTURE_RULES.get(archs[0]) if archs and isinstance(archs[0], str) else None
+    return make(config) if make is not None else []
+
+
+# ---- the way back: stored tensors into a model's own modules ----------------------------
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a stored tensor goes in a transformers model's state (the inverse of a rule).
+
+    Stored tensors whose name fully matches ``pattern`` are written into ``target`` (a template
+    expanded with the match, ``"{0}.mlp.experts.gate_up_proj"``) at the index ``index(match)``
+    returns, transposed first when ``transpose`` is set.
+    """
+
+    pattern: str
+    target: str
+    index: Callable[[re.Match[str]], tuple]
+    transpose: bool = False
+
+    def resolve(self, name: str) -> tuple[str, tuple, bool] | None:
+        """``(state key, index, transpose)`` for stored tensor ``name``, or ``None``."""
+        m = re.fullmatch(self.pattern, name)
+        if m is None:
+            return None
+        return self.target.format(*m.groups()), self.index(m), self.transpose
+
+
+#: Per architecture, how stored tensors go back into transformers' modules (fused experts).
+MODULE_PLACEMENTS: dict[str, Callable[[dict], list[Placement]]] = {}
+
+
+def placements_for(config: dict) -> list[Placement]:
+    """The placements for a model with this config (none: every stored name is a state key)."""
+    archs = config.get("architectures") or []
+    make = MODULE_PLACEMENTS.get(archs[0]) if archs and isinstance(archs[0], str) else None
     return make(config) if make is not None else []

@@ -246,22 +246,30 @@ def _replace_weights(
     import torch
 
     from nntrtool.quant import dequantize, unpack
+    from nntrtool.sources.transforms import placements_for
 
+    placements = placements_for(nf.config)
     for entry in nf.tensors:
+        key, index, transpose = entry.name, (), False
         if entry.name not in state:
-            unused.append(entry.name)
-            continue
-        target = state[entry.name]
+            # A stored tensor that is a slice of a fused module parameter (MoE experts).
+            slot = next((p.resolve(entry.name) for p in placements if p.resolve(entry.name)), None)
+            if slot is None or slot[0] not in state:
+                unused.append(entry.name)
+                continue
+            key, index, transpose = slot
+        target = state[key][index] if index else state[key]
         shape = tuple(int(s) for s in entry.shape)
-        if tuple(target.shape) != shape:
+        if tuple(target.shape) != (tuple(reversed(shape)) if transpose else shape):
             raise NntrError(
                 f"--logits: {entry.name} is {list(shape)} in the file but "
                 f"{list(target.shape)} in the model"
             )
         value = _read_dequantized(nf, entry, dequantize, unpack, backend)
+        value = np.ascontiguousarray(value.T if transpose else value)
         with torch.no_grad():
             target.copy_(torch.from_numpy(value).reshape(target.shape))
-        replaced.add(entry.name)
+        replaced.add(key)
         if progress is not None:
             progress.advance(value.size, current=entry.name)
 
