@@ -54,6 +54,9 @@ class ArchitectureLayout:
     layer: tuple[_Entry, ...]
     tail: tuple[_Entry, ...]
     untied_tail: tuple[_Entry, ...]
+    #: The runtime's class precomputes RoPE for exactly ``max_position_embeddings`` positions
+    #: (Qwen3); the Llama class ignores the config and always builds 40960.
+    rope_table_from_config: bool = False
 
     def slots(self, config: dict[str, Any], tied: bool) -> list[Slot]:
         """Every tensor of the weight file in the order the runtime reads it."""
@@ -118,6 +121,7 @@ QWEN3 = ArchitectureLayout(
     + _MLP,
     tail=_FINAL_NORM,
     untied_tail=_LM_HEAD,
+    rope_table_from_config=True,
 )
 
 #: The architectures nntrainer's CausalLM application runs, by ``config.json`` architecture.
