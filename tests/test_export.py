@@ -212,6 +212,7 @@ def test_qwen3_tied_f32_exact(sources, tmp_path):
     out = tmp_path / "out"
     result = export_nntr(nntr, out)
     check_export(out, "x86", src, ref, exact=True)
+    assert any("max_position_embeddings is 512" in w for w in result.plan.warnings)
 
     nntr_cfg = json.loads((out / "nntr_config.json").read_text())
     assert nntr_cfg["model_tensor_type"] == "FP32-FP32"
@@ -220,10 +221,10 @@ def test_qwen3_tied_f32_exact(sources, tmp_path):
     assert nntr_cfg["tokenizer_file"] == str(out.resolve() / "tokenizer.json")
     assert Path(nntr_cfg["tokenizer_file"]).is_absolute()
     assert nntr_cfg["sample_input"].startswith("<|im_start|>user\n")
-    for key, value in (
-        ("num_to_generate", 512),
-        ("init_seq_len", 1024),
-        ("max_seq_len", 2048),
+    for key, value in (  # the defaults 512/1024/2048, fitted to max_position_embeddings 512
+        ("num_to_generate", 256),
+        ("init_seq_len", 512),
+        ("max_seq_len", 512),
         ("batch_size", 1),
         ("bad_word_ids", []),
     ):
@@ -343,6 +344,45 @@ def test_llama_untied_f32_exact_and_options(sources, tmp_path):
     gen = json.loads((out / "generation_config.json").read_text())
     assert (gen["eos_token_id"], gen["bos_token_id"], gen["do_sample"]) == ([7], 9, False)
     assert gen["top_k"] == 20  # the rest of the source's generation config is kept
+
+
+@pytest.mark.parametrize(
+    "arch, max_positions, given, expected",
+    [
+        # nntrainer's Qwen3 computes RoPE for max_position_embeddings positions only: a run
+        # that can reach min(init_seq_len + num_to_generate, max_seq_len) positions must fit
+        ("qwen3_tied", 40960, RuntimeOptions(), (512, 1024, 2048)),
+        ("qwen3_tied", 512, RuntimeOptions(64, 128, 256), (64, 128, 256)),
+        ("qwen3_tied", 512, RuntimeOptions(128, 384, 4096), (128, 384, 4096)),
+        ("qwen3_tied", 512, RuntimeOptions(400, 300, 1000), (400, 300, 512)),
+        ("qwen3_tied", 256, RuntimeOptions(), (128, 256, 256)),
+        ("qwen3_tied", 3, RuntimeOptions(), (1, 3, 3)),
+        # Llama's class ignores the config and always builds 40960 positions
+        ("llama_untied", 512, RuntimeOptions(), (512, 1024, 2048)),
+    ],
+)
+def test_run_length_fits_the_rope_table(sources, tmp_path, arch, max_positions, given, expected):
+    def set_max_positions(config, state):
+        config["max_position_embeddings"] = max_positions
+
+    nntr, _ = nntr_from_source(tmp_path, sources[arch], {}, mutate=set_max_positions)
+    result = export_nntr(nntr, tmp_path / "out", runtime=given, dry_run=True)
+    cfg = result.plan.nntr_config
+    got = (cfg["num_to_generate"], cfg["init_seq_len"], cfg["max_seq_len"])
+    assert got == expected
+    RuntimeOptions(*got).validate()  # still settings the runtime accepts
+    warned = [w for w in result.plan.warnings if "max_position_embeddings" in w]
+    assert bool(warned) == (got != (given.num_to_generate, given.init_seq_len, given.max_seq_len))
+    if arch.startswith("qwen3"):
+        assert min(got[1] + got[0], got[2]) <= max_positions
+
+
+def test_refuses_a_rope_table_too_short_for_any_run(sources, tmp_path):
+    def one_position(config, state):
+        config["max_position_embeddings"] = 1
+
+    nntr, _ = nntr_from_source(tmp_path, sources["qwen3_tied"], {}, mutate=one_position)
+    _refused(tmp_path, nntr, "max_position_embeddings 1 leaves no room")
 
 
 # --------------------------------------------------------------------------------------------

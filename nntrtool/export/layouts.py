@@ -108,6 +108,9 @@ class ArchitectureLayout:
     rope_scaling: frozenset[str] = frozenset()
     #: Warnings and refusals that depend on the config.
     rules: tuple[ConfigRule, ...] = ()
+    #: The runtime's class precomputes RoPE for exactly ``max_position_embeddings`` positions
+    #: (Qwen3, Qwen3-MoE, GPT-OSS); the Llama class ignores the config and always builds 40960.
+    rope_table_from_config: bool = False
 
     def check_config(self, config: dict[str, Any]) -> list[str]:
         """Raise ``UsageError`` for a config the runtime cannot follow; else the warnings."""
@@ -190,6 +193,7 @@ QWEN3 = ArchitectureLayout(
     + _MLP,
     tail=_FINAL_NORM,
     untied_tail=_LM_HEAD,
+    rope_table_from_config=True,
 )
 
 #: Qwen3-MoE (qwen3_moe_causallm.cpp, layers/qwen_moe_layer.cpp): Qwen3's attention, then
@@ -215,6 +219,7 @@ QWEN3_MOE = ArchitectureLayout(
     aliases=("Qwen3SlimMoeForCausalLM", "Qwen3CachedSlimMoeForCausalLM"),
     required=("moe_intermediate_size", "num_experts_per_tok"),
     config_keys=(("num_experts", ("num_experts", "num_local_experts")),),
+    rope_table_from_config=True,
     rules=(
         ConfigRule(
             lambda c: bool(c.get("mlp_only_layers")) or int(c.get("decoder_sparse_step") or 1) != 1,
@@ -268,7 +273,13 @@ GPT_OSS = ArchitectureLayout(
     required=("num_experts_per_tok", "layer_types", "sliding_window"),
     config_keys=(("num_local_experts", ("num_local_experts", "num_experts")),),
     rope_scaling=frozenset({"yarn"}),
+    rope_table_from_config=True,
     rules=(
+        ConfigRule(
+            lambda c: (c.get("architectures") or [None])[0] == "GptOssCachedSlimCausalLM",
+            "nntrainer's GptOssCachedSlimCausalLM does not add the router bias, so its expert "
+            "choices differ from the source model's; GptOssForCausalLM adds it",
+        ),
         ConfigRule(
             lambda c: True,
             "nntrainer's GPT-OSS prefill is wrong for prompts longer than sliding_window "

@@ -37,6 +37,7 @@ from nntrtool.export.runtime_config import (
     _runtime_config,
     _sample_input,
     _source_from_metadata,
+    fit_positions,
 )
 from nntrtool.progress import ProgressFactory
 from nntrtool.qtypes import F32, Q4_0, Q4_0_REPACKED, Q6_K, RepackLayout, TensorType, get_layout
@@ -316,6 +317,9 @@ def plan_export(
 
     warnings: list[str] = []
     runtime_cfg = _runtime_config(config, layout, tied, warnings)
+    num_to_generate, init_seq_len, max_seq_len = fit_positions(
+        runtime, runtime_cfg, layout, warnings
+    )
 
     source_path = Path(source_dir).expanduser() if source_dir is not None else None
     if source_path is not None and not source_path.is_dir():
@@ -358,9 +362,9 @@ def plan_export(
         {
             "bad_word_ids": [int(i) for i in runtime.bad_word_ids],
             "fsu": False,
-            "num_to_generate": int(runtime.num_to_generate),
-            "init_seq_len": int(runtime.init_seq_len),
-            "max_seq_len": int(runtime.max_seq_len),
+            "num_to_generate": num_to_generate,
+            "init_seq_len": init_seq_len,
+            "max_seq_len": max_seq_len,
             "batch_size": int(runtime.batch_size),
             "tokenizer_file": runtime.tokenizer_file or str(out_abs / "tokenizer.json"),
             "sample_input": runtime.sample_input

@@ -284,3 +284,39 @@ def _source_from_metadata(config: dict[str, Any]) -> Path | None:
         except Exception:  # not in the local cache: nothing to copy, and no network needed
             return None
     return None
+
+
+def fit_positions(
+    runtime: RuntimeOptions, config: dict[str, Any], layout: ArchitectureLayout, warnings: list[str]
+) -> tuple[int, int, int]:
+    """``(num_to_generate, init_seq_len, max_seq_len)``, lowered with a warning when the run
+    could pass the last position of a RoPE table sized by ``max_position_embeddings``."""
+    n, init, total = (
+        int(runtime.num_to_generate),
+        int(runtime.init_seq_len),
+        int(runtime.max_seq_len),
+    )
+    limit = config.get("max_position_embeddings")
+    # The runtime cuts the prompt to max_seq_len - num_to_generate tokens and its input layer
+    # holds init_seq_len, so the last position it computes is min(init + n, max_seq_len) - 1;
+    # past the table these classes abort (or read out of bounds).
+    if not layout.rope_table_from_config or limit is None or min(init + n, total) <= int(limit):
+        return n, init, total
+    limit = int(limit)
+    if limit < 2:
+        raise UsageError(
+            f"max_position_embeddings {limit} leaves no room for a prompt and a generated token"
+        )
+    lowered = [f"max_seq_len {total} to {limit}"]
+    total = limit
+    if init > limit:
+        lowered.append(f"init_seq_len {init} to {limit}")
+        init = limit
+    if n >= limit:
+        lowered.append(f"num_to_generate {n} to {limit // 2}")
+        n = limit // 2
+    warnings.append(
+        f"the model's max_position_embeddings is {limit} and nntrainer's {layout.architecture} "
+        f"builds RoPE for that many positions only: lowered {', '.join(lowered)}"
+    )
+    return n, init, total
