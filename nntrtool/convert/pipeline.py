@@ -131,17 +131,22 @@ def check_disk_space(out: Path, needed: int) -> None:
         )
 
 
-def plan_conversion(source_spec: str | Path, options: ConvertOptions) -> ConversionPlan:
-    """Open the source and make its plan (what ``convert --dry-run`` and ``verify`` need)."""
+def open_for(source_spec: str | Path, options: ConvertOptions) -> Any:
+    """The source as ``options`` asks for it: revision, config, GGUF file, merged adapters."""
     from nntrtool.sources import open_source
 
-    with open_source(
+    return open_source(
         source_spec,
         revision=options.revision,
         config=options.config,
         adapters=options.adapters,
         gguf_file=options.gguf_file,
-    ) as src:
+    )
+
+
+def plan_conversion(source_spec: str | Path, options: ConvertOptions) -> ConversionPlan:
+    """Open the source and make its plan (what ``convert --dry-run`` and ``verify`` need)."""
+    with open_for(source_spec, options) as src:
         return make_plan(src, options)
 
 
@@ -156,21 +161,13 @@ def convert(
     With ``options.dry_run`` only the plan is made and nothing is written (``out_path`` may be
     ``None``). Every user-caused problem raises an :class:`~nntrtool.errors.NntrError`.
     """
-    from nntrtool.sources import open_source
-
     start = time.perf_counter()
     out = None
     if not options.dry_run:
         if out_path is None:
             raise UsageError("give an output file name")
         out = check_output(out_path, options.force)
-    with open_source(
-        source_spec,
-        revision=options.revision,
-        config=options.config,
-        adapters=options.adapters,
-        gguf_file=options.gguf_file,
-    ) as src:
+    with open_for(source_spec, options) as src:
         plan = make_plan(src, options)
         if options.dry_run:
             return ConversionReport(plan, None, True, seconds=time.perf_counter() - start)
