@@ -10,4 +10,4 @@ The package is a library first; the ``nntrtool`` command is a thin layer over it
 - ``nntrtool.cli``      the Typer commands and the rich display
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
