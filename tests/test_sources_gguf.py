@@ -224,6 +224,28 @@ def test_folder_of_ggufs_needs_a_choice(ggufs, tmp_path):
         open_source(folder, gguf_file="nope.gguf")
 
 
+def test_convert_and_verify_pick_the_same_gguf_from_a_folder(ggufs, tmp_path):
+    from typer.testing import CliRunner
+
+    from nntrtool.cli.app import app
+
+    folder = ggufs["f32"].parent
+    out = tmp_path / "o.nntr"
+    runner = CliRunner()
+    res = runner.invoke(app, ["convert", str(folder), str(out), "--gguf-file", "llama-mixed.gguf"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["verify", str(out), str(folder), "--json"])
+    # the command layer turns this into one line and exit 2
+    assert isinstance(res.exception, UsageError) and "--gguf-file" in str(res.exception)
+    res = runner.invoke(
+        app, ["verify", str(out), str(folder), "--gguf-file", "llama-mixed.gguf", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    errors = {t["name"]: t["max_abs_err"] for t in report["tensors"]}
+    assert report["passed"] and errors["model.layers.0.self_attn.q_proj.weight"] == 0  # copied
+
+
 def test_hub_id_with_gguf_file_reads_the_cache_offline(ggufs, offline_hub):
     from models import cache_model
 

@@ -67,6 +67,13 @@ def verify_command(
         None, "--top", min=1, help="Show only the N worst tensors in the table (all by default)."
     ),
     revision: str = typer.Option(None, "--revision", help="Revision of a hub id source."),
+    gguf_file: str = typer.Option(
+        None,
+        "--gguf-file",
+        metavar="NAME",
+        help="The GGUF file to take from a folder or a Hugging Face repo (as given to convert).",
+        show_default=False,
+    ),
     config: Path = typer.Option(
         None, "--config", help="config.json for a single .safetensors source."
     ),
@@ -111,7 +118,13 @@ def verify_command(
     if text is not None:
         # read and tokenize the text first: a bad text or tokenizer fails in a second
         text_chunks = v.load_text_chunks(
-            source, text, ctx=ctx, chunks=chunks, revision=revision, config=config
+            source,
+            text,
+            ctx=ctx,
+            chunks=chunks,
+            revision=revision,
+            config=config,
+            gguf_file=gguf_file,
         )
 
     progress = progress_factory(quiet)
@@ -126,6 +139,7 @@ def verify_command(
         threads=threads,
         progress=progress,
         adapters=adapters,
+        gguf_file=gguf_file,
     )
     if text_chunks is not None:
         report.text = v.compare_text(
@@ -137,6 +151,7 @@ def verify_command(
             backend=backend,
             progress=progress,
             adapters=adapters,
+            gguf_file=gguf_file,
         )
     elif logits:
         report.logits = v.compare_logits(
@@ -148,6 +163,7 @@ def verify_command(
             backend=backend,
             progress=progress,
             adapters=adapters,
+            gguf_file=gguf_file,
         )
     report.max_kl = max_kl
     report.max_ppl_ratio = max_ppl_ratio

@@ -155,13 +155,20 @@ def compare_logits(
     backend: str = "auto",
     progress: ProgressFactory | None = None,
     adapters: Sequence[Any] = (),
+    gguf_file: str | None = None,
 ) -> LogitsReport:
     """Run the source model on a fixed prompt, then with every weight replaced by the file's
     dequantized value, and measure how far the next-token distributions moved."""
     torch, transformers = _import_torch()
     from nntrtool.sources import open_source
 
-    with open_source(source_spec, revision=revision, config=config, adapters=adapters) as src:
+    with open_source(
+        source_spec,
+        revision=revision,
+        config=config,
+        adapters=adapters,
+        gguf_file=gguf_file,
+    ) as src:
         model = _load_model(src, torch, transformers)
         source_names = {t.name for t in src.tensors}
     vocab = int(model.get_input_embeddings().weight.shape[0])

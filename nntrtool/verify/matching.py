@@ -113,6 +113,7 @@ def verify(
     threads: int | None = None,
     progress: ProgressFactory | None = None,
     adapters: Sequence[Any] = (),
+    gguf_file: str | None = None,
 ) -> VerifyReport:
     """Compare every tensor of the NNTR file with its source; the report says what passed.
 
@@ -132,7 +133,13 @@ def verify(
     _set_threads(threads)
     with (
         NntrFile(file_path) as nf,
-        open_source(source_spec, revision=revision, config=config, adapters=adapters) as src,
+        open_source(
+            source_spec,
+            revision=revision,
+            config=config,
+            adapters=adapters,
+            gguf_file=gguf_file,
+        ) as src,
     ):
         results, jobs = _match(nf, src, limits)
         backend = choose_backend(requested, _kernel_uses(jobs))

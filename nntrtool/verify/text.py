@@ -141,6 +141,7 @@ def load_text_chunks(
     chunks: int | None = None,
     revision: str | None = None,
     config: str | Path | None = None,
+    gguf_file: str | None = None,
 ) -> TextChunks:
     """Read the text, load the source's tokenizer and cut the text into chunks."""
     from nntrtool.sources import open_source
@@ -148,7 +149,7 @@ def load_text_chunks(
 
     _, transformers = _import_torch()
     text = read_text(text_path)
-    with open_source(source_spec, revision=revision, config=config) as src:
+    with open_source(source_spec, revision=revision, config=config, gguf_file=gguf_file) as src:
         tokenizer = load_tokenizer(src, transformers)
     return tokenize_chunks(tokenizer, text, text_path, ctx=ctx, chunks=chunks)
 
@@ -314,6 +315,7 @@ def compare_text(
     backend: str = "auto",
     progress: ProgressFactory | None = None,
     adapters: Sequence[Any] = (),
+    gguf_file: str | None = None,
 ) -> TextReport:
     """Run the source model over the text's chunks, then again with the file's weights, and
     report both perplexities and the KL divergence between their next-token distributions."""
@@ -326,6 +328,7 @@ def compare_text(
         backend=backend,
         progress=progress,
         adapters=adapters,
+        gguf_file=gguf_file,
     )[0]
 
 
@@ -339,6 +342,7 @@ def compare_text_files(
     backend: str = "auto",
     progress: ProgressFactory | None = None,
     adapters: Sequence[Any] = (),
+    gguf_file: str | None = None,
 ) -> list[TextReport]:
     """:func:`compare_text` for several files of one source: the source runs over the text
     once, then each file's weights in turn (the source's weights are put back in between)."""
@@ -346,7 +350,13 @@ def compare_text_files(
     from nntrtool.verify.logits import _import_torch, _load_model, load_file_weights
 
     torch, transformers = _import_torch()
-    with open_source(source_spec, revision=revision, config=config, adapters=adapters) as src:
+    with open_source(
+        source_spec,
+        revision=revision,
+        config=config,
+        adapters=adapters,
+        gguf_file=gguf_file,
+    ) as src:
         model = _load_model(src, torch, transformers)
         source_names = {t.name for t in src.tensors}
     vocab = int(model.get_input_embeddings().weight.shape[0])
@@ -392,7 +402,9 @@ def compare_text_files(
 
         for i, file_path in enumerate(file_paths):
             if i > 0:
-                _restore_source_weights(model, source_spec, revision, config, torch, adapters)
+                _restore_source_weights(
+                    model, source_spec, revision, config, torch, adapters, gguf_file
+                )
             replaced, not_replaced, unused = load_file_weights(
                 model, file_path, source_names, backend=backend, progress=progress
             )
@@ -426,19 +438,37 @@ def _restore_source_weights(
     config: Any,
     torch: Any,
     adapters: Sequence[Any] = (),
+    gguf_file: str | None = None,
 ) -> None:
-    """Put the source's weights back into the model, tensor by tensor."""
+    """Put the source's weights back into the model, tensor by tensor (experts into their
+    fused parameters, as :func:`~nntrtool.verify.logits.load_file_weights` puts the file's)."""
     from nntrtool.sources import open_source
+    from nntrtool.sources.transforms import placements_for
 
     state = model.state_dict()
     with (
-        open_source(source_spec, revision=revision, config=config, adapters=adapters) as src,
+        open_source(
+            source_spec,
+            revision=revision,
+            config=config,
+            adapters=adapters,
+            gguf_file=gguf_file,
+        ) as src,
         torch.no_grad(),
     ):
+        placements = placements_for(src.config)
         for t in src.tensors:
-            if t.name in state:
-                value = torch.from_numpy(np.array(t.read_f32(), dtype=np.float32))  # a copy
-                state[t.name].copy_(value.reshape(state[t.name].shape))
+            key, index, transpose = t.name, (), False
+            if t.name not in state:
+                # a stored tensor that is a slice of a fused parameter (MoE experts)
+                slot = next((p.resolve(t.name) for p in placements if p.resolve(t.name)), None)
+                if slot is None or slot[0] not in state:
+                    continue
+                key, index, transpose = slot
+            target = state[key][index] if index else state[key]
+            value = np.array(t.read_f32(), dtype=np.float32)  # a copy
+            value = np.ascontiguousarray(value.T) if transpose else value
+            target.copy_(torch.from_numpy(value).reshape(target.shape))
 
 
 def _chunk_logits(model: Any, chunks: TextChunks, torch: Any):
