@@ -145,6 +145,33 @@ def _load_model(src: Any, torch: Any, transformers: Any) -> Any:
     return model
 
 
+def load_source_model(
+    source_spec: str | Path,
+    *,
+    revision: str | None = None,
+    config: str | Path | None = None,
+    adapters: Sequence[Any] = (),
+    gguf_file: str | None = None,
+) -> tuple[Any, set[str]]:
+    """The source model in float32 (adapters merged) and the names of its stored tensors."""
+    from nntrtool.sources import open_source
+
+    torch, transformers = _import_torch()
+    with open_source(
+        source_spec, revision=revision, config=config, adapters=adapters, gguf_file=gguf_file
+    ) as src:
+        return _load_model(src, torch, transformers), {t.name for t in src.tensors}
+
+
+def state_slot(name: str, state: dict, placements: list[Any]) -> tuple[str, tuple, bool] | None:
+    """Where a stored tensor goes in a model's state: ``(key, index, transpose)``; a slice of a
+    fused parameter for MoE experts (per ``placements``), None when the model has no place."""
+    if name in state:
+        return name, (), False
+    slot = next((p.resolve(name) for p in placements if p.resolve(name)), None)
+    return slot if slot is not None and slot[0] in state else None
+
+
 def compare_logits(
     file_path: str | Path,
     source_spec: str | Path,
@@ -159,18 +186,10 @@ def compare_logits(
 ) -> LogitsReport:
     """Run the source model on a fixed prompt, then with every weight replaced by the file's
     dequantized value, and measure how far the next-token distributions moved."""
-    torch, transformers = _import_torch()
-    from nntrtool.sources import open_source
-
-    with open_source(
-        source_spec,
-        revision=revision,
-        config=config,
-        adapters=adapters,
-        gguf_file=gguf_file,
-    ) as src:
-        model = _load_model(src, torch, transformers)
-        source_names = {t.name for t in src.tensors}
+    torch, _ = _import_torch()
+    model, source_names = load_source_model(
+        source_spec, revision=revision, config=config, adapters=adapters, gguf_file=gguf_file
+    )
     vocab = int(model.get_input_embeddings().weight.shape[0])
     ids = list(tokens) if tokens else default_tokens(vocab)
     bad = [t for t in ids if t >= vocab]
@@ -257,14 +276,11 @@ def _replace_weights(
 
     placements = placements_for(nf.config)
     for entry in nf.tensors:
-        key, index, transpose = entry.name, (), False
-        if entry.name not in state:
-            # A stored tensor that is a slice of a fused module parameter (MoE experts).
-            slot = next((p.resolve(entry.name) for p in placements if p.resolve(entry.name)), None)
-            if slot is None or slot[0] not in state:
-                unused.append(entry.name)
-                continue
-            key, index, transpose = slot
+        slot = state_slot(entry.name, state, placements)
+        if slot is None:
+            unused.append(entry.name)
+            continue
+        key, index, transpose = slot
         target = state[key][index] if index else state[key]
         shape = tuple(int(s) for s in entry.shape)
         if tuple(target.shape) != (tuple(reversed(shape)) if transpose else shape):

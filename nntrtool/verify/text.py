@@ -346,19 +346,12 @@ def compare_text_files(
 ) -> list[TextReport]:
     """:func:`compare_text` for several files of one source: the source runs over the text
     once, then each file's weights in turn (the source's weights are put back in between)."""
-    from nntrtool.sources import open_source
-    from nntrtool.verify.logits import _import_torch, _load_model, load_file_weights
+    from nntrtool.verify.logits import _import_torch, load_file_weights, load_source_model
 
-    torch, transformers = _import_torch()
-    with open_source(
-        source_spec,
-        revision=revision,
-        config=config,
-        adapters=adapters,
-        gguf_file=gguf_file,
-    ) as src:
-        model = _load_model(src, torch, transformers)
-        source_names = {t.name for t in src.tensors}
+    torch, _ = _import_torch()
+    model, source_names = load_source_model(
+        source_spec, revision=revision, config=config, adapters=adapters, gguf_file=gguf_file
+    )
     vocab = int(model.get_input_embeddings().weight.shape[0])
     _check_ids(chunks, vocab)
     n_chunks, per_chunk = len(chunks.chunks), chunks.scored_per_chunk
@@ -444,6 +437,7 @@ def _restore_source_weights(
     fused parameters, as :func:`~nntrtool.verify.logits.load_file_weights` puts the file's)."""
     from nntrtool.sources import open_source
     from nntrtool.sources.transforms import placements_for
+    from nntrtool.verify.logits import state_slot
 
     state = model.state_dict()
     with (
@@ -458,13 +452,10 @@ def _restore_source_weights(
     ):
         placements = placements_for(src.config)
         for t in src.tensors:
-            key, index, transpose = t.name, (), False
-            if t.name not in state:
-                # a stored tensor that is a slice of a fused parameter (MoE experts)
-                slot = next((p.resolve(t.name) for p in placements if p.resolve(t.name)), None)
-                if slot is None or slot[0] not in state:
-                    continue
-                key, index, transpose = slot
+            slot = state_slot(t.name, state, placements)
+            if slot is None:
+                continue
+            key, index, transpose = slot
             target = state[key][index] if index else state[key]
             value = np.array(t.read_f32(), dtype=np.float32)  # a copy
             value = np.ascontiguousarray(value.T) if transpose else value
