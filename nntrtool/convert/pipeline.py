@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from nntrtool.convert.memory import prefault, release_pages
-from nntrtool.convert.options import ConvertOptions
-from nntrtool.convert.plan import ConversionPlan, TensorPlan, make_plan
 from nntrtool.errors import DiskFullError, NonFiniteError, OutputExistsError, UsageError
+from nntrtool.memory import prefault, release_pages
+from nntrtool.plan.options import ConvertOptions
+from nntrtool.plan.tensors import ConversionPlan, TensorPlan, make_plan
 from nntrtool.progress import ProgressFactory
 
 #: Chunks queued beyond one per worker: enough to overlap, few enough to bound memory.

@@ -121,7 +121,7 @@ def _write_tensor(
     backend: str = "auto",
 ) -> None:
     """Queue one tensor for ``offset``; source pages are dropped as soon as they are used."""
-    from nntrtool.convert.memory import release_pages
+    from nntrtool.memory import release_pages
 
     raw = np.asarray(nf.raw(t.slot.name))
     name = t.slot.name

@@ -45,7 +45,7 @@ def convert_and_export(
     check_target(target)
     out = Path(os.path.abspath(os.fspath(out_dir)))
     check_output(out, options.force)
-    from nntrtool.convert.plan import default_quant_type
+    from nntrtool.plan.tensors import default_quant_type
 
     with open_source(
         source_spec, revision=options.revision, config=options.config, gguf_file=options.gguf_file

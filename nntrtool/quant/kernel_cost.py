@@ -162,13 +162,12 @@ def _cache_root(explicit: str) -> str:
 
 @functools.cache
 def _stamp() -> str:
-    """A hash of the kernel sources (this package and the error sums' module) and of numba's
-    install: a marker written under another one is stale."""
+    """A hash of the kernel sources (this package) and of numba's install: a marker written
+    under another one is stale."""
     h = hashlib.sha256()
     files = [
         os.path.join(_QUANT_DIR, n) for n in sorted(os.listdir(_QUANT_DIR)) if n.endswith(".py")
     ]
-    files.append(os.path.join(os.path.dirname(_QUANT_DIR), "verify", "metrics.py"))
     for path in files:
         try:
             with open(path, "rb") as fh:

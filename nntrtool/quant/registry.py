@@ -1,5 +1,8 @@
 """The kernel registry: one kernel module per quantized type, looked up by the type's name.
 
+Which module holds a type's kernels is written in its :mod:`nntrtool.qtypes` entry; this
+module only imports them on first use.
+
 Every type module exposes the same four functions (``quantize_xp(x, xp)``,
 ``dequantize_xp(data, xp)``, ``quantize_numba(x, src_kind)``, ``dequantize_numba(data)``),
 and types whose bytes an importance matrix changes also ``quantize_imatrix_xp(x, qw, xp)``
@@ -16,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from nntrtool.errors import QuantError
-from nntrtool.qtypes import Q4_0, Q6_K, Q8_0, TensorType
+from nntrtool.qtypes import TYPES, TensorType
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class QuantKernels:
     @property
     def uses_imatrix(self) -> bool:
         """Whether an importance matrix changes this type's bytes (ggml ignores it for Q8_0)."""
-        return hasattr(self.impl, "quantize_imatrix_xp")
+        return self.ttype.uses_imatrix
 
     def quantize_imatrix_xp(self, x: Any, qw: Any, xp: Any) -> Any:
         """Bytes of a 2-D float32 ``xp`` array weighted by importance ``qw`` (one per column)."""
@@ -61,17 +64,10 @@ class QuantKernels:
         return self.impl.dequantize_numba(data)
 
 
-KERNELS: dict[str, QuantKernels] = {}
-
-
-def register(ttype: TensorType, module: str) -> None:
-    """Register the kernel module of a quantized type under the type's name."""
-    KERNELS[ttype.name] = QuantKernels(ttype, module)
-
-
-register(Q4_0, "nntrtool.quant.q4_0")
-register(Q6_K, "nntrtool.quant.q6_k")
-register(Q8_0, "nntrtool.quant.q8_0")
+#: The kernels of every type whose table entry names a kernel module, by type name.
+KERNELS: dict[str, QuantKernels] = {
+    t.name: QuantKernels(t, t.kernels) for t in TYPES if t.kernels is not None
+}
 
 
 def get_kernels(qtype: str | TensorType) -> QuantKernels:

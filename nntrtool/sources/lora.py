@@ -461,7 +461,7 @@ def _merge(
 
 def _tied_pair(source: ModelSource) -> tuple[str, str] | None:
     """(head, embeddings) when the model stores its output head as the embeddings."""
-    from nntrtool.convert.plan import detect_tied
+    from nntrtool.sources.tied import detect_tied
 
     tied = detect_tied(list(source.tensors), dict(source.config or {}))
     if not tied.tied or tied.embedding is None or tied.head is None:

@@ -71,7 +71,7 @@ class LowRankUpdate:
 
     def add_to(self, out: np.ndarray, start: int, stop: int) -> None:
         """Add the update's rows ``start:stop`` to ``out`` (C-contiguous float32 of those rows)."""
-        from nntrtool.convert.memory import release_pages
+        from nntrtool.memory import release_pages
 
         if stop <= start:
             return
@@ -116,7 +116,7 @@ def merged_tensor(
     """``base`` with ``updates`` added in order, in float32, stored as ``name``."""
 
     def read(inputs: Sequence[SourceTensor], start: int, stop: int) -> np.ndarray:
-        from nntrtool.convert.memory import release_pages
+        from nntrtool.memory import release_pages
 
         src = inputs[0]
         out = np.empty((stop - start, src.cols), dtype=np.float32)

@@ -163,7 +163,7 @@ def verify(
 
 
 def _checksum_ok(nf: Any, name: str) -> bool:
-    from nntrtool.convert.memory import release_pages
+    from nntrtool.memory import release_pages
 
     ok = nf.check(name)
     release_pages(nf.raw(name))
@@ -302,7 +302,7 @@ def _kernel_uses(jobs: list[_Job]) -> list[Any]:
 
 
 def _run_jobs(nf: Any, jobs: list[_Job], backend: str, progress: ProgressLike | None) -> None:
-    from nntrtool.convert.memory import release_pages
+    from nntrtool.memory import release_pages
     from nntrtool.quant import dequantize, unpack
 
     for job in jobs:

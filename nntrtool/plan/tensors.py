@@ -15,9 +15,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from nntrtool import __version__
-from nntrtool.convert.options import ConvertOptions
 from nntrtool.errors import SourceError, UsageError
 from nntrtool.format import TensorSpec, predict_file_size
+from nntrtool.plan.options import ConvertOptions
 from nntrtool.qtypes import (
     F32,
     Q4_0,
@@ -28,9 +28,11 @@ from nntrtool.qtypes import (
     RepackLayout,
     TensorType,
     display_name,
+    fitting_type,
     get_layout,
     get_type,
 )
+from nntrtool.sources.tied import TiedEmbeddings, detect_tied
 
 #: Source dtypes the converter reads (safetensors names).
 SUPPORTED_DTYPES = ("F32", "F16", "BF16")
@@ -40,18 +42,6 @@ SUPPORTED_DTYPES = ("F32", "F16", "BF16")
 #: A non-float tensor with one of these names is skipped; any other non-float tensor is refused.
 BUFFER_NAMES = ("position_ids", "token_type_ids", "num_batches_tracked")
 _INTEGER_DTYPES = ("BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64")
-
-#: Name endings of token-embedding matrices and output heads across common architectures.
-EMBEDDING_SUFFIXES = (
-    "embed_tokens.weight",
-    "tok_embeddings.weight",
-    "word_embeddings.weight",
-    "wte.weight",
-)
-HEAD_NAMES = ("lm_head.weight", "output.weight", "embed_out.weight")
-
-#: Rows compared at a time when checking whether the head holds the embeddings' data.
-_COMPARE_ROWS = 1024
 
 
 class _Tensor(Protocol):
@@ -112,7 +102,7 @@ class TensorPlan:
     @property
     def quant_name(self) -> str:
         """The kernel's type name (``q4_0`` for repacked tensors too)."""
-        return Q4_0.name if self.ttype is Q4_0_REPACKED else self.ttype.name
+        return self.ttype.plain.name
 
     @property
     def spec(self) -> TensorSpec:
@@ -125,17 +115,6 @@ class TensorPlan:
         if self.importance is not None:
             out["imatrix"] = self.importance
         return out
-
-
-@dataclass(frozen=True)
-class TiedEmbeddings:
-    """Whether the output head shares the token embeddings, and which tensors those are."""
-
-    tied: bool
-    embedding: str | None = None
-    head: str | None = None
-    head_in_source: bool = False
-    reason: str = ""
 
 
 @dataclass
@@ -340,9 +319,7 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
 
 
 def _uses_imatrix(quant_name: str) -> bool:
-    from nntrtool.quant import get_kernels
-
-    return get_kernels(quant_name).uses_imatrix
+    return get_type(quant_name).uses_imatrix
 
 
 def _apply_imatrix(plan: ConversionPlan, tensors: list[_Tensor], path: Any) -> ConversionPlan:
@@ -456,7 +433,7 @@ def plan_tensor(
         if not head_type.quantized or head_type.fits(cols):
             ttype, reason, fallback = head_type, f"--head-type {head_type.name}", False
         else:
-            ttype = Q8_0 if Q8_0.fits(cols) else F32
+            ttype = fitting_type(head_type, cols)
             reason = (
                 f"--head-type {head_type.name}: last dimension {cols} is not a multiple of "
                 f"{head_type.block_size}: {ttype.name} instead"
@@ -479,7 +456,7 @@ def plan_tensor(
     elif not requested.quantized or requested.fits(cols):
         ttype, reason, fallback = requested, f"matrix: {requested.name}", False
     else:
-        ttype = Q8_0 if requested.block_size > Q8_0.block_size and Q8_0.fits(cols) else F32
+        ttype = fitting_type(requested, cols)
         reason = (
             f"last dimension {cols} is not a multiple of {requested.block_size} "
             f"({requested.name}): {ttype.name} instead"
@@ -528,55 +505,3 @@ def _preferred(t: _Tensor) -> tuple[str, str] | None:
         return None
     ttype = get_type(found[0])
     return found if not ttype.quantized or ttype.fits(int(t.shape[-1])) else None
-
-
-def _config_tie(config: dict[str, Any]) -> bool | None:
-    value = config.get("tie_word_embeddings")
-    if value is None and isinstance(config.get("text_config"), dict):
-        value = config["text_config"].get("tie_word_embeddings")
-    return None if value is None else bool(value)
-
-
-def _find(tensors: list[_Tensor], match: Any) -> _Tensor | None:
-    return next((t for t in tensors if match(t.name)), None)
-
-
-def detect_tied(tensors: list[_Tensor], config: dict[str, Any]) -> TiedEmbeddings:
-    """Whether the output head is the token embeddings (stored once, config says ``tied``).
-
-    Tied when the config says ``tie_word_embeddings``, when the source has no head at all, or
-    when the head's data is identical to the embeddings' (compared row chunk by row chunk).
-    """
-    embed = _find(tensors, lambda n: n.endswith(EMBEDDING_SUFFIXES))
-    head = _find(tensors, lambda n: n in HEAD_NAMES or n.endswith(".lm_head.weight"))
-    if embed is None:
-        return TiedEmbeddings(
-            False, head=head.name if head else None, head_in_source=head is not None
-        )
-    if head is None:
-        return TiedEmbeddings(
-            True, embed.name, "lm_head.weight", False, "the source has no output head"
-        )
-    if tuple(head.shape) != tuple(embed.shape):
-        return TiedEmbeddings(False, embed.name, head.name, True)
-    if _config_tie(config):
-        return TiedEmbeddings(
-            True, embed.name, head.name, True, "tie_word_embeddings is true in the config"
-        )
-    if head.dtype == embed.dtype and _same_data(head, embed):
-        return TiedEmbeddings(
-            True, embed.name, head.name, True, "the head holds the same data as the embeddings"
-        )
-    return TiedEmbeddings(False, embed.name, head.name, True)
-
-
-def _same_data(a: _Tensor, b: _Tensor) -> bool:
-    rows = a.rows
-    for start in range(0, rows, _COMPARE_ROWS):
-        stop = min(rows, start + _COMPARE_ROWS)
-        x, y = a.read(start, stop), b.read(start, stop)
-        if x.ctypes.data == y.ctypes.data:
-            continue
-        if not np.array_equal(x.view(np.uint8), y.view(np.uint8)):
-            return False
-    return True
