@@ -26,8 +26,10 @@ class TensorType:
     description: str
     #: The GGML/GGUF type number of the same bytes (``None``: GGML has no such type).
     ggml_type: int | None = None
-    #: The module with this type's kernels (``None``: no kernels, e.g. F32 or a repacked layout).
+    #: The module with this type's array kernels (numpy / cupy; ``None``: no kernels, as for
+    #: F32 or a repacked layout) and the one with its numba kernels (imported on first use).
     kernels: str | None = None
+    numba_kernels: str | None = None
     #: Whether an importance matrix changes this type's bytes (ggml ignores it for Q8_0).
     uses_imatrix: bool = False
     #: Offered to users as a ``--quant-type`` / ``--type`` target.
@@ -83,6 +85,7 @@ Q4_0 = TensorType(
     "GGML Q4_0: fp16 scale + 32 x 4-bit",
     ggml_type=2,
     kernels="nntrtool.quant.q4_0",
+    numba_kernels="nntrtool.quant._q4_0_numba",
     uses_imatrix=True,
     target=True,
     fallback="f32",
@@ -107,6 +110,7 @@ Q6_K = TensorType(
     "GGML Q6_K: 16 x 6-bit sub-blocks, int8 scales",
     ggml_type=14,
     kernels="nntrtool.quant.q6_k",
+    numba_kernels="nntrtool.quant._q6_k_numba",
     uses_imatrix=True,
     target=True,
     fallback="q8_0",
@@ -121,6 +125,7 @@ Q8_0 = TensorType(
     "GGML Q8_0: fp16 scale + 32 x int8",
     ggml_type=8,
     kernels="nntrtool.quant.q8_0",
+    numba_kernels="nntrtool.quant._q8_0_numba",
     target=True,
     fallback="f32",
     max_rel_err=0.012,

@@ -1,14 +1,11 @@
-"""The kernel registry: one kernel module per quantized type, looked up by the type's name.
+"""The kernel registry: the kernels of every quantized type, found through the type table.
 
-Which module holds a type's kernels is written in its :mod:`nntrtool.qtypes` entry; this
-module only imports them on first use.
-
-Every type module exposes the same four functions (``quantize_xp(x, xp)``,
-``dequantize_xp(data, xp)``, ``quantize_numba(x, src_kind)``, ``dequantize_numba(data)``),
-and types whose bytes an importance matrix changes also ``quantize_imatrix_xp(x, qw, xp)``
-and ``quantize_imatrix_numba(x, src_kind, qw)``;
-generic code picks the module here and never branches on a type's name. Modules are imported
-on first use, so looking a type up costs nothing.
+A type's :mod:`nntrtool.qtypes` entry names two modules. Its array module exposes
+``quantize_xp(x, xp)`` and ``dequantize_xp(data, xp)`` (numpy or cupy), plus
+``quantize_imatrix_xp(x, qw, xp)`` when an importance matrix changes its bytes; its numba
+module exposes ``quantize(x, src_kind, qw=None)`` and ``dequantize(data)``. Both are imported
+on first use, so looking a type up costs nothing, and generic code never branches on a type's
+name.
 """
 
 from __future__ import annotations
@@ -42,9 +39,23 @@ class QuantKernels:
         """float32 (rows, cols) of a (rows, row_bytes) ``xp`` uint8 array."""
         return self.impl.dequantize_xp(data, xp)
 
-    def quantize_numba(self, x: Any, src_kind: int) -> Any:
-        """Bytes of a C-contiguous 2-D float32 (or uint16 fp16/bf16 bits) numpy array."""
-        return self.impl.quantize_numba(x, src_kind)
+    @property
+    def numba(self) -> ModuleType:
+        """The numba kernel module (imported, with numba, on first use)."""
+        return importlib.import_module(str(self.ttype.numba_kernels))
+
+    def quantize_numba(self, x: Any, src_kind: int, qw: Any = None) -> Any:
+        """Bytes of a C-contiguous 2-D float32 (or uint16 fp16/bf16 bits) numpy array, weighted
+        by importance ``qw`` (one per column) when given, with the numba kernels."""
+        from .kernel_cost import mark_compiled
+
+        if qw is None:
+            out = self.numba.quantize(x, src_kind)
+            mark_compiled(f"quantize-{self.ttype.name}-{x.dtype.name}")
+        else:
+            out = self.numba.quantize(x, src_kind, qw)
+            mark_compiled(f"quantize-imatrix-{self.ttype.name}-{x.dtype.name}")
+        return out
 
     @property
     def uses_imatrix(self) -> bool:
@@ -55,16 +66,15 @@ class QuantKernels:
         """Bytes of a 2-D float32 ``xp`` array weighted by importance ``qw`` (one per column)."""
         return self.impl.quantize_imatrix_xp(x, qw, xp)
 
-    def quantize_imatrix_numba(self, x: Any, src_kind: int, qw: Any) -> Any:
-        """Importance-weighted bytes of a C-contiguous 2-D source array, numba kernels."""
-        return self.impl.quantize_imatrix_numba(x, src_kind, qw)
-
     def dequantize_numba(self, data: Any) -> Any:
         """float32 (rows, cols) of a C-contiguous (rows, row_bytes) numpy array."""
-        return self.impl.dequantize_numba(data)
+        from .kernel_cost import mark_compiled
+
+        out = self.numba.dequantize(data)
+        mark_compiled(f"dequantize-{self.ttype.name}")
+        return out
 
 
-#: The kernels of every type whose table entry names a kernel module, by type name.
 KERNELS: dict[str, QuantKernels] = {
     t.name: QuantKernels(t, t.kernels) for t in TYPES if t.kernels is not None
 }

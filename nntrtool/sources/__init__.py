@@ -16,8 +16,9 @@ from nntrtool.sources.base import (
     SourceTensor,
     dtype_nbytes,
 )
+from nntrtool.sources.folder import find_weights, read_config
 from nntrtool.sources.hub import looks_like_hub_id
-from nntrtool.sources.resolve import find_weights, open_source, read_config
+from nntrtool.sources.resolve import open_source
 
 __all__ = [
     "DTYPE_BITS",

@@ -14,9 +14,9 @@ import numpy as np
 from nntrtool.errors import NntrError, UsageError
 from nntrtool.progress import ProgressFactory, ProgressLike
 from nntrtool.qtypes import F32
-from nntrtool.verify.matching import _rows_cols, tied_head
+from nntrtool.verify.matching import rows_cols, tied_head
 from nntrtool.verify.metrics import base_type
-from nntrtool.verify.report import _json_float
+from nntrtool.verify.report import json_float
 
 
 @dataclass
@@ -36,10 +36,10 @@ class LogitsReport:
         return {
             "tokens": list(self.tokens),
             "positions": len(self.tokens),
-            "kl_mean": _json_float(self.kl_mean),
-            "kl_max": _json_float(self.kl_max),
-            "top1_agreement": _json_float(self.top1_agreement),
-            "max_logit_diff": _json_float(self.max_logit_diff),
+            "kl_mean": json_float(self.kl_mean),
+            "kl_max": json_float(self.kl_max),
+            "top1_agreement": json_float(self.top1_agreement),
+            "max_logit_diff": json_float(self.max_logit_diff),
             "replaced": self.replaced,
             "not_replaced": list(self.not_replaced),
             "unused": list(self.unused),
@@ -304,7 +304,7 @@ def _read_dequantized(
     shape = tuple(int(s) for s in entry.shape)
     if entry.ttype is F32:
         return np.array(nf.array(entry.name), dtype=np.float32).reshape(shape)
-    rows, cols = _rows_cols(shape)
+    rows, cols = rows_cols(shape)
     data = nf.array(entry.name).reshape(rows, -1)
     if entry.layout is not None:
         data = unpack(np.ascontiguousarray(data), entry.layout.name)

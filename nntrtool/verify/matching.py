@@ -90,7 +90,7 @@ class _Job:
     planned_type: str | None = None
 
 
-def _rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
+def rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
     cols = int(shape[-1]) if shape else 1
     numel = math.prod(shape) if shape else 1
     return (numel // cols if cols else 0), cols
@@ -188,7 +188,7 @@ def _match(nf: Any, src: Any, limits: dict[str, float]) -> tuple[list[TensorResu
     planned = _planned_types(nf.config)
 
     def add_job(result: TensorResult, entry: Any, st: Any) -> None:
-        rows, cols = _rows_cols(tuple(entry.shape))
+        rows, cols = rows_cols(tuple(entry.shape))
         jobs.append(
             _Job(
                 result=result,
