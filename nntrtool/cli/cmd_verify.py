@@ -114,7 +114,7 @@ def verify_command(
         raise UsageError(f"--max-ppl-ratio {max_ppl_ratio}: give a number > 0")
     text_chunks = None
     if logits:
-        v._import_torch()  # fail before the long comparison if the extra is missing
+        v.import_torch()  # fail before the long comparison if the extra is missing
     if text is not None:
         # read and tokenize the text first: a bad text or tokenizer fails in a second
         text_chunks = v.load_text_chunks(

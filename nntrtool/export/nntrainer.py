@@ -30,13 +30,13 @@ from nntrtool.export.layouts import ArchitectureLayout, Role, Slot, layout_for_c
 from nntrtool.export.runtime_config import (
     TOKENIZER_FILES,
     RuntimeOptions,
-    _generation_config,
-    _gguf_source,
-    _metadata,
-    _runtime_config,
-    _sample_input,
-    _source_from_metadata,
     fit_positions,
+    generation_config,
+    gguf_source,
+    metadata,
+    runtime_config,
+    sample_input,
+    source_from_metadata,
 )
 from nntrtool.progress import ProgressFactory
 from nntrtool.qtypes import F32, Q4_0, Q4_0_REPACKED, Q6_K, get_layout
@@ -65,7 +65,7 @@ def _entries(nf: Any) -> dict[str, Any]:
 
 
 def _is_tied(config: dict[str, Any], names: set[str]) -> bool:
-    meta = _metadata(config)
+    meta = metadata(config)
     if isinstance(meta.get("tied"), bool):
         return meta["tied"]
     if isinstance(config.get("tie_word_embeddings"), bool):
@@ -245,7 +245,7 @@ def plan_export(
     head = None if tied else (role_type(Role.LM_HEAD) or F32.name)
 
     warnings: list[str] = []
-    runtime_cfg = _runtime_config(config, layout, tied, warnings)
+    runtime_cfg = runtime_config(config, layout, tied, warnings)
     num_to_generate, init_seq_len, max_seq_len = fit_positions(
         runtime, runtime_cfg, layout, warnings
     )
@@ -254,13 +254,13 @@ def plan_export(
     if source_path is not None and not source_path.is_dir():
         raise UsageError(f"--tokenizer {source_path} is not a folder")
     if source_path is None:
-        source_path = _source_from_metadata(config)
+        source_path = source_from_metadata(config)
     tokenizer_sources = (
         [source_path / n for n in TOKENIZER_FILES if (source_path / n).is_file()]
         if source_path is not None
         else []
     )
-    gguf = _gguf_source(config) if source_dir is None else None
+    gguf = gguf_source(config) if source_dir is None else None
     if gguf is not None and not any(p.name == "tokenizer.json" for p in tokenizer_sources):
         from nntrtool.export.gguf_tokenizer import gguf_tokenizer_files
 
@@ -274,7 +274,7 @@ def plan_export(
             "folder or pass --tokenizer DIR"
         )
 
-    gen = _generation_config(config, source_path, runtime, warnings)
+    gen = generation_config(config, source_path, runtime, warnings)
 
     out_abs = Path(os.path.abspath(os.fspath(out_dir)))
     stem = Path(os.fspath(source)).stem if source is not None else "model"
@@ -298,7 +298,7 @@ def plan_export(
             "tokenizer_file": runtime.tokenizer_file or str(out_abs / "tokenizer.json"),
             "sample_input": runtime.sample_input
             if runtime.sample_input is not None
-            else _sample_input(tokenizer_sources),
+            else sample_input(tokenizer_sources),
         }
     )
     return ExportPlan(

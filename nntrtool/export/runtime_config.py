@@ -87,7 +87,7 @@ class RuntimeOptions:
             )
 
 
-def _metadata(config: dict[str, Any]) -> dict[str, Any]:
+def metadata(config: dict[str, Any]) -> dict[str, Any]:
     meta = config.get("nntrtool")
     return meta if isinstance(meta, dict) else {}
 
@@ -131,7 +131,7 @@ def _rope_theta(
     return int(round(value))
 
 
-def _runtime_config(
+def runtime_config(
     config: dict[str, Any], layout: ArchitectureLayout, tied: bool, warnings: list[str]
 ) -> dict[str, Any]:
     out = {k: v for k, v in config.items() if k != "nntrtool"}
@@ -187,7 +187,7 @@ def _as_id_list(value: Any) -> list[int]:
     return [int(value)]
 
 
-def _generation_config(
+def generation_config(
     config: dict[str, Any], source_dir: Path | None, runtime: RuntimeOptions, warnings: list[str]
 ) -> dict[str, Any]:
     gen: dict[str, Any] = {}
@@ -229,7 +229,7 @@ def _generation_config(
     return gen
 
 
-def _sample_input(tokenizer_sources: list[Path]) -> str:
+def sample_input(tokenizer_sources: list[Path]) -> str:
     for path in tokenizer_sources:
         if path.name in ("tokenizer_config.json", "chat_template.jinja", "chat_template.json"):
             try:
@@ -240,18 +240,18 @@ def _sample_input(tokenizer_sources: list[Path]) -> str:
     return _PLAIN_PROMPT
 
 
-def _gguf_source(config: dict[str, Any]) -> Path | None:
+def gguf_source(config: dict[str, Any]) -> Path | None:
     """The GGUF file the NNTR file was converted from, when it was one and is still there."""
-    src: Any = _metadata(config).get("source")
+    src: Any = metadata(config).get("source")
     path = src.get("path") if isinstance(src, dict) else None
     if isinstance(path, str) and path.lower().endswith(".gguf") and Path(path).is_file():
         return Path(path)
     return None
 
 
-def _source_from_metadata(config: dict[str, Any]) -> Path | None:
+def source_from_metadata(config: dict[str, Any]) -> Path | None:
     """The folder holding the source's tokenizer files, from the file's recorded source."""
-    meta = _metadata(config)
+    meta = metadata(config)
     src: Any = meta.get("source")
     paths: list[str] = []
     repo_id: Any = None

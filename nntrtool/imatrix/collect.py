@@ -253,17 +253,17 @@ def compute_imatrix(
 ) -> ImatrixReport:
     """Run the source model over the text and write its importance matrix to ``out``."""
     from nntrtool.sources import open_source
-    from nntrtool.verify.logits import _import_torch, _load_model
+    from nntrtool.verify.logits import import_torch, load_model
     from nntrtool.verify.text import load_text_chunks, token_progress
 
     start = time.perf_counter()
     path = check_output(out, force)
-    torch, transformers = _import_torch()
+    torch, transformers = import_torch()
     text = load_text_chunks(
         source_spec, text_path, ctx=ctx, chunks=chunks, revision=revision, config=config
     )
     with open_source(source_spec, revision=revision, config=config) as src:
-        model = _load_model(src, torch, transformers)
+        model = load_model(src, torch, transformers)
     vocab = int(model.get_input_embeddings().weight.shape[0])
     high = max(max(c) for c in text.chunks)
     if high >= vocab:

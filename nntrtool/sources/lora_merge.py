@@ -30,9 +30,10 @@ def _low_rank_kernel() -> Callable[[np.ndarray, np.ndarray, np.ndarray, np.float
     threaded: it runs beside the quantizing worker threads, which a multi-threaded BLAS call
     would compete with for the same cores.
     """
-    import numba
+    from nntrtool.quant.kernel_cost import use_numba_cache
 
-    import nntrtool.quant._numba_common  # noqa: F401  (the kernels' numba cache folder)
+    use_numba_cache()
+    import numba
 
     @numba.njit(nogil=True, cache=True, fastmath={"contract"})
     def add_low_rank(out, left, right, scale):  # pragma: no cover - compiled

@@ -86,7 +86,7 @@ def logits_divergence(ref: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, fl
     return kl, top1, float(np.max(np.abs(a - b)))
 
 
-def _import_torch() -> tuple[Any, Any]:
+def import_torch() -> tuple[Any, Any]:
     try:
         import torch
         import transformers
@@ -97,7 +97,7 @@ def _import_torch() -> tuple[Any, Any]:
     return torch, transformers
 
 
-def _load_model(src: Any, torch: Any, transformers: Any) -> Any:
+def load_model(src: Any, torch: Any, transformers: Any) -> Any:
     """The source model in float32, from its folder when there is one, else from its tensors."""
     root = getattr(src, "root", None)
     cfg = dict(src.config)
@@ -156,11 +156,11 @@ def load_source_model(
     """The source model in float32 (adapters merged) and the names of its stored tensors."""
     from nntrtool.sources import open_source
 
-    torch, transformers = _import_torch()
+    torch, transformers = import_torch()
     with open_source(
         source_spec, revision=revision, config=config, adapters=adapters, gguf_file=gguf_file
     ) as src:
-        return _load_model(src, torch, transformers), {t.name for t in src.tensors}
+        return load_model(src, torch, transformers), {t.name for t in src.tensors}
 
 
 def state_slot(name: str, state: dict, placements: list[Any]) -> tuple[str, tuple, bool] | None:
@@ -186,7 +186,7 @@ def compare_logits(
 ) -> LogitsReport:
     """Run the source model on a fixed prompt, then with every weight replaced by the file's
     dequantized value, and measure how far the next-token distributions moved."""
-    torch, _ = _import_torch()
+    torch, _ = import_torch()
     model, source_names = load_source_model(
         source_spec, revision=revision, config=config, adapters=adapters, gguf_file=gguf_file
     )

@@ -145,9 +145,9 @@ def load_text_chunks(
 ) -> TextChunks:
     """Read the text, load the source's tokenizer and cut the text into chunks."""
     from nntrtool.sources import open_source
-    from nntrtool.verify.logits import _import_torch
+    from nntrtool.verify.logits import import_torch
 
-    _, transformers = _import_torch()
+    _, transformers = import_torch()
     text = read_text(text_path)
     with open_source(source_spec, revision=revision, config=config, gguf_file=gguf_file) as src:
         tokenizer = load_tokenizer(src, transformers)
@@ -346,9 +346,9 @@ def compare_text_files(
 ) -> list[TextReport]:
     """:func:`compare_text` for several files of one source: the source runs over the text
     once, then each file's weights in turn (the source's weights are put back in between)."""
-    from nntrtool.verify.logits import _import_torch, load_file_weights, load_source_model
+    from nntrtool.verify.logits import import_torch, load_file_weights, load_source_model
 
-    torch, _ = _import_torch()
+    torch, _ = import_torch()
     model, source_names = load_source_model(
         source_spec, revision=revision, config=config, adapters=adapters, gguf_file=gguf_file
     )
