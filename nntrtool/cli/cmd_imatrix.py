@@ -38,17 +38,11 @@ def imatrix_command(
 ) -> None:
     """Run SRC over a text and record each linear layer's input importance (needs torch)."""
     from nntrtool.imatrix.collect import compute_imatrix
+    from nntrtool.sources import SourceRequest
 
+    request = SourceRequest.of(source, revision=revision, config=config)
     report = compute_imatrix(
-        source,
-        text,
-        out,
-        ctx=ctx,
-        chunks=chunks,
-        force=force,
-        revision=revision,
-        config=config,
-        progress=progress_factory(quiet),
+        request, text, out, ctx=ctx, chunks=chunks, force=force, progress=progress_factory(quiet)
     )
     if json_out:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")

@@ -97,9 +97,13 @@ def verify_command(
 ) -> None:
     """Compare FILE with the model it was converted from: per-tensor error, checksums, verdict."""
     from nntrtool import verify as v
+    from nntrtool.sources import SourceRequest
     from nntrtool.sources.lora import adapter_specs
 
     adapters = adapter_specs(lora, lora_scale)
+    request = SourceRequest.of(
+        source, revision=revision, config=config, gguf_file=gguf_file, adapters=adapters
+    )
     limits = v.parse_thresholds(max_rel_err)
     token_ids = v.parse_tokens(tokens) if tokens is not None else None
     if (token_ids is not None or max_kl is not None or text is not None) and not logits:
@@ -117,53 +121,18 @@ def verify_command(
         v.import_torch()  # fail before the long comparison if the extra is missing
     if text is not None:
         # read and tokenize the text first: a bad text or tokenizer fails in a second
-        text_chunks = v.load_text_chunks(
-            source,
-            text,
-            ctx=ctx,
-            chunks=chunks,
-            revision=revision,
-            config=config,
-            gguf_file=gguf_file,
-        )
+        text_chunks = v.load_text_chunks(request, text, ctx=ctx, chunks=chunks)
 
     progress = progress_factory(quiet)
 
     report = v.verify(
-        file,
-        source,
-        max_rel_err=limits,
-        revision=revision,
-        config=config,
-        backend=backend,
-        threads=threads,
-        progress=progress,
-        adapters=adapters,
-        gguf_file=gguf_file,
+        file, request, max_rel_err=limits, backend=backend, threads=threads, progress=progress
     )
     if text_chunks is not None:
-        report.text = v.compare_text(
-            file,
-            source,
-            text_chunks,
-            revision=revision,
-            config=config,
-            backend=backend,
-            progress=progress,
-            adapters=adapters,
-            gguf_file=gguf_file,
-        )
+        report.text = v.compare_text(file, request, text_chunks, backend=backend, progress=progress)
     elif logits:
         report.logits = v.compare_logits(
-            file,
-            source,
-            tokens=token_ids,
-            revision=revision,
-            config=config,
-            backend=backend,
-            progress=progress,
-            adapters=adapters,
-            gguf_file=gguf_file,
+            file, request, tokens=token_ids, backend=backend, progress=progress
         )
     report.max_kl = max_kl
     report.max_ppl_ratio = max_ppl_ratio

@@ -133,15 +133,7 @@ def check_disk_space(out: Path, needed: int) -> None:
 
 def open_for(source_spec: str | Path, options: ConvertOptions) -> Any:
     """The source as ``options`` asks for it: revision, config, GGUF file, merged adapters."""
-    from nntrtool.sources import open_source
-
-    return open_source(
-        source_spec,
-        revision=options.revision,
-        config=options.config,
-        adapters=options.adapters,
-        gguf_file=options.gguf_file,
-    )
+    return options.source(source_spec).open()
 
 
 def plan_conversion(source_spec: str | Path, options: ConvertOptions) -> ConversionPlan:

@@ -9,6 +9,7 @@ from typing import Any
 
 from nntrtool.errors import UsageError
 from nntrtool.qtypes import LAYOUTS, TARGET_TYPE_NAMES
+from nntrtool.sources.request import SourceRequest
 
 #: ``--quant-type`` values besides the stored types: ``keep`` stores GGUF blocks as they are
 #: (see the plan), ``auto`` is ``keep`` for GGUF sources and ``q4_0`` for the others.
@@ -125,6 +126,16 @@ class ConvertOptions:
             raise UsageError(f"--threads {self.threads}: give at least 1")
         if int(self.chunk_bytes) < 1:
             raise UsageError(f"chunk budget {self.chunk_bytes} bytes: give at least 1")
+
+    def source(self, spec: Any) -> SourceRequest:
+        """The source request these options make of ``spec`` (a path, hub id or request)."""
+        return SourceRequest.of(
+            spec,
+            revision=self.revision,
+            config=self.config,
+            gguf_file=self.gguf_file,
+            adapters=self.adapters,
+        )
 
     def with_(self, **changes: Any) -> ConvertOptions:
         """A copy with some fields changed (validated again)."""

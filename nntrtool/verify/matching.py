@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from nntrtool.progress import ProgressFactory, ProgressLike
 from nntrtool.qtypes import F32
+from nntrtool.sources.request import SourceRequest
 from nntrtool.verify.metrics import DEFAULT_MAX_REL_ERR, ErrorStats, base_type
 from nntrtool.verify.report import (
     STATUS_CHECKSUM,
@@ -104,16 +104,12 @@ def _chunk_rows(cols: int, group: int) -> int:
 
 def verify(
     file_path: str | Path,
-    source_spec: str | Path,
+    source: SourceRequest | str | Path,
     *,
     max_rel_err: dict[str, float] | None = None,
-    revision: str | None = None,
-    config: str | Path | None = None,
     backend: str = "auto",
     threads: int | None = None,
     progress: ProgressFactory | None = None,
-    adapters: Sequence[Any] = (),
-    gguf_file: str | None = None,
 ) -> VerifyReport:
     """Compare every tensor of the NNTR file with its source; the report says what passed.
 
@@ -125,21 +121,15 @@ def verify(
     from nntrtool.format import NntrFile
     from nntrtool.quant.backends import backend_choice
     from nntrtool.quant.kernel_cost import choose_backend
-    from nntrtool.sources import open_source
 
+    source = SourceRequest.of(source)
     limits = dict(DEFAULT_MAX_REL_ERR if max_rel_err is None else max_rel_err)
     start_time = time.perf_counter()
     requested = backend_choice(backend)  # a bad name fails before any file is opened
     _set_threads(threads)
     with (
         NntrFile(file_path) as nf,
-        open_source(
-            source_spec,
-            revision=revision,
-            config=config,
-            adapters=adapters,
-            gguf_file=gguf_file,
-        ) as src,
+        source.open() as src,
     ):
         results, jobs = _match(nf, src, limits)
         backend = choose_backend(requested, _kernel_uses(jobs))
@@ -155,7 +145,7 @@ def verify(
                 _finish(job, limits)
     return VerifyReport(
         file=str(file_path),
-        source=str(source_spec),
+        source=str(source),
         tensors=results,
         thresholds=limits,
         seconds=time.perf_counter() - start_time,
