@@ -33,11 +33,11 @@ from nntrtool.export.runtime_config import (
     fit_positions,
     generation_config,
     gguf_source,
-    metadata,
     runtime_config,
     sample_input,
     source_from_metadata,
 )
+from nntrtool.model_config import ModelConfig
 from nntrtool.progress import ProgressFactory
 from nntrtool.qtypes import F32, Q4_0, Q4_0_REPACKED, Q6_K, get_layout
 
@@ -65,12 +65,8 @@ def _entries(nf: Any) -> dict[str, Any]:
 
 
 def _is_tied(config: dict[str, Any], names: set[str]) -> bool:
-    meta = metadata(config)
-    if isinstance(meta.get("tied"), bool):
-        return meta["tied"]
-    if isinstance(config.get("tie_word_embeddings"), bool):
-        return config["tie_word_embeddings"]
-    return "lm_head.weight" not in names
+    tied = ModelConfig.of(config).tied
+    return tied if tied is not None else "lm_head.weight" not in names
 
 
 #: What to add for MoE experts, which a converted MXFP4 checkpoint stores as Q8_0 by default.

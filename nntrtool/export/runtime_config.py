@@ -16,6 +16,7 @@ from typing import Any
 
 from nntrtool.errors import UsageError
 from nntrtool.export.layouts import ArchitectureLayout, architecture_of
+from nntrtool.model_config import ModelConfig
 
 #: Files of a Hugging Face folder that the runtime's tokenizer (or a user) may need.
 TOKENIZER_FILES: tuple[str, ...] = (
@@ -85,11 +86,6 @@ class RuntimeOptions:
                 f"--model-file-name {self.model_file_name!r} must be a plain file name "
                 "(no folder, not a .json or tokenizer file)"
             )
-
-
-def metadata(config: dict[str, Any]) -> dict[str, Any]:
-    meta = config.get("nntrtool")
-    return meta if isinstance(meta, dict) else {}
 
 
 def _rope_theta(
@@ -242,7 +238,7 @@ def sample_input(tokenizer_sources: list[Path]) -> str:
 
 def gguf_source(config: dict[str, Any]) -> Path | None:
     """The GGUF file the NNTR file was converted from, when it was one and is still there."""
-    src: Any = metadata(config).get("source")
+    src: Any = ModelConfig.of(config).record.get("source")
     path = src.get("path") if isinstance(src, dict) else None
     if isinstance(path, str) and path.lower().endswith(".gguf") and Path(path).is_file():
         return Path(path)
@@ -251,7 +247,7 @@ def gguf_source(config: dict[str, Any]) -> Path | None:
 
 def source_from_metadata(config: dict[str, Any]) -> Path | None:
     """The folder holding the source's tokenizer files, from the file's recorded source."""
-    meta = metadata(config)
+    meta = ModelConfig.of(config).record
     src: Any = meta.get("source")
     paths: list[str] = []
     repo_id: Any = None

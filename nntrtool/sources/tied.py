@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from nntrtool.model_config import ModelConfig
+
 #: Name endings of token-embedding matrices and output heads across common architectures.
 EMBEDDING_SUFFIXES = (
     "embed_tokens.weight",
@@ -36,10 +38,8 @@ class TiedEmbeddings:
 
 
 def config_says_tied(config: dict[str, Any]) -> bool | None:
-    value = config.get("tie_word_embeddings")
-    if value is None and isinstance(config.get("text_config"), dict):
-        value = config["text_config"].get("tie_word_embeddings")
-    return None if value is None else bool(value)
+    """``tie_word_embeddings`` of the config (or its ``text_config``), None when unset."""
+    return ModelConfig.of(config).tie_word_embeddings
 
 
 def find_tensor(tensors: list[Any], match: Any) -> Any | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from nntrtool.model_config import ModelConfig
 from nntrtool.progress import ProgressFactory, ProgressLike
 from nntrtool.qtypes import F32
 from nntrtool.sources.request import SourceRequest
@@ -40,24 +41,12 @@ CHUNK_ELEMENTS = 1 << 22
 
 def tied_head(config: dict) -> tuple[str, str] | None:
     """``(head, embedding)`` names when the file records that the output head is not stored."""
-    meta = config.get("nntrtool") or {}
-    tied = meta.get("tied")
-    if isinstance(tied, dict):
-        head = tied.get("head") or tied.get("lm_head")
-        emb = tied.get("embedding") or tied.get("embed") or tied.get("to")
-        if head and emb:
-            return str(head), str(emb)
-        return None
-    if tied:
-        head = meta.get("tied_head", "lm_head.weight")
-        emb = meta.get("tied_embedding", "model.embed_tokens.weight")
-        return str(head), str(emb)
-    return None
+    return ModelConfig.of(config).tied_head()
 
 
 def _not_stored_by_plan(config: dict) -> dict[str, str]:
     """Source tensors the file's plan says were deliberately not stored, with the reason."""
-    skipped = (config.get("nntrtool") or {}).get("skipped")
+    skipped = ModelConfig.of(config).record.get("skipped")
     if not isinstance(skipped, dict):
         return {}
     return {str(name): str(reason) for name, reason in skipped.items()}
@@ -65,7 +54,7 @@ def _not_stored_by_plan(config: dict) -> dict[str, str]:
 
 def _planned_types(config: dict) -> dict[str, str]:
     """Per-tensor stored type as the file's own plan record gives it (``q4_0_8``, ``f32`` ...)."""
-    meta = config.get("nntrtool") or {}
+    meta = ModelConfig.of(config).record
     plan = meta.get("tensors")
     if not isinstance(plan, dict):
         return {}
