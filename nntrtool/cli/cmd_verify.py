@@ -16,7 +16,10 @@ import typer
 
 from nntrtool.cli.display import human_count, progress_factory
 from nntrtool.errors import UsageError
-from nntrtool.qtypes import LAYOUTS
+from nntrtool.qtypes import LAYOUTS, Q4_0_REPACKED
+
+#: The type whose limits a repack layout (``q4_0_8`` ...) is held to.
+LAYOUT_PLAIN_TYPE = Q4_0_REPACKED.plain.name
 
 
 def verify_command(
@@ -166,12 +169,32 @@ def _fmt(value: float | None, spec: str) -> str:
 def render(report, top: int | None = None) -> None:
     """Print the tensor table (worst first), the per-type summary and the verdict."""
     from rich.console import Console
-    from rich.table import Table
 
     from nntrtool import verify as v
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-    rows = v.worst_first(report.tensors)
+    console.print(_tensor_table(report, v.worst_first(report.tensors), top))
+    console.print(_summary_table(report))
+    _render_model_checks(console, report)
+    failures = report.failures
+    if report.passed:
+        console.print(
+            f"[bold green]PASS[/]: {len(report.tensors)} tensors within limits "
+            f"({report.seconds:.2f} s)"
+        )
+    else:
+        what = (
+            f"{len(failures)} of {len(report.tensors)} tensors failed"
+            if failures
+            else "logits check failed"
+        )
+        console.print(f"[bold red]FAIL[/]: {what} ({report.seconds:.2f} s)")
+
+
+def _tensor_table(report, rows: list, top: int | None):
+    """Every tensor's errors, worst first (the first ``top`` of them when given)."""
+    from rich.table import Table
+
     shown = rows if top is None else rows[:top]
     table = Table(title=f"{report.file} vs {report.source}", title_justify="left")
     for name, justify in (
@@ -208,7 +231,12 @@ def render(report, top: int | None = None) -> None:
         )
     if len(shown) < len(rows):
         table.caption = f"{len(rows) - len(shown)} more tensors not shown (--top {top})"
-    console.print(table)
+    return table
+
+
+def _summary_table(report):
+    """Per stored type: counts, the limit, mean and worst of each metric, failures."""
+    from rich.table import Table
 
     summary = Table(title="summary by type", title_justify="left")
     for name in (
@@ -225,7 +253,7 @@ def render(report, top: int | None = None) -> None:
     ):
         summary.add_column(name, justify="left" if name == "type" else "right")
     for s in report.summary:
-        limit = report.thresholds.get("q4_0" if s.type in LAYOUTS else s.type)
+        limit = report.thresholds.get(LAYOUT_PLAIN_TYPE if s.type in LAYOUTS else s.type)
         summary.add_row(
             s.type,
             str(s.tensors),
@@ -238,8 +266,11 @@ def render(report, top: int | None = None) -> None:
             f"{_fmt(s.mean['snr_db'], '.2f')} / {_fmt(s.worst['snr_db'], '.2f')}",
             str(s.failed) if not s.failed else f"[bold red]{s.failed}[/]",
         )
-    console.print(summary)
+    return summary
 
+
+def _render_model_checks(console, report) -> None:
+    """The ``--logits`` / ``--text`` results and whether they are within their limits."""
     if report.logits is not None:
         lg = report.logits
         console.print(
@@ -267,20 +298,6 @@ def render(report, top: int | None = None) -> None:
             f"[bold red]PPL ratio {report.text.ppl_ratio:.4f} exceeds --max-ppl-ratio "
             f"{report.max_ppl_ratio:g}[/]"
         )
-
-    failures = report.failures
-    if report.passed:
-        console.print(
-            f"[bold green]PASS[/]: {len(report.tensors)} tensors within limits "
-            f"({report.seconds:.2f} s)"
-        )
-    else:
-        what = (
-            f"{len(failures)} of {len(report.tensors)} tensors failed"
-            if failures
-            else "logits check failed"
-        )
-        console.print(f"[bold red]FAIL[/]: {what} ({report.seconds:.2f} s)")
 
 
 def render_text(console, t) -> None:
