@@ -159,110 +159,83 @@ def _set_threads(threads: int | None) -> None:
 
 def _match(nf: Any, src: Any, limits: dict[str, float]) -> tuple[list[TensorResult], list[_Job]]:
     """Pair file tensors with source tensors by name; unpaired or misshapen ones are failures."""
-    source_by_name = {t.name: t for t in src.tensors}
-    file_names = {e.name for e in nf.tensors}
-    results: list[TensorResult] = []
-    jobs: list[_Job] = []
-
     planned = _planned_types(nf.config)
-
-    def add_job(result: TensorResult, entry: Any, st: Any) -> None:
-        rows, cols = rows_cols(tuple(entry.shape))
-        jobs.append(
-            _Job(
-                result=result,
-                entry=entry,
-                source=st,
-                rows=rows,
-                cols=cols,
-                planned_type=planned.get(entry.name),
-            )
-        )
-
+    pairs: list[tuple[TensorResult, Any, Any]] = []  # (result, file entry, source tensor)
+    results: list[TensorResult] = []
+    source_by_name = {t.name: t for t in src.tensors}
     for entry in nf.tensors:
-        shape = tuple(int(s) for s in entry.shape)
-        tname = entry.display_type
-        st = source_by_name.get(entry.name)
-        if st is None:
-            results.append(
-                TensorResult(
-                    entry.name,
-                    tname,
-                    shape,
-                    STATUS_EXTRA,
-                    message="in the file but not in the source",
-                )
-            )
-            continue
-        if tuple(int(s) for s in st.shape) != shape:
-            results.append(
-                TensorResult(
-                    entry.name,
-                    tname,
-                    shape,
-                    STATUS_SHAPE,
-                    message=f"shape {list(shape)} in the file, {list(st.shape)} in the source",
-                )
-            )
-            continue
-        result = TensorResult(
-            entry.name,
-            tname,
-            shape,
-            STATUS_OK,
-            params=math.prod(shape) if shape else 1,
-            max_rel_err=limits.get(base_type(entry.ttype).name),
-        )
+        result, st = _match_file_tensor(entry, source_by_name.get(entry.name), limits)
         results.append(result)
-        add_job(result, entry, st)
-
+        if st is not None:
+            pairs.append((result, entry, st))
     tied = tied_head(nf.config)
     skipped = _not_stored_by_plan(nf.config)
     entries = {e.name: e for e in nf.tensors}
     for st in src.tensors:
-        if st.name in file_names:
+        if st.name in entries:
             continue
         if tied is not None and st.name == tied[0] and tied[1] in entries:
-            emb = entries[tied[1]]
-            shape = tuple(int(s) for s in emb.shape)
-            if tuple(int(s) for s in st.shape) != shape:
-                results.append(
-                    TensorResult(
-                        st.name,
-                        emb.display_type,
-                        tuple(st.shape),
-                        STATUS_SHAPE,
-                        message=f"tied to {tied[1]} of shape {list(shape)} but is {list(st.shape)}",
-                    )
-                )
-                continue
-            # The head is stored as the embedding: compare the source head with that tensor.
-            result = TensorResult(
-                st.name,
-                emb.display_type,
-                shape,
-                STATUS_TIED,
-                params=math.prod(shape) if shape else 1,
-                max_rel_err=limits.get(base_type(emb.ttype).name),
-                message=f"tied: stored as {tied[1]}",
-            )
+            result, emb = _match_tied_head(st, entries[tied[1]], limits)
             results.append(result)
-            add_job(result, emb, st)
+            if emb is not None:
+                pairs.append((result, emb, st))
         elif st.name in skipped:
             results.append(
                 TensorResult(st.name, None, tuple(st.shape), STATUS_OK, message=skipped[st.name])
             )
         else:
+            message = "in the source but not in the file"
             results.append(
-                TensorResult(
-                    st.name,
-                    None,
-                    tuple(st.shape),
-                    STATUS_MISSING,
-                    message="in the source but not in the file",
-                )
+                TensorResult(st.name, None, tuple(st.shape), STATUS_MISSING, message=message)
             )
+    jobs = []
+    for result, entry, st in pairs:
+        rows, cols = rows_cols(tuple(entry.shape))
+        job = _Job(result, entry, st, rows, cols, planned_type=planned.get(entry.name))
+        jobs.append(job)
     return results, jobs
+
+
+def _match_file_tensor(entry: Any, st: Any, limits: dict[str, float]) -> tuple[TensorResult, Any]:
+    """The result for one file tensor, and its source tensor when the two can be compared."""
+    shape = tuple(int(s) for s in entry.shape)
+    tname = entry.display_type
+    if st is None:
+        message = "in the file but not in the source"
+        return TensorResult(entry.name, tname, shape, STATUS_EXTRA, message=message), None
+    if tuple(int(s) for s in st.shape) != shape:
+        message = f"shape {list(shape)} in the file, {list(st.shape)} in the source"
+        return TensorResult(entry.name, tname, shape, STATUS_SHAPE, message=message), None
+    result = TensorResult(
+        entry.name,
+        tname,
+        shape,
+        STATUS_OK,
+        params=math.prod(shape) if shape else 1,
+        max_rel_err=limits.get(base_type(entry.ttype).name),
+    )
+    return result, st
+
+
+def _match_tied_head(st: Any, emb: Any, limits: dict[str, float]) -> tuple[TensorResult, Any]:
+    """The source head of a tied file against the embedding it is stored as."""
+    shape = tuple(int(s) for s in emb.shape)
+    if tuple(int(s) for s in st.shape) != shape:
+        message = f"tied to {emb.name} of shape {list(shape)} but is {list(st.shape)}"
+        return (
+            TensorResult(st.name, emb.display_type, tuple(st.shape), STATUS_SHAPE, message=message),
+            None,
+        )
+    result = TensorResult(
+        st.name,
+        emb.display_type,
+        shape,
+        STATUS_TIED,
+        params=math.prod(shape) if shape else 1,
+        max_rel_err=limits.get(base_type(emb.ttype).name),
+        message=f"tied: stored as {emb.name}",
+    )
+    return result, emb
 
 
 def _kernel_uses(jobs: list[_Job]) -> list[Any]:
