@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 
+from nntrtool.cli import options as opts
 from nntrtool.cli.display import human_count, progress_factory
 from nntrtool.errors import UsageError
 from nntrtool.qtypes import LAYOUTS, Q4_0_REPACKED
@@ -36,7 +37,7 @@ def verify_command(
         "--max-rel-err",
         metavar="X|TYPE=X",
         help="Largest relative error ||x-x'||/||x|| allowed: X for every quantized type, or "
-        "TYPE=X for one (repeatable). Defaults: q4_0=0.18 q6_k=0.04 q8_0=0.012; f32 must be exact.",
+        f"TYPE=X for one (repeatable). Defaults: {opts.default_limits_text()}; f32 must be exact.",
     ),
     logits: bool = typer.Option(
         False,
@@ -54,10 +55,8 @@ def verify_command(
         help="With --logits: run both models over this UTF-8 text instead of the fixed prompt "
         "and report perplexity, KL divergence percentiles and top-1 agreement.",
     ),
-    ctx: int = typer.Option(512, "--ctx", help="With --text: tokens per chunk."),
-    chunks: int = typer.Option(
-        None, "--chunks", min=1, help="With --text: use at most N chunks (all that fit by default)."
-    ),
+    ctx: int = opts.CTX,
+    chunks: int = opts.CHUNKS,
     max_kl: float = typer.Option(
         None, "--max-kl", help="With --logits: fail when the mean KL divergence exceeds this."
     ),
@@ -69,24 +68,14 @@ def verify_command(
     top: int = typer.Option(
         None, "--top", min=1, help="Show only the N worst tensors in the table (all by default)."
     ),
-    revision: str = typer.Option(None, "--revision", help="Revision of a hub id source."),
-    gguf_file: str = typer.Option(
-        None,
-        "--gguf-file",
-        metavar="NAME",
-        help="The GGUF file to take from a folder or a Hugging Face repo (as given to convert).",
-        show_default=False,
-    ),
-    config: Path = typer.Option(
-        None, "--config", help="config.json for a single .safetensors source."
-    ),
+    revision: str = opts.REVISION,
+    gguf_file: str = opts.GGUF_FILE,
+    config: Path = opts.CONFIG,
     backend: str = typer.Option(
         "auto", "--backend", help="Dequantization backend: auto|numpy|numba|cupy."
     ),
-    threads: int = typer.Option(
-        None, "--threads", min=1, help="Threads to use (default: all cores)."
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    threads: int = opts.THREADS,
+    quiet: bool = opts.quiet(),
     lora: list[str] = typer.Option(
         None,
         "--lora",
@@ -94,9 +83,7 @@ def verify_command(
         help="LoRA adapter the file was converted with "
         "(PEFT folder or hub id; repeatable, in the convert order): compare with the merged weights.",
     ),
-    lora_scale: list[float] = typer.Option(
-        None, "--lora-scale", metavar="S", help="Scale of each --lora, in order (default 1)."
-    ),
+    lora_scale: list[float] = opts.LORA_SCALE,
 ) -> None:
     """Compare FILE with the model it was converted from: per-tensor error, checksums, verdict."""
     from nntrtool import verify as v
