@@ -413,20 +413,27 @@ def _rule_matrices_only(q: TensorQuestion) -> TypeChoice | None:
     return TypeChoice(F32, f"{what}: only 2-D matrices are quantized")
 
 
+def _fitted(ttype: TensorType, cols: int, asked: str) -> TypeChoice:
+    """``ttype`` when rows of ``cols`` fit its blocks, else the first type down its fallback
+    chain that they fit, with the reason."""
+    if not ttype.quantized or ttype.fits(cols):
+        return TypeChoice(ttype, f"{asked} {ttype.name}" if asked else f"matrix: {ttype.name}")
+    instead = fitting_type(ttype, cols)
+    said = f"{asked} {ttype.name}: last" if asked else "last"
+    return TypeChoice(
+        instead,
+        f"{said} dimension {cols} is not a multiple of {ttype.block_size}"
+        + ("" if asked else f" ({ttype.name})")
+        + f": {instead.name} instead",
+        fallback=True,
+    )
+
+
 def _rule_head_type(q: TensorQuestion) -> TypeChoice | None:
     # like the default type, and like llama.cpp's output type: falls back where it cannot fit
     if not q.for_head:
         return None
-    head_type = get_type(str(q.options.head_type))
-    if not head_type.quantized or head_type.fits(q.cols):
-        return TypeChoice(head_type, f"--head-type {head_type.name}")
-    ttype = fitting_type(head_type, q.cols)
-    return TypeChoice(
-        ttype,
-        f"--head-type {head_type.name}: last dimension {q.cols} is not a multiple of "
-        f"{head_type.block_size}: {ttype.name} instead",
-        fallback=True,
-    )
+    return _fitted(get_type(str(q.options.head_type)), q.cols, "--head-type")
 
 
 def _rule_type_override(q: TensorQuestion) -> TypeChoice | None:
@@ -459,16 +466,7 @@ def _rule_keep(q: TensorQuestion) -> TypeChoice | None:
 
 
 def _rule_requested(q: TensorQuestion) -> TypeChoice:
-    requested = get_type(q.options.quant_type)
-    if not requested.quantized or requested.fits(q.cols):
-        return TypeChoice(requested, f"matrix: {requested.name}")
-    ttype = fitting_type(requested, q.cols)
-    return TypeChoice(
-        ttype,
-        f"last dimension {q.cols} is not a multiple of {requested.block_size} "
-        f"({requested.name}): {ttype.name} instead",
-        fallback=True,
-    )
+    return _fitted(get_type(q.options.quant_type), q.cols, "")
 
 
 #: The rules in the order they are asked; the first that decides wins. ``--head-type`` takes

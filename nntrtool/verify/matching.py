@@ -20,20 +20,9 @@ from nntrtool.model_config import ModelConfig
 from nntrtool.progress import ProgressFactory, ProgressLike
 from nntrtool.qtypes import F32
 from nntrtool.sources.request import SourceRequest
+from nntrtool.verify import report as status
 from nntrtool.verify.metrics import DEFAULT_MAX_REL_ERR, ErrorStats, base_type
-from nntrtool.verify.report import (
-    STATUS_CHECKSUM,
-    STATUS_EXTRA,
-    STATUS_MISSING,
-    STATUS_NOT_EXACT,
-    STATUS_OK,
-    STATUS_OVER,
-    STATUS_PLAN,
-    STATUS_SHAPE,
-    STATUS_TIED,
-    TensorResult,
-    VerifyReport,
-)
+from nntrtool.verify.report import TensorResult, VerifyReport
 
 #: Values per chunk: bounds memory (a chunk's source and dequantized copies, float32).
 CHUNK_ELEMENTS = 1 << 22
@@ -181,12 +170,14 @@ def _match(nf: Any, src: Any, limits: dict[str, float]) -> tuple[list[TensorResu
                 pairs.append((result, emb, st))
         elif st.name in skipped:
             results.append(
-                TensorResult(st.name, None, tuple(st.shape), STATUS_OK, message=skipped[st.name])
+                TensorResult(
+                    st.name, None, tuple(st.shape), status.STATUS_OK, message=skipped[st.name]
+                )
             )
         else:
             message = "in the source but not in the file"
             results.append(
-                TensorResult(st.name, None, tuple(st.shape), STATUS_MISSING, message=message)
+                TensorResult(st.name, None, tuple(st.shape), status.STATUS_MISSING, message=message)
             )
     jobs = []
     for result, entry, st in pairs:
@@ -202,15 +193,15 @@ def _match_file_tensor(entry: Any, st: Any, limits: dict[str, float]) -> tuple[T
     tname = entry.display_type
     if st is None:
         message = "in the file but not in the source"
-        return TensorResult(entry.name, tname, shape, STATUS_EXTRA, message=message), None
+        return TensorResult(entry.name, tname, shape, status.STATUS_EXTRA, message=message), None
     if tuple(int(s) for s in st.shape) != shape:
         message = f"shape {list(shape)} in the file, {list(st.shape)} in the source"
-        return TensorResult(entry.name, tname, shape, STATUS_SHAPE, message=message), None
+        return TensorResult(entry.name, tname, shape, status.STATUS_SHAPE, message=message), None
     result = TensorResult(
         entry.name,
         tname,
         shape,
-        STATUS_OK,
+        status.STATUS_OK,
         params=math.prod(shape) if shape else 1,
         max_rel_err=limits.get(base_type(entry.ttype).name),
     )
@@ -223,14 +214,16 @@ def _match_tied_head(st: Any, emb: Any, limits: dict[str, float]) -> tuple[Tenso
     if tuple(int(s) for s in st.shape) != shape:
         message = f"tied to {emb.name} of shape {list(shape)} but is {list(st.shape)}"
         return (
-            TensorResult(st.name, emb.display_type, tuple(st.shape), STATUS_SHAPE, message=message),
+            TensorResult(
+                st.name, emb.display_type, tuple(st.shape), status.STATUS_SHAPE, message=message
+            ),
             None,
         )
     result = TensorResult(
         st.name,
         emb.display_type,
         shape,
-        STATUS_TIED,
+        status.STATUS_TIED,
         params=math.prod(shape) if shape else 1,
         max_rel_err=limits.get(base_type(emb.ttype).name),
         message=f"tied: stored as {emb.name}",
@@ -293,11 +286,13 @@ def _finish(job: _Job, limits: dict[str, float]) -> None:
     r.checksum_ok = bool(job.check.result()) if job.check is not None else None
     problems: list[tuple[str, str]] = []
     if r.checksum_ok is False:
-        problems.append((STATUS_CHECKSUM, "checksum does not match the data: the file is corrupt"))
+        problems.append(
+            (status.STATUS_CHECKSUM, "checksum does not match the data: the file is corrupt")
+        )
     if job.planned_type is not None and job.planned_type != job.entry.display_type:
         problems.append(
             (
-                STATUS_PLAN,
+                status.STATUS_PLAN,
                 f"stored as {job.entry.display_type} but the file's plan records {job.planned_type}",
             )
         )
@@ -305,7 +300,7 @@ def _finish(job: _Job, limits: dict[str, float]) -> None:
         if not s.bit_exact:
             problems.append(
                 (
-                    STATUS_NOT_EXACT,
+                    status.STATUS_NOT_EXACT,
                     f"f32 tensor differs from the source (max abs err {s.max_abs:.3g})",
                 )
             )
@@ -313,7 +308,7 @@ def _finish(job: _Job, limits: dict[str, float]) -> None:
         limit = limits.get(base_type(job.entry.ttype).name)
         if limit is not None and not (r.rel_err <= limit):
             problems.append(
-                (STATUS_OVER, f"relative error {r.rel_err:.4g} exceeds the limit {limit:g}")
+                (status.STATUS_OVER, f"relative error {r.rel_err:.4g} exceeds the limit {limit:g}")
             )
     if problems:
         r.status = problems[0][0]
