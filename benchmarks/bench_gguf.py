@@ -51,7 +51,14 @@ def _blocks(rows: int, cols: int, type_name: str, rng: np.random.Generator) -> n
     block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
     data = rng.integers(0, 256, (rows, cols // block, nbytes), dtype=np.uint8)
     scale = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
-    scales_at = {"Q4_0": (0,), "Q8_0": (0,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (nbytes - 2,)}
+    scales_at = {
+        "Q4_0": (0,),
+        "Q5_0": (0,),
+        "Q8_0": (0,),
+        "Q4_K": (0, 2),
+        "Q5_K": (0, 2),
+        "Q6_K": (nbytes - 2,),
+    }
     for at in scales_at[type_name]:
         data[:, :, at : at + 2] = scale
     if type_name in ("Q4_K", "Q5_K"):
@@ -90,6 +97,116 @@ def build(path: Path, n_params: float, type_name: str) -> Path:
         w.add_tensor(f"blk.{i}.ffn_down.weight", tmpl["down"], raw_dtype=qtype)
         w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(HIDDEN, np.float32))
         w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(HIDDEN, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+#: Gemma 3 270M's shapes: 640 hidden, 2048 FFN, 4 query heads and 1 KV head of 256, 18 layers.
+GEMMA = {"hidden": 640, "inter": 2048, "layers": 18, "heads": 4, "kv_heads": 1, "head_dim": 256}
+
+#: ggml type per tensor role. ``q4_k_m``: what llama.cpp's Q4_K_M gives these shapes (K-quants
+#: where rows are whole 256-value blocks, else its fallbacks Q4_K -> Q5_0, Q6_K -> Q8_0; attn_v
+#: and ffn_down one step up in the "more bits" layers). ``kept``: the same file with the types
+#: nntrtool stores as they are (Q4_0 for Q4_K and Q5_0), so that ``keep`` copies every tensor.
+MIXES = {
+    "q4_k_m": {
+        "token_embd": "Q8_0",
+        "attn_q": "Q5_0",
+        "attn_k": "Q5_0",
+        "attn_v": ("Q8_0", "Q5_0"),
+        "attn_output": "Q4_K",
+        "ffn_gate": "Q5_0",
+        "ffn_up": "Q5_0",
+        "ffn_down": ("Q6_K", "Q4_K"),
+    },
+    "kept": {
+        "token_embd": "Q8_0",
+        "attn_q": "Q4_0",
+        "attn_k": "Q4_0",
+        "attn_v": ("Q8_0", "Q4_0"),
+        "attn_output": "Q4_0",
+        "ffn_gate": "Q4_0",
+        "ffn_up": "Q4_0",
+        "ffn_down": ("Q6_K", "Q4_0"),
+    },
+}
+
+
+def _more_bits(layer: int, layers: int) -> bool:
+    """llama.cpp's ``use_more_bits``: the first and last eighth, and every third layer between."""
+    return layer < layers // 8 or layer >= 7 * layers // 8 or (layer - layers // 8) % 3 == 2
+
+
+def build_gemma(path: Path, vocab: int, mix: str, layers: int = GEMMA["layers"]) -> Path:
+    """A Gemma-3-270M-shaped GGUF (tied embeddings, ``vocab`` tokens with scores and types,
+    tensor types of ``MIXES[mix]``), random valid blocks, written with ``gguf.GGUFWriter``."""
+    import gguf
+
+    if path.exists():
+        return path
+    g = GEMMA
+    h, q_rows, kv_rows = g["hidden"], g["heads"] * g["head_dim"], g["kv_heads"] * g["head_dim"]
+    shapes = {
+        "attn_q": (q_rows, h),
+        "attn_k": (kv_rows, h),
+        "attn_v": (kv_rows, h),
+        "attn_output": (h, q_rows),
+        "ffn_gate": (g["inter"], h),
+        "ffn_up": (g["inter"], h),
+        "ffn_down": (h, g["inter"]),
+    }
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_name("bench-gemma3")
+    w.add_context_length(32768)
+    w.add_embedding_length(h)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(g["inter"])
+    w.add_head_count(g["heads"])
+    w.add_head_count_kv(g["kv_heads"])
+    w.add_key_length(g["head_dim"])
+    w.add_value_length(g["head_dim"])
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1e6)
+    w.add_sliding_window(512)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    special = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    tokens = special + [
+        f"<0x{i - len(special):02X}>" if i < len(special) + 256 else "\u2581w" + format(i, "x")
+        for i in range(len(special), vocab)
+    ]
+    w.add_token_list(tokens)
+    w.add_token_scores((-np.arange(vocab, dtype=np.float32)).tolist())
+    types = np.ones(vocab, np.int32)
+    types[: len(special)] = 3
+    types[len(special) : len(special) + 256] = 6
+    w.add_token_types(types.tolist())
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(1)
+    w.add_pad_token_id(0)
+    roles = MIXES[mix]
+
+    def kind(role: str, layer: int) -> str:
+        t = roles[role]
+        return t if isinstance(t, str) else t[0 if _more_bits(layer, layers) else 1]
+
+    def add(name: str, rows: int, cols: int, type_name: str) -> None:
+        qtype = gguf.GGMLQuantizationType[type_name]
+        w.add_tensor(name, _blocks(rows, cols, type_name, rng), raw_dtype=qtype)
+
+    add("token_embd.weight", vocab, h, kind("token_embd", 0))
+    w.add_tensor("output_norm.weight", np.ones(h, np.float32))
+    for i in range(layers):
+        for role, (rows, cols) in shapes.items():
+            add(f"blk.{i}.{role}.weight", rows, cols, kind(role, i))
+        for norm in ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"):
+            w.add_tensor(f"blk.{i}.{norm}.weight", np.ones(h, np.float32))
+        for norm in ("attn_q_norm", "attn_k_norm"):
+            w.add_tensor(f"blk.{i}.{norm}.weight", np.ones(g["head_dim"], np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
