@@ -9,6 +9,14 @@ the block copy against.
 
     python benchmarks/bench_gguf.py                      # 0.5 B and 1 B params
     python benchmarks/bench_gguf.py --params 2e9 --json benchmarks/results/x.json
+
+``--vocab N`` instead measures Gemma-3-270M-shaped GGUFs (tied N-token embedding, 640 hidden,
+18 layers) end to end: ``nntrtool convert --quant-type keep`` in a fresh process (interpreter
+start and imports included, the whole command's wall clock and the process's peak RSS) against a
+durable copy of the same file (``cp`` then ``sync``) in the same run, for a 32000-token and an
+N-token vocabulary and 4x the layers, and the time to open the file and to decode its vocabulary:
+
+    python benchmarks/bench_gguf.py --vocab 262144 --json benchmarks/results/x.json
 """
 
 from __future__ import annotations
@@ -214,6 +222,136 @@ def build_gemma(path: Path, vocab: int, mix: str, layers: int = GEMMA["layers"])
     return path
 
 
+CLI_CHILD = """
+import sys
+from nntrtool.cli.app import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code or 0
+else:
+    code = 0
+hwm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+           if line.startswith("VmHWM:"))
+print("VmHWM", hwm, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def run_cli(argv: list[str]) -> tuple[float, int]:
+    """``nntrtool ARGV`` in a fresh interpreter: wall seconds of the whole process and its peak
+    RSS (its own ``VmHWM``, read as it exits)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", CLI_CHILD, *argv],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"nntrtool {' '.join(argv)} failed:\n{proc.stderr}")
+    hwm = int(proc.stderr.rsplit("VmHWM", 1)[1].split()[0])
+    return wall, hwm
+
+
+def durable_copy(src: Path, dst: Path) -> float:
+    """Seconds of ``cp SRC DST && sync``: what writing the same bytes durably costs here."""
+    t0 = time.perf_counter()
+    subprocess.run(["sh", "-c", 'cp "$0" "$1" && sync', str(src), str(dst)], check=True)
+    seconds = time.perf_counter() - t0
+    dst.unlink()
+    return seconds
+
+
+def vocab_read(path: Path, compare_reader: bool) -> dict:
+    """Seconds to open ``path`` (header, metadata, tensor records), to decode its vocabulary,
+    and (``compare_reader``) to open it with ``gguf.GGUFReader``; one fresh process each."""
+    code = """
+import json, sys, time
+t0 = time.perf_counter()
+if sys.argv[2] == "reader":
+    from gguf import GGUFReader
+    r = GGUFReader(sys.argv[1], "r")
+    n = len(r.fields["tokenizer.ggml.tokens"].data)
+    out = {"reader_open": time.perf_counter() - t0}
+else:
+    from nntrtool.sources.gguf_file import GGUFFile
+    t0 = time.perf_counter()
+    g = GGUFFile(sys.argv[1])
+    t1 = time.perf_counter()
+    toks = g.array("tokenizer.ggml.tokens").tolist()
+    scores = g.array("tokenizer.ggml.scores")
+    t2 = time.perf_counter()
+    n = len(toks)
+    out = {"open": t1 - t0, "decode_tokens": t2 - t1, "tokens": n}
+print(json.dumps(out))
+"""
+    result: dict = {}
+    for mode in ("ours", "reader") if compare_reader else ("ours",):
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(path), mode],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        result.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return result
+
+
+def bench_vocab(args: argparse.Namespace) -> list[dict]:
+    """Keep conversions of Gemma-shaped GGUFs against a durable copy of each, plus the
+    vocabulary's read times; see the module's docstring."""
+    rows = []
+    sizes = [
+        (32000, GEMMA["layers"]),
+        (args.vocab, GEMMA["layers"]),
+        (args.vocab, 4 * GEMMA["layers"]),
+    ]
+    for mix in args.mix.split(","):
+        for vocab, layers in sizes:
+            src = build_gemma(args.dir / f"gemma-{mix}-v{vocab}-l{layers}.gguf", vocab, mix, layers)
+            warm_cache_file(src)
+            out = args.dir / "out.nntr"
+            load = os.getloadavg()[0]
+            copy = durable_copy(src, args.dir / "copy.tmp")
+            wall, hwm = run_cli(
+                ["convert", str(src), str(out), "--quant-type", "keep", "--force", "--quiet"]
+            )
+            out.unlink(missing_ok=True)
+            row = {
+                "case": f"{src.name} --quant-type keep",
+                "mix": mix,
+                "vocab": vocab,
+                "layers": layers,
+                "source_bytes": src.stat().st_size,
+                "copy_seconds": copy,
+                "convert_seconds": wall,
+                "bound_seconds": 1 + 4 * copy,
+                "peak_rss": hwm,
+                "load": load,
+            }
+            if vocab == args.vocab and layers == GEMMA["layers"]:
+                row.update(vocab_read(src, args.compare_reader))
+            rows.append(row)
+            extra = "".join(
+                f", {k} {row[k]:.3f} s"
+                for k in ("open", "decode_tokens", "reader_open")
+                if k in row
+            )
+            print(
+                f"{src.name} ({row['source_bytes'] / 1e6:.0f} MB, load {load:.2f}): keep "
+                f"{wall:.2f} s, peak RSS {hwm / 2**20:.0f} MiB; cp+sync {copy:.2f} s, bound "
+                f"{row['bound_seconds']:.2f} s{extra}",
+                flush=True,
+            )
+    return rows
+
+
 def run_child(spec: dict) -> dict:
     """One conversion in a fresh process; its result plus the child's peak RSS in bytes.
 
@@ -309,9 +447,34 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--only", default=None, help="run only source type Q4_0 or Q4_K")
     ap.add_argument("--kernels", action="store_true", help="only the dequantize kernels")
+    ap.add_argument(
+        "--vocab", type=int, default=None, help="Gemma-3-270M-shaped GGUFs with this vocabulary"
+    )
+    ap.add_argument(
+        "--mix",
+        default="kept,q4_k_m",
+        help=f"with --vocab: tensor type mixes, comma-separated ({', '.join(MIXES)})",
+    )
+    ap.add_argument(
+        "--compare-reader",
+        action="store_true",
+        help="with --vocab: also time gguf.GGUFReader opening the file",
+    )
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
+    if args.vocab:
+        unknown = set(args.mix.split(",")) - set(MIXES)
+        if unknown:
+            raise SystemExit(
+                f"--mix: unknown {', '.join(sorted(unknown))} (known: {', '.join(MIXES)})"
+            )
+        rows = bench_vocab(args)
+        result = {"load_before": load, "load_after": os.getloadavg(), "rows": rows}
+        print(f"load average before {load}, after {result['load_after']}")
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
+        return
     if args.kernels:
         rows = bench_dequant()
         result = {"load_before": load, "load_after": os.getloadavg(), "rows": rows}
