@@ -456,11 +456,11 @@ class _References:
         if not enabled:
             report.skipped.append({"what": "references", "reason": "turned off (--no-reference)"})
             return
-        from nntrtool import _ggml_ref
+        from nntrtool import ggml_ref
 
         try:
-            self.ggml = _ggml_ref.load()
-        except _ggml_ref.GgmlUnavailable as err:
+            self.ggml = ggml_ref.load()
+        except ggml_ref.GgmlUnavailable as err:
             report.skipped.append({"what": "ggml C reference", "reason": str(err)})
         try:
             import gguf.quants

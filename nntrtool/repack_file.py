@@ -111,8 +111,8 @@ def _replan(entry: Any, section: dict[str, Any], target: RepackLayout | None) ->
     Uses the same planning function as ``convert`` so that reasons and records match what a
     direct conversion writes; ``None`` when the stored options cannot be replayed.
     """
-    from nntrtool.convert.options import ConvertOptions
-    from nntrtool.convert.plan import plan_tensor
+    from nntrtool.plan.options import ConvertOptions
+    from nntrtool.plan.tensors import plan_tensor
 
     records = section.get("tensors")
     record = records.get(entry.name) if isinstance(records, dict) else None
@@ -269,7 +269,7 @@ def _relayout_backend(decisions: list[_Decision]) -> str:
 def _stream_tensor(
     nf: Any, d: _Decision, writer: Any, progress: ProgressLike | None, backend: str = "auto"
 ) -> None:
-    from nntrtool.convert.memory import release_pages
+    from nntrtool.memory import release_pages
     from nntrtool.quant import repack, unpack
 
     entry = d.entry

@@ -26,8 +26,8 @@ DTYPES: dict[str, tuple[str, int]] = {"BF16": ("<u2", 2), "F16": ("<f2", 2), "F3
 _TORCH_DTYPE = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 _HIDDEN_LADDER = (4096, 2048, 1024, 512, 256)
 _MIN_LAYERS = 8
-_POOL = 1 << 20
-_CHUNK = 1 << 24
+FILL_POOL = 1 << 20
+FILL_CHUNK = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -171,15 +171,17 @@ def synthetic_shape(
     return build(hidden, int(layers))
 
 
-class _Filler:
+class Filler:
     """Random-looking bytes of a dtype from a small pool read through a sliding window."""
 
     def __init__(self, dtype: str, seed: int):
         np_dtype, self.esize = DTYPES[dtype]
         self.dtype = dtype
         self.rng = np.random.default_rng(seed)
-        pool = self.rng.standard_normal(_POOL, dtype=np.float32) * np.float32(0.02)
-        self.window = memoryview(np.tile(self._encode(pool), _CHUNK // _POOL + 1).view(np.uint8))
+        pool = self.rng.standard_normal(FILL_POOL, dtype=np.float32) * np.float32(0.02)
+        self.window = memoryview(
+            np.tile(self._encode(pool), FILL_CHUNK // FILL_POOL + 1).view(np.uint8)
+        )
 
     def _encode(self, values: np.ndarray) -> np.ndarray:
         values = values.astype(np.float32)
@@ -188,11 +190,11 @@ class _Filler:
         return values.astype(DTYPES[self.dtype][0])
 
     def chunks(self, count: int) -> Iterator[memoryview]:
-        """Bytes of ``count`` elements, in pieces of at most ``_CHUNK`` elements."""
+        """Bytes of ``count`` elements, in pieces of at most ``FILL_CHUNK`` elements."""
         done = 0
         while done < count:
-            m = min(_CHUNK, count - done)
-            start = int(self.rng.integers(0, _POOL)) * self.esize
+            m = min(FILL_CHUNK, count - done)
+            start = int(self.rng.integers(0, FILL_POOL)) * self.esize
             yield self.window[start : start + m * self.esize]
             done += m
 
@@ -262,7 +264,7 @@ def make_synthetic_model(
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps(shape.config(dt), indent=2) + "\n")
-    filler = _Filler(dt, seed)
+    filler = Filler(dt, seed)
     weight_map: dict[str, str] = {}
     total = 0
     for k, group in enumerate(groups):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from nntrtool.errors import UsageError
-from nntrtool.synthetic import _CHUNK, _POOL, _Filler
+from nntrtool.synthetic import FILL_CHUNK, FILL_POOL, Filler
 
 FAMILIES = ("qwen3_moe", "gpt_oss")
 _BYTES = {"BF16": 2, "U8": 1}
@@ -197,10 +197,10 @@ def make_synthetic_moe(
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps(shape.config(), indent=2) + "\n")
-    bf16 = _Filler("BF16", seed)
+    bf16 = Filler("BF16", seed)
     rng = np.random.default_rng(seed + 1)
-    nibbles = memoryview(np.tile(rng.integers(0, 256, _POOL, dtype=np.uint8), 2))
-    scales = memoryview(np.tile(rng.integers(118, 124, _POOL, dtype=np.uint8), 2))
+    nibbles = memoryview(np.tile(rng.integers(0, 256, FILL_POOL, dtype=np.uint8), 2))
+    scales = memoryview(np.tile(rng.integers(118, 124, FILL_POOL, dtype=np.uint8), 2))
     weight_map: dict[str, str] = {}
     for k, group in enumerate(groups):
         name = (
@@ -215,9 +215,9 @@ def make_synthetic_moe(
                 count = math.prod(tshape)
                 if dtype == "U8":
                     pool = scales if tname.endswith("_scales") else nibbles
-                    for done in range(0, count, _POOL):
-                        start = int(rng.integers(0, _POOL))
-                        f.write(pool[start : start + min(_POOL, count - done)])
+                    for done in range(0, count, FILL_POOL):
+                        start = int(rng.integers(0, FILL_POOL))
+                        f.write(pool[start : start + min(FILL_POOL, count - done)])
                 elif "norm" in tname:
                     f.write(bf16.norm_bytes(count, 0.02))
                 else:
@@ -227,5 +227,5 @@ def make_synthetic_moe(
     if len(groups) > 1:
         index = {"metadata": {}, "weight_map": weight_map}
         (root / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    assert _CHUNK >= _POOL
+    assert FILL_CHUNK >= FILL_POOL
     return root

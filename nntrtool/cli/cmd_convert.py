@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 
+from nntrtool.cli import options as opts
 from nntrtool.cli.display import human_bytes, human_count
 from nntrtool.units import size_change
 
@@ -57,24 +58,13 @@ def convert_command(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Show the per-tensor plan and the predicted size; write nothing."
     ),
-    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output."),
-    threads: int = typer.Option(
-        None,
-        "--threads",
-        "-t",
-        min=1,
-        help="Threads to use (default: all cores).",
-        show_default=False,
-    ),
+    force: bool = opts.FORCE,
+    threads: int = opts.THREADS,
     backend: str = typer.Option(
         "auto", "--backend", help="Quantization backend: auto, numpy, numba or cupy."
     ),
-    revision: str = typer.Option(
-        None, "--revision", help="Branch, tag or commit of a Hugging Face id.", show_default=False
-    ),
-    config: Path = typer.Option(
-        None, "--config", help="config.json for a lone .safetensors file.", show_default=False
-    ),
+    revision: str = opts.REVISION,
+    config: Path = opts.CONFIG,
     imatrix: Path = typer.Option(
         None,
         "--imatrix",
@@ -82,13 +72,7 @@ def convert_command(
         help="Importance matrix (llama.cpp imatrix: GGUF or legacy .dat) weighting the "
         "Q4_0 and Q6_K quantization error, as llama-quantize --imatrix does.",
     ),
-    gguf_file: str = typer.Option(
-        None,
-        "--gguf-file",
-        metavar="NAME",
-        help="The GGUF file to take from a folder or a Hugging Face repo.",
-        show_default=False,
-    ),
+    gguf_file: str = opts.GGUF_FILE,
     allow_nonfinite: bool = typer.Option(
         False,
         "--allow-nonfinite",
@@ -104,7 +88,7 @@ def convert_command(
     isa: str = typer.Option(
         "x86", "--isa", help="With --target: CPU of the device, x86 (q4_0_8) or arm (q4_0_4)."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no summary."),
+    quiet: bool = opts.quiet("No progress and no summary."),
     lora: list[str] = typer.Option(
         None,
         "--lora",
@@ -113,13 +97,7 @@ def convert_command(
         "(repeatable: adapters add up in the order given).",
         show_default=False,
     ),
-    lora_scale: list[float] = typer.Option(
-        None,
-        "--lora-scale",
-        metavar="S",
-        help="Multiply each --lora's scaling by S (one per --lora, in order; default 1).",
-        show_default=False,
-    ),
+    lora_scale: list[float] = opts.LORA_SCALE,
 ) -> None:
     """Convert a Hugging Face / PyTorch / GGUF model to an NNTR file (or, with --target, a runtime's folder)."""
     from nntrtool.cli.display import progress_factory

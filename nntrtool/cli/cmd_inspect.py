@@ -63,11 +63,6 @@ def _shape_text(shape: list[int]) -> str:
 def render(info: dict[str, Any], *, show_config: bool = False) -> None:
     """Print the tables of ``inspect`` for a :func:`~nntrtool.format.describe` object."""
     from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-    from rich.text import Text
-
-    from nntrtool.cli.display import human_bytes, human_count
 
     longest = max((len(t["name"]) for t in info["tensors"]), default=10)
     console = Console(
@@ -77,6 +72,18 @@ def render(info: dict[str, Any], *, show_config: bool = False) -> None:
 
     def out(*args: Any, **kw: Any) -> None:
         console.print(*args, soft_wrap=True, **kw)
+
+    _render_header(out, info, show_config)
+    out(_tensor_table(info))
+    out(_totals_table(info))
+    _render_footer(out, info)
+
+
+def _render_header(out: Any, info: dict[str, Any], show_config: bool) -> None:
+    """The file line and the config's facts (the whole config with ``show_config``)."""
+    from rich.markup import escape
+
+    from nntrtool.cli.display import human_bytes
 
     out(
         f"[bold]{escape(info['path'])}[/]: {info['magic']} v{info['version']}, "
@@ -106,6 +113,14 @@ def render(info: dict[str, Any], *, show_config: bool = False) -> None:
     if show_config:
         out(json.dumps(info["config"], indent=2, ensure_ascii=False), markup=False)
 
+
+def _tensor_table(info: dict[str, Any]) -> Any:
+    """One row per tensor: name, type, shape, bytes, bits per weight (and CRC when checked)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from nntrtool.cli.display import human_bytes
+
     table = Table(title="tensors", title_justify="left", show_edge=False, pad_edge=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("name", overflow="fold")
@@ -128,7 +143,14 @@ def render(info: dict[str, Any], *, show_config: bool = False) -> None:
         if checked:
             row.append("ok" if t["checksum_ok"] else "[bold red]BAD[/]")
         table.add_row(*row)
-    out(table)
+    return table
+
+
+def _totals_table(info: dict[str, Any]) -> Any:
+    """Tensors, values, bytes and share of the data per stored type, and for the whole file."""
+    from rich.table import Table
+
+    from nntrtool.cli.display import human_bytes, human_count
 
     params = info["params"]
     data = info["data_bytes"]
@@ -152,8 +174,18 @@ def render(info: dict[str, Any], *, show_config: bool = False) -> None:
         f"{info['bits_per_weight']:.2f}",
         "100.0%" if data else "-",
     )
-    out(totals)
+    return totals
 
+
+def _render_footer(out: Any, info: dict[str, Any]) -> None:
+    """The parameter count against F32 / BF16 sizes, and the checksum verdict."""
+    from rich.markup import escape
+
+    from nntrtool.cli.display import human_bytes, human_count
+
+    params = info["params"]
+    data = info["data_bytes"]
+    checked = "bad_tensors" in info
     if params:
         out(
             f"parameters: {human_count(params)} ({params:,}); tensor data {human_bytes(data)}, "

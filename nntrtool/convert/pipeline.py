@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from nntrtool.convert.memory import prefault, release_pages
-from nntrtool.convert.options import ConvertOptions
-from nntrtool.convert.plan import ConversionPlan, TensorPlan, make_plan
 from nntrtool.errors import DiskFullError, NonFiniteError, OutputExistsError, UsageError
+from nntrtool.memory import prefault, release_pages
+from nntrtool.plan.options import ConvertOptions
+from nntrtool.plan.tensors import ConversionPlan, TensorPlan, make_plan
 from nntrtool.progress import ProgressFactory
 
 #: Chunks queued beyond one per worker: enough to overlap, few enough to bound memory.
@@ -133,15 +133,7 @@ def check_disk_space(out: Path, needed: int) -> None:
 
 def open_for(source_spec: str | Path, options: ConvertOptions) -> Any:
     """The source as ``options`` asks for it: revision, config, GGUF file, merged adapters."""
-    from nntrtool.sources import open_source
-
-    return open_source(
-        source_spec,
-        revision=options.revision,
-        config=options.config,
-        adapters=options.adapters,
-        gguf_file=options.gguf_file,
-    )
+    return options.source(source_spec).open()
 
 
 def plan_conversion(source_spec: str | Path, options: ConvertOptions) -> ConversionPlan:
