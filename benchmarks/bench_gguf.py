@@ -282,8 +282,10 @@ else:
     t0 = time.perf_counter()
     g = GGUFFile(sys.argv[1])
     t1 = time.perf_counter()
-    toks = g.array("tokenizer.ggml.tokens").tolist()
-    scores = g.array("tokenizer.ggml.scores")
+    if hasattr(g, "array"):
+        toks = g.array("tokenizer.ggml.tokens").tolist()
+    else:  # nntrtool before its own metadata reader
+        toks = g.field("tokenizer.ggml.tokens")
     t2 = time.perf_counter()
     n = len(toks)
     out = {"open": t1 - t0, "decode_tokens": t2 - t1, "tokens": n}
