@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from nntrtool.errors import SourceError
+from nntrtool.memory import release_pages
 from nntrtool.sources.base import READABLE_DTYPES, SourceTensor, register_block_dtype
 
 #: The GGUF versions read (version 1 had 32-bit counts and is long gone).
@@ -465,6 +466,10 @@ class GGUFFile:
         self._map: mmap.mmap | None = mapped
         self._buf: np.ndarray | None = np.frombuffer(mapped, dtype=np.uint8)
         self.header = scan_header(self.path, size, memoryview(self._buf))
+        # The scan touched every page of the metadata (a vocabulary: megabytes); the data
+        # section starts past it, so those pages can leave this process (the page cache keeps
+        # them) until a tokenizer reads them again.
+        release_pages(self._buf[: self.header.data_start])
         self.fields = self.header.fields
         self.version = self.header.version
         sizes = _ggml_sizes()
