@@ -110,10 +110,18 @@ def test_string_arrays_are_decoded_on_demand(meta_gguf):
         assert list(tokens.raw()) == [t.encode() for t in TOKENS]
 
 
-def test_a_big_vocabulary_costs_no_object_per_token_until_read(tmp_path):
-    n = 1 << 17
-    tokens = [f"▁t{i:x}" for i in range(n)]
-    path = _write(tmp_path / "big.gguf", tokens=tokens)
+BIG = 1 << 17
+
+
+@pytest.fixture(scope="module")
+def big_vocab(tmp_path_factory):
+    tokens = [f"▁t{i:x}" for i in range(BIG)]
+    return _write(tmp_path_factory.mktemp("big") / "big.gguf", tokens=tokens), tokens
+
+
+def test_a_big_vocabulary_costs_no_object_per_token_until_read(big_vocab):
+    path, tokens = big_vocab
+    n = len(tokens)
     tracemalloc.start()
     try:
         with GGUFFile(path) as gf:
@@ -126,6 +134,27 @@ def test_a_big_vocabulary_costs_no_object_per_token_until_read(tmp_path):
             assert gf.array("tokenizer.ggml.tokens").tolist() == tokens
     finally:
         tracemalloc.stop()
+
+
+def _mapped_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (Linux's /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0]:  # a mapping's first line: "addr-addr perms ... path"
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux's smaps")
+def test_the_scanned_metadata_pages_leave_the_process(big_vocab):
+    path, tokens = big_vocab
+    assert path.stat().st_size > 2 << 20  # the vocabulary is megabytes of metadata
+    with GGUFFile(path) as gf:
+        assert _mapped_kib(path) <= 64
+        assert gf.array("tokenizer.ggml.tokens")[-1] == tokens[-1]  # still readable
+        assert _mapped_kib(path) > 64
 
 
 def _at(blob: bytes, needle: bytes) -> int:
