@@ -24,6 +24,8 @@ def _write(path: Path, extra=None, tokens=TOKENS) -> Path:
     from gguf import GGUFValueType as V
 
     w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_head_count(2)
     w.add_uint8("t.u8", 200)
     w.add_int8("t.i8", -100)
     w.add_uint16("t.u16", 60000)
@@ -78,7 +80,7 @@ def test_every_value_reads_as_gguf_reader_reads_it(meta_gguf):
     # the reader lists the header's counts as pseudo-keys "GGUF.version" ...
     fields = {k: f for k, f in reader.fields.items() if not k.startswith("GGUF.")}
     with GGUFFile(meta_gguf) as gf:
-        assert gf.keys == tuple(fields) and len(fields) == 29
+        assert gf.keys == tuple(fields) and len(fields) == 31
         assert gf.version == reader.fields["GGUF.version"].contents()
         for key, f in fields.items():
             ours, theirs = gf.field(key), f.contents()
@@ -145,6 +147,22 @@ def _mapped_kib(path: Path) -> int:
         elif inside and line.startswith("Rss:"):
             total += int(line.split()[1])
     return total
+
+
+def test_opening_a_gguf_model_leaves_its_vocabulary_unread(big_vocab, meta_gguf):
+    from nntrtool.sources import open_source
+
+    path, tokens = big_vocab
+    with open_source(meta_gguf):  # imports and name tables out of the measure
+        pass
+    tracemalloc.start()
+    try:
+        with open_source(path) as src:
+            assert "model.embed_tokens.weight" in src
+            _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # one str per token would be ~7 MB
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux's smaps")
