@@ -228,6 +228,10 @@ def scan_header(path: Path, size: int, head: memoryview) -> Header:
     names: set[str] = set()
     for i in range(n_tensors):
         name = _text(cur.string(f"name of tensor {i}", MAX_NAME_BYTES), path, "tensor name")
+        if not name.isprintable():
+            raise SourceError(
+                f"{path}: tensor name {name!r} holds control characters; the GGUF is corrupt"
+            )
         if name in names:
             raise SourceError(f"{path}: tensor {name!r} appears twice; the GGUF is corrupt")
         names.add(name)
@@ -246,10 +250,11 @@ def scan_header(path: Path, size: int, head: memoryview) -> Header:
                 "file, or a corrupt one)"
             )
         tname, block, _ = sizes[ggml_type]
-        if dims and dims[0] % block:
+        if block > 1 and (not dims or dims[0] == 0 or dims[0] % block):
+            row = f"rows of {dims[0]} values are" if dims else "a scalar is"
             raise SourceError(
-                f"{path}: tensor {name!r} rows of {dims[0]} values are not whole {tname} blocks "
-                f"of {block}; the GGUF is corrupt"
+                f"{path}: tensor {name!r} {row} not whole {tname} blocks of {block}; the GGUF "
+                "is corrupt"
             )
         if offset % alignment:
             raise SourceError(
