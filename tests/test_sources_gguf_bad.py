@@ -80,7 +80,7 @@ KINDS = {
     "tensor-type": "ggml type 999",
     "data-offset": "past the end of the",
     "architecture": "no tensor name table",
-    "zero-row": "rows of 0 values are not whole Q8_0 blocks",
+    "zero-row": "attn_q.weight' has dimensions",
     "control-name": "embd.weight' holds control characters",
 }
 

@@ -250,7 +250,12 @@ def scan_header(path: Path, size: int, head: memoryview) -> Header:
                 "file, or a corrupt one)"
             )
         tname, block, _ = sizes[ggml_type]
-        if block > 1 and (not dims or dims[0] == 0 or dims[0] % block):
+        if 0 in dims or any(d > 1 << 62 for d in dims):
+            raise SourceError(
+                f"{path}: tensor {name!r} has dimensions {list(reversed(dims))}; the GGUF is "
+                "corrupt"
+            )
+        if block > 1 and (not dims or dims[0] % block):
             row = f"rows of {dims[0]} values are" if dims else "a scalar is"
             raise SourceError(
                 f"{path}: tensor {name!r} {row} not whole {tname} blocks of {block}; the GGUF "
