@@ -252,3 +252,42 @@ def test_damaged_metadata_reads_only_raise_source_error(data):
                         arr[len(arr) - 1]
                 except SourceError as err:
                     assert "\n" not in str(err)
+
+
+def _aligned(path: Path, alignment: int) -> Path:
+    import gguf
+
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_custom_alignment(alignment)
+    w.add_tensor("a.weight", rng.standard_normal((3, 5)).astype(np.float32))
+    w.add_tensor("b.weight", rng.standard_normal((2, 7)).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("alignment", [32, 64, 4096])
+def test_tensors_lie_where_gguf_reader_finds_them(tmp_path, alignment):
+    from gguf import GGUFReader
+
+    path = _aligned(tmp_path / "a.gguf", alignment)
+    theirs = {t.name: np.array(t.data) for t in GGUFReader(path).tensors}
+    with GGUFFile(path) as gf:
+        assert gf.header.alignment == alignment and gf.header.data_start % alignment == 0
+        assert [t.name for t in gf.tensors] == list(theirs)
+        for t in gf.tensors:
+            assert t.begin % alignment == 0
+            np.testing.assert_array_equal(t.read(), theirs[t.name])
+
+
+def test_an_alignment_that_is_not_a_power_of_two_is_one_line(tmp_path):
+    blob = bytearray(_aligned(tmp_path / "a.gguf", 64).read_bytes())
+    at = blob.index(b"general.alignment") + len("general.alignment") + 4
+    blob[at : at + 4] = struct.pack("<I", 48)
+    bad = tmp_path / "b.gguf"
+    bad.write_bytes(bytes(blob))
+    with pytest.raises(SourceError, match="general.alignment 48 is not a power of two"):
+        GGUFFile(bad)
