@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from nntrtool.errors import UsageError
-from nntrtool.synthetic import FILL_CHUNK, FILL_POOL, Filler
+from nntrtool.synthetic import DTYPE_BYTES, FILL_CHUNK, FILL_POOL, Filler, safetensors_header
 
 FAMILIES = ("qwen3_moe", "gpt_oss")
-_BYTES = {"BF16": 2, "U8": 1}
 
 #: ``(name, safetensors dtype, shape)``.
 Entry = tuple[str, str, tuple[int, ...]]
@@ -167,24 +166,12 @@ def moe_shape(
     return build(max(1, math.ceil((float(n_params) - base) / per_layer)))
 
 
-def _header(entries: list[Entry]) -> tuple[bytes, int]:
-    meta: dict[str, object] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, dtype, shape in entries:
-        size = math.prod(shape) * _BYTES[dtype]
-        meta[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    text = json.dumps(meta, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text, offset
-
-
 def make_synthetic_moe(
     path: str | os.PathLike, shape: MoeShape, *, shards: int = 1, seed: int = 0
 ) -> Path:
     """Write ``shape`` as a Hugging Face folder at ``path`` (``shards`` safetensors files)."""
     entries = shape.tensors()
-    sizes = [math.prod(s) * _BYTES[d] for _, d, s in entries]
+    sizes = [math.prod(s) * DTYPE_BYTES[d] for _, d, s in entries]
     per_shard = math.ceil(sum(sizes) / max(1, shards))
     groups: list[list[Entry]] = [[]]
     filled = 0
@@ -208,7 +195,7 @@ def make_synthetic_moe(
             if len(groups) == 1
             else f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
         )
-        header, _ = _header(group)
+        header, _ = safetensors_header(group)
         with open(root / name, "wb") as f:
             f.write(header)
             for tname, dtype, tshape in group:

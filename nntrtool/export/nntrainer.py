@@ -39,7 +39,7 @@ from nntrtool.export.runtime_config import (
 )
 from nntrtool.model_config import ModelConfig
 from nntrtool.progress import ProgressFactory
-from nntrtool.qtypes import F32, Q4_0, Q4_0_REPACKED, Q6_K, get_layout
+from nntrtool.qtypes import F32, Q4_0, Q6_K, get_layout
 
 TARGETS: tuple[str, ...] = ("nntrainer",)
 
@@ -93,7 +93,7 @@ def _check_types(slots: list[tuple[Slot, Any]]) -> None:
         return _hinted_error(slot, found, wanted, moe)
 
     for slot, entry in slots:
-        base = Q4_0 if entry.ttype is Q4_0_REPACKED else entry.ttype
+        base = entry.ttype.plain
         if slot.role is Role.NORM and base is not F32:
             raise _role_error(slot, base.name, "f32 (norms are never quantized)")
         if slot.role is Role.VECTOR and base is not F32:
@@ -122,8 +122,8 @@ def _check_types(slots: list[tuple[Slot, Any]]) -> None:
 
 def _plan_tensor(slot: Slot, entry: Any, isa: str) -> TensorExport:
     shape = tuple(int(s) for s in slot.shape)
-    base = Q4_0 if entry.ttype is Q4_0_REPACKED else entry.ttype
-    source_layout = entry.layout if entry.ttype is Q4_0_REPACKED else None
+    base = entry.ttype.plain
+    source_layout = entry.layout if entry.ttype.plain_name else None
     if slot.role in (Role.LINEAR, Role.LM_HEAD, Role.ROUTER) and base is F32:
         out_shape = (shape[1], shape[0])
         return TensorExport(
