@@ -177,7 +177,10 @@ def convert(
             write_start = time.perf_counter()
             try:
                 stages: dict[str, float] = {}
-                found = _write(plan, by_name, out, options, backend, threads, progress, stages)
+                found = _write(
+                    plan, by_name, out, options, backend, threads, progress, stages,
+                    src.check_unchanged,
+                )  # fmt: skip
             except _NonFiniteChunk as bad:
                 if not options.allow_nonfinite:
                     raise bad.user_error() from None
@@ -452,8 +455,11 @@ def _write(
     threads: int,
     progress: ProgressFactory | None,
     stages: dict[str, float],
+    check_source: Callable[[], None] = lambda: None,
 ) -> list[tuple[str, str]]:
-    """Write the file; returns f32 tensors found holding NaN/inf (only with allow_nonfinite)."""
+    """Write the file; returns f32 tensors found holding NaN/inf (only with allow_nonfinite).
+    ``check_source`` raises when the source changed while it was read: the file is then not
+    given its name."""
     from nntrtool.format import NntrWriter
 
     workers, per_worker = _pool_shape(backend, threads)
@@ -520,6 +526,7 @@ def _write(
                         drain()
             while pending:
                 drain()
+            check_source()
             closing = time.perf_counter()
         stages["close"] = time.perf_counter() - closing
     finally:

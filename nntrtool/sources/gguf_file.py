@@ -22,7 +22,6 @@ decoder registered in :data:`nntrtool.sources.base.BLOCK_DTYPES`.
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ import numpy as np
 from nntrtool.errors import SourceError
 from nntrtool.memory import release_pages
 from nntrtool.sources.base import READABLE_DTYPES, SourceTensor, register_block_dtype
+from nntrtool.sources.mapped import MappedFile
 
 #: The GGUF versions read (version 1 had 32-bit counts and is long gone).
 VERSIONS = (2, 3)
@@ -456,30 +456,23 @@ class StringArray:
         return self._decode(self._owner.mapping()[int(at[i]) + 8 : int(at[i + 1])])
 
 
-class GGUFFile:
+class GGUFFile(MappedFile):
     """One GGUF file, checked and mapped read-only: ``metadata`` by key, ``tensors`` in file order."""
 
+    what = "a GGUF file"
+    min_size = 24
+
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        super().__init__(path)
         try:
-            with open(self.path, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                if size < 24:
-                    raise SourceError(
-                        f"{self.path}: not a GGUF file ({size} bytes, too short for a header)"
-                    )
-                mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        except OSError as exc:
-            raise SourceError(f"cannot open {self.path}: {exc.strerror or exc}") from None
-        except ValueError as exc:
-            raise SourceError(f"cannot map {self.path}: {exc}") from None
-        self._map: mmap.mmap | None = mapped
-        self._buf: np.ndarray | None = np.frombuffer(mapped, dtype=np.uint8)
-        self.header = scan_header(self.path, size, memoryview(self._buf))
+            self.header = scan_header(self.path, self.size, memoryview(self.buffer()))
+        except SourceError:
+            self.close()
+            raise
         # The scan touched every page of the metadata (a vocabulary: megabytes); the data
         # section starts past it, so those pages can leave this process (the page cache keeps
         # them) until a tokenizer reads them again.
-        release_pages(self._buf[: self.header.data_start])
+        release_pages(self.buffer()[: self.header.data_start])
         self.fields = self.header.fields
         self.version = self.header.version
         sizes = _ggml_sizes()
@@ -527,26 +520,3 @@ class GGUFFile:
     @property
     def keys(self) -> tuple[str, ...]:
         return self.header.keys
-
-    def mapping(self) -> mmap.mmap:
-        """The read-only map of the whole file."""
-        if self._map is None:
-            raise SourceError(f"{self.path} was closed; open the model again to read it")
-        return self._map
-
-    def buffer(self) -> np.ndarray:
-        """The whole file as a read-only uint8 array over the map."""
-        if self._buf is None:
-            raise SourceError(f"{self.path} was closed; open the model again to read it")
-        return self._buf
-
-    def close(self) -> None:
-        """Drop the map (arrays still viewing it keep it alive until they are gone)."""
-        self._buf = None
-        self._map = None
-
-    def __enter__(self) -> GGUFFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
