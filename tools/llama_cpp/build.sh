@@ -66,7 +66,9 @@ if [[ ! -f python/.installed ]]; then
 fi
 
 echo "building ${TARGETS[*]} of llama.cpp $LLAMA_CPP_COMMIT in $ROOT/build" >&2
-cmake -S src/vendor/llama.cpp -B build -G Ninja \
+generator=(-G "Unix Makefiles")
+if command -v ninja >/dev/null; then generator=(-G Ninja); fi
+cmake -S src/vendor/llama.cpp -B build "${generator[@]}" \
     -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=OFF \
     -DGGML_NATIVE=OFF \
