@@ -100,9 +100,11 @@ class LlamaCpp:
         self._run([*argv, "--outfile", str(out)], self._python_env())
         return Path(out)
 
-    def quantize(self, src: Path, out: Path, ftype: str, imatrix: Path | None = None) -> str:
-        """``llama-quantize [--imatrix FILE] src out FTYPE 1``; returns its log."""
-        argv = [str(self.tool("llama-quantize"))]
+    def quantize(
+        self, src: Path, out: Path, ftype: str, imatrix: Path | None = None, flags=()
+    ) -> str:
+        """``llama-quantize [FLAGS] [--imatrix FILE] src out FTYPE 1``; returns its log."""
+        argv = [str(self.tool("llama-quantize")), *flags]
         if imatrix is not None:
             argv += ["--imatrix", str(imatrix)]
         return self._run([*argv, str(src), str(out), ftype, "1"])

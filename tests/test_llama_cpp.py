@@ -40,15 +40,18 @@ MODELS = {
                       kv_heads=2),
 }  # fmt: skip
 
-#: llama-quantize's file type -> nntrtool's options that ask for the same file. llama-quantize
-#: keeps the output head at Q6_K in a Q4_0 file (Q8_0 where its rows do not fit 256-value
-#: blocks), which nntrtool's --head-type q6_k does.
+#: llama-quantize's file type (and flags) -> nntrtool's options that ask for the same file.
+#: llama-quantize keeps the output head at Q6_K in a Q4_0 file (Q8_0 where its rows do not fit
+#: 256-value blocks), which nntrtool's --head-type q6_k does; with --pure it does not, as
+#: nntrtool's plain q4_0 does not.
 FILE_TYPES = {
     "Q4_0": dict(quant_type="q4_0", head_type="q6_k"),
+    "Q4_0 --pure": dict(quant_type="q4_0"),
     "Q8_0": dict(quant_type="q8_0"),
     "Q6_K": dict(quant_type="q6_k"),
     "Q4_K_M": dict(quant_type="q4_k_m"),
     "Q5_K_M": dict(quant_type="q5_k_m"),
+    "F16": dict(quant_type="f16"),
 }
 
 #: Text for llama-imatrix: CPython's pydoc topics, as the other imatrix tests use.
@@ -85,9 +88,10 @@ def llama_cpp_files(llama_cpp, tmp_path_factory):
             made[key] = (folder, llama_cpp.convert_hf(folder, root / f"{model}-F32.gguf"))
         else:
             _, f32 = files(model)
-            tag = "-imatrix" if imatrix is not None else ""
-            out = root / f"{model}-{ftype}{tag}.gguf"
-            llama_cpp.quantize(f32, out, ftype, imatrix=imatrix)
+            name, *flags = ftype.split()
+            tag = "".join(flags) + ("-imatrix" if imatrix is not None else "")
+            out = root / f"{model}-{name}{tag}.gguf"
+            llama_cpp.quantize(f32, out, name, imatrix=imatrix, flags=flags)
             made[key] = out
         return made[key]
 
