@@ -14,6 +14,7 @@ import typer
 
 from nntrtool.cli import options as opts
 from nntrtool.cli.display import human_bytes, human_count
+from nntrtool.units import size_change
 
 
 def convert_command(
@@ -277,10 +278,9 @@ def render_plan(report: Any) -> None:
     console.print(_type_table(report, "by type"))
     _render_notes(console, report)
     size = plan.predicted_size
-    ratio = plan.source_bytes / size if size else 0.0
     console.print(
         f"predicted output size: {human_bytes(size)} ({size} bytes); source "
-        f"{human_bytes(plan.source_bytes)}, {ratio:.2f}x smaller"
+        f"{human_bytes(plan.source_bytes)}, {size_change(size, plan.source_bytes)}"
     )
 
 
@@ -296,7 +296,7 @@ def render_report(report: Any, temporary: bool = False) -> None:
         console.print(f"non-finite: {name} {reason}")
     console.print(
         f"{human_bytes(report.file_size)} from {human_bytes(plan.source_bytes)} of source "
-        f"({report.compression:.2f}x smaller); {human_count(plan.params)} params in "
+        f"({size_change(report.file_size, plan.source_bytes)}); {human_count(plan.params)} params in "
         f"{report.seconds:.2f} s = {human_count(report.params_per_s)} params/s "
         f"(backend {report.backend}, {report.threads} thread{'s' if report.threads != 1 else ''})"
     )

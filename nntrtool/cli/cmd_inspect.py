@@ -189,9 +189,8 @@ def _render_footer(out: Any, info: dict[str, Any]) -> None:
     if params:
         out(
             f"parameters: {human_count(params)} ({params:,}); tensor data {human_bytes(data)}, "
-            f"f32 would be {human_bytes(info['f32_bytes'])} (x{info['f32_bytes'] / data:.2f} "
-            f"smaller), bf16 {human_bytes(info['bf16_bytes'])} "
-            f"(x{info['bf16_bytes'] / data:.2f} smaller)"
+            f"{_against(data, info['f32_bytes'], 'f32')} and "
+            f"{_against(data, info['bf16_bytes'], 'bf16')}"
         )
     if checked:
         bad = info["bad_tensors"]
@@ -200,3 +199,13 @@ def _render_footer(out: Any, info: dict[str, Any]) -> None:
                 out(f"[bold red]checksum mismatch[/]: {escape(name)}")
         else:
             out(f"checksums: all {info['tensor_count']} tensors ok")
+
+
+def _against(size: int, ref: int, name: str) -> str:
+    """``'3.56x smaller than f32 (4.3 GiB)'`` (or larger, or the same size as)."""
+    from nntrtool.cli.display import human_bytes
+    from nntrtool.units import size_change
+
+    change = size_change(size, ref)
+    word = "as" if change == "the same size" else "than"
+    return f"{change} {word} {name} ({human_bytes(ref)})"

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from nntrtool.qtypes import TYPES_BY_NAME
+
 #: A tensor's layer in llama.cpp's naming (``blk.12.ffn_down.weight``).
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 
@@ -59,6 +61,14 @@ MIXES: dict[str, Mix] = {
         ),
     )
 }
+
+
+#: The mixtures this build offers: those whose types all exist in the type table.
+MIX_NAMES: tuple[str, ...] = tuple(
+    m.name
+    for m in MIXES.values()
+    if all(t in TYPES_BY_NAME for t in (m.base, m.more_bits, MIX_FALLBACK.get(m.base, "f16")))
+)
 
 
 def use_more_bits(layer: int, layers: int) -> bool:

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from nntrtool.errors import UsageError
+from nntrtool.plan.mixes import MIX_NAMES
 from nntrtool.qtypes import LAYOUTS, TARGET_TYPE_NAMES
 from nntrtool.sources.request import SourceRequest
 
 #: ``--quant-type`` values besides the stored types: ``keep`` stores GGUF blocks as they are
 #: (see the plan), ``auto`` is ``keep`` for GGUF sources and ``q4_0`` for the others.
-QUANT_TYPE_CHOICES = (*TARGET_TYPE_NAMES, "keep", "auto")
+QUANT_TYPE_CHOICES = (*TARGET_TYPE_NAMES, *MIX_NAMES, "keep", "auto")
 
 #: Source bytes per row chunk: large enough to amortize calls, small enough to bound memory.
 DEFAULT_CHUNK_BYTES = 16 << 20

@@ -18,6 +18,8 @@ import numpy as np
 from nntrtool import __version__
 from nntrtool.errors import SourceError, UsageError
 from nntrtool.format import TensorSpec, predict_file_size
+from nntrtool.model_config import ModelConfig
+from nntrtool.plan.mixes import MIXES, MixModel, mix_type
 from nntrtool.plan.options import ConvertOptions
 from nntrtool.qtypes import (
     F32,
@@ -278,8 +280,15 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
     used_overrides: set[int] = set()
     # --head-type applies to the output head, or to the embeddings when they are the head
     head = (tied.embedding if tied.tied else tied.head) if options.head_type else None
+    mix_model = None
+    if options.quant_type in MIXES:
+        cfg = ModelConfig.of(config)
+        layers = cfg.num_layers if isinstance(cfg.num_layers, int) else 0
+        mix_model = MixModel(layers, cfg.num_experts or 0, tied.tied, config)
     plans = [
-        plan_tensor(t, options, used_overrides, head=head) for t in tensors if t.name not in skip
+        plan_tensor(t, options, used_overrides, head=head, mix_model=mix_model)
+        for t in tensors
+        if t.name not in skip
     ]
     notes = []
     if options.head_type and head is None:
@@ -388,6 +397,8 @@ class TensorQuestion:
     shape: tuple[int, ...]
     head: str | None
     used_overrides: set[int] | None
+    #: The model as a type mixture (``--quant-type q4_k_m``) sees it; None for other types.
+    mix_model: MixModel | None = None
 
     @property
     def cols(self) -> int:
@@ -465,6 +476,17 @@ def _rule_keep(q: TensorQuestion) -> TypeChoice | None:
     return TypeChoice(ttype, reason, fallback)
 
 
+def _rule_mix(q: TensorQuestion) -> TypeChoice | None:
+    mix = MIXES.get(q.options.quant_type)
+    if mix is None or q.mix_model is None:
+        return None
+    from nntrtool.names import hf_to_gguf_name
+
+    gguf_name = hf_to_gguf_name(q.tensor.name, q.mix_model.config)
+    type_name, why = mix_type(mix, gguf_name, q.cols, q.mix_model)
+    return TypeChoice(get_type(type_name), why, fallback=";" in why)
+
+
 def _rule_requested(q: TensorQuestion) -> TypeChoice:
     return _fitted(get_type(q.options.quant_type), q.cols, "")
 
@@ -478,6 +500,7 @@ TENSOR_RULES = (
     lambda q: None if q.for_head else _rule_type_override(q),
     lambda q: None if q.for_head else _rule_preferred(q),
     _rule_keep,
+    _rule_mix,
     _rule_requested,
 )
 
@@ -488,11 +511,13 @@ def plan_tensor(
     used_overrides: set[int] | None = None,
     *,
     head: str | None = None,
+    mix_model: MixModel | None = None,
 ) -> TensorPlan:
     """The plan of one tensor under ``options``: the first of :data:`TENSOR_RULES` that decides
     gives the type; ``head`` names the tensor that ``--head-type`` applies to (the head or
     tied embeddings)."""
-    question = TensorQuestion(t, options, tuple(int(s) for s in t.shape), head, used_overrides)
+    shape = tuple(int(s) for s in t.shape)
+    question = TensorQuestion(t, options, shape, head, used_overrides, mix_model)
     choice = next(c for c in (rule(question) for rule in TENSOR_RULES) if c is not None)
     return _tensor_plan(question, choice)
 

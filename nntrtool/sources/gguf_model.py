@@ -76,13 +76,12 @@ def _assemble(gf: GGUFFile, origin: dict[str, Any]) -> ModelSource:
         )
     tensors = sorted(apply_rules(gf.tensors, _rules(gf, arch)), key=lambda t: t.name)
     embed = next((t for t in tensors if t.name == "model.embed_tokens.weight"), None)
-    tokens = gf.field("tokenizer.ggml.tokens")
     config = build_config(
         arch,
         gf.field,
         vocab_rows=embed.shape[0] if embed is not None and embed.ndim == 2 else None,
         has_output="output.weight" in names.values(),
-        token_count=len(tokens) if isinstance(tokens, list) else None,
+        token_count=gf.count("tokenizer.ggml.tokens"),  # the vocabulary stays unread
     )
     # The Hugging Face architecture's own rules too (a MoE router prefers F32), as for folders.
     tensors = apply_rules(tensors, rules_for(config))
