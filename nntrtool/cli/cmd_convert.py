@@ -88,6 +88,13 @@ def convert_command(
         help="The GGUF file to take from a folder or a Hugging Face repo.",
         show_default=False,
     ),
+    gguf_raw_names: bool = typer.Option(
+        False,
+        "--gguf-raw-names",
+        help="Convert a GGUF of a family nntrtool does not know (or holding tensors its family "
+        "does not name) with the GGUF's own tensor names and values, no transform undone; "
+        "flagged in the file's metadata.",
+    ),
     allow_nonfinite: bool = typer.Option(
         False,
         "--allow-nonfinite",
@@ -144,6 +151,7 @@ def convert_command(
         adapters=adapter_specs(lora, lora_scale),
         imatrix=imatrix,
         gguf_file=gguf_file,
+        gguf_raw_names=gguf_raw_names,
     )
 
     progress = progress_factory(quiet)

@@ -141,6 +141,7 @@ def open_for(source_spec: str | Path, options: ConvertOptions) -> Any:
         config=options.config,
         adapters=options.adapters,
         gguf_file=options.gguf_file,
+        gguf_raw_names=options.gguf_raw_names,
     )
 
 
