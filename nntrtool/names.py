@@ -155,9 +155,7 @@ def _reverse_table(arch: str, n_blocks: int, spellings: tuple[str, ...]) -> dict
     return out
 
 
-def hf_name(
-    gguf_name: str, arch: str, n_blocks: int, spellings: tuple[str, ...]
-) -> MappedName:
+def hf_name(gguf_name: str, arch: str, n_blocks: int, spellings: tuple[str, ...]) -> MappedName:
     """The Hugging Face name of one GGUF tensor name, spelled as one of ``spellings`` (a
     family's patterns); unchanged, ``known=False``, if none names it."""
     m = _SUFFIX.fullmatch(gguf_name)

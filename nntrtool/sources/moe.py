@@ -57,5 +57,3 @@ def bias_row(
 def expert_at(*index: object):
     """An index function for a :class:`Placement`: expert number from group 2, then ``index``."""
     return lambda m: (int(m.group(2)), *index)
-
-
