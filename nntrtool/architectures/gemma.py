@@ -16,6 +16,12 @@ def norm_rules(meta: GGUFMeta) -> list[Rule]:
     return [norm_offset_rule(NORMS, 1.0)]
 
 
+def default_rope(cfg: dict, field) -> None:
+    """llama.cpp writes no RoPE base for Gemma and Gemma 2: both use 10000, as transformers'
+    configs do by default."""
+    cfg["rope_parameters"].setdefault("rope_theta", 10000.0)
+
+
 def query_scale(cfg: dict, layers_27b: int) -> None:
     """``query_pre_attn_scalar`` as llama.cpp computes attention: the head size, except for the
     27B models (``layers_27b`` blocks), which scale by ``hidden_size / num_attention_heads``."""
@@ -34,5 +40,6 @@ FAMILY = Family(
     spellings=DECODER_SPELLINGS,
     gguf_rules=norm_rules,
     config_keys=dict(COMMON_KEYS),
+    finish_config=default_rope,
     hidden_act=GELU,
 )

@@ -2,7 +2,7 @@
 other layer sliding-window (llama.cpp's pattern of 2, as transformers builds ``layer_types``)."""
 
 from nntrtool.architectures.base import COMMON_KEYS, DECODER_SPELLINGS, Family
-from nntrtool.architectures.gemma import GELU, norm_rules, query_scale
+from nntrtool.architectures.gemma import GELU, default_rope, norm_rules, query_scale
 
 #: Gemma 2/3's extra per-layer norms (around attention and feed-forward).
 SANDWICH_NORMS = r"model\.layers\.\d+\.(pre|post)_feedforward_layernorm"
@@ -22,6 +22,7 @@ def _finish(cfg: dict, field) -> None:
     cfg["hidden_activation"] = GELU
     query_scale(cfg, LAYERS_27B)
     layer_types(cfg, 2)
+    default_rope(cfg, field)
 
 
 FAMILY = Family(
