@@ -288,3 +288,29 @@ def test_gguf_families_found_from_checkpoint_configs(built):
         assert family is not None and family.name == name
         with open_source(gguf_path) as got:
             assert got.origin["gguf_architecture"] == family.gguf_arch
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gemma3", "llama", "qwen2moe", "phi3"])
+def test_q8_0_gguf_reads_back_within_q8_0_and_verifies_exactly(name, built, tmp_path):
+    """A quantized GGUF: the same names and shapes; values the checkpoint's within Q8_0's error
+    (whole blocks are moved, transposed ones dequantized first); a lossless conversion verified
+    against the GGUF shows exactly zero error, transforms included."""
+    from nntrtool.verify import verify
+
+    hf, gguf_path = built(name, "q8_0")
+    with open_source(hf) as want, open_source(gguf_path) as got:
+        ref = {t.name: t for t in want.tensors}
+        out = {t.name: t for t in got.tensors}
+        assert sorted(out) == sorted(ref)
+        quantized = 0
+        for n, t in ref.items():
+            a, b = t.read_f32(), out[n].read_f32()
+            assert b.shape == a.shape, n
+            # within a Q8_0 step of the tensor's largest value (blocks may run along columns)
+            assert np.abs(b - a).max() <= np.abs(a).max() / 127 + 1e-7, n
+            quantized += not np.array_equal(a, b)
+        assert quantized > 0
+    _convert(gguf_path, tmp_path / "m.nntr")
+    report = verify(tmp_path / "m.nntr", gguf_path)
+    assert report.tensors and all(r.ok for r in report.tensors)
+    assert all(r.max_abs_err == 0 for r in report.tensors if r.max_abs_err is not None)
