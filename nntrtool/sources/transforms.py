@@ -298,16 +298,14 @@ def expert_matrix(
 
 # ---- rules per architecture -------------------------------------------------------------
 
-#: Rules for checkpoints in Hugging Face layout, per architecture name (``config.json``'s
-#: ``architectures[0]``): a function of the config returning the rules (sizes come from it).
-ARCHITECTURE_RULES: dict[str, Callable[[dict], list[Rule]]] = {}
-
 
 def rules_for(config: dict) -> list[Rule]:
-    """The rules that apply to a Hugging Face checkpoint with this config (often none)."""
-    archs = config.get("architectures") or []
-    make = ARCHITECTURE_RULES.get(archs[0]) if archs and isinstance(archs[0], str) else None
-    return make(config) if make is not None else []
+    """The rules that apply to a Hugging Face checkpoint with this config (often none): those
+    its family (:mod:`nntrtool.architectures`, by ``architectures[0]``) declares."""
+    from nntrtool.architectures import for_first_class
+
+    family = for_first_class(config)
+    return family.hf_rules(config) if family is not None else []
 
 
 # ---- the way back: stored tensors into a model's own modules ----------------------------
@@ -335,12 +333,9 @@ class Placement:
         return self.target.format(*m.groups()), self.index(m), self.transpose
 
 
-#: Per architecture, how stored tensors go back into transformers' modules (fused experts).
-MODULE_PLACEMENTS: dict[str, Callable[[dict], list[Placement]]] = {}
-
-
 def placements_for(config: dict) -> list[Placement]:
     """The placements for a model with this config (none: every stored name is a state key)."""
-    archs = config.get("architectures") or []
-    make = MODULE_PLACEMENTS.get(archs[0]) if archs and isinstance(archs[0], str) else None
-    return make(config) if make is not None else []
+    from nntrtool.architectures import for_first_class
+
+    family = for_first_class(config)
+    return family.placements(config) if family is not None else []
