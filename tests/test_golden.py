@@ -23,6 +23,15 @@ def test_hash_tree_names_every_file_of_a_folder(tmp_path: Path) -> None:
     assert golden.hash_tree(tmp_path / "d" / "a.bin") == {"a.bin": tree["a.bin"]}
 
 
+def test_the_scratch_folder_path_does_not_change_a_hash(tmp_path: Path) -> None:
+    a, b = tmp_path / "nntrtool-golden-aaaaaaaa", tmp_path / "nntrtool-golden-bbbbbbbb"
+    for work in (a, b):
+        work.mkdir()
+        (work / "f").write_bytes(b'{"path": "' + str(work / "src").encode() + b'"}')
+    assert golden.sha256(a / "f", a) == golden.sha256(b / "f", b)
+    assert golden.sha256(a / "f") != golden.sha256(b / "f")
+
+
 def test_compare_lists_changed_missing_and_new() -> None:
     want = {"x": {"f": "0" * 64, "g": "1" * 64}, "gone": {"f": "2" * 64}}
     have = {"x": {"f": "3" * 64, "h": "4" * 64}, "added": {"f": "5" * 64}}

@@ -4,7 +4,9 @@ Builds seeded models with the test helpers (tests/models.py, tests/moe_models.py
 tests/gguf_models.py, tests/test_lora.py), runs the ``nntrtool`` command line on them in a
 subprocess (``python -m nntrtool``, so ``PYTHONPATH`` chooses the checkout under test) and
 prints a JSON map ``case -> {file: sha256}``. The files record the absolute path of their
-source, so every run works in the same folder (``--work``, wiped first).
+source, so each file is hashed with the scratch folder's path replaced by ``<work>``; the
+folder's name has a fixed length (``/tmp/nntrtool-golden-XXXXXXXX``), so that the metadata, and
+the offsets after it, do not move between runs.
 
     python tools/golden.py --out benchmarks/results/golden-6ee9c13.json
     python tools/golden.py --compare benchmarks/results/golden-6ee9c13.json
@@ -23,11 +25,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WORK = Path("/tmp/nntrtool-golden")
 #: What :func:`build_sources` returns.
 SOURCE_NAMES = ("llama", "qwen3", "moe", "gpt_oss", "gguf", "lora", "text")
 
@@ -47,7 +49,6 @@ def _helpers() -> dict[str, Callable]:
     import gguf_models
     import models
     import moe_models
-    import test_lora
 
     return {
         "make_hf_model": models.make_hf_model,
@@ -57,15 +58,35 @@ def _helpers() -> dict[str, Callable]:
         "save_gpt_oss": moe_models.save_gpt_oss,
         "pack_gpt_oss_mxfp4": moe_models.pack_gpt_oss_mxfp4,
         "write_gguf": gguf_models.write_gguf,
-        "make_adapter": test_lora.make_adapter,
     }
+
+
+def make_adapter(base: Path, out: Path, *, seed: int = 0, **config) -> Path:
+    """A PEFT adapter of ``base`` with random weights everywhere, saved in ``out`` (as
+    tests/test_lora.py makes them; PEFT initialises lora_B and embedding factors to zero)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    torch.manual_seed(seed)  # PEFT draws lora_A from torch's global generator
+    pm = get_peft_model(model, LoraConfig(**config))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if any(k in name for k in ("lora_B", "lora_embedding", "modules_to_save")):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    pm.save_pretrained(out, safe_serialization=True)
+    cfg_path = out / "adapter_config.json"  # PEFT writes target_modules from a set
+    cfg = json.loads(cfg_path.read_text())
+    cfg["target_modules"] = sorted(cfg["target_modules"])
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    return out
 
 
 def build_sources(src: Path) -> dict[str, Path]:
     """Every source model, seeded: dense llama and qwen3 (Q6_K-sized, with tokenizers), a
     Qwen3-MoE, a GPT-OSS packed in MXFP4, a GGUF of the llama, a PEFT adapter of it."""
-    import torch
-
     h = _helpers()
     out: dict[str, Path] = {}
     out["llama"] = h["make_hf_model"](src / "llama", "llama", seed=0, **h["Q6K"])
@@ -81,8 +102,7 @@ def build_sources(src: Path) -> dict[str, Path]:
         types={"q_proj": "Q4_K", "k_proj": "Q6_K", "mlp": "Q8_0", "o_proj": "Q4_0"},
         default_type="F16",
     )
-    torch.manual_seed(0)  # PEFT draws lora_A from torch's global generator
-    out["lora"] = h["make_adapter"](
+    out["lora"] = make_adapter(
         out["llama"],
         src / "adapter",
         seed=0,
@@ -91,10 +111,6 @@ def build_sources(src: Path) -> dict[str, Path]:
         target_modules=["q_proj", "v_proj", "embed_tokens"],
         modules_to_save=["lm_head"],
     )
-    cfg_path = out["lora"] / "adapter_config.json"  # PEFT writes target_modules from a set
-    cfg = json.loads(cfg_path.read_text())
-    cfg["target_modules"] = sorted(cfg["target_modules"])
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
     out["text"] = src / "calibration.txt"
     out["text"].write_text(TEXT)
     return out
@@ -109,7 +125,8 @@ def _cases(s: dict[str, Path], o: Path) -> list[tuple[str, list[str], Path]]:
     def exp(name: str, nntr: str, *opts: str) -> tuple[str, list[str], Path]:
         return name, ["export", str(o / f"{nntr}.nntr"), str(o / name), *opts], o / name
 
-    imx = o / "imatrix.gguf"
+    imx = o / "imatrix.gguf"  # the text is given relative to the scratch folder, which
+    # the commands run in: the imatrix file records it, and the outputs its checksum
     return [
         conv("llama-q4_0", s["llama"], "--quant-type", "q4_0"),
         conv("llama-q8_0", s["llama"], "--quant-type", "q8_0"),
@@ -144,7 +161,14 @@ def _cases(s: dict[str, Path], o: Path) -> list[tuple[str, list[str], Path]]:
         conv("gguf-q6_k", s["gguf"], "--quant-type", "q6_k"),
         (
             "imatrix",
-            ["imatrix", str(s["llama"]), "--text", str(s["text"]), "-o", str(imx)]
+            [
+                "imatrix",
+                str(s["llama"]),
+                "--text",
+                os.path.relpath(s["text"], o.parent),
+                "-o",
+                str(imx),
+            ]
             + ["--ctx", "32", "-q"],
             imx,
         ),
@@ -174,47 +198,46 @@ def _cases(s: dict[str, Path], o: Path) -> list[tuple[str, list[str], Path]]:
     ]
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def sha256(path: Path, work: Path | None = None) -> str:
+    """SHA-256 of a file's bytes, with every occurrence of the folder ``work`` (the path of
+    the scratch folder, which the files record) replaced by ``<work>``."""
+    data = path.read_bytes()
+    if work is not None:
+        data = data.replace(str(work).encode(), b"<work>")
+    return hashlib.sha256(data).hexdigest()
 
 
-def hash_tree(path: Path) -> dict[str, str]:
+def hash_tree(path: Path, work: Path | None = None) -> dict[str, str]:
     """``{relative file name: sha256}`` of a file, or of every file under a folder."""
     if path.is_file():
-        return {path.name: sha256(path)}
-    return {str(p.relative_to(path)): sha256(p) for p in sorted(path.rglob("*")) if p.is_file()}
+        return {path.name: sha256(path, work)}
+    files = (p for p in sorted(path.rglob("*")) if p.is_file())
+    return {str(p.relative_to(path)): sha256(p, work) for p in files}
 
 
-def run_cases(work: Path, only: set[str] | None = None) -> dict[str, dict[str, str]]:
-    """Build the sources in ``work`` (wiped first), run every case, hash every output."""
-    if work.exists():
-        shutil.rmtree(work)
+def run_cases(work: Path) -> dict[str, dict[str, str]]:
+    """Build the sources in the empty folder ``work``, run every case, hash every output."""
     src, out = work / "src", work / "out"
-    src.mkdir(parents=True)
+    src.mkdir()
     out.mkdir()
     sources = build_sources(src)
     result: dict[str, dict[str, str]] = {"sources": {}}
     for name, path in sources.items():
-        for rel, digest in hash_tree(path).items():
+        for rel, digest in hash_tree(path, work).items():
             result["sources"][f"{name}/{rel}" if path.is_dir() else rel] = digest
     for case, args, target in _cases(sources, out):
-        if only and case not in only:
-            continue
         proc = subprocess.run(
             [sys.executable, "-m", "nntrtool", *args],
             capture_output=True,
             text=True,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            cwd=work,
         )
         if proc.returncode != 0:
             result[case] = {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-400:]}"}
             print(f"{case}: FAILED (exit {proc.returncode})", file=sys.stderr)
             continue
-        result[case] = hash_tree(target)
+        result[case] = hash_tree(target, work)
         print(f"{case}: {len(result[case])} file(s)", file=sys.stderr)
     return result
 
@@ -244,12 +267,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, help="write the JSON map here (default: stdout)")
     ap.add_argument("--compare", type=Path, metavar="FILE", help="exit 1 if outputs differ")
-    ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch folder (wiped)")
     ap.add_argument("--keep", action="store_true", help="leave the scratch folder in place")
     args = ap.parse_args(argv)
-    got = run_cases(args.work)
-    if not args.keep:
-        shutil.rmtree(args.work, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix="nntrtool-golden-", dir="/tmp"))
+    try:
+        got = run_cases(work)
+    finally:
+        if args.keep:
+            print(f"models and outputs kept in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     text = json.dumps(got, indent=1, sort_keys=True) + "\n"
     if args.out:
         args.out.write_text(text)
