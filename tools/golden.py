@@ -3,10 +3,10 @@
 Builds seeded models with the test helpers (tests/models.py, tests/moe_models.py,
 tests/gguf_models.py; a PEFT adapter as tests/test_lora.py makes them), runs the ``nntrtool``
 command line on them in a subprocess (``python -m nntrtool``, so ``PYTHONPATH`` chooses the
-checkout under test) and prints a JSON map ``case -> {file: sha256}``. The files record the absolute path of their
-source, so each file is hashed with the scratch folder's path replaced by ``<work>``; the
-folder's name has a fixed length (``/tmp/nntrtool-golden-XXXXXXXX``), so that the metadata, and
-the offsets after it, do not move between runs.
+checkout under test) and prints a JSON map ``case -> {file: sha256}``. The files record the
+absolute path of their source, so each file is hashed with the scratch folder's path replaced
+by ``<work>``; the folder's name has a fixed length (``/tmp/nntrtool-golden-XXXXXXXX``), so
+that the metadata, and the offsets after it, do not move between runs.
 
     python tools/golden.py --out benchmarks/results/golden-6ee9c13.json
     python tools/golden.py --compare benchmarks/results/golden-6ee9c13.json
