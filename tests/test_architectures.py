@@ -13,7 +13,7 @@ from nntrtool.errors import SourceError
 from nntrtool.names import hf_name
 from nntrtool.sources.base import ArrayTensor
 from nntrtool.sources.gguf_config import build_config
-from nntrtool.sources.transforms import apply_rules
+from nntrtool.tensors.transforms import apply_rules
 
 RNG = np.random.default_rng(0)
 

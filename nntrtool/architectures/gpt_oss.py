@@ -4,7 +4,7 @@ A layer's experts are fused: ``mlp.experts.gate_up_proj`` ``[E, hidden, 2 * inte
 the even columns, up in the odd ones), ``down_proj`` ``[E, inter, hidden]`` (both ``[in, out]``),
 their biases ``[E, 2 * inter]`` and ``[E, hidden]``. The published checkpoint packs the matrices
 in MXFP4 as ``*_blocks``/``*_scales`` in ``[out, in]`` order (gate and up interleaved by rows),
-decoded by :mod:`nntrtool.sources.mxfp4`. Stored, every expert is one ``[out, in]`` matrix per
+decoded by :mod:`nntrtool.tensors.mxfp4`. Stored, every expert is one ``[out, in]`` matrix per
 projection; :func:`gpt_oss_placements` puts them back into transformers' fused parameters.
 
 GPT-OSS GGUFs (``gpt-oss``) are not read yet: llama.cpp stores their experts as ggml MXFP4
@@ -17,10 +17,10 @@ import re
 
 from nntrtool.architectures.base import Family
 from nntrtool.errors import SourceError
-from nntrtool.sources.base import SourceTensor
-from nntrtool.sources.moe import EVEN, ODD, bias_row, expert_at, experts_of, router_rule
-from nntrtool.sources.mxfp4 import mxfp4_matrix
-from nntrtool.sources.transforms import Placement, Rule, TensorLookup, expert_matrix
+from nntrtool.tensors.base import SourceTensor
+from nntrtool.tensors.experts import EVEN, ODD, bias_row, expert_at, experts_of, router_rule
+from nntrtool.tensors.mxfp4 import mxfp4_matrix
+from nntrtool.tensors.transforms import Placement, Rule, TensorLookup, expert_matrix
 
 
 def _fused_gate_up(m: re.Match[str], t: SourceTensor, lookup: TensorLookup) -> list[SourceTensor]:
