@@ -4,7 +4,8 @@ Each command lives in its own ``cmd_*`` module and only parses options, calls on
 function and renders the result. Heavy imports (numba, torch, transformers) happen inside the
 commands that need them, never here, so ``nntrtool --help`` and ``inspect`` start fast.
 Errors a user can cause (:class:`nntrtool.errors.NntrError`) become one line on stderr and an
-exit code; Ctrl-C exits 130 without a traceback.
+exit code; Ctrl-C exits 130 and SIGTERM/SIGHUP 128 + the signal, with one line and no
+traceback.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ def error_line(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the tool; exits with the command's status (0 ok, 1 failure, 2 bad input, 130 Ctrl-C)."""
+    from nntrtool.outputs import INTERRUPTED_LINE, exit_status, install_signal_handlers
+
+    install_signal_handlers()
     try:
         rc = app(args=argv, prog_name="nntrtool", standalone_mode=False)
     except NntrError as err:
@@ -96,9 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     except tuple(_CLICK_ERROR) as ex:
         ex.show()
         sys.exit(ex.exit_code)
-    except (*_ABORT, KeyboardInterrupt):
-        print("interrupted: nothing was written", file=sys.stderr)
-        sys.exit(130)
+    except (*_ABORT, KeyboardInterrupt) as err:
+        print(INTERRUPTED_LINE, file=sys.stderr)
+        sys.exit(exit_status(err))
     except BrokenPipeError:
         sys.exit(1)
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -26,7 +26,7 @@ import numpy as np
 from nntrtool.convert.memory import prefault, release_pages
 from nntrtool.convert.options import ConvertOptions
 from nntrtool.convert.plan import ConversionPlan, TensorPlan, make_plan
-from nntrtool.errors import DiskFullError, NonFiniteError, OutputExistsError, UsageError
+from nntrtool.errors import DiskFullError, NonFiniteError, UsageError
 from nntrtool.progress import ProgressFactory
 
 #: Chunks queued beyond one per worker: enough to overlap, few enough to bound memory.
@@ -102,18 +102,11 @@ class _NonFiniteChunk(Exception):
 
 
 def check_output(out_path: str | Path, force: bool) -> Path:
-    """The output path, after checking it can be written (folder exists, not clobbered)."""
-    out = Path(out_path)
-    if out.is_dir():
-        raise UsageError(
-            f"output {str(out)!r} is a folder: give a file name, e.g. {out / 'model.nntr'}"
-        )
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"cannot write {str(out)!r}: the folder {str(parent)!r} does not exist")
-    if out.exists() and not force:
-        raise OutputExistsError(f"{str(out)!r} already exists: pass --force to overwrite it")
-    return out
+    """The output path, after checking it can be written (folder exists, not clobbered, and
+    with ``force`` only an earlier NNTR file is replaced)."""
+    from nntrtool.outputs import check_output_path
+
+    return check_output_path(out_path, force, "nntr")
 
 
 def check_disk_space(out: Path, needed: int) -> None:
