@@ -200,9 +200,13 @@ def check_output_path(final: str | os.PathLike[str], force: bool, kind: str = "n
     folder = final.parent if str(final.parent) else Path(".")
     is_ours, what = _KINDS[kind]
     if kind != "export" and final.is_dir():
-        raise UsageError(f"output {final} is a folder: give a file name, e.g. {final / 'model.nntr'}")
+        raise UsageError(
+            f"output {final} is a folder: give a file name, e.g. {final / 'model.nntr'}"
+        )
     if not folder.is_dir():
-        raise UsageError(f"cannot write {final}: the folder {folder} does not exist; create it first")
+        raise UsageError(
+            f"cannot write {final}: the folder {folder} does not exist; create it first"
+        )
     if final.exists() or final.is_symlink():
         if not force:
             raise OutputExistsError(f"{final} already exists: pass --force to overwrite it")
