@@ -45,26 +45,41 @@ class Interrupted(KeyboardInterrupt):
         self.signum = int(signum)
 
 
+#: The signal that ended the run, once one has (a library above may swallow the exception).
+received: int | None = None
+
+
 def _raise_interrupted(signum: int, _frame: object) -> None:
+    global received
+    if received is None:
+        received = int(signum)
     raise Interrupted(signum)
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM and SIGHUP end the run like Ctrl-C does (clean-up runs, then exit 128+sig)."""
-    for name in ("SIGTERM", "SIGHUP"):
+    """SIGINT, SIGTERM and SIGHUP end the run alike: clean-up runs, then exit 128 + signal."""
+    global received
+    received = None
+    for name, default in (
+        ("SIGINT", signal.default_int_handler),
+        ("SIGTERM", signal.SIG_DFL),
+        ("SIGHUP", signal.SIG_DFL),
+    ):
         sig = getattr(signal, name, None)
         if sig is None:
             continue
         try:
-            if signal.getsignal(sig) in (signal.SIG_DFL, None):
+            if signal.getsignal(sig) in (default, None):
                 signal.signal(sig, _raise_interrupted)
         except (ValueError, OSError):  # not the main thread, or not settable here
             pass
 
 
-def exit_status(err: BaseException) -> int:
-    """The exit status for an interruption: 130 for Ctrl-C, ``128 + signum`` otherwise."""
-    return 128 + (err.signum if isinstance(err, Interrupted) else int(signal.SIGINT))
+def exit_status(err: BaseException | None = None) -> int:
+    """The exit status for an interruption: ``128 + signum`` (130 for Ctrl-C)."""
+    if isinstance(err, Interrupted):
+        return 128 + err.signum
+    return 128 + (received if received is not None else int(signal.SIGINT))
 
 
 # ----------------------------------------------------------------------------------------------

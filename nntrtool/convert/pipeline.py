@@ -28,6 +28,7 @@ from nntrtool.convert.options import ConvertOptions
 from nntrtool.convert.plan import ConversionPlan, TensorPlan, make_plan
 from nntrtool.errors import DiskFullError, NonFiniteError, UsageError
 from nntrtool.progress import ProgressFactory
+from nntrtool.quant.range_check import first_overflow, largest_magnitude
 
 #: Chunks queued beyond one per worker: enough to overlap, few enough to bound memory.
 _QUEUE_DEPTH = 2
@@ -97,6 +98,30 @@ class _NonFiniteChunk(Exception):
             f"fix the weights, or pass --allow-nonfinite to store such tensors as f32",
             self.row,
             self.col,
+            self.value,
+        )
+
+
+class _OutOfRangeChunk(Exception):
+    """A chunk's values do not fit its type: a block scale came out inf from finite input."""
+
+    def __init__(self, name: str, quant_name: str, row: int, value: float):
+        super().__init__(name)
+        self.name, self.quant_name, self.row, self.value = name, quant_name, row, value
+
+    def reason(self) -> str:
+        return (
+            f"values up to {self.value:.6g} (row {self.row}) overflow {self.quant_name}'s fp16 "
+            "block scale: stored as f32 (--strict refuses instead)"
+        )
+
+    def user_error(self) -> NonFiniteError:
+        return NonFiniteError(
+            f"tensor {self.name!r} holds {self.value:.6g} (row {self.row}), too large for "
+            f"{self.quant_name}'s fp16 block scale (it would decode to inf): scale the weights "
+            "down, store it as f32 with --keep-f32, or drop --strict to let nntrtool do so",
+            self.row,
+            -1,
             self.value,
         )
 
@@ -179,6 +204,11 @@ def convert(
             try:
                 stages: dict[str, float] = {}
                 found = _write(plan, by_name, out, options, backend, threads, progress, stages)
+            except _OutOfRangeChunk as big:
+                if options.strict:
+                    raise big.user_error() from None
+                plan = plan.store_f32({big.name: big.reason()})
+                continue
             except _NonFiniteChunk as bad:
                 if not options.allow_nonfinite:
                     raise bad.user_error() from None
@@ -355,6 +385,10 @@ class _Work:
             raise _NonFiniteChunk(
                 tp.name, self.begin + max(err.row, 0), max(err.col, 0), err.value
             ) from None
+        row = first_overflow(q, tp.quant_name)
+        if row is not None:
+            xf = x if dtype == "F32" else _to_f32(x, dtype)
+            raise _OutOfRangeChunk(tp.name, tp.quant_name, self.begin + row, largest_magnitude(xf))
         if tp.layout is not None:
             q = repack(q, tp.layout.name, backend=self.backend)
         return q
