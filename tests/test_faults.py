@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from faults import (
     INTERRUPTED,
+    ROOT,
     cli,
     expected_status,
     interrupt_when,
@@ -266,3 +268,54 @@ def test_randomized_signals(slow_model, slow_nntr, tmp_path):
         assert one_line(stderr) == INTERRUPTED, what
         assert listing(out_dir) == [], what
     assert snapshot(slow_model) | snapshot(slow_nntr) == before
+
+
+# ----------------------------------------------------------------------------------------------
+# sources that change while they are read
+
+
+def _shard(model: Path) -> Path:
+    return sorted(model.glob("*.safetensors"))[-1]
+
+
+@pytest.mark.parametrize("how", ["truncate", "shrink", "replace", "rewrite"])
+def test_source_changed_while_read(slow_model, tmp_path, how):
+    model = _copy_model(slow_model, tmp_path / "m")
+    shard = _shard(model)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    size = shard.stat().st_size
+
+    proc = subprocess.Popen(
+        _convert_argv(model, out_dir / "o.nntr"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and not listing(out_dir):
+            time.sleep(0.005)
+        assert proc.poll() is None, "the conversion ended before the source could change"
+        if how == "truncate":
+            os.truncate(shard, 1024)
+        elif how == "shrink":
+            os.truncate(shard, size // 2)
+        elif how == "replace":
+            new = shard.with_suffix(".new")
+            new.write_bytes(shard.read_bytes()[: size - 4096])
+            os.replace(new, shard)
+        else:  # the same size, other bytes (an in-place rewrite)
+            with open(shard, "r+b") as fh:
+                fh.seek(size - 8192)
+                fh.write(b"\x01" * 8192)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, stderr  # never a signal death (negative status)
+    line = one_line(stderr)
+    assert str(shard) in line and "changed while being read" in line, line
+    assert listing(out_dir) == []

@@ -330,11 +330,11 @@ class _Work:
     def __init__(
         self,
         tp: TensorPlan,
-        x: np.ndarray,
+        x: np.ndarray | None,
         begin: int,
         backend: str,
         check_f32: bool,
-        prefetched: Future[None] | None,
+        prefetched: Future[Any] | None,
         imatrix: np.ndarray | None = None,
         encoded: bool = False,
     ):
@@ -350,7 +350,9 @@ class _Work:
     def __call__(self) -> np.ndarray:
         t0 = time.perf_counter()
         if self.prefetched is not None:
-            self.prefetched.result()
+            fetched = self.prefetched.result()
+            if self.x is None:
+                self.x = fetched
         t1 = time.perf_counter()
         self.seconds["prefetch_wait"] = t1 - t0
         try:
@@ -544,8 +546,13 @@ def _write(
                 st = by_name[tp.name]
                 for begin, stop in _chunks(tp, st, options.chunk_bytes):
                     encoded = _encoded_rows(st, tp, begin, stop)
-                    x = encoded if encoded is not None else st.read(begin, stop)
-                    pre = fetcher.submit(prefault, x)
+                    # the rows are read on the prefetch thread, overlapping the kernels
+                    x = encoded
+                    pre = (
+                        fetcher.submit(_fetch, st, begin, stop)
+                        if x is None
+                        else fetcher.submit(prefault, x)
+                    )
                     work = _Work(
                         tp, x, begin, backend, True, pre, plan.importance.get(tp.name),
                         encoded=encoded is not None,
@@ -563,6 +570,13 @@ def _write(
         pool.shutdown(wait=True, cancel_futures=True)
         fetcher.shutdown(wait=True, cancel_futures=True)
     return stored_nonfinite
+
+
+def _fetch(st: Any, begin: int, stop: int) -> np.ndarray:
+    """Rows ``begin:stop`` of a source tensor, with their pages in memory."""
+    x = st.read(begin, stop)
+    prefault(x)
+    return x
 
 
 def _encoded_rows(st: Any, tp: TensorPlan, begin: int, stop: int) -> np.ndarray | None:

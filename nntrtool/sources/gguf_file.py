@@ -308,7 +308,7 @@ class GGUFTensor(SourceTensor):
             np_dtype, row_bytes = np.dtype(np.uint8), width
         lo = self.begin + start * row_bytes
         hi = self.begin + stop * row_bytes
-        return self._owner.buffer()[lo:hi].view(np_dtype).reshape(stop - start, width)
+        return self._owner.read_bytes(lo, hi).view(np_dtype).reshape(stop - start, width)
 
 
 class GGUFFile:
@@ -358,10 +358,27 @@ class GGUFFile:
             raise SourceError(f"{self.path} was closed; open the model again to read it")
         return self._buf
 
+    def read_bytes(self, lo: int, hi: int) -> np.ndarray:
+        """Bytes ``lo:hi`` of the file, read with a guard (see :mod:`nntrtool.sources.guarded`):
+        a file truncated or rewritten meanwhile is one SourceError, never SIGBUS."""
+        from nntrtool.sources.guarded import GuardedFile
+
+        if self._buf is None:
+            raise SourceError(f"{self.path} was closed; open the model again to read it")
+        guard = getattr(self, "_guard", None)
+        if guard is None:
+            guard = self._guard = GuardedFile(self.path)
+        out = guard.read(lo, hi - lo)
+        out.flags.writeable = False
+        return out
+
     def close(self) -> None:
         """Drop the map (arrays still viewing it keep it alive until they are gone)."""
         self._buf = None
         self._reader = None
+        guard, self._guard = getattr(self, "_guard", None), None
+        if guard is not None:
+            guard.close()
 
     def __enter__(self) -> GGUFFile:
         return self

@@ -1,4 +1,4 @@
-"""Safetensors files read over a memory map, header parsed and validated here, rows zero-copy.
+"""Safetensors files: header parsed and validated here, rows read with guarded ``pread``.
 
 The format: an unsigned 64-bit little-endian header length ``N``, ``N`` bytes of JSON mapping each
 tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the end
@@ -19,6 +19,7 @@ import numpy as np
 
 from nntrtool.errors import SourceError
 from nntrtool.sources.base import DTYPE_BITS, RAW_DTYPES, SourceTensor, dtype_nbytes
+from nntrtool.sources.guarded import GuardedFile, changed_error
 
 #: Headers larger than this are refused (safetensors' own reader uses the same bound).
 MAX_HEADER_BYTES = 100_000_000
@@ -39,7 +40,7 @@ class SafetensorsTensor(SourceTensor):
         row_bytes = self.cols * np_dtype.itemsize
         lo = self.begin + start * row_bytes
         hi = self.begin + stop * row_bytes
-        flat = self._owner.buffer()[lo:hi].view(np_dtype)
+        flat = self._owner.read_bytes(lo, hi).view(np_dtype)
         return flat.reshape(stop - start, self.cols)
 
 
@@ -77,6 +78,18 @@ class SafetensorsFile:
             self.tensors = self._parse_header(header_bytes, size - self.data_start)
             self._mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         self._buf = np.frombuffer(self._mmap, dtype=np.uint8)
+        self._file: GuardedFile | None = GuardedFile(self.path)
+        if self._file.size != size:
+            raise changed_error(self.path, f"it was {size} bytes, now {self._file.size}")
+
+    def read_bytes(self, lo: int, hi: int) -> np.ndarray:
+        """Bytes ``lo:hi`` of the file, read (not mapped): a file truncated or rewritten
+        meanwhile raises one SourceError instead of killing the process with SIGBUS."""
+        if self._file is None:
+            raise SourceError(f"{self.path} was closed; open the model again to read it")
+        out = self._file.read(lo, hi - lo)
+        out.flags.writeable = False
+        return out
 
     def _parse_header(self, raw: bytes, data_size: int) -> list[SafetensorsTensor]:
         where = self.path
@@ -156,6 +169,9 @@ class SafetensorsFile:
     def close(self) -> None:
         """Drop the map. Arrays still viewing it keep it alive until they are gone."""
         self._buf = None
+        f, self._file = getattr(self, "_file", None), None
+        if f is not None:
+            f.close()
         mm, self._mmap = self._mmap, None
         if mm is not None:
             try:
