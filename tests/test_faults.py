@@ -230,7 +230,7 @@ def test_force_replaces_only_our_outputs(small_model, tmp_path):
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "mine.txt").write_text("mine")
-    proc = run_cli("export", small_model, folder, "--force")
+    proc = run_cli("export", small_model, folder, "--force", "--target", "nntrainer")
     assert proc.returncode == 2 and "not an export folder" in one_line(proc.stderr)
     assert listing(folder) == ["mine.txt"]
     assert listing(tmp_path) == ["folder", "o.nntr"]
@@ -319,3 +319,92 @@ def test_source_changed_while_read(slow_model, tmp_path, how):
     line = one_line(stderr)
     assert str(shard) in line and "changed while being read" in line, line
     assert listing(out_dir) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# outputs that cannot be written
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 512 KiB tmpfs (root and ``mount`` needed; skipped otherwise), unmounted afterwards."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _remount_ro(mnt: Path) -> None:
+    proc = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot remount read-only: {proc.stderr.strip()}")
+
+
+def _output_cases(small_model: Path, nntr: Path, folder: Path) -> dict[str, list[object]]:
+    return {
+        "convert": ["convert", small_model, folder / "o.nntr"],
+        "convert-target": ["convert", small_model, folder / "o", "--target", "nntrainer"],
+        "export": ["export", nntr, folder / "o"],
+        "repack": ["repack", nntr, folder / "o.nntr", "--format", "q4_0_8"],
+    }
+
+
+@pytest.fixture(scope="module")
+def small_nntr(small_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("small_nntr") / "m.nntr"
+    proc = run_cli("convert", small_model, out, "--quiet", "--type", "embed_tokens=q6_k")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.mark.parametrize("command", ["convert", "convert-target", "export", "repack"])
+def test_read_only_output_folder(small_model, small_nntr, small_fs, command):
+    _remount_ro(small_fs)
+    before = snapshot(small_model) | snapshot(small_nntr)
+    proc = run_cli(*_output_cases(small_model, small_nntr, small_fs)[command])
+    assert proc.returncode == 2, proc.stderr
+    line = one_line(proc.stderr)
+    assert str(small_fs) in line and "choose a folder you can write to" in line, line
+    assert listing(small_fs) == []
+    assert snapshot(small_model) | snapshot(small_nntr) == before
+
+
+@pytest.mark.parametrize("command", ["convert", "convert-target", "export", "repack"])
+def test_full_output_folder(small_model, small_nntr, small_fs, command):
+    (small_fs / "filler").write_bytes(b"\0" * (400 << 10))  # leaves about 100 KiB
+    before = snapshot(small_model) | snapshot(small_nntr)
+    proc = run_cli(*_output_cases(small_model, small_nntr, small_fs)[command])
+    assert proc.returncode == 2, proc.stderr
+    line = one_line(proc.stderr)
+    assert "space" in line or "full" in line, line
+    assert listing(small_fs) == ["filler"]
+    assert snapshot(small_model) | snapshot(small_nntr) == before
+
+
+@pytest.mark.parametrize("command", ["convert", "convert-target", "export", "repack"])
+def test_missing_output_folder(small_model, small_nntr, tmp_path, command):
+    folder = tmp_path / "missing"
+    proc = run_cli(*_output_cases(small_model, small_nntr, folder)[command])
+    assert proc.returncode == 2, proc.stderr
+    assert "does not exist" in one_line(proc.stderr)
+    assert not folder.exists()
+
+
+def test_output_that_is_a_folder(small_model, small_nntr, tmp_path):
+    for argv in (
+        ["convert", small_model, tmp_path],
+        ["repack", small_nntr, tmp_path, "--format", "q4_0_8"],
+    ):
+        proc = run_cli(*argv)
+        assert proc.returncode == 2, proc.stderr
+        assert "folder" in one_line(proc.stderr)
+    assert listing(tmp_path) == []
