@@ -24,12 +24,13 @@ import shutil
 import signal
 from pathlib import Path
 
+from nntrtool import messages
 from nntrtool.errors import OutputExistsError, UsageError
 
 #: The part of every temporary name that marks it as nntrtool's.
 TEMP_MARK = ".nntrtool-"
 #: What the entry point prints when a signal ends a run.
-INTERRUPTED_LINE = "interrupted; nothing written"
+INTERRUPTED_LINE = messages.INTERRUPTED
 #: File a folder must hold to be an export of nntrtool.
 EXPORT_MARKER = "nntr_config.json"
 
@@ -151,17 +152,11 @@ def output_error(final: Path, err: OSError) -> UsageError:
 
     folder = final.parent if str(final.parent) else Path(".")
     if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG):
-        return DiskFullError(
-            f"the disk holding {folder} is full; nothing was written: free some space or "
-            "write elsewhere"
-        )
+        return DiskFullError(messages.disk_full(folder))
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return UsageError(
-            f"cannot write in the folder {folder}: {err.strerror or 'permission denied'}; "
-            "choose a folder you can write to"
-        )
+        return UsageError(messages.not_writable(folder, err.strerror or "permission denied"))
     if err.errno == errno.ENOENT:
-        return UsageError(f"the folder {folder} does not exist; create it first")
+        return UsageError(messages.folder_missing(final, folder))
     return UsageError(f"cannot write {final}: {err.strerror or err}")
 
 
@@ -215,25 +210,15 @@ def check_output_path(final: str | os.PathLike[str], force: bool, kind: str = "n
     folder = final.parent if str(final.parent) else Path(".")
     is_ours, what = _KINDS[kind]
     if kind != "export" and final.is_dir():
-        raise UsageError(
-            f"output {final} is a folder: give a file name, e.g. {final / 'model.nntr'}"
-        )
+        raise UsageError(messages.output_is_folder(final))
     if not folder.is_dir():
-        raise UsageError(
-            f"cannot write {final}: the folder {folder} does not exist; create it first"
-        )
+        raise UsageError(messages.folder_missing(final, folder))
     if final.exists() or final.is_symlink():
         if not force:
-            raise OutputExistsError(f"{final} already exists: pass --force to overwrite it")
+            raise OutputExistsError(messages.output_exists(final))
         if not is_ours(final):
-            raise UsageError(
-                f"{final} is not {what}; --force replaces only nntrtool's own outputs: "
-                "remove it yourself or choose another name"
-            )
+            raise UsageError(messages.not_ours(final, what))
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(
-            f"cannot write in the folder {folder}: permission denied; choose a folder you can "
-            "write to"
-        )
+        raise UsageError(messages.not_writable(folder))
     remove_stale(final)
     return final

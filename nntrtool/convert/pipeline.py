@@ -110,16 +110,15 @@ class _OutOfRangeChunk(Exception):
         self.name, self.quant_name, self.row, self.value = name, quant_name, row, value
 
     def reason(self) -> str:
-        return (
-            f"values up to {self.value:.6g} (row {self.row}) overflow {self.quant_name}'s fp16 "
-            "block scale: stored as f32 (--strict refuses instead)"
-        )
+        from nntrtool.messages import out_of_range_reason
+
+        return out_of_range_reason(self.value, self.row, self.quant_name)
 
     def user_error(self) -> NonFiniteError:
+        from nntrtool.messages import out_of_range
+
         return NonFiniteError(
-            f"tensor {self.name!r} holds {self.value:.6g} (row {self.row}), too large for "
-            f"{self.quant_name}'s fp16 block scale (it would decode to inf): scale the weights "
-            "down, store it as f32 with --keep-f32, or drop --strict to let nntrtool do so",
+            out_of_range(self.name, self.value, self.row, self.quant_name),
             self.row,
             -1,
             self.value,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nntrtool.errors import SourceError
+from nntrtool.messages import config_count_mismatch
 
 Config = dict[str, Any]
 
@@ -122,12 +123,10 @@ def register(model_type: str, dims: Sequence[Dim]) -> None:
     FAMILIES[model_type] = tuple(FAMILIES.get(model_type, ())) + tuple(dims)
 
 
-def _mismatch(label: str, value: int, name: str, shape: Sequence[int], why: str = "") -> str:
-    return (
-        f"config says {label} = {value} but tensor {name} has shape {list(shape)}{why}: the "
-        "config does not describe these weights; fix config.json or give the right one "
-        "with --config"
-    )
+def _mismatch(label: str, value: int, name: str, shape: Sequence[int]) -> str:
+    from nntrtool.messages import config_mismatch
+
+    return config_mismatch(label, value, name, shape)
 
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
@@ -152,10 +151,11 @@ def check_config(cfg: Config, tensors: Sequence[Any]) -> None:
     if layers is not None and seen and seen != list(range(layers)):
         have = len(seen)
         raise SourceError(
-            f"config says num_hidden_layers = {layers} but the weights hold "
-            f"{have} layer{'s' if have != 1 else ''} (model.layers.{seen[0]}..{seen[-1]}): the "
-            "config does not describe these weights; fix config.json or give the right one "
-            "with --config"
+            config_count_mismatch(
+                "num_hidden_layers",
+                layers,
+                f"{have} layer{'s' if have != 1 else ''} (model.layers.{seen[0]}..{seen[-1]})",
+            )
         )
 
     experts = experts_count(cfg)
@@ -168,10 +168,12 @@ def check_config(cfg: Config, tensors: Sequence[Any]) -> None:
         for layer, ids in sorted(per_layer.items()):
             if sorted(ids) != list(range(experts)):
                 raise SourceError(
-                    f"config says {experts} experts (num_experts) but layer {layer} holds "
-                    f"{len(ids)} (model.layers.{layer}.mlp.experts.{min(ids)}..{max(ids)}): "
-                    "the config does not describe these weights; fix config.json or give "
-                    "the right one with --config"
+                    config_count_mismatch(
+                        "num_experts",
+                        experts,
+                        f"{len(ids)} in layer {layer} "
+                        f"(model.layers.{layer}.mlp.experts.{min(ids)}..{max(ids)})",
+                    )
                 )
     top_k = key("num_experts_per_tok", "num_experts_per_token")(cfg)
     if top_k is not None and experts is not None and per_layer and not 1 <= top_k <= experts:

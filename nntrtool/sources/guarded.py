@@ -24,10 +24,9 @@ _MAX_READ = 1 << 30
 
 def changed_error(path: Path, detail: str) -> SourceError:
     """The one line for a source that changed while nntrtool was reading it."""
-    return SourceError(
-        f"{path} changed while being read ({detail}); nothing was written: wait until "
-        "whatever writes it has finished, then run again"
-    )
+    from nntrtool.messages import source_changed
+
+    return SourceError(source_changed(path, detail))
 
 
 class GuardedFile:
