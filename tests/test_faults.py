@@ -142,8 +142,10 @@ def _convert_argv(model: Path, out: Path) -> list[str]:
     )
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-@pytest.mark.parametrize("delay", [0.0, 0.4])
+@pytest.mark.parametrize(
+    ("sig", "delay"),
+    [(signal.SIGINT, 0.0), (signal.SIGTERM, 0.4), (signal.SIGHUP, 0.0), (signal.SIGINT, 0.8)],
+)
 def test_convert_signal_leaves_nothing(slow_model, tmp_path, sig, delay):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -408,3 +410,52 @@ def test_output_that_is_a_folder(small_model, small_nntr, tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert "folder" in one_line(proc.stderr)
     assert listing(tmp_path) == []
+
+
+class _ChangeSourceAfter:
+    """A progress display that changes ``path`` (truncates or rewrites it in place) once the
+    run has advanced a few times: the fault arrives mid-run, from outside the reading code."""
+
+    def __init__(self, path: Path, how: str, after: int = 3):
+        self.path, self.how, self.after, self.calls = path, how, after, 0
+
+    def __call__(self, total, description):
+        import contextlib
+
+        return contextlib.nullcontext(self)
+
+    def advance(self, n, current=None):
+        self.calls += 1
+        if self.calls != self.after:
+            return
+        if self.how == "truncate":
+            os.truncate(self.path, 4096)
+        else:
+            size = self.path.stat().st_size
+            with open(self.path, "r+b") as fh:
+                fh.seek(size - 64)
+                fh.write(b"\x55" * 64)
+            st = self.path.stat()  # a rewrite within the same clock tick still counts
+            os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+
+@pytest.mark.parametrize("how", ["truncate", "rewrite"])
+@pytest.mark.parametrize("command", ["repack", "export"])
+def test_nntr_source_changed_while_read(small_nntr, tmp_path, command, how):
+    from nntrtool.errors import SourceError
+    from nntrtool.export import export_nntr
+    from nntrtool.repack_file import repack_file
+
+    src = tmp_path / "m.nntr"
+    src.write_bytes(small_nntr.read_bytes())
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    progress = _ChangeSourceAfter(src, how)
+    with pytest.raises(SourceError, match="changed while being read") as err:
+        if command == "repack":
+            repack_file(src, out_dir / "o.nntr", "q4_0_8", progress=progress)
+        else:
+            export_nntr(src, out_dir / "o", progress=progress)
+    assert str(src) in str(err.value) and "\n" not in str(err.value)
+    assert progress.calls >= progress.after
+    assert listing(out_dir) == []

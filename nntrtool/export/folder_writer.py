@@ -247,6 +247,9 @@ def write_export(
                 writer.close()
         finally:
             os.close(fd)
+        check = getattr(nf, "check_unchanged", None)
+        if check is not None:  # the source must still be what was read, before any rename
+            check()
         written = (tmp / plan.model_file_name).stat().st_size
         if written != plan.weight_bytes:  # a bug, not a user error: never ship a bad file
             raise RuntimeError(f"wrote {written} bytes, planned {plan.weight_bytes}")
