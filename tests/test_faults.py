@@ -459,3 +459,22 @@ def test_nntr_source_changed_while_read(small_nntr, tmp_path, command, how):
     assert str(src) in str(err.value) and "\n" not in str(err.value)
     assert progress.calls >= progress.after
     assert listing(out_dir) == []
+
+
+def test_checkpoint_source_changed_before_a_read(tmp_path):
+    """A PyTorch .bin is mapped by torch; a file that changed is refused before its rows
+    are touched (a mapped page past a new end would be SIGBUS)."""
+    import torch
+
+    from nntrtool.errors import SourceError
+    from nntrtool.sources.checkpoint import CheckpointFile
+
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"w": torch.ones(64, 256)}, path)
+    f = CheckpointFile(path)
+    (w,) = f.tensors
+    assert w.read(0, 2).shape == (2, 256)
+    os.truncate(path, 512)
+    with pytest.raises(SourceError, match="changed while being read") as err:
+        w.read(2, 4)
+    assert str(path) in str(err.value)
