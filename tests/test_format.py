@@ -177,6 +177,12 @@ def test_existing_output_needs_force(tmp_path):
     with pytest.raises(OutputExistsError, match="--force"):
         NntrWriter(path, {}, specs)
     assert path.read_bytes() == b"keep me"
+    # --force replaces only an earlier NNTR file, never a file of someone else's
+    with pytest.raises(UsageError, match="not an NNTR file"):
+        NntrWriter(path, {}, specs, force=True)
+    assert path.read_bytes() == b"keep me"
+    path.unlink()
+    write_file(path, [TensorSpec("old", F32, (2,))])
     write_file(path, specs, force=True)
     with NntrFile(path) as f:
         assert f.names == ["t"]
@@ -203,7 +209,7 @@ def test_sigint_while_writing_leaves_nothing(tmp_path):
 
     out = tmp_path / "out"
     out.mkdir()
-    (out / "m.nntr").write_bytes(b"previous")
+    (out / "m.nntr").write_bytes(b"NNTR previous")  # an earlier output
     script = (
         "import sys, time\n"
         "import numpy as np\n"
@@ -230,16 +236,16 @@ def test_sigint_while_writing_leaves_nothing(tmp_path):
         proc.communicate()
     assert proc.returncode != 0
     assert [p.name for p in out.iterdir()] == ["m.nntr"]
-    assert (out / "m.nntr").read_bytes() == b"previous"
+    assert (out / "m.nntr").read_bytes() == b"NNTR previous"
 
 
 def test_error_in_block_keeps_existing_output(tmp_path):
     path = tmp_path / "m.nntr"
-    path.write_bytes(b"old")
+    path.write_bytes(b"NNTR old")
     with pytest.raises(RuntimeError):
         with NntrWriter(path, {}, [TensorSpec("a", F32, (4,))], force=True):
             raise RuntimeError
-    assert path.read_bytes() == b"old"
+    assert path.read_bytes() == b"NNTR old"
     assert list(tmp_path.iterdir()) == [path]
 
 
