@@ -1,13 +1,15 @@
 """numba code shared by the Q4_K, Q5_K and Q5_1 kernels: ggml's ``make_qkx2_quants`` /
-``make_qkx3_quants`` search on 16 runs of 32 values at once, and ``make_qp_quants``.
+``make_qkx3_quants`` search on 64 runs of 32 values at once, and ``make_qp_quants``.
 
-The 16 runs sit in a position-major tile (``s[_XT + 16*i + lane]`` is value i of run
-``lane``), so each step of ggml's sequential per-run loops is one 16-lane loop that LLVM turns
-into SIMD code without reordering any single sum (``fastmath`` stays off). For the K-quants
-the 16 runs are the 8 sub-blocks of two superblocks; ggml's candidates must be tried in order
-(an accepted one moves the min the next is measured from), so two superblocks side by side
-are what keeps the vector units busy. ``nearest_int`` is ggml's bit-level one throughout.
-Imported on first use only.
+The 64 runs sit in a position-major tile (``s[XT + 64*i + lane]`` is value i of run
+``lane``), so each step of ggml's sequential per-run loops is one 64-lane loop that LLVM turns
+into SIMD code without reordering any single sum (``fastmath`` stays off; a loop much shorter
+than 64 would be unrolled into scalar code before the vectorizer sees it). For the K-quants
+the 64 runs are the 8 sub-blocks of 8 superblocks; ggml's candidates must be tried in order
+(an accepted one moves the min the next is measured from), so superblocks side by side are
+what keeps the vector units busy. The candidates round with float arithmetic, which equals
+ggml's bit-level ``nearest_int`` while ``|v| <= 2^22 - 1``; a tile where some value is beyond
+that (or NaN) is searched again with the bit-level rounding. Imported on first use only.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from .kquants import (
     search_numerators,
 )
 
-LANES = 16  # runs searched side by side
+LANES = 64  # runs searched side by side
+SB_PER_TILE = LANES // 8  # superblocks per tile
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
 _TWO = np.float32(2.0)
@@ -45,7 +48,7 @@ QP_NUMS = qp_numerators()
 
 # Offsets into one flat float32 scratch (constant offsets let LLVM see that the tiles never
 # overlap, which it needs to vectorize the lane loops).
-XT = 0  # (32 positions, 16 lanes) values
+XT = 0  # (32 positions, LANES lanes) values
 W = XT + SUB * LANES  # weights
 QL = W + SUB * LANES  # codes of the candidate being tried
 CODES = QL + SUB * LANES  # codes of the best candidate so far, then the final codes
@@ -67,7 +70,8 @@ TM = TS + LANES
 TAKE = TM + LANES
 ERR = TAKE + LANES
 MINS = ERR + LANES  # ggml's *the_min of each run
-DJ = MINS + LANES
+BAD = MINS + LANES  # lanes the float rounding of the search may have got wrong
+DJ = BAD + LANES
 DMJ = DJ + LANES
 SCRATCH = DMJ + LANES
 
@@ -82,102 +86,130 @@ def nearest_code(v, nmax):
     return np.float32(q)
 
 
+_EXACT_LIMIT = np.float32(4194303.0)
+
+
 @register_jitable
-def qkx_search(s, nmax, nums, strict_flat):
-    """ggml's make_qkx2_quants (``strict_flat``) / make_qkx3_quants on the 16 runs of the tile
-    in ``s`` (values at XT, weights at W). Leaves each run's scale at SCALE, its ``*the_min`` at
-    MINS, its codes at CODES and its weight sum at SUMW."""
-    for j in range(LANES):
-        v = s[XT + j]
-        s[MN + j] = v
-        s[MX + j] = v
-        w = s[W + j]
-        s[SUMW + j] = w
-        s[SUMX + j] = w * v
-    for i in range(1, SUB):
-        for j in range(LANES):
-            v = s[XT + LANES * i + j]
-            w = s[W + LANES * i + j]
-            s[MN + j] = v if v < s[MN + j] else s[MN + j]
-            s[MX + j] = v if v > s[MX + j] else s[MX + j]
-            s[SUMW + j] = s[SUMW + j] + w
-            s[SUMX + j] = s[SUMX + j] + w * v
+def fast_code(v, nmax):
+    """:func:`nearest_code` as float arithmetic: the same for ``|v| <= 2^22 - 1``, which the
+    search checks (see :func:`qkx_search`)."""
+    t = (v + _BIAS) - _BIAS
+    t = t if t > _ZERO else _ZERO
     fnmax = np.float32(nmax)
-    for j in range(LANES):
-        mn = s[MN + j]
-        mn = _ZERO if mn > _ZERO else mn
-        s[MN + j] = mn
-        s[CUR + j] = mn
-        mx = s[MX + j]
-        flat = (mx == mn) if strict_flat else (mx <= mn)
-        s[FLAT + j] = _ONE if flat else _ZERO
-        rng = _ONE if flat else mx - mn
-        s[RNG + j] = rng
-        inv = fnmax / rng
-        s[INV + j] = inv
-        s[SCALE + j] = _ONE / inv
-        s[BEST + j] = _ZERO
-    for i in range(SUB):
+    return t if t < fnmax else fnmax
+
+
+def _make_qkx_search(code, check):
+    @register_jitable
+    def qkx_search(s, nmax, nums, strict_flat):
+        """ggml's make_qkx2_quants (``strict_flat``) / make_qkx3_quants on the 64 runs of the tile
+        in ``s`` (values at XT, weights at W). Leaves each run's scale at SCALE, its ``*the_min`` at
+        MINS, its codes at CODES and its weight sum at SUMW."""
         for j in range(LANES):
-            x = s[XT + LANES * i + j]
-            q = nearest_code(s[INV + j] * (x - s[MN + j]), nmax)
-            s[CODES + LANES * i + j] = q
-            diff = (s[SCALE + j] * q + s[MN + j]) - x
-            s[BEST + j] = s[BEST + j] + s[W + LANES * i + j] * (diff * diff)
-    for c in range(nums.size):
-        num = nums[c]
+            v = s[XT + j]
+            s[MN + j] = v
+            s[MX + j] = v
+            w = s[W + j]
+            s[SUMW + j] = w
+            s[SUMX + j] = w * v
+        for i in range(1, SUB):
+            for j in range(LANES):
+                v = s[XT + LANES * i + j]
+                w = s[W + LANES * i + j]
+                s[MN + j] = v if v < s[MN + j] else s[MN + j]
+                s[MX + j] = v if v > s[MX + j] else s[MX + j]
+                s[SUMW + j] = s[SUMW + j] + w
+                s[SUMX + j] = s[SUMX + j] + w * v
+        fnmax = np.float32(nmax)
         for j in range(LANES):
-            rng = s[MX + j] - s[CUR + j]
-            rng = _ONE if s[FLAT + j] != _ZERO else rng
-            s[INV + j] = num / rng
-            s[SL + j] = _ZERO
-            s[SL2 + j] = _ZERO
-            s[SXL + j] = _ZERO
-            s[ERR + j] = _ZERO
+            mn = s[MN + j]
+            mn = _ZERO if mn > _ZERO else mn
+            s[MN + j] = mn
+            s[CUR + j] = mn
+            mx = s[MX + j]
+            flat = (mx == mn) if strict_flat else (mx <= mn)
+            s[FLAT + j] = _ONE if flat else _ZERO
+            rng = _ONE if flat else mx - mn
+            s[RNG + j] = rng
+            inv = fnmax / rng
+            s[INV + j] = inv
+            s[SCALE + j] = _ONE / inv
+            s[BEST + j] = _ZERO
+            s[BAD + j] = _ZERO
         for i in range(SUB):
             for j in range(LANES):
                 x = s[XT + LANES * i + j]
-                q = nearest_code(s[INV + j] * (x - s[CUR + j]), nmax)
-                s[QL + LANES * i + j] = q
-                wl = s[W + LANES * i + j] * q
-                s[SL + j] = s[SL + j] + wl
-                s[SL2 + j] = s[SL2 + j] + wl * q
-                s[SXL + j] = s[SXL + j] + wl * x
-        for j in range(LANES):
-            sw = s[SUMW + j]
-            sx = s[SUMX + j]
-            sl = s[SL + j]
-            sl2 = s[SL2 + j]
-            sxl = s[SXL + j]
-            d = sw * sl2 - sl * sl
-            ts = (sw * sxl - sx * sl) / d
-            tm = (sl2 * sx - sl * sxl) / d
-            pos = tm > _ZERO
-            s[TM + j] = _ZERO if pos else tm
-            s[TS + j] = sxl / sl2 if pos else ts
-            s[TAKE + j] = _ONE if d > _ZERO else _ZERO
-        for i in range(SUB):
+                q = nearest_code(s[INV + j] * (x - s[MN + j]), nmax)
+                s[CODES + LANES * i + j] = q
+                diff = (s[SCALE + j] * q + s[MN + j]) - x
+                s[BEST + j] = s[BEST + j] + s[W + LANES * i + j] * (diff * diff)
+        for c in range(nums.size):
+            num = nums[c]
             for j in range(LANES):
-                diff = (s[TS + j] * s[QL + LANES * i + j] + s[TM + j]) - s[XT + LANES * i + j]
-                s[ERR + j] = s[ERR + j] + s[W + LANES * i + j] * (diff * diff)
+                rng = s[MX + j] - s[CUR + j]
+                rng = _ONE if s[FLAT + j] != _ZERO else rng
+                s[INV + j] = num / rng
+                s[SL + j] = _ZERO
+                s[SL2 + j] = _ZERO
+                s[SXL + j] = _ZERO
+                s[ERR + j] = _ZERO
+            for i in range(SUB):
+                for j in range(LANES):
+                    x = s[XT + LANES * i + j]
+                    v = s[INV + j] * (x - s[CUR + j])
+                    if check:  # NaN fails the test too
+                        ok = abs(v) <= _EXACT_LIMIT
+                        s[BAD + j] = s[BAD + j] if ok else _ONE
+                    q = code(v, nmax)
+                    s[QL + LANES * i + j] = q
+                    wl = s[W + LANES * i + j] * q
+                    s[SL + j] = s[SL + j] + wl
+                    s[SL2 + j] = s[SL2 + j] + wl * q
+                    s[SXL + j] = s[SXL + j] + wl * x
+            for j in range(LANES):
+                sw = s[SUMW + j]
+                sx = s[SUMX + j]
+                sl = s[SL + j]
+                sl2 = s[SL2 + j]
+                sxl = s[SXL + j]
+                d = sw * sl2 - sl * sl
+                ts = (sw * sxl - sx * sl) / d
+                tm = (sl2 * sx - sl * sxl) / d
+                pos = tm > _ZERO
+                s[TM + j] = _ZERO if pos else tm
+                s[TS + j] = sxl / sl2 if pos else ts
+                s[TAKE + j] = _ONE if d > _ZERO else _ZERO
+            for i in range(SUB):
+                for j in range(LANES):
+                    diff = (s[TS + j] * s[QL + LANES * i + j] + s[TM + j]) - s[XT + LANES * i + j]
+                    s[ERR + j] = s[ERR + j] + s[W + LANES * i + j] * (diff * diff)
+            for j in range(LANES):
+                take = s[TAKE + j] != _ZERO and s[ERR + j] < s[BEST + j]
+                s[TAKE + j] = _ONE if take else _ZERO
+                s[BEST + j] = s[ERR + j] if take else s[BEST + j]
+                s[SCALE + j] = s[TS + j] if take else s[SCALE + j]
+                s[CUR + j] = s[TM + j] if take else s[CUR + j]
+            for i in range(SUB):
+                for j in range(LANES):
+                    k = LANES * i + j
+                    s[CODES + k] = s[QL + k] if s[TAKE + j] != _ZERO else s[CODES + k]
         for j in range(LANES):
-            take = s[TAKE + j] != _ZERO and s[ERR + j] < s[BEST + j]
-            s[TAKE + j] = _ONE if take else _ZERO
-            s[BEST + j] = s[ERR + j] if take else s[BEST + j]
-            s[SCALE + j] = s[TS + j] if take else s[SCALE + j]
-            s[CUR + j] = s[TM + j] if take else s[CUR + j]
+            flat = s[FLAT + j] != _ZERO
+            s[SCALE + j] = _ZERO if flat else s[SCALE + j]
+            s[MINS + j] = -(s[MN + j] if flat else s[CUR + j])
         for i in range(SUB):
             for j in range(LANES):
                 k = LANES * i + j
-                s[CODES + k] = s[QL + k] if s[TAKE + j] != _ZERO else s[CODES + k]
-    for j in range(LANES):
-        flat = s[FLAT + j] != _ZERO
-        s[SCALE + j] = _ZERO if flat else s[SCALE + j]
-        s[MINS + j] = -(s[MN + j] if flat else s[CUR + j])
-    for i in range(SUB):
-        for j in range(LANES):
-            k = LANES * i + j
-            s[CODES + k] = _ZERO if s[FLAT + j] != _ZERO else s[CODES + k]
+                s[CODES + k] = _ZERO if s[FLAT + j] != _ZERO else s[CODES + k]
+
+    return qkx_search
+
+
+#: The search with ggml's bit-level rounding everywhere.
+qkx_search = _make_qkx_search(nearest_code, False)
+#: The search rounding candidates with float arithmetic; lanes where that may differ from
+#: ggml's (a value beyond 2^22 - 1, or NaN) are flagged at BAD.
+qkx_search_fast = _make_qkx_search(fast_code, True)
 
 
 @register_jitable(inline="always")
@@ -378,7 +410,7 @@ def requantize(s, nmax):
 
 @register_jitable
 def quantize_tile(x, r, b0, nsb, src_kind, qwt, weighted_flag, nmax, nums, s, ls, lm, orow, bb):
-    """Quantize superblocks b0 .. b0+nsb-1 (nsb <= 2) of row ``r`` into ``orow`` (blocks of
+    """Quantize superblocks b0 .. b0+nsb-1 (nsb <= SB_PER_TILE) of row ``r`` into ``orow`` (blocks of
     ``bb`` bytes); False if a value is not finite."""
     if not load_tile(x, r, b0 * 256, 8 * nsb, src_kind, s):
         return False
@@ -390,7 +422,12 @@ def quantize_tile(x, r, b0, nsb, src_kind, qwt, weighted_flag, nmax, nums, s, ls
             weighted(s, qwt, (b0 + t) * 256, 8 * t, sigma2_of(s, 8 * t, 8))
     else:
         plain_weights(s)
-    qkx_search(s, nmax, nums, not weighted_flag)
+    qkx_search_fast(s, nmax, nums, not weighted_flag)
+    redo = False
+    for j in range(LANES):
+        redo = redo or s[BAD + j] != _ZERO
+    if redo:
+        qkx_search(s, nmax, nums, not weighted_flag)
     for t in range(nsb):
         finish_superblock(s, 8 * t, nmax, weighted_flag, ls, lm, orow, (b0 + t) * bb)
     requantize(s, nmax)
@@ -423,7 +460,7 @@ def tile_importance(qw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(tiles).reshape(-1)
 
 
-_TILES_PER_TASK = 8  # tiles of two superblocks per parallel work item
+_TILES_PER_TASK = 2  # tiles per parallel work item
 
 
 @nc.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
@@ -431,7 +468,7 @@ def quantize_kernel(x, src_kind, qwt, weighted_flag, nmax, nums, bb, out, bad):
     """Quantize every row of ``x`` to K-quant blocks of ``bb`` bytes (codes 0..nmax)."""
     rows, cols = x.shape
     per_row = cols // 256
-    tpr = (per_row + 1) // 2
+    tpr = (per_row + SB_PER_TILE - 1) // SB_PER_TILE
     total = rows * tpr
     ntasks = (total + _TILES_PER_TASK - 1) // _TILES_PER_TASK
     for task in nc.prange(ntasks):
@@ -440,8 +477,8 @@ def quantize_kernel(x, src_kind, qwt, weighted_flag, nmax, nums, bb, out, bad):
         lm = np.empty(8, dtype=np.int32)
         for k in range(task * _TILES_PER_TASK, min(total, (task + 1) * _TILES_PER_TASK)):
             r = k // tpr
-            b0 = 2 * (k - r * tpr)
-            nsb = min(2, per_row - b0)
+            b0 = SB_PER_TILE * (k - r * tpr)
+            nsb = min(SB_PER_TILE, per_row - b0)
             ok = quantize_tile(
                 x, r, b0, nsb, src_kind, qwt, weighted_flag, nmax, nums, s, ls, lm, out[r], bb
             )

@@ -1,5 +1,5 @@
 """numba kernels of Q5_1: the same bytes as ``q5_1.quantize_xp`` / ``quantize_imatrix_xp`` and
-ggml's dequantized values; the weighted search is the K-quants' (``_kquants_numba``), 16 blocks
+ggml's dequantized values; the weighted search is the K-quants' (``_kquants_numba``), 64 blocks
 side by side. Imported on first use only."""
 
 from __future__ import annotations
