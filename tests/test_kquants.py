@@ -204,7 +204,7 @@ def test_new_types_round_trip_through_a_file_and_inspect(tmp_path, capsys):
             assert f.raw(s.name).tobytes() == data[s.name].tobytes()
             back = dequantize(f.raw(s.name), s.ttype, x.shape)
             rel = np.linalg.norm(back - x) / np.linalg.norm(x)
-            assert rel < s.ttype.max_rel_err / 2
+            assert rel < s.ttype.max_rel_err
     with pytest.raises(SystemExit) as ex:
         main(["inspect", str(path)])
     assert ex.value.code in (0, None)
