@@ -143,6 +143,7 @@ Q4_K = TensorType(
     kernels="nntrtool.quant.q4_k",
     numba_kernels="nntrtool.quant._q4_k_numba",
     uses_imatrix=True,
+    target=True,
     fallback="q5_0",
     max_rel_err=0.15,
 )
@@ -157,6 +158,7 @@ Q5_K = TensorType(
     kernels="nntrtool.quant.q5_k",
     numba_kernels="nntrtool.quant._q5_k_numba",
     uses_imatrix=True,
+    target=True,
     fallback="q5_1",
     max_rel_err=0.075,
 )
@@ -171,6 +173,7 @@ Q5_0 = TensorType(
     kernels="nntrtool.quant.q5_0",
     numba_kernels="nntrtool.quant._q5_0_numba",
     uses_imatrix=True,
+    target=True,
     fallback="f32",
     max_rel_err=0.09,
 )
@@ -185,6 +188,7 @@ Q5_1 = TensorType(
     kernels="nntrtool.quant.q5_1",
     numba_kernels="nntrtool.quant._q5_1_numba",
     uses_imatrix=True,
+    target=True,
     fallback="f32",
     max_rel_err=0.08,
 )
