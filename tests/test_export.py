@@ -403,8 +403,11 @@ def _refused(tmp_path: Path, nntr: Path, match: str, isa: str = "x86", error=Usa
 @pytest.mark.parametrize("linear", ["q6_k", "q8_0"])
 def test_refuses_q6_k_and_q8_0_linear_layers(sources, tmp_path, linear):
     nntr, _ = nntr_from_source(tmp_path, sources["qwen3_tied"], {"linear": linear})
-    message = _refused(tmp_path, nntr, f"is {linear}, but nntrainer reads f32 or q4_0 linear")
+    message = _refused(
+        tmp_path, nntr, f"is {linear}, but nntrainer reads f32, q4_0, q4_k or f16 linear"
+    )
     assert "--quant-type q4_0" in message and "--keep-f32" in message
+    assert "--linear-type q4_k" in message
 
 
 @pytest.mark.parametrize("emb", ["q4_0", "q8_0"])

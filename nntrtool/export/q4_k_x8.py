@@ -88,3 +88,45 @@ def from_x8(packed: np.ndarray) -> np.ndarray:
     codes = x[..., 128:].reshape(g, nb, 16, X8_ROWS, 8).transpose(0, 1, 3, 2, 4)
     b[..., 16:] = codes.reshape(g, nb, X8_ROWS, 128)
     return b.transpose(0, 2, 1, 3).reshape(rows, row_bytes)
+
+
+def quantize_q4_k(x: np.ndarray) -> np.ndarray:
+    """Plain Q4_K blocks ``(rows, cols / 256 * 144)`` of float32 ``x``, as ggml's reference
+    quantizer writes them: nntrtool's own kernel when the type registry has one, else ggml's C
+    code from the optional ``ggml-python`` package."""
+    from nntrtool.quant.registry import KERNELS
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if "q4_k" in KERNELS:
+        from nntrtool.quant import quantize
+
+        return quantize(x, "q4_k")
+    return _ggml_quantize_q4_k(x)
+
+
+def _ggml_quantize_q4_k(x: np.ndarray) -> np.ndarray:
+    import ctypes
+
+    from nntrtool.errors import UsageError
+
+    try:
+        import ggml.ggml as g
+    except Exception:
+        raise UsageError(
+            "writing Q4_K needs a Q4_K quantizer: this nntrtool has none of its own and the "
+            "ggml-python package is not installed (pip install ggml-python)"
+        ) from None
+    rows, cols = x.shape
+    out = np.empty((rows, cols // Q4_K_BLOCK_VALUES * Q4_K_BLOCK_BYTES), dtype=np.uint8)
+    written = g.ggml_quantize_chunk(
+        g.GGML_TYPE_Q4_K,
+        x.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+        out.ctypes.data_as(ctypes.c_void_p),
+        0,
+        rows,
+        cols,
+        None,
+    )
+    if written != out.nbytes:
+        raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes, expected {out.nbytes}")
+    return out
