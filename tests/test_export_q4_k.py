@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
-from nntrainer_reader import deinterleave_q4_k
+from nntrainer_reader import deinterleave_q4_k, read_folder
 from safetensors.numpy import load_file
 from test_export import _save_model, check_export, write_nntr
 from test_q4_k_x8 import ggml_q4_k, ggml_repack_q4_k_8
@@ -214,3 +214,30 @@ def test_cli_linear_type(sources, tmp_path):
     bad = _cli("export", str(nntr), str(tmp_path / "bad"), "--linear-type", "q5_k")
     assert bad.returncode == 2 and "unknown --linear-type 'q5_k'" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("qtype", ["q4_k", "f16"])
+def test_convert_target_nntrainer_q4_k_and_f16(sources, tmp_path, capsys, qtype):
+    """`convert --quant-type q4_k|f16 --target nntrainer` is convert then export in that type."""
+    from test_export import _run_cli
+
+    src = sources["llama_untied"]
+    short = tmp_path / "short"
+    args = ["convert", str(src), str(short), "--target", "nntrainer", "--quant-type", qtype]
+    assert _run_cli(args) == 0
+    out = capsys.readouterr().out
+    assert f"linear {'Q4_K' if qtype == 'q4_k' else 'FP16'}" in out and "embedding Q6_K" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["short"]
+
+    nntr = tmp_path / "long.nntr"
+    conv = ["convert", str(src), str(nntr), "--quant-type", "f32", "--type", "embed_tokens=q6_k"]
+    assert _run_cli([*conv, "--quiet"]) == 0
+    long = tmp_path / "long"
+    assert _run_cli(["export", str(nntr), str(long), "--linear-type", qtype, "--quiet"]) == 0
+    a, b = (json.loads((d / "nntr_config.json").read_text()) for d in (short, long))
+    assert (short / a["model_file_name"]).read_bytes() == (long / b["model_file_name"]).read_bytes()
+    assert a["model_file_name"] == f"short-{qtype}-x86.bin"
+    got = read_folder(short, "x86").state_dict
+    w = load_file(str(src / "model.safetensors"))["model.layers.1.mlp.down_proj.weight"]
+    want = _q4_k_values(w) if qtype == "q4_k" else w.astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(got["model.layers.1.mlp.down_proj.weight"], want)

@@ -365,20 +365,33 @@ def _dtype(name: str) -> str:
 def nntrainer_type_overrides(quant_type: str, config: dict[str, Any]) -> tuple[str, ...]:
     """``convert --type`` overrides that make a conversion exportable to nntrainer.
 
-    Q4_0 layers need an F32 or Q6_K embedding (Q6_K when its rows fit 256-value blocks).
-    Raises ``UsageError`` for quant types whose linear layers the runtime cannot run.
+    Quantized layers (and F16 ones, whose embedding the runtime cannot read) need an F32 or
+    Q6_K embedding (Q6_K when its rows fit 256-value blocks). Raises ``UsageError`` for quant
+    types whose linear layers the runtime cannot run.
     """
     qt = quant_type.lower()
     if qt == F32.name:
         return _expert_override(qt, config)
-    if qt != Q4_0.name:
+    if qt not in LINEAR_TYPES:
         raise UsageError(
-            f"nntrainer runs f32 or q4_0 linear layers, not {qt}; use --quant-type q4_0 "
-            "(or f32) with --target nntrainer"
+            f"nntrainer runs {', '.join(LINEAR_TYPES)} linear layers, not {qt}; use "
+            "--quant-type q4_0 or q4_k (or f16, f32) with --target nntrainer"
         )
     hidden = config.get("hidden_size")
     emb = Q6_K.name if isinstance(hidden, int) and Q6_K.fits(hidden) else F32.name
-    return (f"embed_tokens={emb}",) + _expert_override(qt, config)
+    return (f"embed_tokens={emb}",) + _expert_override(conversion_for(qt)[0], config)
+
+
+def conversion_for(quant_type: str) -> tuple[str, str | None]:
+    """The type ``convert --target nntrainer`` stores linear layers in, and the export's
+    ``linear_type``: q4_k and f16 are stored as such where this nntrtool can write them, else
+    kept in f32 and encoded by the export (the same values: both quantize from the source's)."""
+    from nntrtool.convert.options import QUANT_TYPE_CHOICES
+
+    qt = quant_type.lower()
+    if qt in ("q4_k", "f16"):
+        return (qt if qt in QUANT_TYPE_CHOICES else F32.name), qt
+    return quant_type, None
 
 
 def _expert_override(quant_type: str, config: dict[str, Any]) -> tuple[str, ...]:
@@ -614,6 +627,7 @@ __all__ = [
     "TensorExport",
     "check_output",
     "check_target",
+    "conversion_for",
     "export_nntr",
     "nntrainer_type_overrides",
     "plan_export",
