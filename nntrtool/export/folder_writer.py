@@ -206,10 +206,12 @@ def _write_recoded(
 ) -> None:
     """A linear layer in the folder's type: Q4_K blocks interleaved by 8 rows after the qscheme
     value, F16 transposed, or Q4_0 / F32 from another stored type; in bands of whole groups."""
+    from nntrtool.convert.memory import release_pages
     from nntrtool.export.q4_k_x8 import QSCHEME_Q4_KX8, quantize_q4_k, to_x8
     from nntrtool.quant import quantize, repack
 
     rows, cols = t.slot.shape
+    source_row = raw.size // rows
     if t.prefix:
         w.write(np.array([QSCHEME_Q4_KX8], dtype="<u2").view(np.uint8), offset)
         offset += t.prefix
@@ -241,6 +243,7 @@ def _write_recoded(
                 w.write(block, offset)
             else:
                 w.write_rows(block, offset + r0 * dtype.itemsize, rows * dtype.itemsize)
+        release_pages(raw[r0 * source_row : r1 * source_row])
         if progress is not None:
             progress.advance((r1 - r0) * cols, t.slot.name)
 
