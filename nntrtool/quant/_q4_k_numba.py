@@ -59,7 +59,8 @@ _TM = _TS + NSUB
 _TAKE = _TM + NSUB
 _DD = _TAKE + NSUB
 _DM = _DD + NSUB
-_AUX = _DM + NSUB  # 8 floats for the superblock step
+_FLAT = _DM + NSUB  # runs whose max <= min before the search: scale 0, codes 0
+_AUX = _FLAT + NSUB  # 8 floats for the superblock step
 _SCRATCH = _AUX + 4 * NSUB
 
 
@@ -98,7 +99,12 @@ def _search(s, nums, ncand, strict):
             s[_SX + j] = s[_SX + j] + w * v
     for j in range(NSUB):
         mn = s[_MN + j]
-        s[_MN + j] = _F0 if mn > _F0 else mn
+        mn = _F0 if mn > _F0 else mn
+        s[_MN + j] = mn
+        # max == min (qkx2) / max <= min (qkx3), the same for finite values; judged on the
+        # min before the search (which may move it).
+        flat = not (s[_MX + j] > mn) if strict else s[_MX + j] == mn
+        s[_FLAT + j] = _F1 if flat else _F0
         isc = _FNMAX / (s[_MX + j] - s[_MN + j])
         s[_ISC + j] = isc
         s[_SCALE + j] = _F1 / isc
@@ -154,15 +160,12 @@ def _search(s, nums, ncand, strict):
                 k = NSUB * i + j
                 s[_L + k] = s[_LA + k] if s[_TAKE + j] != _F0 else s[_L + k]
     for j in range(NSUB):
-        # max == min (qkx2) / max <= min (qkx3): scale 0, codes 0; the same for finite values.
-        flat = not (s[_MX + j] > s[_MN + j]) if strict else s[_MX + j] == s[_MN + j]
-        s[_TAKE + j] = _F1 if flat else _F0
-        s[_SCALE + j] = _F0 if flat else s[_SCALE + j]
+        s[_SCALE + j] = _F0 if s[_FLAT + j] != _F0 else s[_SCALE + j]
         s[_MN + j] = -s[_MN + j]
     for i in range(SUB):
         for j in range(NSUB):
             k = NSUB * i + j
-            s[_L + k] = _F0 if s[_TAKE + j] != _F0 else s[_L + k]
+            s[_L + k] = _F0 if s[_FLAT + j] != _F0 else s[_L + k]
 
 
 @nc.register_jitable
