@@ -17,11 +17,25 @@ import numpy as np
 from nntrtool.qtypes import Q4_0, get_layout, get_type
 
 # ggml's names for the kernels, per nntrtool type name; type ids are read from ggml-python itself.
-_GGML_TYPE_ATTR = {"q4_0": "GGML_TYPE_Q4_0", "q6_k": "GGML_TYPE_Q6_K", "q8_0": "GGML_TYPE_Q8_0"}
+_GGML_TYPE_ATTR = {
+    "q4_0": "GGML_TYPE_Q4_0",
+    "q6_k": "GGML_TYPE_Q6_K",
+    "q8_0": "GGML_TYPE_Q8_0",
+    "q4_k": "GGML_TYPE_Q4_K",
+    "q5_k": "GGML_TYPE_Q5_K",
+    "q5_0": "GGML_TYPE_Q5_0",
+    "q5_1": "GGML_TYPE_Q5_1",
+    "f16": "GGML_TYPE_F16",
+}
 _DEQUANT_SYMBOL = {
     "q4_0": "dequantize_row_q4_0",
     "q6_k": "dequantize_row_q6_K",
     "q8_0": "dequantize_row_q8_0",
+    "q4_k": "dequantize_row_q4_K",
+    "q5_k": "dequantize_row_q5_K",
+    "q5_0": "dequantize_row_q5_0",
+    "q5_1": "dequantize_row_q5_1",
+    "f16": "ggml_fp16_to_fp32_row",
 }
 # ggml::cpu::repack::repack<block_q4_0, INTERLEAVE, NCOLS>, exported under its C++ name.
 _REPACK_SYMBOL = "_ZN4ggml3cpu6repack6repackI10block_q4_0Ll{b}ELl{r}EEEiP11ggml_tensorPKvm"

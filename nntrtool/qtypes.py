@@ -21,6 +21,8 @@ class TensorType:
     block_bytes: int
     quantized: bool
     description: str
+    #: numpy dtype of one value for the types stored value by value (``"<f4"``, ``"<f2"``).
+    element_dtype: str | None = None
 
     @property
     def bits_per_weight(self) -> float:
@@ -48,21 +50,30 @@ class TensorType:
         return rows * self.row_bytes(shape[-1])
 
 
-F32 = TensorType("f32", 6, 1, 4, False, "IEEE float32")
+F32 = TensorType("f32", 6, 1, 4, False, "IEEE float32", "<f4")
 Q4_0 = TensorType("q4_0", 4, 32, 18, True, "GGML Q4_0: fp16 scale + 32 x 4-bit")
 Q4_0_REPACKED = TensorType(
     "q4_0_repacked", 3, 32, 18, True, "GGML Q4_0 blocks interleaved across rows for CPU SIMD"
 )
 Q6_K = TensorType("q6_k", 5, 256, 210, True, "GGML Q6_K: 16 x 6-bit sub-blocks, int8 scales")
 Q8_0 = TensorType("q8_0", 7, 32, 34, True, "GGML Q8_0: fp16 scale + 32 x int8")
+Q4_K = TensorType(
+    "q4_k", 8, 256, 144, True, "GGML Q4_K: 8 x 4-bit sub-blocks, 6-bit scales and mins"
+)
+Q5_K = TensorType(
+    "q5_k", 9, 256, 176, True, "GGML Q5_K: 8 x 5-bit sub-blocks, 6-bit scales and mins"
+)
+Q5_0 = TensorType("q5_0", 10, 32, 22, True, "GGML Q5_0: fp16 scale + 32 x 5-bit")
+Q5_1 = TensorType("q5_1", 11, 32, 24, True, "GGML Q5_1: fp16 scale and min + 32 x 5-bit")
+F16 = TensorType("f16", 12, 1, 2, False, "IEEE float16 (half)", "<f2")
 
-TYPES: tuple[TensorType, ...] = (Q4_0_REPACKED, Q4_0, Q6_K, F32, Q8_0)
+TYPES: tuple[TensorType, ...] = (Q4_0_REPACKED, Q4_0, Q6_K, F32, Q8_0, Q4_K, Q5_K, Q5_0, Q5_1, F16)
 TYPES_BY_ID: dict[int, TensorType] = {t.type_id: t for t in TYPES}
 TYPES_BY_NAME: dict[str, TensorType] = {t.name: t for t in TYPES}
 
 #: The types a user can ask a tensor to be stored in (``--quant-type``, ``--type RE=TYPE``).
-QUANT_TYPE_NAMES: tuple[str, ...] = ("q4_0", "q6_k", "q8_0")
-TARGET_TYPE_NAMES: tuple[str, ...] = ("q4_0", "q6_k", "q8_0", "f32")
+QUANT_TYPE_NAMES: tuple[str, ...] = ("q4_0", "q4_k", "q5_0", "q6_k", "q8_0")
+TARGET_TYPE_NAMES: tuple[str, ...] = ("q4_0", "q4_k", "q5_0", "q6_k", "q8_0", "f32")
 
 
 @dataclass(frozen=True)

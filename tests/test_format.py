@@ -29,7 +29,20 @@ from nntrtool.format import (
     read_directory,
 )
 from nntrtool.format.binary import FIXED_HEADER
-from nntrtool.qtypes import F32, LAYOUTS, Q4_0, Q4_0_REPACKED, Q6_K, Q8_0, TYPES
+from nntrtool.qtypes import (
+    F16,
+    F32,
+    LAYOUTS,
+    Q4_0,
+    Q4_0_REPACKED,
+    Q4_K,
+    Q5_0,
+    Q5_1,
+    Q5_K,
+    Q6_K,
+    Q8_0,
+    TYPES,
+)
 
 CONFIG = {
     "architectures": ["LlamaForCausalLM"],
@@ -53,6 +66,11 @@ def every_kind_specs() -> list[TensorSpec]:
         TensorSpec("q6", Q6_K, (5, 512)),
         TensorSpec("q8", Q8_0, (7, 96)),
         TensorSpec("q8_1d", Q8_0, (32,)),
+        TensorSpec("q4k", Q4_K, (3, 256)),
+        TensorSpec("q5k", Q5_K, (2, 512)),
+        TensorSpec("q50", Q5_0, (4, 64)),
+        TensorSpec("q51", Q5_1, (3, 32)),
+        TensorSpec("half", F16, (5, 3)),
     ]
     for name, layout in LAYOUTS.items():
         specs.append(TensorSpec(f"rp.{name}", Q4_0_REPACKED, (2 * layout.rows, 64), layout))
@@ -104,8 +122,8 @@ def test_round_trip_every_type_and_layout(tmp_path, chunks):
             np.testing.assert_array_equal(raw, data[spec.name])
             assert f.check(spec.name)
             arr = f.array(spec.name)
-            if spec.ttype is F32:
-                assert arr.dtype == np.float32 and arr.shape == spec.shape
+            if not spec.ttype.quantized:  # F32, F16: values of the tensor's shape
+                assert arr.dtype == np.dtype(spec.ttype.element_dtype) and arr.shape == spec.shape
                 np.testing.assert_array_equal(arr.reshape(-1).view(np.uint8), data[spec.name])
             else:
                 rows = int(np.prod(spec.shape[:-1]))

@@ -17,10 +17,13 @@ from models import Q6K, reference_tensors
 from nntrtool.convert import ConvertOptions, convert, plan_conversion
 from nntrtool.errors import SourceError, UsageError
 from nntrtool.format import NntrFile
-from nntrtool.quant import quantize, repack
+from nntrtool.quant import dequantize, quantize, repack
 from nntrtool.sources import open_source
 
-MIXED = {"q_proj": "Q4_0", "k_proj": "Q4_K", "v_proj": "Q6_K", "embed": "Q8_0", "down": "Q5_0"}
+# k_proj and down_proj are in types NNTR does not store (Q3_K, Q4_1): "keep" requantizes them.
+MIXED = {"q_proj": "Q4_0", "k_proj": "Q3_K", "v_proj": "Q6_K", "embed": "Q8_0", "down": "Q4_1"}
+# Every GGML type a Q4_K_M or Q5_K_M file holds, each stored by NNTR as it is.
+KEPT = {"q_proj": "Q4_K", "k_proj": "Q5_K", "v_proj": "Q6_K", "o_proj": "Q5_0", "up": "Q5_1"}
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +37,7 @@ def ggufs(llama, tmp_path_factory):
     return {
         "f32": write_gguf(llama, d / "llama-f32.gguf"),
         "mixed": write_gguf(llama, d / "llama-mixed.gguf", types=MIXED, default_type="Q4_0"),
+        "kept": write_gguf(llama, d / "llama-kept.gguf", types=KEPT, default_type="Q4_0"),
     }
 
 
@@ -82,6 +86,25 @@ def test_blocks_are_copied_byte_for_byte_and_qk_unpermuted(llama, ggufs, tmp_pat
         assert f.raw(e).tobytes() == _gguf_blocks(ggufs["mixed"], "token_embd.weight")[0].tobytes()
 
 
+def test_k_quant_and_q5_blocks_are_kept_as_they_are(ggufs, tmp_path):
+    out = tmp_path / "kept.nntr"
+    report = convert(ggufs["kept"], out, ConvertOptions())  # auto: keep
+    assert not any(t.requantized for t in report.plan.tensors)
+    pairs = {
+        "model.layers.0.self_attn.q_proj.weight": ("blk.0.attn_q.weight", "q4_k"),
+        "model.layers.0.self_attn.k_proj.weight": ("blk.0.attn_k.weight", "q5_k"),
+        "model.layers.0.self_attn.o_proj.weight": ("blk.0.attn_output.weight", "q5_0"),
+        "model.layers.0.mlp.up_proj.weight": ("blk.0.ffn_up.weight", "q5_1"),
+    }
+    with open_source(ggufs["kept"]) as src, NntrFile(out) as f:
+        for name, (gguf_name, qtype) in pairs.items():
+            assert f.tensor(name).display_type == qtype, name
+            if name.endswith(("o_proj.weight", "up_proj.weight")):  # q, k: rows un-permuted
+                assert f.raw(name).tobytes() == _gguf_blocks(ggufs["kept"], gguf_name)[0].tobytes()
+            values = dequantize(f.array(name), qtype, f.tensor(name).shape)
+            np.testing.assert_array_equal(values, src.tensor(name).read_f32())
+
+
 def test_repacking_copied_blocks_stays_lossless(ggufs, tmp_path):
     out = tmp_path / "r.nntr"
     convert(ggufs["mixed"], out, ConvertOptions(quant_type="keep", repack_format="q4_0_8"))
@@ -100,7 +123,7 @@ def test_requantized_tensors_equal_quantizing_the_dequantized_values(ggufs, tmp_
     plan = {t.name: t for t in report.plan.tensors}
     k = "model.layers.0.self_attn.k_proj.weight"
     down = "model.layers.0.mlp.down_proj.weight"
-    assert plan[k].requantized and "requantized from q4_k" in plan[k].reason
+    assert plan[k].requantized and "requantized from q3_k" in plan[k].reason
     assert plan[down].requantized and plan[down].display_type == "q6_k"
     assert any("lossy relative to the GGUF" in n for n in report.plan.notes)
     with open_source(ggufs["mixed"]) as src, NntrFile(out) as f:
@@ -108,9 +131,9 @@ def test_requantized_tensors_equal_quantizing_the_dequantized_values(ggufs, tmp_
             values = src.tensor(name).read_f32()
             assert f.raw(name).tobytes() == quantize(values, qtype).tobytes()
         raw, ggml_type = _gguf_blocks(ggufs["mixed"], "blk.0.attn_k.weight")
-        assert ggml_type == "Q4_K"
-        deq = quants.dequantize(raw, GGMLQuantizationType.Q4_K)
-        # The Q4_K values read back are gguf's dequantized values, rows un-permuted.
+        assert ggml_type == "Q3_K"
+        deq = quants.dequantize(raw, GGMLQuantizationType.Q3_K)
+        # The Q3_K values read back are gguf's dequantized values, rows un-permuted.
         from gguf_models import llama_cpp_permute
 
         np.testing.assert_array_equal(llama_cpp_permute(src.tensor(k).read_f32(), 2), deq)
@@ -125,7 +148,7 @@ def test_explicit_quant_type_requantizes_everything(ggufs, tmp_path):
 
 def test_keep_without_an_nntr_type_falls_back_by_row_width(hf_model, tmp_path):
     folder = hf_model("llama")  # hidden 64: no 256-value rows
-    path = write_gguf(folder, tmp_path / "t.gguf", types={"q_proj": "Q5_1"}, default_type="F16")
+    path = write_gguf(folder, tmp_path / "t.gguf", types={"q_proj": "Q4_1"}, default_type="F16")
     plan = plan_conversion(path, ConvertOptions())
     q = plan.tensor("model.layers.0.self_attn.q_proj.weight")
     assert q.display_type == "q8_0" and q.requantized
@@ -139,7 +162,7 @@ def test_dry_run_and_summary_mark_requantized_tensors(ggufs, tmp_path):
 
     res = CliRunner().invoke(app, ["convert", str(ggufs["mixed"]), "--dry-run"])
     assert res.exit_code == 0, res.output
-    assert "requantized from q4_k" in res.output and "copied q4_0 blocks" in res.output
+    assert "requantized from q3_k" in res.output and "copied q4_0 blocks" in res.output
     res = CliRunner().invoke(app, ["convert", str(ggufs["mixed"]), str(tmp_path / "o.nntr")])
     assert res.exit_code == 0, res.output
     assert "lossy relative to the GGUF" in res.output
@@ -403,6 +426,6 @@ def test_quantized_tensor_kept_f32_is_dequantized_exactly(ggufs, tmp_path):
     q = report.plan.tensor("model.layers.0.self_attn.q_proj.weight")
     assert q.display_type == "f32" and "dequantized from q4_0" in q.reason
     assert not q.requantized
-    assert any(n.startswith("4 tensors requantized from q4_k, q5_0:") for n in report.plan.notes)
+    assert any(n.startswith("4 tensors requantized from q3_k, q4_1:") for n in report.plan.notes)
     with open_source(ggufs["mixed"]) as src, NntrFile(out) as f:
         np.testing.assert_array_equal(f.array(q.name), src.tensor(q.name).read_f32())

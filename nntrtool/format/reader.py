@@ -325,11 +325,12 @@ class NntrFile:
         return self._buffer()[entry.offset : entry.end]
 
     def array(self, name: str) -> np.ndarray:
-        """F32: a float32 view of the tensor's shape; quantized: uint8 ``(rows, row_bytes)``."""
+        """F32 / F16: a float32 / float16 view of the tensor's shape; quantized: uint8
+        ``(rows, row_bytes)``."""
         entry = self.tensor(name)
         raw = self.raw(name)
         if not entry.ttype.quantized:
-            return raw.view("<f4").reshape(entry.shape)
+            return raw.view(entry.ttype.element_dtype or "<f4").reshape(entry.shape)
         return raw.reshape(entry.rows, entry.row_bytes)
 
     def checksum(self, name: str, progress: Callable[[int], None] | None = None) -> int:

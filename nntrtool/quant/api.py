@@ -20,7 +20,7 @@ from nntrtool.qtypes import RepackLayout, TensorType
 
 from .backends import array_module, resolve_backend
 from .common import SRC_BF16, SRC_F16, SRC_F32, SRC_NAMES, non_finite_error, source_kind, to_f32
-from .registry import QuantKernels, get_kernels
+from .registry import KERNELS, QuantKernels, get_kernels
 from .repack import check_repackable, layout_of, repack_numba, repack_xp, unpack_numba, unpack_xp
 
 #: Elements per chunk of the array backends: bounds their temporaries to a few tens of MB.
@@ -149,6 +149,11 @@ def quantize(
     Q8_0 ignores it, as ggml does.
     """
     k = get_kernels(qtype)
+    if not k.can_quantize:
+        writable = ", ".join(n for n, kk in sorted(KERNELS.items()) if kk.can_quantize)
+        raise QuantError(
+            f"nntrtool reads {k.ttype.name} but does not quantize to it: use one of {writable}"
+        )
     src, kind = _as_source(x, source_dtype)
     rows, cols = src.shape
     _check_cols(k.ttype, cols)

@@ -3,7 +3,8 @@
 Every type module exposes the same four functions (``quantize_xp(x, xp)``,
 ``dequantize_xp(data, xp)``, ``quantize_numba(x, src_kind)``, ``dequantize_numba(data)``),
 and types whose bytes an importance matrix changes also ``quantize_imatrix_xp(x, qw, xp)``
-and ``quantize_imatrix_numba(x, src_kind, qw)``;
+and ``quantize_imatrix_numba(x, src_kind, qw)``; types nntrtool only reads (Q5_K, Q5_1)
+have the two dequantize functions alone;
 generic code picks the module here and never branches on a type's name. Modules are imported
 on first use, so looking a type up costs nothing.
 """
@@ -16,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from nntrtool.errors import QuantError
-from nntrtool.qtypes import Q4_0, Q6_K, Q8_0, TensorType
+from nntrtool.qtypes import F16, Q4_0, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TensorType
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class QuantKernels:
     def quantize_numba(self, x: Any, src_kind: int) -> Any:
         """Bytes of a C-contiguous 2-D float32 (or uint16 fp16/bf16 bits) numpy array."""
         return self.impl.quantize_numba(x, src_kind)
+
+    @property
+    def can_quantize(self) -> bool:
+        """Whether nntrtool writes this type (Q5_K and Q5_1 are read and kept, not written)."""
+        return hasattr(self.impl, "quantize_xp")
 
     @property
     def uses_imatrix(self) -> bool:
@@ -72,6 +78,11 @@ def register(ttype: TensorType, module: str) -> None:
 register(Q4_0, "nntrtool.quant.q4_0")
 register(Q6_K, "nntrtool.quant.q6_k")
 register(Q8_0, "nntrtool.quant.q8_0")
+register(Q4_K, "nntrtool.quant.q4_k")
+register(Q5_0, "nntrtool.quant.q5_0")
+register(Q5_K, "nntrtool.quant.q5_k")
+register(Q5_1, "nntrtool.quant.q5_1")
+register(F16, "nntrtool.quant.f16")
 
 
 def get_kernels(qtype: str | TensorType) -> QuantKernels:
