@@ -23,9 +23,9 @@ from safetensors.numpy import load_file
 from nntrtool.errors import NntrError, OutputExistsError, UsageError
 from nntrtool.export import RuntimeOptions, export_nntr
 from nntrtool.format import NntrWriter, TensorSpec
-from nntrtool.qtypes import F32, LAYOUTS, Q4_0, Q4_0_REPACKED, Q6_K, Q8_0
+from nntrtool.qtypes import F32, LAYOUTS, Q4_0, Q4_0_REPACKED, Q4_K, Q6_K, Q8_0
 
-TYPES = {"f32": F32, "q4_0": Q4_0, "q6_k": Q6_K, "q8_0": Q8_0}
+TYPES = {"f32": F32, "q4_0": Q4_0, "q6_k": Q6_K, "q8_0": Q8_0, "q4_k": Q4_K}
 TOKENS = torch.tensor([[1, 17, 250, 3, 99, 511, 42, 7, 300, 128, 64, 5]])
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

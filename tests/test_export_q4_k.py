@@ -94,6 +94,44 @@ def test_q4_k_from_q6_k_layers_keeps_the_q6_k_embedding(sources, tmp_path):
     assert note.startswith("requantized to q4_k from q6_k (lossy): 15 tensor(s)")
 
 
+def test_a_q4_k_m_file_keeps_its_q4_k_blocks_and_requantizes_the_rest(sources, tmp_path):
+    """Q4_K layers are carried over block for block; Q6_K ones (as in a Q4_K_M file) become
+    Q4_K from their values, named as lossy; the Q6_K embedding stays."""
+    src = sources["llama_untied"]
+    types = {"linear": "q4_k", "down_proj": "q6_k", "lm_head": "q6_k", "embedding": "q6_k"}
+    nntr, stored, _ = _nntr(tmp_path, src, types)
+    out = tmp_path / "out"
+    result = export_nntr(nntr, out)  # no --linear-type: the Q4_K layers decide
+    ref = {
+        k: (_q4_k_values(v) if k.endswith("down_proj.weight") or k == "lm_head.weight" else v)
+        for k, v in stored.items()
+    }
+    check_export(out, "x86", src, ref, exact=False)
+    cfg = json.loads((out / "nntr_config.json").read_text())
+    assert (cfg["model_tensor_type"], cfg["embedding_dtype"], cfg["lmhead_dtype"]) == (
+        "Q4_K-FP32",
+        "Q6_K",
+        "Q4_K",
+    )
+    (note,) = result.plan.notes
+    assert note.startswith("requantized to q4_k from q6_k (lossy): 3 tensor(s)")
+    kept = [t for t in result.plan.tensors if t.slot.name.endswith("q_proj.weight")]
+    assert kept and all(t.requant_from is None for t in kept)
+    # the kept blocks are the file's own bytes, interleaved
+    from nntrtool.format import NntrFile
+
+    blob = (out / cfg["model_file_name"]).read_bytes()
+    offset = 0
+    with NntrFile(nntr) as nf:
+        for t in result.plan.tensors:
+            if t in kept:
+                rows, cols = t.slot.shape
+                packed = np.frombuffer(blob[offset + 2 : offset + t.nbytes], dtype=np.uint8)
+                plain = deinterleave_q4_k(packed, rows, cols)
+                assert plain.tobytes() == np.asarray(nf.raw(t.slot.name)).tobytes()
+            offset += t.nbytes
+
+
 def test_f16_from_f32_keeps_the_embedding_f32(sources, tmp_path):
     src = sources["llama_untied"]
     nntr, stored, _ = _nntr(tmp_path, src, {})
