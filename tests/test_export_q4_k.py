@@ -94,11 +94,15 @@ def test_q4_k_from_q6_k_layers_keeps_the_q6_k_embedding(sources, tmp_path):
     assert note.startswith("requantized to q4_k from q6_k (lossy): 15 tensor(s)")
 
 
-def test_a_q4_k_m_file_keeps_its_q4_k_blocks_and_requantizes_the_rest(sources, tmp_path):
+@pytest.mark.parametrize(("emb", "emb_dtype"), [("q6_k", "Q6_K"), ("q4_k", "FP32")])
+def test_a_q4_k_m_file_keeps_its_q4_k_blocks_and_requantizes_the_rest(
+    sources, tmp_path, emb, emb_dtype
+):
     """Q4_K layers are carried over block for block; Q6_K ones (as in a Q4_K_M file) become
-    Q4_K from their values, named as lossy; the Q6_K embedding stays."""
+    Q4_K from their values, named as lossy; a Q6_K embedding stays, a Q4_K one (which the
+    runtime cannot read) is dequantized to F32 without loss."""
     src = sources["llama_untied"]
-    types = {"linear": "q4_k", "down_proj": "q6_k", "lm_head": "q6_k", "embedding": "q6_k"}
+    types = {"linear": "q4_k", "down_proj": "q6_k", "lm_head": "q6_k", "embedding": emb}
     nntr, stored, _ = _nntr(tmp_path, src, types)
     out = tmp_path / "out"
     result = export_nntr(nntr, out)  # no --linear-type: the Q4_K layers decide
@@ -110,11 +114,13 @@ def test_a_q4_k_m_file_keeps_its_q4_k_blocks_and_requantizes_the_rest(sources, t
     cfg = json.loads((out / "nntr_config.json").read_text())
     assert (cfg["model_tensor_type"], cfg["embedding_dtype"], cfg["lmhead_dtype"]) == (
         "Q4_K-FP32",
-        "Q6_K",
+        emb_dtype,
         "Q4_K",
     )
-    (note,) = result.plan.notes
-    assert note.startswith("requantized to q4_k from q6_k (lossy): 3 tensor(s)")
+    notes = result.plan.notes
+    assert notes[-1].startswith("requantized to q4_k from q6_k (lossy): 3 tensor(s)")
+    widened = "dequantized to f32 from q4_k (lossless): 1 tensor(s), model.embed_tokens.weight"
+    assert notes[:-1] == ([widened] if emb == "q4_k" else [])
     kept = [t for t in result.plan.tensors if t.slot.name.endswith("q_proj.weight")]
     assert kept and all(t.requant_from is None for t in kept)
     # the kept blocks are the file's own bytes, interleaved

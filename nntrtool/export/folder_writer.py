@@ -225,6 +225,8 @@ def _write_recoded(
             else:
                 blocks = quantize_q4_k(_values(raw, t, r0, r1))
             w.write(to_x8(blocks), offset + r0 * row_bytes)
+        elif t.out_type == "f32" and not t.transposed:  # a widened embedding, as is
+            w.write(_values(raw, t, r0, r1), offset + r0 * cols * 4)
         elif t.out_type in ISA_LAYOUTS.values():
             blocks = quantize(_values(raw, t, r0, r1), Q4_0)
             w.write(repack(blocks, t.out_type), offset + r0 * Q4_0.row_bytes(cols))

@@ -214,14 +214,15 @@ def _check_types(slots: list[tuple[Slot, Any]], linear_type: str | None = None) 
             raise _role_error(slot, base.name, "f32 (biases and sinks are never quantized)")
         if slot.role is Role.ROUTER and base is not F32:
             raise _role_error(slot, base.name, "an f32 router (routing is computed in FP32)")
-        if slot.role is Role.EMBEDDING and base not in (F32, Q6_K):
-            raise _role_error(slot, base.name, "an f32 or q6_k embedding")
         if slot.role is Role.LINEAR:
             linear_types.setdefault(base.name, []).append(slot.name)
-    if linear_type is not None:
-        return linear_type
-    if "q4_k" in linear_types:
-        return "q4_k"
+    decided = linear_type or ("q4_k" if "q4_k" in linear_types else None)
+    for slot, entry in slots:
+        # with the linear type decided, an embedding the runtime cannot read is widened to f32
+        if slot.role is Role.EMBEDDING and _base(entry) not in (F32, Q6_K) and decided is None:
+            raise _role_error(slot, _base(entry).name, "an f32 or q6_k embedding")
+    if decided is not None:
+        return decided
     for slot, entry in slots:
         base = _base(entry)
         if slot.role is Role.LM_HEAD and base.name not in (F32.name, Q4_0.name, "f16"):
@@ -312,6 +313,10 @@ def _plan_tensor(slot: Slot, entry: Any, isa: str, linear_type: str | None = Non
                 False,
                 requant,
             )
+    if slot.role is Role.EMBEDDING and base not in (F32, Q6_K):  # widened, lossless
+        return TensorExport(
+            slot, entry.ttype, source_layout, F32.name, shape, F32.nbytes(shape), False, base.name
+        )
     if slot.role in (Role.LINEAR, Role.LM_HEAD, Role.ROUTER) and base is F32:
         out_shape = (shape[1], shape[0])
         return TensorExport(
@@ -343,16 +348,19 @@ def _check_q4_0_fits(slot: Slot, shape: tuple[int, ...], isa: str) -> None:
 def _notes(tensors: list[TensorExport], fc: str, emb: str) -> list[str]:
     """The lossy steps of the export, by source type, and the runtime build a folder needs."""
     notes = []
-    by_source: dict[str, list[str]] = {}
+    by_source: dict[tuple[str, str], list[str]] = {}
     for t in tensors:
         if t.requant_from is not None:
-            by_source.setdefault(t.requant_from, []).append(t.slot.name)
-    for src, names in by_source.items():
-        lossy = "lossless widening" if (src, fc) in (("f16", F32.name),) else "lossy"
+            out = "q4_k" if t.out_type == Q4_K_X8 else t.out_type
+            out = Q4_0.name if out in ISA_LAYOUTS.values() else out
+            by_source.setdefault((t.requant_from, out), []).append(t.slot.name)
+    for (src, out), names in by_source.items():
         more = f" and {len(names) - 1} more" if len(names) > 1 else ""
-        notes.append(
-            f"requantized to {fc} from {src} ({lossy}): {len(names)} tensor(s), {names[0]}{more}"
-        )
+        if out == F32.name:  # dequantizing is exact
+            step = f"dequantized to f32 from {src} (lossless)"
+        else:
+            step = f"requantized to {out} from {src} (lossy)"
+        notes.append(f"{step}: {len(names)} tensor(s), {names[0]}{more}")
     if fc == "f16":
         notes.append(FP16_BUILD_NOTE.format(emb=_RUNTIME_DTYPE.get(emb, emb)))
     return notes
