@@ -120,6 +120,11 @@ def convert_command(
 
     if out is None and not dry_run:
         raise UsageError("give the output file: nntrtool convert SRC OUT (or use --dry-run)")
+    linear_type = None
+    if target is not None:  # q4_k / f16 layers the export encodes, where convert cannot yet
+        from nntrtool.export.nntrainer import conversion_for
+
+        quant_type, linear_type = conversion_for(quant_type)
     options = ConvertOptions(
         quant_type=quant_type,
         repack_format=repack_format,
@@ -147,7 +152,7 @@ def convert_command(
         from nntrtool.export import convert_and_export
 
         report, result = convert_and_export(
-            src, out, options, target=target, isa=isa, progress=progress
+            src, out, options, target=target, isa=isa, progress=progress, linear_type=linear_type
         )
         for note in report.plan.notes:
             _warn(note)

@@ -4,6 +4,7 @@ configs and the tokenizer files (:class:`ExportPlan`), and what was written (:cl
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,15 @@ class TensorExport:
     slot: Slot
     source_type: TensorType
     source_layout: RepackLayout | None
-    out_type: str  # "f32", "q6_k", or the Q4_0 layout name ("q4_0_8", "q4_0_4")
+    out_type: str  # "f32", "f16", "q6_k", "q4_k_x8", or the Q4_0 layout name ("q4_0_8")
     out_shape: tuple[int, ...]
     nbytes: int
     transposed: bool
+    #: The stored type whose values are re-encoded into ``out_type`` (lossy but for f32 and
+    #: widening), or ``None`` when the stored blocks are copied or re-laid as they are.
+    requant_from: str | None = None
+    #: Bytes the runtime skips before the tensor (Q4_K's qscheme value).
+    prefix: int = 0
 
     @property
     def params(self) -> int:
@@ -47,6 +53,8 @@ class ExportPlan:
     nntr_config: dict[str, Any]
     tokenizer_sources: list[Path]
     warnings: list[str]
+    #: What the folder is (lossy steps, the runtime build it needs), for the summary.
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def weight_bytes(self) -> int:

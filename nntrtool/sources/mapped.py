@@ -96,4 +96,3 @@ class MappedFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
