@@ -131,16 +131,18 @@ def verify(
     start_time = time.perf_counter()
     requested = backend_choice(backend)  # a bad name fails before any file is opened
     _set_threads(threads)
-    with (
-        NntrFile(file_path) as nf,
-        open_source(
-            source_spec,
-            revision=revision,
-            config=config,
-            adapters=adapters,
-            gguf_file=gguf_file,
-        ) as src,
-    ):
+    with contextlib.ExitStack() as opened:
+        nf = opened.enter_context(NntrFile(file_path))
+        src = opened.enter_context(
+            open_source(
+                source_spec,
+                revision=revision,
+                config=config,
+                adapters=adapters,
+                gguf_file=gguf_file,
+                gguf_raw_names=converted_raw(nf),
+            )
+        )
         results, jobs = _match(nf, src, limits)
         backend = choose_backend(requested, _kernel_uses(jobs))
         total = sum(job.rows * job.cols for job in jobs)
@@ -160,6 +162,12 @@ def verify(
         thresholds=limits,
         seconds=time.perf_counter() - start_time,
     )
+
+
+def converted_raw(nf: Any) -> bool:
+    """Whether the file was converted with ``--gguf-raw-names`` (its GGUF is read so again)."""
+    source = (nf.config.get("nntrtool") or {}).get("source") or {}
+    return bool(source.get("gguf_raw_names"))
 
 
 def _checksum_ok(nf: Any, name: str) -> bool:
