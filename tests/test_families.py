@@ -124,6 +124,27 @@ CASES = {
     ),
     "phi3": Case("phi3", dict(SMALL), (*BASE_KEYS, "rms_norm_eps", "rope_parameters")),
     "starcoder2": Case("starcoder2", dict(SMALL), (*BASE_KEYS, "norm_epsilon")),
+    "gpt_oss": Case(
+        "gpt_oss",
+        dict(
+            SMALL,
+            head_dim=16,
+            intermediate_size=64,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=32,
+        ),
+        (
+            *BASE_KEYS,
+            "head_dim",
+            "rms_norm_eps",
+            "num_local_experts",
+            "num_experts_per_tok",
+            "sliding_window",
+            "layer_types",
+        ),
+        transformers_reads=False,  # transformers 5's GGUF loader fails on its expert tensors
+    ),
     "gpt2": Case(
         "gpt2",
         # transformers 5 reads the GGUF's context length into n_ctx, not n_positions: the
@@ -137,7 +158,7 @@ CASES = {
 def test_every_family_module_has_a_case_or_is_refused():
     readable = {f.name for f in families() if f.reads_gguf}
     assert readable <= set(CASES)
-    assert {f.name for f in families()} - readable == {"mistral", "gpt_oss"}
+    assert {f.name for f in families()} - readable == {"mistral"}
 
 
 @pytest.fixture(scope="session")
@@ -227,7 +248,7 @@ def _convert(src: Path, out: Path) -> None:
     assert done.value.code == 0
 
 
-@pytest.mark.parametrize("name", ["llama", "gemma3", "qwen3moe", "gpt2"])
+@pytest.mark.parametrize("name", ["llama", "gemma3", "qwen3moe", "gpt2", "gpt_oss"])
 def test_nntr_from_the_gguf_equals_nntr_from_the_checkpoint(name, built, tmp_path):
     from nntrtool.format import NntrFile
 
@@ -235,7 +256,12 @@ def test_nntr_from_the_gguf_equals_nntr_from_the_checkpoint(name, built, tmp_pat
     _convert(hf, tmp_path / "hf.nntr")
     _convert(gguf_path, tmp_path / "gguf.nntr")
     with NntrFile(tmp_path / "hf.nntr") as a, NntrFile(tmp_path / "gguf.nntr") as b:
-        assert a.names == b.names
+        # A GGUF's tensors are stored in name order, which is a single-file checkpoint's order;
+        # GPT-OSS's fused checkpoint tensors are split where they stand, so only the set agrees.
+        if name == "gpt_oss":
+            assert sorted(a.names) == sorted(b.names)
+        else:
+            assert a.names == b.names
         for n in a.names:
             assert a.tensor(n).ttype == b.tensor(n).ttype, n
             assert np.array_equal(a.raw(n), b.raw(n)), n
@@ -290,7 +316,7 @@ def test_gguf_families_found_from_checkpoint_configs(built):
             assert got.origin["gguf_architecture"] == family.gguf_arch
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gemma3", "llama", "qwen2moe", "phi3"])
+@pytest.mark.parametrize("name", ["gpt2", "gemma3", "llama", "qwen2moe", "phi3", "gpt_oss"])
 def test_q8_0_gguf_reads_back_within_q8_0_and_verifies_exactly(name, built, tmp_path):
     """A quantized GGUF: the same names and shapes; values the checkpoint's within Q8_0's error
     (whole blocks are moved, transposed ones dequantized first); a lossless conversion verified
