@@ -174,3 +174,14 @@ def test_gguf_of_an_unknown_family_is_refused_naming_the_supported_ones(tmp_path
     w.close()
     with pytest.raises(SourceError, match="'bloom' is not a supported family.*gemma3.*gpt-oss"):
         open_source(path)
+
+
+def test_ggml_mxfp4_blocks_decode_as_gguf_decodes_them():
+    from gguf import GGMLQuantizationType, quants
+
+    from nntrtool.sources.mxfp4 import GGML_BLOCK_BYTES, decode_f32, from_ggml
+
+    raw = RNG.integers(0, 256, (6, 4 * GGML_BLOCK_BYTES), dtype=np.uint8)
+    raw.reshape(6, 4, GGML_BLOCK_BYTES)[..., 0] = RNG.integers(100, 150, (6, 4))
+    want = quants.dequantize(raw, GGMLQuantizationType.MXFP4)
+    np.testing.assert_array_equal(decode_f32(*from_ggml(raw)), want)

@@ -340,3 +340,34 @@ def test_q8_0_gguf_reads_back_within_q8_0_and_verifies_exactly(name, built, tmp_
     report = verify(tmp_path / "m.nntr", gguf_path)
     assert report.tensors and all(r.ok for r in report.tensors)
     assert all(r.max_abs_err == 0 for r in report.tensors if r.max_abs_err is not None)
+
+
+def test_mxfp4_gpt_oss_gguf_converts_to_the_checkpoints_bytes(llama_cpp, tmp_path):
+    """A GPT-OSS checkpoint packed in MXFP4: llama.cpp repacks its experts as ggml MXFP4 blocks;
+    read back, they are the checkpoint's blocks again, stored as the same exact Q8_0 blocks."""
+    import llama_cpp_converter
+
+    from nntrtool.format import NntrFile
+    from nntrtool.synthetic_moe import make_synthetic_moe, moe_shape
+
+    hf = make_synthetic_moe(
+        tmp_path / "hf", moe_shape("gpt_oss", 1e6, experts=4, hidden=64, inter=64, mxfp4=True)
+    )
+    gguf_path = llama_cpp_converter.convert_hf(llama_cpp, hf, tmp_path / "oss.gguf")
+    with open_source(gguf_path) as got:
+        experts = [t for t in got.tensors if ".experts." in t.name and t.name.endswith("weight")]
+        assert experts and all(t.inputs[0].dtype == "MXFP4" for t in experts)
+    for src, out in ((hf, "hf.nntr"), (gguf_path, "gguf.nntr")):
+        from nntrtool.cli.app import main
+
+        with pytest.raises(SystemExit) as done:
+            main(["convert", str(src), str(tmp_path / out), "--quant-type", "q4_0", "-q"])
+        assert done.value.code == 0
+    with NntrFile(tmp_path / "hf.nntr") as a, NntrFile(tmp_path / "gguf.nntr") as b:
+        assert sorted(a.names) == sorted(b.names)
+        for n in a.names:
+            assert a.tensor(n).ttype == b.tensor(n).ttype, n
+            assert np.array_equal(a.raw(n), b.raw(n)), n
+        assert {a.tensor(n).ttype.name for n in a.names if ".experts." in n and "weight" in n} == {
+            "q8_0"
+        }

@@ -19,11 +19,10 @@ import re
 
 from nntrtool.architectures.base import COMMON_KEYS, DECODER_SPELLINGS, Family, GGUFMeta
 from nntrtool.architectures.gemma2 import layer_types
-from nntrtool.architectures.ops import split_experts_rule
 from nntrtool.errors import SourceError
 from nntrtool.sources.base import SourceTensor
 from nntrtool.sources.moe import EVEN, ODD, bias_row, expert_at, experts_of, router_rule
-from nntrtool.sources.mxfp4 import mxfp4_matrix
+from nntrtool.sources.mxfp4 import ggml_mxfp4_matrix, mxfp4_matrix
 from nntrtool.sources.transforms import (
     DerivedTensor,
     Placement,
@@ -148,10 +147,24 @@ def _sinks(m: re.Match[str], t: SourceTensor, lookup: TensorLookup) -> list[Sour
     return [DerivedTensor(m.group(1), t.dtype, t.shape, [t], read, "", source_nbytes=t.nbytes)]
 
 
-def gguf_rules(meta: GGUFMeta) -> list[Rule]:
-    """Experts and their biases split per expert; sinks named as in the checkpoint."""
+def _gguf_experts(m: re.Match[str], t: SourceTensor, lookup: TensorLookup) -> list[SourceTensor]:
+    prefix, proj = m.group(1), m.group(2)
+    split = ggml_mxfp4_matrix if t.dtype == "MXFP4" else expert_matrix
     return [
-        split_experts_rule(),
+        split(t, f"{prefix}.{e}.{proj}.weight", e, note=f"expert {e} of {t.name}")
+        for e in range(experts_of(t, 3))
+    ]
+
+
+def gguf_rules(meta: GGUFMeta) -> list[Rule]:
+    """Experts (ggml MXFP4 blocks read as the checkpoint's MXFP4) and their biases split per
+    expert; sinks named as in the checkpoint."""
+    return [
+        Rule(
+            r"(model\.layers\.\d+\.mlp\.experts)\.((?:gate|up|down)_proj)\.weight",
+            _gguf_experts,
+            "fused experts split per expert",
+        ),
         Rule(
             r"(model\.layers\.\d+\.mlp\.experts)\.((?:gate|up|down)_proj)\.bias",
             _expert_biases,
