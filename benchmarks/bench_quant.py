@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from nntrtool import _ggml_ref
+from nntrtool import ggml_ref
 from nntrtool.quant import available_backends, dequantize, quantize, repack, unpack
 
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     x = np.random.default_rng(0).standard_normal((rows, cols)).astype(np.float32)
     qw = np.random.default_rng(1).exponential(1.0, cols).astype(np.float32)  # importance
     n = x.size
-    ggml = _ggml_ref.load()
+    ggml = ggml_ref.load()
     results: dict[str, Any] = {
         "shape": [rows, cols],
         "cpus": os.cpu_count(),

@@ -56,6 +56,12 @@ def _damage(kind: str) -> bytes:
     elif kind == "data-offset":
         at = _first_tensor_info(VALID) + 8 + len("token_embd.weight") + 4 + 16 + 4
         b[at : at + 8] = struct.pack("<Q", len(VALID) // 32 * 32)
+    elif kind == "zero-row":  # the Q8_0 tensor's rows hold no values
+        at = VALID.index(b"blk.0.attn_q.weight") + len("blk.0.attn_q.weight") + 4
+        b[at : at + 8] = struct.pack("<Q", 0)
+    elif kind == "control-name":
+        at = _first_tensor_info(VALID) + 8 + len("token")
+        b[at] = ord("\n")
     elif kind == "architecture":
         i = VALID.index(b"llama")
         b[i : i + 5] = b"zzzzz"
@@ -74,6 +80,8 @@ KINDS = {
     "tensor-type": "ggml type 999",
     "data-offset": "past the end of the",
     "architecture": "is not a supported family",
+    "zero-row": "attn_q.weight' has dimensions",
+    "control-name": "embd.weight' holds control characters",
 }
 
 

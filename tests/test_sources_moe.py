@@ -121,7 +121,7 @@ def test_a_fused_expert_tensor_of_the_wrong_rank_is_refused(tmp_path):
 def test_releasing_edge_pages_keeps_every_byte(tmp_path):
     import mmap
 
-    from nntrtool.convert.memory import PAGE, release_pages
+    from nntrtool.memory import PAGE, release_pages
 
     data = np.random.default_rng(0).integers(0, 256, 3 * PAGE, dtype=np.uint8)
     path = tmp_path / "f.bin"

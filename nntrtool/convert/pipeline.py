@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from nntrtool.convert.memory import prefault, release_pages
-from nntrtool.convert.options import ConvertOptions
-from nntrtool.convert.plan import ConversionPlan, TensorPlan, make_plan
 from nntrtool.errors import DiskFullError, NonFiniteError, OutputExistsError, UsageError
+from nntrtool.memory import prefault, release_pages
+from nntrtool.plan.options import ConvertOptions
+from nntrtool.plan.tensors import ConversionPlan, TensorPlan, make_plan
 from nntrtool.progress import ProgressFactory
 
 #: Chunks queued beyond one per worker: enough to overlap, few enough to bound memory.
@@ -133,16 +133,7 @@ def check_disk_space(out: Path, needed: int) -> None:
 
 def open_for(source_spec: str | Path, options: ConvertOptions) -> Any:
     """The source as ``options`` asks for it: revision, config, GGUF file, merged adapters."""
-    from nntrtool.sources import open_source
-
-    return open_source(
-        source_spec,
-        revision=options.revision,
-        config=options.config,
-        adapters=options.adapters,
-        gguf_file=options.gguf_file,
-        gguf_raw_names=options.gguf_raw_names,
-    )
+    return options.source(source_spec).open()
 
 
 def plan_conversion(source_spec: str | Path, options: ConvertOptions) -> ConversionPlan:
@@ -186,7 +177,10 @@ def convert(
             write_start = time.perf_counter()
             try:
                 stages: dict[str, float] = {}
-                found = _write(plan, by_name, out, options, backend, threads, progress, stages)
+                found = _write(
+                    plan, by_name, out, options, backend, threads, progress, stages,
+                    src.check_unchanged,
+                )  # fmt: skip
             except _NonFiniteChunk as bad:
                 if not options.allow_nonfinite:
                     raise bad.user_error() from None
@@ -461,8 +455,11 @@ def _write(
     threads: int,
     progress: ProgressFactory | None,
     stages: dict[str, float],
+    check_source: Callable[[], None] = lambda: None,
 ) -> list[tuple[str, str]]:
-    """Write the file; returns f32 tensors found holding NaN/inf (only with allow_nonfinite)."""
+    """Write the file; returns f32 tensors found holding NaN/inf (only with allow_nonfinite).
+    ``check_source`` raises when the source changed while it was read: the file is then not
+    given its name."""
     from nntrtool.format import NntrWriter
 
     workers, per_worker = _pool_shape(backend, threads)
@@ -529,6 +526,7 @@ def _write(
                         drain()
             while pending:
                 drain()
+            check_source()
             closing = time.perf_counter()
         stages["close"] = time.perf_counter() - closing
     finally:

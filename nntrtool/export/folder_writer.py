@@ -13,17 +13,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from nntrtool.errors import DiskFullError, OutputExistsError, UsageError
+from nntrtool.export.export_plan import ExportPlan, TensorExport
 from nntrtool.progress import ProgressLike
 from nntrtool.qtypes import Q4_0
 from nntrtool.units import human_bytes
-
-if TYPE_CHECKING:
-    from nntrtool.export.nntrainer import ExportPlan, TensorExport
 
 #: The Q4_0 layout nntrainer's CPU kernels expect, per instruction set.
 ISA_LAYOUTS: dict[str, str] = {"x86": "q4_0_8", "arm": "q4_0_4"}
@@ -121,7 +119,7 @@ def _write_tensor(
     backend: str = "auto",
 ) -> None:
     """Queue one tensor for ``offset``; source pages are dropped as soon as they are used."""
-    from nntrtool.convert.memory import release_pages
+    from nntrtool.memory import release_pages
 
     raw = np.asarray(nf.raw(t.slot.name))
     name = t.slot.name

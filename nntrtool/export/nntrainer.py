@@ -13,14 +13,13 @@ writing from :mod:`.folder_writer`.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nntrtool.errors import UsageError
+from nntrtool.export.export_plan import ExportPlan, ExportResult, TensorExport
 from nntrtool.export.folder_writer import (
     DEFAULT_CHUNK_BYTES,
     ISA_LAYOUTS,
@@ -31,16 +30,16 @@ from nntrtool.export.layouts import ArchitectureLayout, Role, Slot, layout_for_c
 from nntrtool.export.runtime_config import (
     TOKENIZER_FILES,
     RuntimeOptions,
-    _generation_config,
-    _gguf_source,
-    _metadata,
-    _runtime_config,
-    _sample_input,
-    _source_from_metadata,
     fit_positions,
+    generation_config,
+    gguf_source,
+    runtime_config,
+    sample_input,
+    source_from_metadata,
 )
+from nntrtool.model_config import ModelConfig
 from nntrtool.progress import ProgressFactory
-from nntrtool.qtypes import F32, Q4_0, Q4_0_REPACKED, Q6_K, RepackLayout, TensorType, get_layout
+from nntrtool.qtypes import F32, Q4_0, Q6_K, get_layout
 
 TARGETS: tuple[str, ...] = ("nntrainer",)
 
@@ -52,76 +51,6 @@ CONVERT_HINT = (
 )
 
 _RUNTIME_DTYPE = {F32.name: "FP32", Q4_0.name: "Q4_0", Q6_K.name: "Q6_K"}
-
-
-@dataclass(frozen=True)
-class TensorExport:
-    """One tensor of the weight file: where it comes from and how it is stored."""
-
-    slot: Slot
-    source_type: TensorType
-    source_layout: RepackLayout | None
-    out_type: str  # "f32", "q6_k", or the Q4_0 layout name ("q4_0_8", "q4_0_4")
-    out_shape: tuple[int, ...]
-    nbytes: int
-    transposed: bool
-
-    @property
-    def params(self) -> int:
-        return math.prod(self.slot.shape)
-
-
-@dataclass
-class ExportPlan:
-    """Everything an export will write, decided and checked before any byte is written."""
-
-    source: Path | None  # the NNTR file
-    architecture: str
-    isa: str
-    tied: bool
-    tensors: list[TensorExport]
-    fc_dtype: str
-    embedding_dtype: str
-    lmhead_dtype: str | None
-    config: dict[str, Any]
-    generation_config: dict[str, Any]
-    nntr_config: dict[str, Any]
-    tokenizer_sources: list[Path]
-    warnings: list[str]
-
-    @property
-    def weight_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
-
-    @property
-    def params(self) -> int:
-        return sum(t.params for t in self.tensors)
-
-    @property
-    def model_file_name(self) -> str:
-        return str(self.nntr_config["model_file_name"])
-
-    def bytes_by_type(self) -> dict[str, int]:
-        """Weight-file bytes per stored type."""
-        out: dict[str, int] = {}
-        for t in self.tensors:
-            out[t.out_type] = out.get(t.out_type, 0) + t.nbytes
-        return out
-
-
-@dataclass
-class ExportResult:
-    """What an export wrote (or, with ``dry_run``, would write)."""
-
-    out_dir: Path
-    plan: ExportPlan
-    files: list[str]
-    seconds: float
-    dry_run: bool = False
-
-    @property
-    def weight_file(self) -> Path:
-        return self.out_dir / self.plan.model_file_name
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,12 +65,8 @@ def _entries(nf: Any) -> dict[str, Any]:
 
 
 def _is_tied(config: dict[str, Any], names: set[str]) -> bool:
-    meta = _metadata(config)
-    if isinstance(meta.get("tied"), bool):
-        return meta["tied"]
-    if isinstance(config.get("tie_word_embeddings"), bool):
-        return config["tie_word_embeddings"]
-    return "lm_head.weight" not in names
+    tied = ModelConfig.of(config).tied
+    return tied if tied is not None else "lm_head.weight" not in names
 
 
 #: What to add for MoE experts, which a converted MXFP4 checkpoint stores as Q8_0 by default.
@@ -168,7 +93,7 @@ def _check_types(slots: list[tuple[Slot, Any]]) -> None:
         return _hinted_error(slot, found, wanted, moe)
 
     for slot, entry in slots:
-        base = Q4_0 if entry.ttype is Q4_0_REPACKED else entry.ttype
+        base = entry.ttype.plain
         if slot.role is Role.NORM and base is not F32:
             raise _role_error(slot, base.name, "f32 (norms are never quantized)")
         if slot.role is Role.VECTOR and base is not F32:
@@ -197,8 +122,8 @@ def _check_types(slots: list[tuple[Slot, Any]]) -> None:
 
 def _plan_tensor(slot: Slot, entry: Any, isa: str) -> TensorExport:
     shape = tuple(int(s) for s in slot.shape)
-    base = Q4_0 if entry.ttype is Q4_0_REPACKED else entry.ttype
-    source_layout = entry.layout if entry.ttype is Q4_0_REPACKED else None
+    base = entry.ttype.plain
+    source_layout = entry.layout if entry.ttype.plain_name else None
     if slot.role in (Role.LINEAR, Role.LM_HEAD, Role.ROUTER) and base is F32:
         out_shape = (shape[1], shape[0])
         return TensorExport(
@@ -316,7 +241,7 @@ def plan_export(
     head = None if tied else (role_type(Role.LM_HEAD) or F32.name)
 
     warnings: list[str] = []
-    runtime_cfg = _runtime_config(config, layout, tied, warnings)
+    runtime_cfg = runtime_config(config, layout, tied, warnings)
     num_to_generate, init_seq_len, max_seq_len = fit_positions(
         runtime, runtime_cfg, layout, warnings
     )
@@ -325,13 +250,13 @@ def plan_export(
     if source_path is not None and not source_path.is_dir():
         raise UsageError(f"--tokenizer {source_path} is not a folder")
     if source_path is None:
-        source_path = _source_from_metadata(config)
+        source_path = source_from_metadata(config)
     tokenizer_sources = (
         [source_path / n for n in TOKENIZER_FILES if (source_path / n).is_file()]
         if source_path is not None
         else []
     )
-    gguf = _gguf_source(config) if source_dir is None else None
+    gguf = gguf_source(config) if source_dir is None else None
     if gguf is not None and not any(p.name == "tokenizer.json" for p in tokenizer_sources):
         from nntrtool.export.gguf_tokenizer import gguf_tokenizer_files
 
@@ -345,7 +270,7 @@ def plan_export(
             "folder or pass --tokenizer DIR"
         )
 
-    gen = _generation_config(config, source_path, runtime, warnings)
+    gen = generation_config(config, source_path, runtime, warnings)
 
     out_abs = Path(os.path.abspath(os.fspath(out_dir)))
     stem = Path(os.fspath(source)).stem if source is not None else "model"
@@ -369,7 +294,7 @@ def plan_export(
             "tokenizer_file": runtime.tokenizer_file or str(out_abs / "tokenizer.json"),
             "sample_input": runtime.sample_input
             if runtime.sample_input is not None
-            else _sample_input(tokenizer_sources),
+            else sample_input(tokenizer_sources),
         }
     )
     return ExportPlan(

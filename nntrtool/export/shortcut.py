@@ -40,16 +40,13 @@ def convert_and_export(
     ``(total, description) -> Progress`` as for :func:`nntrtool.convert.convert`.
     """
     from nntrtool.convert import ConvertOptions, convert
-    from nntrtool.sources import open_source
 
     check_target(target)
     out = Path(os.path.abspath(os.fspath(out_dir)))
     check_output(out, options.force)
-    from nntrtool.convert.plan import default_quant_type
+    from nntrtool.plan.tensors import default_quant_type
 
-    with open_source(
-        source_spec, revision=options.revision, config=options.config, gguf_file=options.gguf_file
-    ) as src:
+    with options.source(source_spec).without_adapters().open() as src:
         config, root = src.config, src.root
         quant_type = options.quant_type
         if quant_type == "auto":

@@ -8,8 +8,6 @@ promote the arithmetic and change bits, so constants are spelled ``np.float32(..
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -74,6 +72,8 @@ def bf16_to_f32(bits_u16: Any, xp: Any = np, out: Any = None) -> Any:
 
 #: Bytes of the fp16 scale in front of the codes of a Q4_0 or Q8_0 block.
 SCALE_BYTES = np.dtype(np.float16).itemsize
+#: What the CPU layouts of Q4_0 XOR into every code byte: each nibble becomes the signed q - 8.
+REPACK_XOR = 0x88
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 
@@ -210,35 +210,3 @@ def check_finite(x: Any, xp: Any = np, row_offset: int = 0) -> None:
     flat = int(xp.argmax((~finite).reshape(-1).view(xp.uint8)))  # first True; any xp
     row, col = divmod(flat, x2.shape[1])
     raise non_finite_error(row + row_offset, col, float(x2[row, col]))
-
-
-def numba_entry_points(
-    type_name: str, module: str
-) -> tuple[Callable[[Any, int], np.ndarray], Callable[[Any], np.ndarray]]:
-    """A type module's ``quantize_numba(x, src_kind)`` and ``dequantize_numba(data)``: they run
-    ``quantize`` / ``dequantize`` of ``nntrtool.quant.<module>``, imported (and numba with it)
-    on the first call, so that looking at a type costs no numba import."""
-
-    from .kernel_cost import mark_compiled
-
-    qtype = type_name.lower()
-
-    def quantize_numba(x: Any, src_kind: int) -> np.ndarray:
-        out = importlib.import_module(f"nntrtool.quant.{module}").quantize(x, src_kind)
-        mark_compiled(f"quantize-{qtype}-{x.dtype.name}")
-        return out
-
-    def dequantize_numba(data: Any) -> np.ndarray:
-        out = importlib.import_module(f"nntrtool.quant.{module}").dequantize(data)
-        mark_compiled(f"dequantize-{qtype}")
-        return out
-
-    quantize_numba.__doc__ = (
-        f"{type_name} bytes (rows, row_bytes) of a C-contiguous 2-D float32 array (or uint16 "
-        "fp16/bf16 bits per ``src_kind``), with the numba kernels."
-    )
-    dequantize_numba.__doc__ = (
-        f"float32 (rows, cols) of C-contiguous {type_name} bytes (rows, row_bytes), with the "
-        "numba kernels."
-    )
-    return quantize_numba, dequantize_numba

@@ -14,7 +14,6 @@ float-to-int conversion gives 0x80000000 there, so ggml stores code 0, and so do
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,6 @@ from .common import (
     SCALE_BYTES,
     check_finite,
     join_scale_blocks,
-    numba_entry_points,
     qx_scale_search,
     scaled_values,
     search_numerators,
@@ -122,14 +120,3 @@ def dequantize_xp(data: Any, xp: Any = np) -> Any:
     with np.errstate(invalid="ignore"):  # an inf scale times code 0 is NaN, as in ggml
         values = q.astype(xp.float32) * d
     return values.reshape(data.shape[0], data.shape[1] // BLOCK_BYTES * QK)
-
-
-# --------------------------------------------------------------------------- numba entry points
-
-
-quantize_numba, dequantize_numba = numba_entry_points("Q4_0", "_q4_0_numba")
-
-
-def quantize_imatrix_numba(x: Any, src_kind: int, qw: Any) -> np.ndarray:
-    """Importance-weighted Q4_0 bytes with the numba kernel (imported on first use)."""
-    return importlib.import_module("nntrtool.quant._q4_0_imatrix_numba").quantize(x, src_kind, qw)

@@ -313,6 +313,13 @@ class ModelSource:
     def __len__(self) -> int:
         return len(self.tensors)
 
+    def check_unchanged(self) -> None:
+        """SourceError when a file the tensors are read from changed since it was opened."""
+        for opened in self._closers:
+            check = getattr(opened, "check_unchanged", None)
+            if check is not None:
+                check()
+
     def close(self) -> None:
         """Release file handles and maps (idempotent)."""
         closers, self._closers = self._closers, []

@@ -91,13 +91,12 @@ def _assemble(gf: GGUFFile, origin: dict[str, Any], raw_names: bool = False) -> 
     meta = GGUFMeta(arch, gf.field, str(gf.path))
     tensors = sorted(apply_rules(gf.tensors, family.gguf_rules(meta)), key=lambda t: t.name)
     embed = next((t for t in tensors if t.name == "model.embed_tokens.weight"), None)
-    tokens = gf.field("tokenizer.ggml.tokens")
     config = build_config(
         arch,
         gf.field,
         vocab_rows=embed.shape[0] if embed is not None and embed.ndim == 2 else None,
         has_output=any(t.name == "lm_head.weight" for t in tensors),
-        token_count=len(tokens) if isinstance(tokens, list) else None,
+        token_count=gf.count("tokenizer.ggml.tokens"),  # the vocabulary stays unread
     )
     # The Hugging Face architecture's own rules too (a MoE router prefers F32), as for folders.
     tensors = apply_rules(tensors, rules_for(config))
@@ -127,13 +126,12 @@ def _assemble_raw(gf: GGUFFile, origin: dict[str, Any], arch: str) -> ModelSourc
     """The GGUF's tensors as they are: GGUF names, GGUF values, a config of the generic keys."""
     tensors = sorted(gf.tensors, key=lambda t: t.name)
     embed = next((t for t in tensors if t.name == "token_embd.weight"), None)
-    tokens = gf.field("tokenizer.ggml.tokens")
     config = build_config(
         arch,
         gf.field,
         vocab_rows=embed.shape[0] if embed is not None and embed.ndim == 2 else None,
         has_output=any(t.name == "output.weight" for t in tensors),
-        token_count=len(tokens) if isinstance(tokens, list) else None,
+        token_count=gf.count("tokenizer.ggml.tokens"),  # the vocabulary stays unread
     )
     notes = [
         f"{RAW_NAMES_OPTION}: tensors keep the GGUF's own names and values ({arch}); no "

@@ -51,7 +51,7 @@ def pick_gguf(path: Path, gguf_file: str | None) -> Path | None:
 
 
 def _has_hf_weights(folder: Path) -> bool:
-    from nntrtool.sources.resolve import find_weights
+    from nntrtool.sources.folder import find_weights
 
     if not (folder / "config.json").is_file():
         return False

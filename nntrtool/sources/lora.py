@@ -461,7 +461,7 @@ def _merge(
 
 def _tied_pair(source: ModelSource) -> tuple[str, str] | None:
     """(head, embeddings) when the model stores its output head as the embeddings."""
-    from nntrtool.convert.plan import detect_tied
+    from nntrtool.sources.tied import detect_tied
 
     tied = detect_tied(list(source.tensors), dict(source.config or {}))
     if not tied.tied or tied.embedding is None or tied.head is None:
@@ -534,10 +534,9 @@ def apply_merged_weights(model: Any, source: ModelSource) -> int:
 
 def recorded_adapters(file_config: dict[str, Any]) -> list[dict[str, Any]]:
     """The adapters an NNTR file's metadata says were merged into it (empty for none)."""
-    meta = file_config.get("nntrtool") if isinstance(file_config, dict) else None
-    source = meta.get("source") if isinstance(meta, dict) else None
-    records = source.get("adapters") if isinstance(source, dict) else None
-    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+    from nntrtool.model_config import ModelConfig
+
+    return ModelConfig.of(file_config).recorded_adapters
 
 
 def verify_hint(file_config: dict[str, Any]) -> str | None:

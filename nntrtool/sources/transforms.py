@@ -177,7 +177,7 @@ def done_reading(arr: np.ndarray) -> None:
     The pipeline releases the pages of the rows it reads, but a derived tensor's rows are a
     computed copy: the pages of its inputs would otherwise stay resident to the end.
     """
-    from nntrtool.convert.memory import release_pages
+    from nntrtool.memory import release_pages
 
     release_pages(arr, edges=True)
 
@@ -205,7 +205,7 @@ def rows_at(t: SourceTensor, index: np.ndarray) -> np.ndarray:
     """Rows ``index`` of ``t`` (any order), reading only the span they cover."""
     if index.size == 0:
         return t.read(0, 0)
-    from nntrtool.convert.memory import release_pages
+    from nntrtool.memory import release_pages
 
     lo, hi = int(index.min()), int(index.max()) + 1
     span = t.read(lo, hi)
