@@ -13,7 +13,7 @@ from nntrtool.errors import SourceError
 from nntrtool.names import hf_name
 from nntrtool.sources.base import ArrayTensor
 from nntrtool.sources.gguf_config import build_config
-from nntrtool.sources.transforms import apply_rules
+from nntrtool.tensors.transforms import apply_rules
 
 RNG = np.random.default_rng(0)
 
@@ -179,7 +179,7 @@ def test_gguf_of_an_unknown_family_is_refused_naming_the_supported_ones(tmp_path
 def test_ggml_mxfp4_blocks_decode_as_gguf_decodes_them():
     from gguf import GGMLQuantizationType, quants
 
-    from nntrtool.sources.mxfp4 import GGML_BLOCK_BYTES, decode_f32, from_ggml
+    from nntrtool.tensors.mxfp4 import GGML_BLOCK_BYTES, decode_f32, from_ggml
 
     raw = RNG.integers(0, 256, (6, 4 * GGML_BLOCK_BYTES), dtype=np.uint8)
     raw.reshape(6, 4, GGML_BLOCK_BYTES)[..., 0] = RNG.integers(100, 150, (6, 4))

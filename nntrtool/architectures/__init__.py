@@ -18,6 +18,7 @@ import importlib
 from typing import Any
 
 from nntrtool.architectures.base import Family
+from nntrtool.tensors.transforms import Placement, Rule
 
 #: The family modules, in the order they are listed to users.
 MODULES = (
@@ -93,3 +94,17 @@ __all__ = [
     "for_gguf",
     "supported_gguf",
 ]
+
+
+def rules_for(config: dict[str, Any]) -> list[Rule]:
+    """The rules that apply to a Hugging Face checkpoint with this config (often none): those
+    its family (by ``architectures[0]``) declares."""
+    family = for_first_class(config)
+    return family.hf_rules(config) if family is not None else []
+
+
+def placements_for(config: dict[str, Any]) -> list[Placement]:
+    """Where stored tensors go in a transformers model with this config (none: every stored
+    name is a state key)."""
+    family = for_first_class(config)
+    return family.placements(config) if family is not None else []

@@ -8,7 +8,7 @@ architecture name llama.cpp writes into a GGUF's ``general.architecture``. It de
   spellings for each GGUF name and the family's patterns pick the one its checkpoints use.
 - ``gguf_rules``: how tensors read from a GGUF become the checkpoint's tensors again, the
   inverse of what llama.cpp's converter did (rows un-permuted, norm offsets removed, experts
-  split ...), as :class:`~nntrtool.sources.transforms.Rule`\\ s over the Hugging Face names.
+  split ...), as :class:`~nntrtool.tensors.transforms.Rule`\\ s over the Hugging Face names.
 - ``hf_rules`` and ``placements``: the transforms applied to the family's own checkpoints (a MoE
   router kept F32, fused experts split) and their way back into transformers' modules.
 - ``config_keys`` / ``finish_config``: GGUF metadata keys (after ``"<arch>."``) and the
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nntrtool.sources.transforms import Placement, Rule
+from nntrtool.tensors.transforms import Placement, Rule
 
 #: Reads one GGUF metadata value (``None`` when absent).
 Field = Callable[[str], Any]

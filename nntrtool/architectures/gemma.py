@@ -4,7 +4,7 @@ again (every ``*norm.weight``, as transformers' GGUF loader does). Embeddings ar
 
 from nntrtool.architectures.base import COMMON_KEYS, DECODER_SPELLINGS, Family, GGUFMeta
 from nntrtool.architectures.ops import norm_offset_rule
-from nntrtool.sources.transforms import Rule
+from nntrtool.tensors.transforms import Rule
 
 #: Every RMSNorm weight of the Gemma families (llama.cpp adds 1 to each name ending so).
 NORMS = r".*norm\.weight"

@@ -11,8 +11,8 @@ import numpy as np
 
 from nntrtool.architectures.base import Family, GGUFMeta
 from nntrtool.architectures.ops import transpose_rule
-from nntrtool.sources.base import SourceTensor
-from nntrtool.sources.transforms import Rule, TensorLookup
+from nntrtool.tensors.base import SourceTensor
+from nntrtool.tensors.transforms import Rule, TensorLookup
 
 SPELLINGS = (
     r"transformer\.(wte|wpe|ln_f)",

@@ -4,7 +4,7 @@ A layer's experts are fused: ``mlp.experts.gate_up_proj`` ``[E, hidden, 2 * inte
 the even columns, up in the odd ones), ``down_proj`` ``[E, inter, hidden]`` (both ``[in, out]``),
 their biases ``[E, 2 * inter]`` and ``[E, hidden]``. The published checkpoint packs the matrices
 in MXFP4 as ``*_blocks``/``*_scales`` in ``[out, in]`` order (gate and up interleaved by rows),
-decoded by :mod:`nntrtool.sources.mxfp4`. Stored, every expert is one ``[out, in]`` matrix per
+decoded by :mod:`nntrtool.tensors.mxfp4`. Stored, every expert is one ``[out, in]`` matrix per
 projection; :func:`gpt_oss_placements` puts them back into transformers' fused parameters.
 
 llama.cpp's GGUFs (``gpt-oss``) hold each layer's experts as three ``[E, out, in]`` tensors
@@ -20,10 +20,10 @@ import re
 from nntrtool.architectures.base import COMMON_KEYS, DECODER_SPELLINGS, Family, GGUFMeta
 from nntrtool.architectures.gemma2 import layer_types
 from nntrtool.errors import SourceError
-from nntrtool.sources.base import SourceTensor
-from nntrtool.sources.moe import EVEN, ODD, bias_row, expert_at, experts_of, router_rule
-from nntrtool.sources.mxfp4 import ggml_mxfp4_matrix, mxfp4_matrix
-from nntrtool.sources.transforms import (
+from nntrtool.tensors.base import SourceTensor
+from nntrtool.tensors.experts import EVEN, ODD, bias_row, expert_at, experts_of, router_rule
+from nntrtool.tensors.mxfp4 import ggml_mxfp4_matrix, mxfp4_matrix
+from nntrtool.tensors.transforms import (
     DerivedTensor,
     Placement,
     Rule,

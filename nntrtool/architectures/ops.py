@@ -4,7 +4,7 @@ them on tensors read from a GGUF.
 Every transform is a pair of plain numpy functions, ``forward`` (what llama.cpp does to the
 checkpoint's values) and ``inverse`` (what nntrtool does to get them back); the tests check
 that one undoes the other. The rules read a GGUF tensor's rows on demand, as
-:class:`~nntrtool.sources.transforms.DerivedTensor`\\ s:
+:class:`~nntrtool.tensors.transforms.DerivedTensor`\\ s:
 
 - a row permutation moves whole rows, so quantized blocks stay bit-exact;
 - a value change (norm offset, transpose) works on float32 values: F32 rows stay F32, other
@@ -20,8 +20,8 @@ import numpy as np
 
 from nntrtool.architectures.base import GGUFMeta
 from nntrtool.errors import SourceError
-from nntrtool.sources.base import SourceTensor
-from nntrtool.sources.transforms import (
+from nntrtool.tensors.base import SourceTensor
+from nntrtool.tensors.transforms import (
     DerivedTensor,
     Rule,
     TensorLookup,

@@ -5,8 +5,8 @@ which llama.cpp may store as a vector)."""
 from nntrtool.architectures.base import COMMON_KEYS, DECODER_SPELLINGS, Family, GGUFMeta
 from nntrtool.architectures.ops import reshape_rule, split_experts_rule
 from nntrtool.architectures.qwen3moe import MOE_KEYS, MOE_SPELLINGS, qwen3_moe_placements
-from nntrtool.sources.moe import router_rule
-from nntrtool.sources.transforms import Rule
+from nntrtool.tensors.experts import router_rule
+from nntrtool.tensors.transforms import Rule
 
 SHARED = (
     r"model\.layers\.\d+\.mlp\.shared_expert\.(gate|up|down)_proj",

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from nntrtool.architectures.base import COMMON_KEYS, DECODER_SPELLINGS, Family
 from nntrtool.architectures.ops import split_experts_rule
-from nntrtool.sources.moe import expert_at, router_rule
-from nntrtool.sources.transforms import Placement, Rule
+from nntrtool.tensors.experts import expert_at, router_rule
+from nntrtool.tensors.transforms import Placement, Rule
 
 #: GGUF MoE keys and their config keys.
 MOE_KEYS = {

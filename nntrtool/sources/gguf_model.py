@@ -18,14 +18,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from nntrtool.architectures import for_gguf, supported_gguf
+from nntrtool.architectures import for_gguf, rules_for, supported_gguf
 from nntrtool.architectures.base import Family, GGUFMeta
 from nntrtool.errors import SourceError
 from nntrtool.names import check_architecture, hf_name
 from nntrtool.sources.base import ModelSource
 from nntrtool.sources.gguf_config import build_config
 from nntrtool.sources.gguf_file import GGUFFile
-from nntrtool.sources.transforms import apply_rules, rules_for
+from nntrtool.tensors.transforms import apply_rules
 
 RAW_NAMES_OPTION = "--gguf-raw-names"
 

@@ -28,7 +28,7 @@ class SourceRequest:
     gguf_file: str | None = None
     #: LoRA adapters (:class:`nntrtool.sources.lora.AdapterSpec`) merged while reading.
     adapters: tuple[Any, ...] = field(default=())
-    #: A GGUF of a family nntrtool does not know read with its own tensor names and values.
+    #: Read a GGUF of an unknown family with its own tensor names and values.
     gguf_raw_names: bool = False
 
     @classmethod

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nntrtool.architectures import rules_for
 from nntrtool.errors import SourceError, UsageError
 from nntrtool.sources.base import ModelSource, SourceTensor
 from nntrtool.sources.folder import (
@@ -23,7 +24,7 @@ from nntrtool.sources.folder import (
     read_index,
 )
 from nntrtool.sources.hub import looks_like_hub_id, resolve_hub
-from nntrtool.sources.transforms import apply_rules, rules_for
+from nntrtool.tensors.transforms import apply_rules
 
 if TYPE_CHECKING:
     from nntrtool.sources.lora import AdapterSpec
@@ -151,6 +152,9 @@ def _assemble(
             for f in weights.files:
                 opened.append(CheckpointFile(f))
         tensors = apply_rules(_select_tensors(opened, weights), rules_for(cfg))
+        from nntrtool.sources.consistency import check_config
+
+        check_config(cfg, tensors)
     except BaseException:
         for f in opened:
             f.close()

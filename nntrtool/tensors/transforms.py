@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nntrtool.errors import SourceError
-from nntrtool.sources.base import SourceTensor
+from nntrtool.tensors.base import SourceTensor
 
 #: Reads rows ``start:stop`` of a derived tensor from its inputs.
 RowReader = Callable[[Sequence[SourceTensor], int, int], np.ndarray]
@@ -299,15 +299,6 @@ def expert_matrix(
 # ---- rules per architecture -------------------------------------------------------------
 
 
-def rules_for(config: dict) -> list[Rule]:
-    """The rules that apply to a Hugging Face checkpoint with this config (often none): those
-    its family (:mod:`nntrtool.architectures`, by ``architectures[0]``) declares."""
-    from nntrtool.architectures import for_first_class
-
-    family = for_first_class(config)
-    return family.hf_rules(config) if family is not None else []
-
-
 # ---- the way back: stored tensors into a model's own modules ----------------------------
 
 
@@ -331,11 +322,3 @@ class Placement:
         if m is None:
             return None
         return self.target.format(*m.groups()), self.index(m), self.transpose
-
-
-def placements_for(config: dict) -> list[Placement]:
-    """The placements for a model with this config (none: every stored name is a state key)."""
-    from nntrtool.architectures import for_first_class
-
-    family = for_first_class(config)
-    return family.placements(config) if family is not None else []

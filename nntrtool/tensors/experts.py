@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from nntrtool.errors import SourceError
-from nntrtool.sources.base import SourceTensor
-from nntrtool.sources.transforms import DerivedTensor, Rule, TensorLookup, prefer_type
+from nntrtool.tensors.base import SourceTensor
+from nntrtool.tensors.transforms import DerivedTensor, Rule, TensorLookup, prefer_type
 
 ROUTER_REASON = "router: f32 (the runtime computes routing in FP32; --type to choose another)"
 EVEN, ODD = slice(0, None, 2), slice(1, None, 2)
