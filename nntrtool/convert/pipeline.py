@@ -243,7 +243,7 @@ def _needs_kernels(plan: ConversionPlan) -> bool:
 
     return any(
         not (tp.copy_blocks and tp.layout is None)
-        and (tp.quantized or tp.source_dtype not in READABLE_DTYPES)
+        and (tp.encoded or tp.source_dtype not in READABLE_DTYPES)
         for tp in plan.tensors
     )
 
@@ -270,7 +270,7 @@ def _kernel_uses(plan: ConversionPlan) -> list[Any]:
         if tp.copy_blocks:
             if tp.layout is not None:
                 uses.append(repack_use(tp.numel))
-        elif tp.quantized:
+        elif tp.encoded:
             weighted = tp.importance is not None
             dtype = "F32" if tp.requantized else tp.source_dtype
             uses.append(quantize_use(tp.quant_name, dtype, tp.numel, imatrix=weighted))
@@ -361,7 +361,7 @@ class _Work:
         if tp.copy_blocks or self.encoded:  # the bytes as they are: the source's own blocks,
             q = np.ascontiguousarray(self.x)  # or blocks a transform encoded exactly
             return repack(q, tp.layout.name, backend=self.backend) if tp.layout is not None else q
-        if not tp.quantized:
+        if not tp.encoded:
             data = _to_f32(self.x, tp.source_dtype)
             if self.check_f32:
                 self.f32_nonfinite = _first_nonfinite(data.reshape(data.shape[0], -1))
@@ -405,7 +405,7 @@ def _prepare_kernels(plan: ConversionPlan, backend: str, prog: Any) -> None:
     seen: set[tuple[str, str, str, bool]] = set()
     for tp in plan.tensors:
         dtype = "F32" if tp.requantized else tp.source_dtype
-        if not tp.quantized or dtype not in READABLE_DTYPES:
+        if not tp.encoded or dtype not in READABLE_DTYPES:
             continue
         layout = tp.layout.name if tp.layout is not None else ""
         weighted = tp.importance is not None
@@ -589,7 +589,7 @@ def _scan_nonfinite(plan: ConversionPlan, by_name: dict[str, Any]) -> dict[str, 
     """Every quantized tensor of the plan holding NaN/inf, with the reason it goes to f32."""
     found: dict[str, str] = {}
     for tp in plan.tensors:
-        if not tp.quantized:
+        if not tp.encoded:
             continue
         st = by_name[tp.name]
         for begin, stop in _chunks(tp, st, 8 << 20):
