@@ -3,9 +3,10 @@
 The converter comes from the llama-cpp-python source distribution on PyPI, which vendors a full
 llama.cpp tree (``vendor/llama.cpp``: ``convert_hf_to_gguf.py``, its ``conversion`` package and
 its own ``gguf-py``). Version 0.3.36 carries llama.cpp commit 0c1e57098; the archive's SHA-256 is
-checked. Only those three parts are unpacked, into a cache folder outside the repository
-(``~/.cache/nntrtool-tests/llama.cpp-0.3.36-converter``, or ``NNTRTOOL_LLAMA_CPP_CONVERTER_DIR``),
-once; nothing is installed into the environment.
+checked. Where ``tools/llama_cpp/build.sh`` has already unpacked the same tree
+(``llama_cpp_tools.find()``), that tree is used; otherwise only those three parts are unpacked,
+into a cache folder outside the repository (``~/.cache/nntrtool-tests/llama.cpp-0.3.36-converter``,
+or ``NNTRTOOL_LLAMA_CPP_CONVERTER_DIR``), once; nothing is installed into the environment.
 
 The converter runs in a subprocess through ``convert_hf_to_gguf_run.py``, with the vendored
 ``gguf-py`` first on ``sys.path`` (the converter is written against its own copy of the package)
@@ -79,6 +80,12 @@ def _unpack(sdist: Path, dest: Path) -> None:
 def converter() -> Path:
     """The folder holding ``convert_hf_to_gguf.py`` (downloaded and unpacked on first use);
     RuntimeError when the archive cannot be had."""
+    import llama_cpp_tools
+
+    built = llama_cpp_tools.find()
+    if built is not None and llama_cpp_tools.version() == VERSION:
+        if (built.llama_cpp_dir / "convert_hf_to_gguf.py").is_file():
+            return built.llama_cpp_dir
     root = cache_dir()
     ready = root / "llama.cpp" / "convert_hf_to_gguf.py"
     if ready.is_file():

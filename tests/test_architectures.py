@@ -68,7 +68,7 @@ def test_registry_finds_each_family_by_each_of_its_names():
     assert for_gguf("llama").name == "llama"  # Mistral's GGUFs say llama too
     assert for_config({"architectures": ["MistralForCausalLM"]}).gguf_arch == "llama"
     assert for_config({"text_config": {"model_type": "gemma3_text"}}).name == "gemma3"
-    assert for_gguf("gpt-oss").name == "gpt_oss" and not for_gguf("gpt-oss").reads_gguf
+    assert for_gguf("gpt-oss").name == "gpt_oss"
     assert for_gguf("falcon") is None
 
 
@@ -160,17 +160,28 @@ def test_meta_count_says_what_is_missing_or_wrong():
     assert meta.count("block_count", default=3) == 3
 
 
-def test_gpt_oss_gguf_is_refused_naming_the_supported_families(tmp_path):
+def test_gguf_of_an_unknown_family_is_refused_naming_the_supported_ones(tmp_path):
     import gguf
 
     from nntrtool.sources import open_source
 
-    path = tmp_path / "oss.gguf"
-    w = gguf.GGUFWriter(str(path), "gpt-oss")
+    path = tmp_path / "bloom.gguf"
+    w = gguf.GGUFWriter(str(path), "bloom")
     w.add_tensor("token_embd.weight", np.zeros((8, 32), np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(SourceError, match="'gpt-oss' is not a supported family.*gemma3"):
+    with pytest.raises(SourceError, match="'bloom' is not a supported family.*gemma3.*gpt-oss"):
         open_source(path)
+
+
+def test_ggml_mxfp4_blocks_decode_as_gguf_decodes_them():
+    from gguf import GGMLQuantizationType, quants
+
+    from nntrtool.tensors.mxfp4 import GGML_BLOCK_BYTES, decode_f32, from_ggml
+
+    raw = RNG.integers(0, 256, (6, 4 * GGML_BLOCK_BYTES), dtype=np.uint8)
+    raw.reshape(6, 4, GGML_BLOCK_BYTES)[..., 0] = RNG.integers(100, 150, (6, 4))
+    want = quants.dequantize(raw, GGMLQuantizationType.MXFP4)
+    np.testing.assert_array_equal(decode_f32(*from_ggml(raw)), want)

@@ -124,6 +124,27 @@ CASES = {
     ),
     "phi3": Case("phi3", dict(SMALL), (*BASE_KEYS, "rms_norm_eps", "rope_parameters")),
     "starcoder2": Case("starcoder2", dict(SMALL), (*BASE_KEYS, "norm_epsilon")),
+    "gpt_oss": Case(
+        "gpt_oss",
+        dict(
+            SMALL,
+            head_dim=16,
+            intermediate_size=64,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=32,
+        ),
+        (
+            *BASE_KEYS,
+            "head_dim",
+            "rms_norm_eps",
+            "num_local_experts",
+            "num_experts_per_tok",
+            "sliding_window",
+            "layer_types",
+        ),
+        transformers_reads=False,  # transformers 5's GGUF loader fails on its expert tensors
+    ),
     "gpt2": Case(
         "gpt2",
         # transformers 5 reads the GGUF's context length into n_ctx, not n_positions: the
@@ -137,7 +158,7 @@ CASES = {
 def test_every_family_module_has_a_case_or_is_refused():
     readable = {f.name for f in families() if f.reads_gguf}
     assert readable <= set(CASES)
-    assert {f.name for f in families()} - readable == {"mistral", "gpt_oss"}
+    assert {f.name for f in families()} - readable == {"mistral"}
 
 
 @pytest.fixture(scope="session")
@@ -227,7 +248,7 @@ def _convert(src: Path, out: Path) -> None:
     assert done.value.code == 0
 
 
-@pytest.mark.parametrize("name", ["llama", "gemma3", "qwen3moe", "gpt2"])
+@pytest.mark.parametrize("name", ["llama", "gemma3", "qwen3moe", "gpt2", "gpt_oss"])
 def test_nntr_from_the_gguf_equals_nntr_from_the_checkpoint(name, built, tmp_path):
     from nntrtool.format import NntrFile
 
@@ -235,7 +256,12 @@ def test_nntr_from_the_gguf_equals_nntr_from_the_checkpoint(name, built, tmp_pat
     _convert(hf, tmp_path / "hf.nntr")
     _convert(gguf_path, tmp_path / "gguf.nntr")
     with NntrFile(tmp_path / "hf.nntr") as a, NntrFile(tmp_path / "gguf.nntr") as b:
-        assert a.names == b.names
+        # A GGUF's tensors are stored in name order, which is a single-file checkpoint's order;
+        # GPT-OSS's fused checkpoint tensors are split where they stand, so only the set agrees.
+        if name == "gpt_oss":
+            assert sorted(a.names) == sorted(b.names)
+        else:
+            assert a.names == b.names
         for n in a.names:
             assert a.tensor(n).ttype == b.tensor(n).ttype, n
             assert np.array_equal(a.raw(n), b.raw(n)), n
@@ -290,7 +316,7 @@ def test_gguf_families_found_from_checkpoint_configs(built):
             assert got.origin["gguf_architecture"] == family.gguf_arch
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gemma3", "llama", "qwen2moe", "phi3"])
+@pytest.mark.parametrize("name", ["gpt2", "gemma3", "llama", "qwen2moe", "phi3", "gpt_oss"])
 def test_q8_0_gguf_reads_back_within_q8_0_and_verifies_exactly(name, built, tmp_path):
     """A quantized GGUF: the same names and shapes; values the checkpoint's within Q8_0's error
     (whole blocks are moved, transposed ones dequantized first); a lossless conversion verified
@@ -314,3 +340,34 @@ def test_q8_0_gguf_reads_back_within_q8_0_and_verifies_exactly(name, built, tmp_
     report = verify(tmp_path / "m.nntr", gguf_path)
     assert report.tensors and all(r.ok for r in report.tensors)
     assert all(r.max_abs_err == 0 for r in report.tensors if r.max_abs_err is not None)
+
+
+def test_mxfp4_gpt_oss_gguf_converts_to_the_checkpoints_bytes(llama_cpp, tmp_path):
+    """A GPT-OSS checkpoint packed in MXFP4: llama.cpp repacks its experts as ggml MXFP4 blocks;
+    read back, they are the checkpoint's blocks again, stored as the same exact Q8_0 blocks."""
+    import llama_cpp_converter
+
+    from nntrtool.format import NntrFile
+    from nntrtool.synthetic_moe import make_synthetic_moe, moe_shape
+
+    hf = make_synthetic_moe(
+        tmp_path / "hf", moe_shape("gpt_oss", 1e6, experts=4, hidden=64, inter=64, mxfp4=True)
+    )
+    gguf_path = llama_cpp_converter.convert_hf(llama_cpp, hf, tmp_path / "oss.gguf")
+    with open_source(gguf_path) as got:
+        experts = [t for t in got.tensors if ".experts." in t.name and t.name.endswith("weight")]
+        assert experts and all(t.inputs[0].dtype == "MXFP4" for t in experts)
+    for src, out in ((hf, "hf.nntr"), (gguf_path, "gguf.nntr")):
+        from nntrtool.cli.app import main
+
+        with pytest.raises(SystemExit) as done:
+            main(["convert", str(src), str(tmp_path / out), "--quant-type", "q4_0", "-q"])
+        assert done.value.code == 0
+    with NntrFile(tmp_path / "hf.nntr") as a, NntrFile(tmp_path / "gguf.nntr") as b:
+        assert sorted(a.names) == sorted(b.names)
+        for n in a.names:
+            assert a.tensor(n).ttype == b.tensor(n).ttype, n
+            assert np.array_equal(a.raw(n), b.raw(n)), n
+        assert {a.tensor(n).ttype.name for n in a.names if ".experts." in n and "weight" in n} == {
+            "q8_0"
+        }

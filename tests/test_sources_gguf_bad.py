@@ -166,6 +166,9 @@ def test_unknown_family_refused_then_converted_raw_from_the_cli(tmp_path, capsys
     with NntrFile(out) as nf:
         assert nf.config["nntrtool"]["source"]["gguf_raw_names"] is True
         assert set(nf.names) == {"mystery.weight", "token_embd.weight"}
+    with pytest.raises(SystemExit) as err:  # verify reads the GGUF the same raw way
+        main(["verify", str(out), str(path)])
+    assert err.value.code == 0
 
 
 def test_bf16_and_f16_gguf_tensors_read_like_safetensors_ones(tmp_path):

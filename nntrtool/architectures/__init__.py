@@ -47,9 +47,8 @@ def families() -> tuple[Family, ...]:
 def for_gguf(arch: str) -> Family | None:
     """The family whose GGUFs carry ``general.architecture == arch`` and are read back (the
     first: Mistral's GGUFs say ``llama`` and read as Llama)."""
-    return next((f for f in families() if f.gguf_arch == arch and f.reads_gguf), None) or next(
-        (f for f in families() if f.gguf_arch == arch), None
-    )
+    matching = [f for f in families() if f.gguf_arch == arch]
+    return next((f for f in matching if f.reads_gguf), matching[0] if matching else None)
 
 
 def for_class(hf_class: str) -> Family | None:

@@ -113,8 +113,3 @@ class Family:
     #: Whether GGUFs of this family are read (a family whose GGUF layout nntrtool does not
     #: undo yet is refused rather than read wrong).
     reads_gguf: bool = True
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Every name this family answers to (model types, classes, its GGUF architecture)."""
-        return (self.name, self.model_type, self.hf_class, self.gguf_arch, *self.aliases)

@@ -7,20 +7,29 @@ in MXFP4 as ``*_blocks``/``*_scales`` in ``[out, in]`` order (gate and up interl
 decoded by :mod:`nntrtool.tensors.mxfp4`. Stored, every expert is one ``[out, in]`` matrix per
 projection; :func:`gpt_oss_placements` puts them back into transformers' fused parameters.
 
-GPT-OSS GGUFs (``gpt-oss``) are not read yet: llama.cpp stores their experts as ggml MXFP4
-blocks, which nntrtool does not decode; they are refused rather than read wrong.
+llama.cpp's GGUFs (``gpt-oss``) hold each layer's experts as three ``[E, out, in]`` tensors
+(gate and up de-interleaved, transposed; ggml MXFP4 blocks when the checkpoint was packed) and
+their biases as ``[E, out]``: split back per expert here, as the checkpoint's experts are
+stored; the attention sinks lose the ``.weight`` llama.cpp gave them.
 """
 
 from __future__ import annotations
 
 import re
 
-from nntrtool.architectures.base import Family
+from nntrtool.architectures.base import COMMON_KEYS, DECODER_SPELLINGS, Family, GGUFMeta
+from nntrtool.architectures.gemma2 import layer_types
 from nntrtool.errors import SourceError
 from nntrtool.tensors.base import SourceTensor
 from nntrtool.tensors.experts import EVEN, ODD, bias_row, expert_at, experts_of, router_rule
-from nntrtool.tensors.mxfp4 import mxfp4_matrix
-from nntrtool.tensors.transforms import Placement, Rule, TensorLookup, expert_matrix
+from nntrtool.tensors.mxfp4 import ggml_mxfp4_matrix, mxfp4_matrix
+from nntrtool.tensors.transforms import (
+    DerivedTensor,
+    Placement,
+    Rule,
+    TensorLookup,
+    expert_matrix,
+)
 
 
 def _fused_gate_up(m: re.Match[str], t: SourceTensor, lookup: TensorLookup) -> list[SourceTensor]:
@@ -123,12 +132,74 @@ def gpt_oss_placements(config: dict) -> list[Placement]:
     ]
 
 
+def _expert_biases(m: re.Match[str], t: SourceTensor, lookup: TensorLookup) -> list[SourceTensor]:
+    prefix, proj = m.group(1), m.group(2)
+    return [
+        bias_row(t, f"{prefix}.{e}.{proj}.bias", e, slice(None), f"expert {e} {proj} bias")
+        for e in range(experts_of(t, 2))
+    ]
+
+
+def _sinks(m: re.Match[str], t: SourceTensor, lookup: TensorLookup) -> list[SourceTensor]:
+    def read(inputs, start, stop):
+        return inputs[0].read(start, stop)
+
+    return [DerivedTensor(m.group(1), t.dtype, t.shape, [t], read, "", source_nbytes=t.nbytes)]
+
+
+def _gguf_experts(m: re.Match[str], t: SourceTensor, lookup: TensorLookup) -> list[SourceTensor]:
+    prefix, proj = m.group(1), m.group(2)
+    split = ggml_mxfp4_matrix if t.dtype == "MXFP4" else expert_matrix
+    return [
+        split(t, f"{prefix}.{e}.{proj}.weight", e, note=f"expert {e} of {t.name}")
+        for e in range(experts_of(t, 3))
+    ]
+
+
+def gguf_rules(meta: GGUFMeta) -> list[Rule]:
+    """Experts (ggml MXFP4 blocks read as the checkpoint's MXFP4) and their biases split per
+    expert; sinks named as in the checkpoint."""
+    return [
+        Rule(
+            r"(model\.layers\.\d+\.mlp\.experts)\.((?:gate|up|down)_proj)\.weight",
+            _gguf_experts,
+            "fused experts split per expert",
+        ),
+        Rule(
+            r"(model\.layers\.\d+\.mlp\.experts)\.((?:gate|up|down)_proj)\.bias",
+            _expert_biases,
+            "fused expert biases split per expert",
+        ),
+        Rule(r"(model\.layers\.\d+\.self_attn\.sinks)\.weight", _sinks, "attention sinks"),
+    ]
+
+
+def _finish(cfg: dict, field) -> None:
+    layer_types(cfg, 2)  # sliding-window and full attention alternate
+
+
+SPELLINGS = (
+    *DECODER_SPELLINGS,
+    r"model\.layers\.\d+\.mlp\.router",
+    r"model\.layers\.\d+\.mlp\.experts\.(gate|up|down)_proj",
+    r"model\.layers\.\d+\.self_attn\.sinks",
+)
+
 FAMILY = Family(
     name="gpt_oss",
     model_type="gpt_oss",
     hf_class="GptOssForCausalLM",
     gguf_arch="gpt-oss",
+    spellings=SPELLINGS,
+    gguf_rules=gguf_rules,
     hf_rules=gpt_oss_rules,
     placements=gpt_oss_placements,
-    reads_gguf=False,
+    config_keys={
+        **COMMON_KEYS,
+        "expert_count": "num_local_experts",
+        "expert_used_count": "num_experts_per_tok",
+        "attention.sliding_window": "sliding_window",
+    },
+    finish_config=_finish,
+    hidden_act="silu",
 )

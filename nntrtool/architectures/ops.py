@@ -148,8 +148,8 @@ def transpose_rule(pattern: str) -> Rule:
                 cache.clear()
             return out
 
-        dtype = t.dtype if t.dtype == "F32" else "F32"
-        return [DerivedTensor(t.name, dtype, (cols, rows), [t], read, note, source_nbytes=t.nbytes)]
+        # float32 values, whatever the GGUF stored
+        return [DerivedTensor(t.name, "F32", (cols, rows), [t], read, note, source_nbytes=t.nbytes)]
 
     return Rule(pattern, expand, "Conv1D weights transposed")
 

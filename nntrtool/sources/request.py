@@ -33,7 +33,8 @@ class SourceRequest:
 
     @classmethod
     def of(cls, source: SourceRequest | str | os.PathLike, **how: Any) -> SourceRequest:
-        """``source`` as a request; ``how`` (revision, config, gguf_file, adapters) fills in a
+        """``source`` as a request; ``how`` (revision, config, gguf_file, adapters,
+        gguf_raw_names) fills in a
         plain path or id, and changes the fields it names of a request."""
         if "adapters" in how:
             how["adapters"] = tuple(how["adapters"] or ())

@@ -182,3 +182,61 @@ def mxfp4_matrix(
         prefer=prefer,
         encoders={"q8_0": read_q8_0},
     )
+
+
+#: Bytes of one ggml MXFP4 block: its E8M0 scale, then 16 bytes of nibbles.
+GGML_BLOCK_BYTES = 1 + BLOCK // 2
+
+
+def from_ggml(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ggml MXFP4 rows ``(rows, G * 17)`` -> checkpoint-layout ``(rows, G, 16)`` blocks and
+    ``(rows, G)`` scales. ggml keeps the scale first and value ``j`` in the low nibble of byte
+    ``j``, value ``j + 16`` in its high nibble; the checkpoint packs values ``2k`` and ``2k + 1``
+    into byte ``k`` (low nibble first). The nibble codes and the scale mean the same in both."""
+    rows = raw.shape[0]
+    b = raw.reshape(rows, -1, GGML_BLOCK_BYTES)
+    scales = np.ascontiguousarray(b[..., 0])
+    qs = b[..., 1:]
+    nibbles = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # values 0..31 in order
+    blocks = (nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)).astype(np.uint8)
+    return blocks, scales
+
+
+def ggml_mxfp4_matrix(base: SourceTensor, name: str, expert: int, note: str = "") -> DerivedTensor:
+    """One expert's ``[out, in]`` matrix out of a ggml MXFP4 ``[E, out, in]`` tensor (a GGUF's),
+    read as :func:`mxfp4_matrix` reads a checkpoint's: BF16 values, exact Q8_0 blocks offered
+    and preferred when every block fits."""
+    n_exp, rows, cols = base.shape
+
+    def packed(inputs: Sequence[SourceTensor], start: int, stop: int) -> tuple[np.ndarray, ...]:
+        raw = inputs[0].read(expert * rows + start, expert * rows + stop)
+        out = from_ggml(raw)
+        done_reading(raw)
+        return out
+
+    def read(inputs: Sequence[SourceTensor], start: int, stop: int) -> np.ndarray:
+        return decode_bf16(*packed(inputs, start, stop)).reshape(stop - start, cols)
+
+    def read_q8_0(inputs: Sequence[SourceTensor], start: int, stop: int) -> np.ndarray | None:
+        return encode_q8_0(*packed(inputs, start, stop))
+
+    exact: dict[str, bool] = {}
+
+    def prefer() -> tuple[str, str] | None:
+        if "q8_0" not in exact:
+            exact["q8_0"] = exact_in_q8_0(*packed((base,), 0, rows))
+        if not exact["q8_0"]:
+            return None
+        return "q8_0", "MXFP4 expert: q8_0 holds its blocks exactly (--type to choose another)"
+
+    return DerivedTensor(
+        name,
+        "BF16",
+        (rows, cols),
+        [base],
+        read,
+        note or "MXFP4 decoded",
+        source_nbytes=base.nbytes // n_exp,
+        prefer=prefer,
+        encoders={"q8_0": read_q8_0},
+    )

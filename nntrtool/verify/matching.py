@@ -105,10 +105,10 @@ def verify(
     start_time = time.perf_counter()
     requested = backend_choice(backend)  # a bad name fails before any file is opened
     _set_threads(threads)
-    with (
-        NntrFile(file_path) as nf,
-        source.open() as src,
-    ):
+    with contextlib.ExitStack() as opened:
+        nf = opened.enter_context(NntrFile(file_path))
+        raw = converted_raw(nf)  # a file converted with --gguf-raw-names: its GGUF read so again
+        src = opened.enter_context(SourceRequest.of(source, gguf_raw_names=raw).open())
         results, jobs = _match(nf, src, limits)
         backend = choose_backend(requested, _kernel_uses(jobs))
         total = sum(job.rows * job.cols for job in jobs)
@@ -128,6 +128,12 @@ def verify(
         thresholds=limits,
         seconds=time.perf_counter() - start_time,
     )
+
+
+def converted_raw(nf: Any) -> bool:
+    """Whether the file was converted with ``--gguf-raw-names`` (its GGUF is read so again)."""
+    source = (nf.config.get("nntrtool") or {}).get("source") or {}
+    return bool(source.get("gguf_raw_names"))
 
 
 def _checksum_ok(nf: Any, name: str) -> bool:
