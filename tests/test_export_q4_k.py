@@ -308,3 +308,17 @@ def test_a_q4_0_folder_that_does_not_fit_q4_k_says_nothing(tmp_path):
     write_nntr(nntr, config, state, nf_types)
     result = export_nntr(nntr, tmp_path / "out")
     assert result.plan.fc_dtype == "Q4_0" and result.plan.notes == []
+
+
+def test_q4_k_from_repacked_q4_0_layers(sources, tmp_path):
+    """Values of interleaved Q4_0 layers are read through their layout before requantizing."""
+    src = sources["qwen3_tied"]
+    config = json.loads((src / "config.json").read_text())
+    state = load_file(str(src / "model.safetensors"))
+    nntr = tmp_path / "model.nntr"
+    stored = write_nntr(nntr, config, state, {"linear": "q4_0"}, repack="q4_0_8", source=src)
+    out = tmp_path / "out"
+    result = export_nntr(nntr, out, linear_type="q4_k")
+    ref = {k: (_q4_k_values(v) if _fc(k) else v) for k, v in stored.items()}
+    check_export(out, "x86", src, ref, exact=False)
+    assert result.plan.notes[0].startswith("requantized to q4_k from q4_0 (lossy)")
