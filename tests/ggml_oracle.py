@@ -30,16 +30,6 @@ _BLOCK = {
     "q5_1": (32, 24),
     "f16": (1, 2),
 }
-_GGML_NAME = {
-    "q4_0": "Q4_0",
-    "q8_0": "Q8_0",
-    "q6_k": "Q6_K",
-    "q4_k": "Q4_K",
-    "q5_k": "Q5_K",
-    "q5_0": "Q5_0",
-    "q5_1": "Q5_1",
-    "f16": "F16",
-}
 
 
 @functools.cache
@@ -60,7 +50,7 @@ def available() -> bool:
 
 def _type_id(qtype: str) -> int:
     g = _ggml()
-    return int(getattr(g, f"GGML_TYPE_{_GGML_NAME[qtype]}"))
+    return int(getattr(g, f"GGML_TYPE_{qtype.upper()}"))
 
 
 def ggml_quantize(x: np.ndarray, qtype: str, imatrix: np.ndarray | None = None) -> np.ndarray:
@@ -93,12 +83,10 @@ def ggml_quantize(x: np.ndarray, qtype: str, imatrix: np.ndarray | None = None) 
 
 @functools.cache
 def _dequantizer(qtype: str) -> Any:
+    name = "dequantize_row_" + (qtype[:-1] + "K" if qtype.endswith("_k") else qtype)
     if qtype == "f16":
-        fn = _ggml().lib.ggml_fp16_to_fp32_row
-    else:
-        fn = getattr(
-            _ggml().lib, f"dequantize_row_{_GGML_NAME[qtype][:2].lower()}{_GGML_NAME[qtype][2:]}"
-        )
+        name = "ggml_fp16_to_fp32_row"
+    fn = getattr(_ggml().lib, name)
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     fn.restype = None
     return fn

@@ -206,6 +206,10 @@ def test_existing_output_needs_force(model, tmp_path, capsys):
     code, _, stderr = run(["convert", model, out], capsys)
     assert code == 2 and "--force" in one_error_line(stderr)
     assert out.read_bytes() == b"old" and files_in(tmp_path) == ["o.nntr"]
+    code, _, stderr = run(["convert", model, out, "--force"], capsys)  # not ours: kept
+    assert code == 2 and "not an NNTR file" in one_error_line(stderr)
+    assert out.read_bytes() == b"old" and files_in(tmp_path) == ["o.nntr"]
+    out.write_bytes(b"NNTR from an earlier run")
     code, _, _ = run(["convert", model, out, "--force", "--quiet"], capsys)
     assert code == 0 and NntrFile(out).tensors
 

@@ -185,20 +185,6 @@ def test_f16_rounds_to_nearest_even_like_numpy() -> None:
     assert np.array_equal(back, x.astype(np.float16).astype(np.float32))
 
 
-def test_dequantize_only_types_are_not_targets() -> None:
-    from nntrtool.qtypes import QUANT_TYPE_NAMES, TARGET_TYPE_NAMES
-
-    x = np.ones((2, 256), np.float32)
-    for qtype in ("q5_k", "q5_1"):
-        assert qtype not in QUANT_TYPE_NAMES and qtype not in TARGET_TYPE_NAMES
-        with pytest.raises(QuantError, match="does not quantize"):
-            quantize(x, qtype)
-    assert "q4_k" in TARGET_TYPE_NAMES and "q5_0" in TARGET_TYPE_NAMES
-
-
-@pytest.mark.parametrize(
-    "qtype, cols, needle", [("q4_k", 300, "256"), ("q4_k", 96, "96"), ("q5_0", 40, "32")]
-)
 def test_rows_that_do_not_fit_are_one_line(qtype: str, cols: int, needle: str) -> None:
     with pytest.raises(QuantError) as err:
         quantize(np.ones((2, cols), np.float32), qtype)

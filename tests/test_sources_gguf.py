@@ -17,13 +17,18 @@ from models import Q6K, reference_tensors
 from nntrtool.convert import ConvertOptions, convert, plan_conversion
 from nntrtool.errors import SourceError, UsageError
 from nntrtool.format import NntrFile
-from nntrtool.quant import dequantize, quantize, repack
+from nntrtool.quant import quantize, repack
 from nntrtool.sources import open_source
 
-# k_proj and down_proj are in types NNTR does not store (Q3_K, Q4_1): "keep" requantizes them.
-MIXED = {"q_proj": "Q4_0", "k_proj": "Q3_K", "v_proj": "Q6_K", "embed": "Q8_0", "down": "Q4_1"}
-# Every GGML type a Q4_K_M or Q5_K_M file holds, each stored by NNTR as it is.
-KEPT = {"q_proj": "Q4_K", "k_proj": "Q5_K", "v_proj": "Q6_K", "o_proj": "Q5_0", "up": "Q5_1"}
+MIXED = {
+    "q_proj": "Q4_0",
+    "k_proj": "Q3_K",
+    "v_proj": "Q6_K",
+    "embed": "Q8_0",
+    "down": "Q4_1",
+    "o_proj": "Q4_K",
+    "up_proj": "Q5_0",
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +42,6 @@ def ggufs(llama, tmp_path_factory):
     return {
         "f32": write_gguf(llama, d / "llama-f32.gguf"),
         "mixed": write_gguf(llama, d / "llama-mixed.gguf", types=MIXED, default_type="Q4_0"),
-        "kept": write_gguf(llama, d / "llama-kept.gguf", types=KEPT, default_type="Q4_0"),
     }
 
 
@@ -84,25 +88,12 @@ def test_blocks_are_copied_byte_for_byte_and_qk_unpermuted(llama, ggufs, tmp_pat
         e = "model.embed_tokens.weight"
         assert types[e] == "q8_0"
         assert f.raw(e).tobytes() == _gguf_blocks(ggufs["mixed"], "token_embd.weight")[0].tobytes()
-
-
-def test_k_quant_and_q5_blocks_are_kept_as_they_are(ggufs, tmp_path):
-    out = tmp_path / "kept.nntr"
-    report = convert(ggufs["kept"], out, ConvertOptions())  # auto: keep
-    assert not any(t.requantized for t in report.plan.tensors)
-    pairs = {
-        "model.layers.0.self_attn.q_proj.weight": ("blk.0.attn_q.weight", "q4_k"),
-        "model.layers.0.self_attn.k_proj.weight": ("blk.0.attn_k.weight", "q5_k"),
-        "model.layers.0.self_attn.o_proj.weight": ("blk.0.attn_output.weight", "q5_0"),
-        "model.layers.0.mlp.up_proj.weight": ("blk.0.ffn_up.weight", "q5_1"),
-    }
-    with open_source(ggufs["kept"]) as src, NntrFile(out) as f:
-        for name, (gguf_name, qtype) in pairs.items():
-            assert f.tensor(name).display_type == qtype, name
-            if name.endswith(("o_proj.weight", "up_proj.weight")):  # q, k: rows un-permuted
-                assert f.raw(name).tobytes() == _gguf_blocks(ggufs["kept"], gguf_name)[0].tobytes()
-            values = dequantize(f.array(name), qtype, f.tensor(name).shape)
-            np.testing.assert_array_equal(values, src.tensor(name).read_f32())
+        for name, gguf_name, qtype in (
+            ("model.layers.0.self_attn.o_proj.weight", "blk.0.attn_output.weight", "q4_k"),
+            ("model.layers.1.mlp.up_proj.weight", "blk.1.ffn_up.weight", "q5_0"),
+        ):
+            assert types[name] == qtype and f"copied {qtype} blocks" in reasons[name]
+            assert f.raw(name).tobytes() == _gguf_blocks(ggufs["mixed"], gguf_name)[0].tobytes()
 
 
 def test_repacking_copied_blocks_stays_lossless(ggufs, tmp_path):

@@ -9,23 +9,19 @@ from their values (the plan names them); F16 is written transposed like F32.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from nntrtool.errors import DiskFullError, OutputExistsError, UsageError
+from nntrtool.errors import DiskFullError, UsageError
+from nntrtool.export.export_plan import ExportPlan, TensorExport
 from nntrtool.progress import ProgressLike
 from nntrtool.qtypes import Q4_0
 from nntrtool.units import human_bytes
-
-if TYPE_CHECKING:
-    from nntrtool.export.nntrainer import ExportPlan, TensorExport
 
 #: The Q4_0 layout nntrainer's CPU kernels expect, per instruction set.
 ISA_LAYOUTS: dict[str, str] = {"x86": "q4_0_8", "arm": "q4_0_4"}
@@ -125,7 +121,7 @@ def _write_tensor(
     backend: str = "auto",
 ) -> None:
     """Queue one tensor for ``offset``; source pages are dropped as soon as they are used."""
-    from nntrtool.convert.memory import release_pages
+    from nntrtool.memory import release_pages
 
     raw = np.asarray(nf.raw(t.slot.name))
     name = t.slot.name
@@ -206,7 +202,7 @@ def _write_recoded(
 ) -> None:
     """A linear layer in the folder's type: Q4_K blocks interleaved by 8 rows after the qscheme
     value, F16 transposed, or Q4_0 / F32 from another stored type; in bands of whole groups."""
-    from nntrtool.convert.memory import release_pages
+    from nntrtool.memory import release_pages
     from nntrtool.export.q4_k_x8 import QSCHEME_Q4_KX8, quantize_q4_k, to_x8
     from nntrtool.quant import quantize, repack
 
@@ -259,22 +255,19 @@ def _within(path: Path, folder: Path) -> bool:
 
 
 def check_output(out_dir: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None:
-    """Refuse an existing ``out_dir`` without ``force``, a file in its place, a missing parent,
-    or an ``out_dir`` holding one of the ``inputs`` (replacing it would delete them)."""
-    if out_dir.exists() or out_dir.is_symlink():
-        if not force:
-            raise OutputExistsError(f"{out_dir} exists; pass --force to replace it")
-        if not out_dir.is_dir():
-            raise UsageError(f"{out_dir} exists and is not a folder; remove it or pick another")
+    """Refuse an existing ``out_dir`` without ``force``, anything there that is not an earlier
+    export, a missing or unwritable parent, or an ``out_dir`` holding one of the ``inputs``
+    (replacing it would delete them)."""
+    from nntrtool.outputs import check_output_path
+
+    if (out_dir.exists() or out_dir.is_symlink()) and force:
         for path in inputs:
             if _within(path, out_dir):
                 raise UsageError(
                     f"{path} is inside {out_dir}, which --force would replace; export to "
                     "another folder"
                 )
-    parent = out_dir.parent
-    if not parent.is_dir():
-        raise UsageError(f"the folder {parent} does not exist; create it first")
+    check_output_path(out_dir, force, "export")
 
 
 def _check_space(parent: Path, need: int) -> None:
@@ -305,7 +298,9 @@ def write_export(
     extra = sum(p.stat().st_size for p in plan.tokenizer_sources) + (1 << 20)
     _check_space(out_dir.parent, plan.weight_bytes + extra)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    from nntrtool.outputs import make_temp_dir, output_error, temp_path
+
+    tmp = make_temp_dir(out_dir)
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -326,6 +321,9 @@ def write_export(
                 writer.close()
         finally:
             os.close(fd)
+        check = getattr(nf, "check_unchanged", None)
+        if check is not None:  # the source must still be what was read, before any rename
+            check()
         written = (tmp / plan.model_file_name).stat().st_size
         if written != plan.weight_bytes:  # a bug, not a user error: never ship a bad file
             raise RuntimeError(f"wrote {written} bytes, planned {plan.weight_bytes}")
@@ -340,7 +338,7 @@ def write_export(
             shutil.copyfile(src, tmp / src.name)
             files.append(src.name)
         if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
+            old = temp_path(out_dir, ".old")
             out_dir.rename(old)
             tmp.rename(out_dir)
             shutil.rmtree(old, ignore_errors=True)
@@ -349,11 +347,7 @@ def write_export(
         return files
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if err.errno == errno.ENOSPC:
-            raise DiskFullError(
-                f"the disk filled up while writing {out_dir}; nothing was written"
-            ) from None
-        raise UsageError(f"could not write {out_dir}: {err.strerror or err}") from None
+        raise output_error(out_dir, err) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -13,15 +13,14 @@ writing from :mod:`.folder_writer`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nntrtool.errors import UsageError
+from nntrtool.export.export_plan import ExportPlan, ExportResult, TensorExport
 from nntrtool.export.folder_writer import (
     DEFAULT_CHUNK_BYTES,
     ISA_LAYOUTS,
@@ -33,16 +32,16 @@ from nntrtool.export.layouts import ArchitectureLayout, Role, Slot, layout_for_c
 from nntrtool.export.runtime_config import (
     TOKENIZER_FILES,
     RuntimeOptions,
-    _generation_config,
-    _gguf_source,
-    _metadata,
-    _runtime_config,
-    _sample_input,
-    _source_from_metadata,
     fit_positions,
+    generation_config,
+    gguf_source,
+    runtime_config,
+    sample_input,
+    source_from_metadata,
 )
+from nntrtool.model_config import ModelConfig
 from nntrtool.progress import ProgressFactory
-from nntrtool.qtypes import F32, Q4_0, Q4_0_REPACKED, Q6_K, RepackLayout, TensorType, get_layout
+from nntrtool.qtypes import F32, Q4_0, Q4_0_REPACKED, Q6_K, TensorType, get_layout
 
 TARGETS: tuple[str, ...] = ("nntrainer",)
 
@@ -75,83 +74,6 @@ FP16_BUILD_NOTE = (
 )
 
 
-@dataclass(frozen=True)
-class TensorExport:
-    """One tensor of the weight file: where it comes from and how it is stored."""
-
-    slot: Slot
-    source_type: TensorType
-    source_layout: RepackLayout | None
-    out_type: str  # "f32", "f16", "q6_k", "q4_k_x8", or the Q4_0 layout name ("q4_0_8")
-    out_shape: tuple[int, ...]
-    nbytes: int
-    transposed: bool
-    #: The stored type whose values are re-encoded into ``out_type`` (lossy but for f32 and
-    #: widening), or ``None`` when the stored blocks are copied or re-laid as they are.
-    requant_from: str | None = None
-    #: Bytes the runtime skips before the tensor (Q4_K's qscheme value).
-    prefix: int = 0
-
-    @property
-    def params(self) -> int:
-        return math.prod(self.slot.shape)
-
-
-@dataclass
-class ExportPlan:
-    """Everything an export will write, decided and checked before any byte is written."""
-
-    source: Path | None  # the NNTR file
-    architecture: str
-    isa: str
-    tied: bool
-    tensors: list[TensorExport]
-    fc_dtype: str
-    embedding_dtype: str
-    lmhead_dtype: str | None
-    config: dict[str, Any]
-    generation_config: dict[str, Any]
-    nntr_config: dict[str, Any]
-    tokenizer_sources: list[Path]
-    warnings: list[str]
-    #: What the folder is (lossy steps, the runtime build it needs), for the summary.
-    notes: list[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def weight_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
-
-    @property
-    def params(self) -> int:
-        return sum(t.params for t in self.tensors)
-
-    @property
-    def model_file_name(self) -> str:
-        return str(self.nntr_config["model_file_name"])
-
-    def bytes_by_type(self) -> dict[str, int]:
-        """Weight-file bytes per stored type."""
-        out: dict[str, int] = {}
-        for t in self.tensors:
-            out[t.out_type] = out.get(t.out_type, 0) + t.nbytes
-        return out
-
-
-@dataclass
-class ExportResult:
-    """What an export wrote (or, with ``dry_run``, would write)."""
-
-    out_dir: Path
-    plan: ExportPlan
-    files: list[str]
-    seconds: float
-    dry_run: bool = False
-
-    @property
-    def weight_file(self) -> Path:
-        return self.out_dir / self.plan.model_file_name
-
-
 # --------------------------------------------------------------------------------------------
 # planning
 
@@ -164,12 +86,8 @@ def _entries(nf: Any) -> dict[str, Any]:
 
 
 def _is_tied(config: dict[str, Any], names: set[str]) -> bool:
-    meta = _metadata(config)
-    if isinstance(meta.get("tied"), bool):
-        return meta["tied"]
-    if isinstance(config.get("tie_word_embeddings"), bool):
-        return config["tie_word_embeddings"]
-    return "lm_head.weight" not in names
+    tied = ModelConfig.of(config).tied
+    return tied if tied is not None else "lm_head.weight" not in names
 
 
 #: What to add for MoE experts, which a converted MXFP4 checkpoint stores as Q8_0 by default.
@@ -278,7 +196,7 @@ def _check_q4_k_fits(slots: list[Slot], isa: str) -> None:
 def _plan_tensor(slot: Slot, entry: Any, isa: str, linear_type: str | None = None) -> TensorExport:
     shape = tuple(int(s) for s in slot.shape)
     base = _base(entry)
-    source_layout = entry.layout if entry.ttype is Q4_0_REPACKED else None
+    source_layout = entry.layout if entry.ttype.plain_name else None
     if linear_type is not None and slot.role in (Role.LINEAR, Role.LM_HEAD):
         requant = None if base.name == linear_type else base.name
         if linear_type in (F32.name, "f16"):
@@ -411,7 +329,7 @@ def conversion_for(quant_type: str) -> tuple[str, str | None]:
     """The type ``convert --target nntrainer`` stores linear layers in, and the export's
     ``linear_type``: q4_k and f16 are stored as such where this nntrtool can write them, else
     kept in f32 and encoded by the export (the same values: both quantize from the source's)."""
-    from nntrtool.convert.options import QUANT_TYPE_CHOICES
+    from nntrtool.plan.options import QUANT_TYPE_CHOICES
 
     qt = quant_type.lower()
     if qt in ("q4_k", "f16"):
@@ -504,7 +422,7 @@ def plan_export(
     head = None if tied else (role_type(Role.LM_HEAD) or F32.name)
 
     warnings: list[str] = []
-    runtime_cfg = _runtime_config(config, layout, tied, warnings)
+    runtime_cfg = runtime_config(config, layout, tied, warnings)
     num_to_generate, init_seq_len, max_seq_len = fit_positions(
         runtime, runtime_cfg, layout, warnings
     )
@@ -513,13 +431,13 @@ def plan_export(
     if source_path is not None and not source_path.is_dir():
         raise UsageError(f"--tokenizer {source_path} is not a folder")
     if source_path is None:
-        source_path = _source_from_metadata(config)
+        source_path = source_from_metadata(config)
     tokenizer_sources = (
         [source_path / n for n in TOKENIZER_FILES if (source_path / n).is_file()]
         if source_path is not None
         else []
     )
-    gguf = _gguf_source(config) if source_dir is None else None
+    gguf = gguf_source(config) if source_dir is None else None
     if gguf is not None and not any(p.name == "tokenizer.json" for p in tokenizer_sources):
         from nntrtool.export.gguf_tokenizer import gguf_tokenizer_files
 
@@ -533,7 +451,7 @@ def plan_export(
             "folder or pass --tokenizer DIR"
         )
 
-    gen = _generation_config(config, source_path, runtime, warnings)
+    gen = generation_config(config, source_path, runtime, warnings)
 
     out_abs = Path(os.path.abspath(os.fspath(out_dir)))
     stem = Path(os.fspath(source)).stem if source is not None else "model"
@@ -557,7 +475,7 @@ def plan_export(
             "tokenizer_file": runtime.tokenizer_file or str(out_abs / "tokenizer.json"),
             "sample_input": runtime.sample_input
             if runtime.sample_input is not None
-            else _sample_input(tokenizer_sources),
+            else sample_input(tokenizer_sources),
         }
     )
     return ExportPlan(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,16 +47,13 @@ def convert_and_export(
     ``(total, description) -> Progress`` as for :func:`nntrtool.convert.convert`.
     """
     from nntrtool.convert import ConvertOptions, convert
-    from nntrtool.sources import open_source
 
     check_target(target)
     out = Path(os.path.abspath(os.fspath(out_dir)))
     check_output(out, options.force)
-    from nntrtool.convert.plan import default_quant_type
+    from nntrtool.plan.tensors import default_quant_type
 
-    with open_source(
-        source_spec, revision=options.revision, config=options.config, gguf_file=options.gguf_file
-    ) as src:
+    with options.source(source_spec).without_adapters().open() as src:
         config, root = src.config, src.root
         quant_type = options.quant_type
         if quant_type == "auto":
@@ -71,9 +69,10 @@ def convert_and_export(
     )
     # A private folder beside the output, so the NNTR file can carry the output's name (the
     # weight file is named after it) without clashing with anything of the user's.
-    tmp_dir = out.parent / f".{out.name}.{os.getpid()}.convert.tmp"
+    from nntrtool.outputs import make_temp_dir
+
+    tmp_dir = make_temp_dir(out, ".convert")
     tmp = tmp_dir / f"{out.name}.nntr"
-    tmp_dir.mkdir(parents=True, exist_ok=False)
     try:
         report = convert(source_spec, tmp, conv_options, progress=progress)
         # The bar names the output folder, not the temporary file.
@@ -94,6 +93,5 @@ def convert_and_export(
             linear_type=linear_type,
         )
     finally:
-        tmp.unlink(missing_ok=True)
-        tmp_dir.rmdir()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return report, result

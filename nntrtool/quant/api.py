@@ -20,7 +20,7 @@ from nntrtool.qtypes import RepackLayout, TensorType
 
 from .backends import array_module, resolve_backend
 from .common import SRC_BF16, SRC_F16, SRC_F32, SRC_NAMES, non_finite_error, source_kind, to_f32
-from .registry import KERNELS, QuantKernels, get_kernels
+from .registry import QuantKernels, get_kernels
 from .repack import check_repackable, layout_of, repack_numba, repack_xp, unpack_numba, unpack_xp
 
 #: Elements per chunk of the array backends: bounds their temporaries to a few tens of MB.
@@ -149,11 +149,6 @@ def quantize(
     Q8_0 ignores it, as ggml does.
     """
     k = get_kernels(qtype)
-    if not k.can_quantize:
-        writable = ", ".join(n for n, kk in sorted(KERNELS.items()) if kk.can_quantize)
-        raise QuantError(
-            f"nntrtool reads {k.ttype.name} but does not quantize to it: use one of {writable}"
-        )
     src, kind = _as_source(x, source_dtype)
     rows, cols = src.shape
     _check_cols(k.ttype, cols)
@@ -166,13 +161,7 @@ def quantize(
         return np.empty((0, k.ttype.row_bytes(cols)), dtype=np.uint8)
     chosen = resolve_backend(backend)
     if chosen == "numba":
-        if qw is not None:
-            from .kernel_cost import mark_compiled
-
-            out = k.quantize_imatrix_numba(src, kind, qw)
-            mark_compiled(f"quantize-imatrix-{k.ttype.name.lower()}-{src.dtype.name}")
-            return out
-        return k.quantize_numba(src, kind)
+        return k.quantize_numba(src, kind, qw)
     return _quantize_xp(k, src, kind, chosen, qw)
 
 

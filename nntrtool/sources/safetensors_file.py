@@ -1,4 +1,4 @@
-"""Safetensors files read over a memory map, header parsed and validated here, rows zero-copy.
+"""Safetensors files: header parsed and validated here, rows read with guarded ``pread``.
 
 The format: an unsigned 64-bit little-endian header length ``N``, ``N`` bytes of JSON mapping each
 tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the end
@@ -10,15 +10,14 @@ truncated file fails with one line naming the file, the tensor, and what was exp
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import struct
-from pathlib import Path
 
 import numpy as np
 
 from nntrtool.errors import SourceError
 from nntrtool.sources.base import DTYPE_BITS, RAW_DTYPES, SourceTensor, dtype_nbytes
+from nntrtool.sources.mapped import MappedFile
 
 #: Headers larger than this are refused (safetensors' own reader uses the same bound).
 MAX_HEADER_BYTES = 100_000_000
@@ -39,44 +38,41 @@ class SafetensorsTensor(SourceTensor):
         row_bytes = self.cols * np_dtype.itemsize
         lo = self.begin + start * row_bytes
         hi = self.begin + stop * row_bytes
-        flat = self._owner.buffer()[lo:hi].view(np_dtype)
+        flat = self._owner.read_bytes(lo, hi).view(np_dtype)
         return flat.reshape(stop - start, self.cols)
 
 
-class SafetensorsFile:
+class SafetensorsFile(MappedFile):
     """One safetensors file, mapped read-only; ``tensors`` are in data order."""
 
+    what = "a safetensors file"
+    min_size = 8
+
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        super().__init__(path)
         self.metadata: dict[str, str] = {}
-        self._mmap: mmap.mmap | None = None
-        self._buf: np.ndarray | None = None
+        size, buf = self.size, self.buffer()
+        (header_len,) = struct.unpack("<Q", bytes(buf[:8]))
+        if header_len > size - 8:
+            self.close()
+            raise SourceError(
+                f"{self.path}: header length {header_len} runs past the end of the file "
+                f"({size} bytes); the file is truncated or not safetensors"
+            )
+        if header_len > MAX_HEADER_BYTES:
+            self.close()
+            raise SourceError(
+                f"{self.path}: header of {header_len} bytes is larger than the "
+                f"{MAX_HEADER_BYTES} allowed; the file is corrupt or not safetensors"
+            )
+        self.data_start = 8 + header_len
         try:
-            fh = open(self.path, "rb")
-        except OSError as exc:
-            raise SourceError(f"cannot open {self.path}: {exc.strerror or exc}") from None
-        with fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size < 8:
-                raise SourceError(
-                    f"{self.path}: not a safetensors file ({size} bytes, too short for a header)"
-                )
-            (header_len,) = struct.unpack("<Q", fh.read(8))
-            if header_len > size - 8:
-                raise SourceError(
-                    f"{self.path}: header length {header_len} runs past the end of the file "
-                    f"({size} bytes); the file is truncated or not safetensors"
-                )
-            if header_len > MAX_HEADER_BYTES:
-                raise SourceError(
-                    f"{self.path}: header of {header_len} bytes is larger than the "
-                    f"{MAX_HEADER_BYTES} allowed; the file is corrupt or not safetensors"
-                )
-            header_bytes = fh.read(header_len)
-            self.data_start = 8 + header_len
-            self.tensors = self._parse_header(header_bytes, size - self.data_start)
-            self._mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        self._buf = np.frombuffer(self._mmap, dtype=np.uint8)
+            self.tensors = self._parse_header(
+                bytes(buf[8 : self.data_start]), size - self.data_start
+            )
+        except SourceError:
+            self.close()
+            raise
 
     def _parse_header(self, raw: bytes, data_size: int) -> list[SafetensorsTensor]:
         where = self.path
@@ -146,29 +142,6 @@ class SafetensorsFile:
         return SafetensorsTensor(
             self, name, dtype, tuple(shape), self.data_start + begin, self.data_start + end
         )
-
-    def buffer(self) -> np.ndarray:
-        """The whole file as a read-only uint8 array over the map."""
-        if self._buf is None:
-            raise SourceError(f"{self.path} was closed; open the model again to read it")
-        return self._buf
-
-    def close(self) -> None:
-        """Drop the map. Arrays still viewing it keep it alive until they are gone."""
-        self._buf = None
-        mm, self._mmap = self._mmap, None
-        if mm is not None:
-            try:
-                mm.close()
-            except BufferError:
-                # Views handed out earlier still use the map; it is unmapped when they go.
-                pass
-
-    def __enter__(self) -> SafetensorsFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _is_uint(value: object) -> bool:
