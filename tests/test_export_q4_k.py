@@ -21,6 +21,7 @@ from test_q4_k_x8 import ggml_q4_k, ggml_repack_q4_k_8
 
 from nntrtool.errors import UsageError
 from nntrtool.export import export_nntr
+from nntrtool.export.nntrainer import Q4_K_OFFER
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +286,39 @@ def test_convert_target_nntrainer_q4_k_and_f16(sources, tmp_path, capsys, qtype)
     w = load_file(str(src / "model.safetensors"))["model.layers.1.mlp.down_proj.weight"]
     want = _q4_k_values(w) if qtype == "q4_k" else w.astype(np.float16).astype(np.float32)
     np.testing.assert_array_equal(got["model.layers.1.mlp.down_proj.weight"], want)
+
+
+def test_a_q4_0_folder_that_fits_q4_k_says_so(sources, tmp_path):
+    nntr, _, _ = _nntr(tmp_path, sources["qwen3_tied"], {"linear": "q4_0"})
+    result = export_nntr(nntr, tmp_path / "out")
+    assert result.plan.notes == [Q4_K_OFFER]
+
+
+def test_a_q4_0_folder_that_does_not_fit_q4_k_says_nothing(tmp_path):
+    nntr = _small_model(tmp_path, 320)  # down_proj has 320 input features
+    nf_types = {"linear": "q4_0"}
+    from nntrtool.format import NntrFile
+
+    with NntrFile(nntr) as nf:
+        config = {k: v for k, v in nf.config.items() if k != "nntrtool"}
+        state = {
+            t.name: np.array(nf.raw(t.name)).view(np.float32).reshape(t.shape) for t in nf.tensors
+        }
+    nntr.unlink()
+    write_nntr(nntr, config, state, nf_types)
+    result = export_nntr(nntr, tmp_path / "out")
+    assert result.plan.fc_dtype == "Q4_0" and result.plan.notes == []
+
+
+def test_q4_k_from_repacked_q4_0_layers(sources, tmp_path):
+    """Values of interleaved Q4_0 layers are read through their layout before requantizing."""
+    src = sources["qwen3_tied"]
+    config = json.loads((src / "config.json").read_text())
+    state = load_file(str(src / "model.safetensors"))
+    nntr = tmp_path / "model.nntr"
+    stored = write_nntr(nntr, config, state, {"linear": "q4_0"}, repack="q4_0_8", source=src)
+    out = tmp_path / "out"
+    result = export_nntr(nntr, out, linear_type="q4_k")
+    ref = {k: (_q4_k_values(v) if _fc(k) else v) for k, v in stored.items()}
+    check_export(out, "x86", src, ref, exact=False)
+    assert result.plan.notes[0].startswith("requantized to q4_k from q4_0 (lossy)")

@@ -202,8 +202,8 @@ def _write_recoded(
 ) -> None:
     """A linear layer in the folder's type: Q4_K blocks interleaved by 8 rows after the qscheme
     value, F16 transposed, or Q4_0 / F32 from another stored type; in bands of whole groups."""
-    from nntrtool.memory import release_pages
     from nntrtool.export.q4_k_x8 import QSCHEME_Q4_KX8, quantize_q4_k, to_x8
+    from nntrtool.memory import release_pages
     from nntrtool.quant import quantize, repack
 
     rows, cols = t.slot.shape
