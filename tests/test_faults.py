@@ -165,7 +165,7 @@ def test_signal_before_any_output(slow_model, tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     proc, stderr, sent = interrupt_when(
-        _convert_argv(slow_model, out_dir / "o.nntr"), lambda: True, signal.SIGTERM, 0.3
+        _convert_argv(slow_model, out_dir / "o.nntr"), lambda: True, signal.SIGTERM, 0.5
     )
     assert sent
     assert proc.returncode == expected_status(signal.SIGTERM), stderr
