@@ -478,3 +478,47 @@ def test_checkpoint_source_changed_before_a_read(tmp_path):
     with pytest.raises(SourceError, match="changed while being read") as err:
         w.read(2, 4)
     assert str(path) in str(err.value)
+
+
+def test_dequantized_gguf_values_out_of_range(tmp_path):
+    """Q8_0 blocks of a GGUF that hold 1e6 (fine in Q8_0) are too large for Q4_0's scale once
+    dequantized and quantized again: stored as f32, or refused under --strict."""
+    import gguf
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "m.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_embedding_length(32)
+    w.add_head_count(2)
+    w.add_head_count_kv(1)
+    w.add_context_length(64)
+    w.add_feed_forward_length(64)
+    w.add_token_list([f"t{i}" for i in range(8)])
+    w.add_tensor("token_embd.weight", rng.standard_normal((8, 32)).astype(np.float32))
+    big = rng.standard_normal((32, 32)).astype(np.float32)
+    big[0, 0] = 1e6
+    q = gguf.quants.quantize(big, gguf.GGMLQuantizationType.Q8_0)
+    w.add_tensor("blk.0.attn_q.weight", q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.add_tensor("output_norm.weight", np.ones(32, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    before = snapshot(path)
+    out = tmp_path / "o.nntr"
+    proc = run_cli("convert", path, out, "--quant-type", "q4_0", "--backend", "numpy")
+    assert proc.returncode == 0, proc.stderr
+    assert "overflow q4_0" in proc.stdout
+    with NntrFile(out) as nf:
+        for e in nf.tensors:
+            values = (
+                dequantize(nf.array(e.name), e.ttype, e.shape, backend="numpy")
+                if e.ttype.quantized
+                else nf.array(e.name)
+            )
+            assert np.isfinite(values).all(), e.name
+        assert "f32" in {e.ttype.name for e in nf.tensors if "q_proj" in e.name}
+    proc = run_cli("convert", path, tmp_path / "s.nntr", "--quant-type", "q4_0", "--strict")
+    assert proc.returncode == 2 and "too large for q4_0" in one_line(proc.stderr)
+    assert listing(tmp_path) == ["m.gguf", "o.nntr"] and snapshot(path) == before
