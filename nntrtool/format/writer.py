@@ -196,6 +196,14 @@ class NntrWriter:
                 raise OutputExistsError(
                     f"output {self.path} appeared while writing; use --force to overwrite it"
                 )
+            if self.path.exists() or self.path.is_symlink():
+                from nntrtool.outputs import is_nntr_file
+
+                if not is_nntr_file(self.path):  # something else took the name meanwhile
+                    raise UsageError(
+                        f"{self.path} appeared while writing and is not an NNTR file; "
+                        "nothing was replaced: move it away or choose another name"
+                    )
             self._io(os.replace, self.tmp_path, self.path)
             self._done = True
             _fsync_dir(self.path.parent)
