@@ -136,12 +136,43 @@ def remove_stale(final: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+#: Temporary outputs of this process not yet renamed or removed. A name is registered before
+#: it is created, so a signal landing between the two cannot leak it: the entry point removes
+#: whatever is still here when a run ends in an error or a signal (:func:`remove_leftovers`).
+_live: set[Path] = set()
+
+
+def register(path: Path) -> None:
+    _live.add(Path(path))
+
+
+def forget(path: Path | None) -> None:
+    """``path`` was renamed into place or removed: nothing to clean up for it any more."""
+    if path is not None:
+        _live.discard(Path(path))
+
+
+def remove_leftovers() -> None:
+    """Remove every temporary output this process still holds (after an error or a signal)."""
+    for path in list(_live):
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        _live.discard(path)
+
+
 def make_temp_dir(final: str | os.PathLike[str], suffix: str = ".partial") -> Path:
     """Create a temporary folder for ``final``; a clear error if its folder cannot take it."""
     path = temp_path(final, suffix)
+    register(path)
     try:
         os.mkdir(path)
     except OSError as err:
+        forget(path)
         raise output_error(Path(final), err) from None
     return path
 

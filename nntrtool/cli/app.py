@@ -102,7 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     install_signal_handlers()
     _DEBUG["on"] = False
     try:
-        rc = app(args=argv, prog_name="nntrtool", standalone_mode=False)
+        try:
+            rc = app(args=argv, prog_name="nntrtool", standalone_mode=False)
+        finally:  # whatever ended the run, no temporary output outlives it
+            outputs.remove_leftovers()
     except NntrError as err:
         if _DEBUG["on"]:
             traceback.print_exc()

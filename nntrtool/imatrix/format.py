@@ -314,6 +314,9 @@ def write_imatrix(
         writer.add_tensor(name + _IN_SUM2, np.ascontiguousarray(sums))
         writer.add_tensor(name + _COUNTS, np.ascontiguousarray(counts.reshape(-1, 1)))
     tmp = _atomic_target(p)
+    from nntrtool.outputs import forget, register
+
+    register(tmp)
     try:
         writer.write_header_to_file(tmp)
         writer.write_kv_data_to_file()
@@ -323,6 +326,7 @@ def write_imatrix(
     finally:
         if tmp.exists():
             tmp.unlink()
+        forget(tmp)
 
 
 def write_imatrix_dat(
