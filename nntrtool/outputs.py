@@ -61,6 +61,7 @@ def install_signal_handlers() -> None:
     """SIGINT, SIGTERM and SIGHUP end the run alike: clean-up runs, then exit 128 + signal."""
     global received
     received = None
+    completed.clear()
     for name, default in (
         ("SIGINT", signal.default_int_handler),
         ("SIGTERM", signal.SIG_DFL),
@@ -150,6 +151,20 @@ def forget(path: Path | None) -> None:
     """``path`` was renamed into place or removed: nothing to clean up for it any more."""
     if path is not None:
         _live.discard(Path(path))
+
+
+#: Outputs this run has renamed into place (complete, synced): a later signal keeps them.
+completed: list[Path] = []
+
+
+def mark_completed(path: Path) -> None:
+    completed.append(Path(path))
+
+
+def interrupted_line() -> str:
+    """What to print when a signal ends the run: nothing written, or what was already done."""
+    done = [p for p in completed if p.exists()]
+    return messages.interrupted_after(done[-1]) if done else INTERRUPTED_LINE
 
 
 def remove_leftovers() -> None:

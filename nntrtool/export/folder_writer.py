@@ -224,7 +224,7 @@ def write_export(
     extra = sum(p.stat().st_size for p in plan.tokenizer_sources) + (1 << 20)
     _check_space(out_dir.parent, plan.weight_bytes + extra)
 
-    from nntrtool.outputs import forget, make_temp_dir, output_error, temp_path
+    from nntrtool.outputs import forget, make_temp_dir, mark_completed, output_error, temp_path
 
     tmp = make_temp_dir(out_dir)
     try:
@@ -271,6 +271,7 @@ def write_export(
         else:
             tmp.rename(out_dir)
         forget(tmp)
+        mark_completed(out_dir)
         return files
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -211,6 +211,9 @@ class NntrWriter:
             self._io(os.replace, self.tmp_path, self.path)
             self._done = True
             _forget(self.tmp_path)
+            from nntrtool.outputs import mark_completed
+
+            mark_completed(self.path)
             _fsync_dir(self.path.parent)
         except BaseException:
             self.abort()

@@ -323,6 +323,9 @@ def write_imatrix(
         writer.write_tensors_to_file()
         writer.close()
         os.replace(tmp, p)
+        from nntrtool.outputs import mark_completed
+
+        mark_completed(p)
     finally:
         if tmp.exists():
             tmp.unlink()
