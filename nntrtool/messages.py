@@ -14,6 +14,10 @@ from pathlib import Path
 INTERRUPTED = "interrupted; nothing written"
 
 
+def interrupted_after(path: Path) -> str:
+    return f"interrupted after {path} was complete; it is kept (remove it if unwanted)"
+
+
 def disk_full(folder: Path) -> str:
     return (
         f"the disk holding {folder} is full; nothing was written: free some space or write "

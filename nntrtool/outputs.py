@@ -61,6 +61,7 @@ def install_signal_handlers() -> None:
     """SIGINT, SIGTERM and SIGHUP end the run alike: clean-up runs, then exit 128 + signal."""
     global received
     received = None
+    completed.clear()
     for name, default in (
         ("SIGINT", signal.default_int_handler),
         ("SIGTERM", signal.SIG_DFL),
@@ -136,12 +137,57 @@ def remove_stale(final: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+#: Temporary outputs of this process not yet renamed or removed. A name is registered before
+#: it is created, so a signal landing between the two cannot leak it: the entry point removes
+#: whatever is still here when a run ends in an error or a signal (:func:`remove_leftovers`).
+_live: set[Path] = set()
+
+
+def register(path: Path) -> None:
+    _live.add(Path(path))
+
+
+def forget(path: Path | None) -> None:
+    """``path`` was renamed into place or removed: nothing to clean up for it any more."""
+    if path is not None:
+        _live.discard(Path(path))
+
+
+#: Outputs this run has renamed into place (complete, synced): a later signal keeps them.
+completed: list[Path] = []
+
+
+def mark_completed(path: Path) -> None:
+    completed.append(Path(path))
+
+
+def interrupted_line() -> str:
+    """What to print when a signal ends the run: nothing written, or what was already done."""
+    done = [p for p in completed if p.exists()]
+    return messages.interrupted_after(done[-1]) if done else INTERRUPTED_LINE
+
+
+def remove_leftovers() -> None:
+    """Remove every temporary output this process still holds (after an error or a signal)."""
+    for path in list(_live):
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        _live.discard(path)
+
+
 def make_temp_dir(final: str | os.PathLike[str], suffix: str = ".partial") -> Path:
     """Create a temporary folder for ``final``; a clear error if its folder cannot take it."""
     path = temp_path(final, suffix)
+    register(path)
     try:
         os.mkdir(path)
     except OSError as err:
+        forget(path)
         raise output_error(Path(final), err) from None
     return path
 

@@ -586,3 +586,13 @@ def test_doc_minimal_reader_reads_every_type(tmp_path):
                 (entry.layout.rows, entry.layout.interleave) if entry.layout else (0, 0)
             )
             assert zlib.crc32(t["data"]) == t["crc32"] == entry.checksum
+
+
+def test_force_never_replaces_a_file_that_appeared_while_writing(tmp_path):
+    path = tmp_path / "m.nntr"
+    with pytest.raises(UsageError, match="appeared while writing and is not an NNTR file"):
+        with NntrWriter(path, {}, [TensorSpec("a", F32, (4,))], force=True) as w:
+            w.write("a", np.zeros(4, np.float32))
+            path.write_text("someone else's")
+    assert path.read_text() == "someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.nntr"]

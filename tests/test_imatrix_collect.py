@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import signal
 
 import gguf
 import numpy as np
@@ -268,3 +269,20 @@ def test_per_expert_linear_modules_become_rows_of_one_entry():
     from nntrtool.imatrix.collect import _never_activated
 
     assert _never_activated([entry]) == ["blk.0.ffn_up_exps.weight (experts 1)"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_leaves_no_matrix(model_dir, text_file, tmp_path, sig):
+    from faults import INTERRUPTED, cli, expected_status, interrupt_when, one_line
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    argv = cli("imatrix", model_dir, "--text", text_file, "-o", out_dir / "i.gguf")
+    argv += ["--ctx", str(CTX)]
+    proc, stderr, sent = interrupt_when(argv, lambda: True, sig, 2.0)
+    if not sent:  # it finished first: the matrix and nothing else
+        assert proc.returncode == 0 and sorted(p.name for p in out_dir.iterdir()) == ["i.gguf"]
+        return
+    assert proc.returncode == expected_status(sig), stderr
+    assert one_line(stderr) == INTERRUPTED
+    assert list(out_dir.iterdir()) == []

@@ -97,12 +97,15 @@ def error_line(message: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the tool; exits with the command's status (0 ok, 1 failure, 2 bad input, 130 Ctrl-C)."""
     from nntrtool import outputs
-    from nntrtool.outputs import INTERRUPTED_LINE, exit_status, install_signal_handlers
+    from nntrtool.outputs import exit_status, install_signal_handlers
 
     install_signal_handlers()
     _DEBUG["on"] = False
     try:
-        rc = app(args=argv, prog_name="nntrtool", standalone_mode=False)
+        try:
+            rc = app(args=argv, prog_name="nntrtool", standalone_mode=False)
+        finally:  # whatever ended the run, no temporary output outlives it
+            outputs.remove_leftovers()
     except NntrError as err:
         if _DEBUG["on"]:
             traceback.print_exc()
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     except tuple(_EXIT) as ex:
         cause = ex.__cause__ or ex.__context__
         if isinstance(cause, KeyboardInterrupt):  # Typer turns Ctrl-C into Exit(130)
-            print(INTERRUPTED_LINE, file=sys.stderr)
+            print(outputs.interrupted_line(), file=sys.stderr)
             sys.exit(exit_status(cause))
         sys.exit(ex.exit_code)
     except tuple(_CLICK_ERROR) as ex:
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(ex.exit_code)
     except (*_ABORT, KeyboardInterrupt) as err:
         cause = err if isinstance(err, KeyboardInterrupt) else err.__cause__
-        print(INTERRUPTED_LINE, file=sys.stderr)
+        print(outputs.interrupted_line(), file=sys.stderr)
         sys.exit(exit_status(cause or err))
     except BrokenPipeError:
         sys.exit(1)
@@ -132,6 +135,6 @@ def main(argv: list[str] | None = None) -> None:
         error_line(internal_error(err))
         sys.exit(1)
     if outputs.received is not None:  # Typer returns 130 for a Ctrl-C it caught
-        print(INTERRUPTED_LINE, file=sys.stderr)
+        print(outputs.interrupted_line(), file=sys.stderr)
         sys.exit(exit_status())
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -298,7 +298,7 @@ def write_export(
     extra = sum(p.stat().st_size for p in plan.tokenizer_sources) + (1 << 20)
     _check_space(out_dir.parent, plan.weight_bytes + extra)
 
-    from nntrtool.outputs import make_temp_dir, output_error, temp_path
+    from nntrtool.outputs import forget, make_temp_dir, mark_completed, output_error, temp_path
 
     tmp = make_temp_dir(out_dir)
     try:
@@ -344,9 +344,15 @@ def write_export(
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out_dir)
+        forget(tmp)
+        mark_completed(out_dir)
         return files
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        forget(tmp)
+        check = getattr(nf, "check_unchanged", None)
+        if check is not None:  # a source cut short fails the copy (EFAULT): say so instead
+            check()
         raise output_error(out_dir, err) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -69,7 +69,7 @@ def convert_and_export(
     )
     # A private folder beside the output, so the NNTR file can carry the output's name (the
     # weight file is named after it) without clashing with anything of the user's.
-    from nntrtool.outputs import make_temp_dir
+    from nntrtool.outputs import forget, make_temp_dir
 
     tmp_dir = make_temp_dir(out, ".convert")
     tmp = tmp_dir / f"{out.name}.nntr"
@@ -94,4 +94,5 @@ def convert_and_export(
         )
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        forget(tmp_dir)
     return report, result

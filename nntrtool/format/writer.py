@@ -92,12 +92,16 @@ class NntrWriter:
             return
         self._check_target()
         self._check_space()
-        from nntrtool.outputs import output_error, temp_path
+        from nntrtool.outputs import forget, output_error, register, temp_path
 
         tmp = temp_path(self.path)
+        register(tmp)  # before it exists: a signal in between cannot leak it
+        self.tmp_path = tmp
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except OSError as err:
+            forget(tmp)
+            self.tmp_path = None
             raise output_error(self.path, err) from None
         self.tmp_path = tmp
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
@@ -196,8 +200,20 @@ class NntrWriter:
                 raise OutputExistsError(
                     f"output {self.path} appeared while writing; use --force to overwrite it"
                 )
+            if self.path.exists() or self.path.is_symlink():
+                from nntrtool.outputs import is_nntr_file
+
+                if not is_nntr_file(self.path):  # something else took the name meanwhile
+                    raise UsageError(
+                        f"{self.path} appeared while writing and is not an NNTR file; "
+                        "nothing was replaced: move it away or choose another name"
+                    )
             self._io(os.replace, self.tmp_path, self.path)
             self._done = True
+            _forget(self.tmp_path)
+            from nntrtool.outputs import mark_completed
+
+            mark_completed(self.path)
             _fsync_dir(self.path.parent)
         except BaseException:
             self.abort()
@@ -216,6 +232,7 @@ class NntrWriter:
                 os.unlink(self.tmp_path)
             except FileNotFoundError:
                 pass
+            _forget(self.tmp_path)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
@@ -230,6 +247,12 @@ class NntrWriter:
                 self.abort()
         except Exception:
             pass
+
+
+def _forget(path: Path | None) -> None:
+    from nntrtool.outputs import forget
+
+    forget(path)
 
 
 def _fsync_dir(folder: Path) -> None:

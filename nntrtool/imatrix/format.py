@@ -314,15 +314,22 @@ def write_imatrix(
         writer.add_tensor(name + _IN_SUM2, np.ascontiguousarray(sums))
         writer.add_tensor(name + _COUNTS, np.ascontiguousarray(counts.reshape(-1, 1)))
     tmp = _atomic_target(p)
+    from nntrtool.outputs import forget, register
+
+    register(tmp)
     try:
         writer.write_header_to_file(tmp)
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
         os.replace(tmp, p)
+        from nntrtool.outputs import mark_completed
+
+        mark_completed(p)
     finally:
         if tmp.exists():
             tmp.unlink()
+        forget(tmp)
 
 
 def write_imatrix_dat(
