@@ -143,7 +143,8 @@ def test_keep_without_an_nntr_type_falls_back_by_row_width(hf_model, tmp_path):
     plan = plan_conversion(path, ConvertOptions())
     q = plan.tensor("model.layers.0.self_attn.q_proj.weight")
     assert q.display_type == "q8_0" and q.requantized
-    assert plan.tensor("model.layers.0.mlp.up_proj.weight").display_type == "f32"
+    # an F16 tensor is kept as it is, value for value
+    assert plan.tensor("model.layers.0.mlp.up_proj.weight").display_type == "f16"
 
 
 def test_dry_run_and_summary_mark_requantized_tensors(ggufs, tmp_path):

@@ -6,12 +6,12 @@ only convert.
 """
 
 from nntrtool.convert.pipeline import (
-    ConversionReport,
     check_disk_space,
     check_output,
     convert,
     plan_conversion,
 )
+from nntrtool.convert.report import ConversionReport
 from nntrtool.plan import (
     SUPPORTED_DTYPES,
     ConversionPlan,

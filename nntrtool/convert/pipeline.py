@@ -17,12 +17,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nntrtool.convert.report import ConversionReport
 from nntrtool.errors import DiskFullError, NonFiniteError, UsageError
 from nntrtool.memory import prefault, release_pages
 from nntrtool.plan.options import ConvertOptions
@@ -34,54 +34,6 @@ from nntrtool.quant.range_check import first_overflow, largest_magnitude
 _QUEUE_DEPTH = 2
 #: Most worker threads; on machines with more cores each worker's kernels use several threads.
 _MAX_WORKERS = 4
-
-
-@dataclass
-class ConversionReport:
-    """What a conversion did: the plan, where it went, how long it took and what it fell back on."""
-
-    plan: ConversionPlan
-    out_path: Path | None
-    dry_run: bool
-    seconds: float = 0.0
-    write_seconds: float = 0.0
-    backend: str = ""
-    threads: int = 0
-    file_size: int = 0
-    nonfinite: list[tuple[str, str]] = field(default_factory=list)
-    #: Seconds spent per stage, summed over chunks (quantize and prefetch_wait on the worker).
-    stages: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def params(self) -> int:
-        return self.plan.params
-
-    @property
-    def source_bytes(self) -> int:
-        return self.plan.source_bytes
-
-    @property
-    def params_per_s(self) -> float:
-        return self.params / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def compression(self) -> float:
-        """Source bytes over output bytes (predicted size for a dry run)."""
-        size = self.file_size or self.plan.predicted_size
-        return self.source_bytes / size if size else 0.0
-
-    @property
-    def by_type(self) -> dict[str, tuple[int, int, int]]:
-        """``{display type: (tensors, params, bytes)}``."""
-        return self.plan.bytes_by_type()
-
-    @property
-    def fallbacks(self) -> list[tuple[str, str]]:
-        return self.plan.fallbacks
-
-    @property
-    def unrepacked(self) -> list[tuple[str, str]]:
-        return self.plan.unrepacked
 
 
 class _NonFiniteChunk(Exception):

@@ -30,14 +30,15 @@ from nntrtool.export.folder_writer import (
 )
 from nntrtool.export.layouts import ArchitectureLayout, Role, Slot, layout_for_config
 from nntrtool.export.runtime_config import (
+    RUNTIME_DTYPES,
     TOKENIZER_FILES,
     RuntimeOptions,
     fit_positions,
     generation_config,
-    gguf_source,
+    nntr_config,
     runtime_config,
-    sample_input,
-    source_from_metadata,
+    runtime_dtype,
+    tokenizer_sources_for,
 )
 from nntrtool.model_config import ModelConfig
 from nntrtool.progress import ProgressFactory
@@ -52,13 +53,6 @@ CONVERT_HINT = (
     "for an all-F32 model"
 )
 
-_RUNTIME_DTYPE = {
-    F32.name: "FP32",
-    Q4_0.name: "Q4_0",
-    Q6_K.name: "Q6_K",
-    "q4_k": "Q4_K",
-    "f16": "FP16",
-}
 
 #: The types nntrainer runs its linear layers in (``--linear-type``), by nntrtool name.
 LINEAR_TYPES: tuple[str, ...] = ("q4_0", "q4_k", "f16", "f32")
@@ -280,7 +274,7 @@ def _notes(tensors: list[TensorExport], fc: str, emb: str) -> list[str]:
             step = f"requantized to {out} from {src} (lossy)"
         notes.append(f"{step}: {len(names)} tensor(s), {names[0]}{more}")
     if fc == "f16":
-        notes.append(FP16_BUILD_NOTE.format(emb=_RUNTIME_DTYPE.get(emb, emb)))
+        notes.append(FP16_BUILD_NOTE.format(emb=RUNTIME_DTYPES.get(emb, emb)))
     return notes
 
 
@@ -299,10 +293,6 @@ def _q4_k_offer(tensors: list[TensorExport], fc: str) -> list[str]:
     if fc != Q4_0.name or not linear or any(_q4_k_misfit(t.slot.shape) for t in linear):
         return []
     return [Q4_K_OFFER]
-
-
-def _dtype(name: str) -> str:
-    return _RUNTIME_DTYPE[name]
 
 
 def nntrainer_type_overrides(quant_type: str, config: dict[str, Any]) -> tuple[str, ...]:
@@ -344,6 +334,36 @@ def _expert_override(quant_type: str, config: dict[str, Any]) -> tuple[str, ...]
     return (f"mlp\\.experts\\.={quant_type}",)
 
 
+def _match_slots(
+    layout: ArchitectureLayout, slots: list[Slot], entries: dict[str, Any]
+) -> list[tuple[Slot, Any]]:
+    """Every slot the runtime loads with the file's tensor of that name, shapes checked."""
+    wanted = {s.name for s in slots}
+    missing = [s.name for s in slots if s.name not in entries]
+    extra = sorted(n for n in entries if n not in wanted)
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise UsageError(
+            f"{layout.architecture} needs tensor {missing[0]}{more}, which the file lacks"
+            + ("; the model is untied but has no lm_head" if missing[0] == "lm_head.weight" else "")
+        )
+    if extra:
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        raise UsageError(
+            f"the file has tensor {extra[0]}{more} that nntrainer's {layout.architecture} "
+            "does not load (biases, tied heads stored twice, or another architecture)"
+        )
+    pairs = [(s, entries[s.name]) for s in slots]
+    for slot, entry in pairs:
+        shape = tuple(int(x) for x in entry.shape)
+        if shape != slot.shape:
+            raise UsageError(
+                f"{slot.name} has shape {list(shape)}, but the config implies "
+                f"{list(slot.shape)}; the runtime builds its layers from config.json"
+            )
+    return pairs
+
+
 def plan_export(
     nf: Any,
     out_dir: str | os.PathLike[str],
@@ -380,29 +400,7 @@ def plan_export(
     tied = _is_tied(config, set(entries))
     slots = layout.slots(config, tied)
 
-    wanted = {s.name for s in slots}
-    missing = [s.name for s in slots if s.name not in entries]
-    extra = sorted(n for n in entries if n not in wanted)
-    if missing:
-        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise UsageError(
-            f"{layout.architecture} needs tensor {missing[0]}{more}, which the file lacks"
-            + ("; the model is untied but has no lm_head" if missing[0] == "lm_head.weight" else "")
-        )
-    if extra:
-        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
-        raise UsageError(
-            f"the file has tensor {extra[0]}{more} that nntrainer's {layout.architecture} "
-            "does not load (biases, tied heads stored twice, or another architecture)"
-        )
-    pairs = [(s, entries[s.name]) for s in slots]
-    for slot, entry in pairs:
-        shape = tuple(int(x) for x in entry.shape)
-        if shape != slot.shape:
-            raise UsageError(
-                f"{slot.name} has shape {list(shape)}, but the config implies "
-                f"{list(slot.shape)}; the runtime builds its layers from config.json"
-            )
+    pairs = _match_slots(layout, slots, entries)
     fc_type = _check_types(pairs, linear_type)
     recode = linear_type is not None or fc_type in ("q4_k", "f16")
     if fc_type == "q4_k":
@@ -427,66 +425,23 @@ def plan_export(
         runtime, runtime_cfg, layout, warnings
     )
 
-    source_path = Path(source_dir).expanduser() if source_dir is not None else None
-    if source_path is not None and not source_path.is_dir():
-        raise UsageError(f"--tokenizer {source_path} is not a folder")
-    if source_path is None:
-        source_path = source_from_metadata(config)
-    tokenizer_sources = (
-        [source_path / n for n in TOKENIZER_FILES if (source_path / n).is_file()]
-        if source_path is not None
-        else []
-    )
-    gguf = gguf_source(config) if source_dir is None else None
-    if gguf is not None and not any(p.name == "tokenizer.json" for p in tokenizer_sources):
-        from nntrtool.export.gguf_tokenizer import gguf_tokenizer_files
-
-        made, problem = gguf_tokenizer_files(gguf)
-        tokenizer_sources = made or tokenizer_sources
-        if problem is not None:
-            warnings.append(problem)
-    elif not any(p.name == "tokenizer.json" for p in tokenizer_sources):
-        warnings.append(
-            "no tokenizer.json found in the source; the runtime needs one: copy it into the "
-            "folder or pass --tokenizer DIR"
-        )
+    source_path, tokenizer_sources = tokenizer_sources_for(config, source_dir, warnings)
 
     gen = generation_config(config, source_path, runtime, warnings)
 
-    out_abs = Path(os.path.abspath(os.fspath(out_dir)))
-    stem = Path(os.fspath(source)).stem if source is not None else "model"
-    file_name = runtime.model_file_name or f"{stem}-{fc}-{isa}.bin"
-    nntr_cfg: dict[str, Any] = {
-        "model_tensor_type": f"{_dtype(fc)}-FP32",
-        "model_file_name": file_name,
-        "fc_layer_dtype": _dtype(fc),
-        "embedding_dtype": _dtype(emb),
-    }
-    if head is not None:
-        nntr_cfg["lmhead_dtype"] = _dtype(head)
-    nntr_cfg.update(
-        {
-            "bad_word_ids": [int(i) for i in runtime.bad_word_ids],
-            "fsu": False,
-            "num_to_generate": num_to_generate,
-            "init_seq_len": init_seq_len,
-            "max_seq_len": max_seq_len,
-            "batch_size": int(runtime.batch_size),
-            "tokenizer_file": runtime.tokenizer_file or str(out_abs / "tokenizer.json"),
-            "sample_input": runtime.sample_input
-            if runtime.sample_input is not None
-            else sample_input(tokenizer_sources),
-        }
-    )
+    nntr_cfg = nntr_config(
+        runtime, fc, emb, head, isa, out_dir, source, tokenizer_sources,
+        (num_to_generate, init_seq_len, max_seq_len),
+    )  # fmt: skip
     return ExportPlan(
         source=Path(os.fspath(source)) if source is not None else None,
         architecture=layout.architecture,
         isa=isa,
         tied=tied,
         tensors=tensors,
-        fc_dtype=_dtype(fc),
-        embedding_dtype=_dtype(emb),
-        lmhead_dtype=_dtype(head) if head is not None else None,
+        fc_dtype=runtime_dtype(fc),
+        embedding_dtype=runtime_dtype(emb),
+        lmhead_dtype=runtime_dtype(head) if head is not None else None,
         config=runtime_cfg,
         generation_config=gen,
         nntr_config=nntr_cfg,

@@ -18,6 +18,21 @@ from nntrtool.errors import UsageError
 from nntrtool.export.layouts import ArchitectureLayout, architecture_of
 from nntrtool.model_config import ModelConfig
 
+#: nntrainer's name of each type it runs, by nntrtool name.
+RUNTIME_DTYPES = {
+    "f32": "FP32",
+    "q4_0": "Q4_0",
+    "q6_k": "Q6_K",
+    "q4_k": "Q4_K",
+    "f16": "FP16",
+}
+
+
+def runtime_dtype(name: str) -> str:
+    """nntrainer's name of a stored type (``q4_k`` -> ``Q4_K``)."""
+    return RUNTIME_DTYPES[name]
+
+
 #: Files of a Hugging Face folder that the runtime's tokenizer (or a user) may need.
 TOKENIZER_FILES: tuple[str, ...] = (
     "tokenizer.json",
@@ -316,3 +331,75 @@ def fit_positions(
         f"builds RoPE for that many positions only: lowered {', '.join(lowered)}"
     )
     return n, init, total
+
+
+def tokenizer_sources_for(
+    config: dict[str, Any], source_dir: Any, warnings: list[str]
+) -> tuple[Path | None, list[Path]]:
+    """The folder the tokenizer comes from and its files (made from a GGUF's vocabulary
+    when the source was one); a warning when the runtime would find none."""
+    source_path = Path(source_dir).expanduser() if source_dir is not None else None
+    if source_path is not None and not source_path.is_dir():
+        raise UsageError(f"--tokenizer {source_path} is not a folder")
+    if source_path is None:
+        source_path = source_from_metadata(config)
+    tokenizer_sources = (
+        [source_path / n for n in TOKENIZER_FILES if (source_path / n).is_file()]
+        if source_path is not None
+        else []
+    )
+    gguf = gguf_source(config) if source_dir is None else None
+    if gguf is not None and not any(p.name == "tokenizer.json" for p in tokenizer_sources):
+        from nntrtool.export.gguf_tokenizer import gguf_tokenizer_files
+
+        made, problem = gguf_tokenizer_files(gguf)
+        tokenizer_sources = made or tokenizer_sources
+        if problem is not None:
+            warnings.append(problem)
+    elif not any(p.name == "tokenizer.json" for p in tokenizer_sources):
+        warnings.append(
+            "no tokenizer.json found in the source; the runtime needs one: copy it into the "
+            "folder or pass --tokenizer DIR"
+        )
+    return source_path, tokenizer_sources
+
+
+def nntr_config(
+    runtime: RuntimeOptions,
+    fc: str,
+    emb: str,
+    head: str | None,
+    isa: str,
+    out_dir: Any,
+    source: Any,
+    tokenizer_sources: list[Path],
+    lengths: tuple[int, int, int],
+) -> dict[str, Any]:
+    """``nntr_config.json``: the weight file, the layer types and the run settings."""
+    num_to_generate, init_seq_len, max_seq_len = lengths
+    out_abs = Path(os.path.abspath(os.fspath(out_dir)))
+    stem = Path(os.fspath(source)).stem if source is not None else "model"
+    file_name = runtime.model_file_name or f"{stem}-{fc}-{isa}.bin"
+    nntr_cfg: dict[str, Any] = {
+        "model_tensor_type": f"{runtime_dtype(fc)}-FP32",
+        "model_file_name": file_name,
+        "fc_layer_dtype": runtime_dtype(fc),
+        "embedding_dtype": runtime_dtype(emb),
+    }
+    if head is not None:
+        nntr_cfg["lmhead_dtype"] = runtime_dtype(head)
+    nntr_cfg.update(
+        {
+            "bad_word_ids": [int(i) for i in runtime.bad_word_ids],
+            "fsu": False,
+            "num_to_generate": num_to_generate,
+            "init_seq_len": init_seq_len,
+            "max_seq_len": max_seq_len,
+            "batch_size": int(runtime.batch_size),
+            "tokenizer_file": runtime.tokenizer_file or str(out_abs / "tokenizer.json"),
+            "sample_input": runtime.sample_input
+            if runtime.sample_input is not None
+            else sample_input(tokenizer_sources),
+        }
+    )
+    return nntr_cfg

@@ -227,46 +227,11 @@ def scan_header(path: Path, size: int, head: memoryview) -> Header:
     tensors: list[tuple[str, tuple[int, ...], int, int]] = []
     names: set[str] = set()
     for i in range(n_tensors):
-        name = _text(cur.string(f"name of tensor {i}", MAX_NAME_BYTES), path, "tensor name")
-        if not name.isprintable():
-            raise SourceError(
-                f"{path}: tensor name {name!r} holds control characters; the GGUF is corrupt"
-            )
-        if name in names:
-            raise SourceError(f"{path}: tensor {name!r} appears twice; the GGUF is corrupt")
-        names.add(name)
-        n_dims = cur.u32(f"dimension count of {name!r}")
-        if n_dims > MAX_DIMS:
-            raise SourceError(
-                f"{path}: tensor {name!r} claims {n_dims} dimensions (ggml has at most "
-                f"{MAX_DIMS}); the GGUF is corrupt"
-            )
-        dims = [cur.u64(f"dimensions of {name!r}") for _ in range(n_dims)]
-        ggml_type = cur.u32(f"type of {name!r}")
-        offset = cur.u64(f"data offset of {name!r}")
-        if ggml_type not in sizes:
-            raise SourceError(
-                f"{path}: tensor {name!r} has ggml type {ggml_type}, which is unknown (too new a "
-                "file, or a corrupt one)"
-            )
-        tname, block, _ = sizes[ggml_type]
-        if 0 in dims or any(d > 1 << 62 for d in dims):
-            raise SourceError(
-                f"{path}: tensor {name!r} has dimensions {list(reversed(dims))}; the GGUF is "
-                "corrupt"
-            )
-        if block > 1 and (not dims or dims[0] % block):
-            row = f"rows of {dims[0]} values are" if dims else "a scalar is"
-            raise SourceError(
-                f"{path}: tensor {name!r} {row} not whole {tname} blocks of {block}; the GGUF "
-                "is corrupt"
-            )
-        if offset % alignment:
-            raise SourceError(
-                f"{path}: tensor {name!r} data offset {offset} is not aligned to {alignment}; "
-                "the GGUF is corrupt"
-            )
-        tensors.append((name, tuple(reversed(dims)), ggml_type, offset))
+        record = _tensor_record(cur, i, sizes, alignment, path)
+        if record[0] in names:
+            raise SourceError(f"{path}: tensor {record[0]!r} appears twice; the GGUF is corrupt")
+        names.add(record[0])
+        tensors.append(record)
     data_start = -(-cur.pos // alignment) * alignment
     infos: list[TensorInfo] = []
     for name, shape, ggml_type, offset in tensors:
@@ -285,6 +250,49 @@ def scan_header(path: Path, size: int, head: memoryview) -> Header:
             )
         infos.append(TensorInfo(name, shape, ggml_type, begin, end))
     return Header(version, fields, tuple(infos), alignment, data_start)
+
+
+def _tensor_record(
+    cur: _Cursor, index: int, sizes: dict[int, tuple[str, int, int]], alignment: int, path: Path
+) -> tuple[str, tuple[int, ...], int, int]:
+    """Tensor record ``index`` at the cursor, checked on its own: ``(name, shape in row-major
+    order, ggml type, data offset)``."""
+    name = _text(cur.string(f"name of tensor {index}", MAX_NAME_BYTES), path, "tensor name")
+    if not name.isprintable():
+        raise SourceError(
+            f"{path}: tensor name {name!r} holds control characters; the GGUF is corrupt"
+        )
+    n_dims = cur.u32(f"dimension count of {name!r}")
+    if n_dims > MAX_DIMS:
+        raise SourceError(
+            f"{path}: tensor {name!r} claims {n_dims} dimensions (ggml has at most "
+            f"{MAX_DIMS}); the GGUF is corrupt"
+        )
+    dims = [cur.u64(f"dimensions of {name!r}") for _ in range(n_dims)]
+    ggml_type = cur.u32(f"type of {name!r}")
+    offset = cur.u64(f"data offset of {name!r}")
+    if ggml_type not in sizes:
+        raise SourceError(
+            f"{path}: tensor {name!r} has ggml type {ggml_type}, which is unknown (too new a "
+            "file, or a corrupt one)"
+        )
+    tname, block, _ = sizes[ggml_type]
+    if 0 in dims or any(d > 1 << 62 for d in dims):
+        raise SourceError(
+            f"{path}: tensor {name!r} has dimensions {list(reversed(dims))}; the GGUF is corrupt"
+        )
+    if block > 1 and (not dims or dims[0] % block):
+        row = f"rows of {dims[0]} values are" if dims else "a scalar is"
+        raise SourceError(
+            f"{path}: tensor {name!r} {row} not whole {tname} blocks of {block}; the GGUF "
+            "is corrupt"
+        )
+    if offset % alignment:
+        raise SourceError(
+            f"{path}: tensor {name!r} data offset {offset} is not aligned to {alignment}; "
+            "the GGUF is corrupt"
+        )
+    return name, tuple(reversed(dims)), ggml_type, offset
 
 
 def _text(raw: bytes, path: Path, what: str) -> str:
