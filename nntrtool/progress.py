@@ -8,6 +8,7 @@ Library code never prints. A function that works through many parameters takes a
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -22,3 +23,13 @@ class ProgressLike(Protocol):
 
 #: ``factory(total, description)`` -> a context manager giving a :class:`ProgressLike`.
 ProgressFactory = Callable[[int, str], Any]
+
+
+def token_progress(progress: ProgressFactory | None, total: int, description: str) -> Any:
+    """A progress bar counting tokens (nothing when ``progress`` is None)."""
+    if progress is None:
+        return contextlib.nullcontext(None)
+    try:
+        return progress(total, description, unit="tokens")
+    except TypeError:  # a factory without units
+        return progress(total, description)

@@ -111,8 +111,8 @@ def _replan(entry: Any, section: dict[str, Any], target: RepackLayout | None) ->
     Uses the same planning function as ``convert`` so that reasons and records match what a
     direct conversion writes; ``None`` when the stored options cannot be replayed.
     """
-    from nntrtool.convert.options import ConvertOptions
-    from nntrtool.convert.plan import plan_tensor
+    from nntrtool.plan.options import ConvertOptions
+    from nntrtool.plan.tensors import plan_tensor
 
     records = section.get("tensors")
     record = records.get(entry.name) if isinstance(records, dict) else None
@@ -127,7 +127,7 @@ def _replan(entry: Any, section: dict[str, Any], target: RepackLayout | None) ->
         )
     except (NntrError, TypeError, ValueError, KeyError):
         return None
-    if planned.ttype not in (Q4_0, Q4_0_REPACKED):
+    if planned.ttype.plain is not Q4_0:
         return None  # stored Q4_0 for a reason the options do not replay: decide by rows
     return planned
 
@@ -144,7 +144,7 @@ def plan_repack(
     for entry in entries:
         shape = tuple(int(s) for s in entry.shape)
         before = entry.display_type
-        if entry.ttype not in (Q4_0, Q4_0_REPACKED):
+        if entry.ttype.plain is not Q4_0:
             move = TensorMove(entry.name, shape, before, before, COPY)
             decisions.append(_Decision(entry, entry.layout, move, None))
             continue
@@ -181,7 +181,7 @@ def plan_repack(
         section["repack_format"] = target.name if target is not None else None
         records = section.get("tensors")
         for d in decisions:
-            if d.entry.ttype not in (Q4_0, Q4_0_REPACKED) or not isinstance(records, dict):
+            if d.entry.ttype.plain is not Q4_0 or not isinstance(records, dict):
                 continue
             if d.record is not None:
                 records[d.entry.name] = d.record
@@ -210,7 +210,7 @@ def repack_file(
     start = time.perf_counter()
     src_path, out_path = Path(path), Path(out)
     with NntrFile(src_path) as nf:
-        if not any(e.ttype in (Q4_0, Q4_0_REPACKED) for e in nf.tensors):
+        if not any(e.ttype.plain is Q4_0 for e in nf.tensors):
             raise UsageError(f"{src_path} has no Q4_0 tensors: there is nothing to repack")
         decisions, new_config = plan_repack(nf.tensors, nf.config, target)
         if (
@@ -224,9 +224,7 @@ def repack_file(
         specs = [
             TensorSpec(
                 d.entry.name,
-                Q4_0_REPACKED
-                if d.layout is not None
-                else (Q4_0 if d.entry.ttype in (Q4_0, Q4_0_REPACKED) else d.entry.ttype),
+                Q4_0_REPACKED if d.layout is not None else d.entry.ttype.plain,
                 tuple(d.entry.shape),
                 d.layout,
             )
@@ -270,7 +268,7 @@ def _relayout_backend(decisions: list[_Decision]) -> str:
 def _stream_tensor(
     nf: Any, d: _Decision, writer: Any, progress: ProgressLike | None, backend: str = "auto"
 ) -> None:
-    from nntrtool.convert.memory import release_pages
+    from nntrtool.memory import release_pages
     from nntrtool.quant import repack, unpack
 
     entry = d.entry

@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,11 +24,13 @@ from nntrtool.errors import UsageError
 
 #: safetensors dtype name -> (numpy dtype the bytes are written as, bytes per element).
 DTYPES: dict[str, tuple[str, int]] = {"BF16": ("<u2", 2), "F16": ("<f2", 2), "F32": ("<f4", 4)}
+#: Bytes per element of every dtype a synthetic safetensors file holds.
+DTYPE_BYTES: dict[str, int] = {**{k: v[1] for k, v in DTYPES.items()}, "U8": 1}
 _TORCH_DTYPE = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 _HIDDEN_LADDER = (4096, 2048, 1024, 512, 256)
 _MIN_LAYERS = 8
-_POOL = 1 << 20
-_CHUNK = 1 << 24
+FILL_POOL = 1 << 20
+FILL_CHUNK = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -171,15 +174,17 @@ def synthetic_shape(
     return build(hidden, int(layers))
 
 
-class _Filler:
+class Filler:
     """Random-looking bytes of a dtype from a small pool read through a sliding window."""
 
     def __init__(self, dtype: str, seed: int):
         np_dtype, self.esize = DTYPES[dtype]
         self.dtype = dtype
         self.rng = np.random.default_rng(seed)
-        pool = self.rng.standard_normal(_POOL, dtype=np.float32) * np.float32(0.02)
-        self.window = memoryview(np.tile(self._encode(pool), _CHUNK // _POOL + 1).view(np.uint8))
+        pool = self.rng.standard_normal(FILL_POOL, dtype=np.float32) * np.float32(0.02)
+        self.window = memoryview(
+            np.tile(self._encode(pool), FILL_CHUNK // FILL_POOL + 1).view(np.uint8)
+        )
 
     def _encode(self, values: np.ndarray) -> np.ndarray:
         values = values.astype(np.float32)
@@ -188,11 +193,11 @@ class _Filler:
         return values.astype(DTYPES[self.dtype][0])
 
     def chunks(self, count: int) -> Iterator[memoryview]:
-        """Bytes of ``count`` elements, in pieces of at most ``_CHUNK`` elements."""
+        """Bytes of ``count`` elements, in pieces of at most ``FILL_CHUNK`` elements."""
         done = 0
         while done < count:
-            m = min(_CHUNK, count - done)
-            start = int(self.rng.integers(0, _POOL)) * self.esize
+            m = min(FILL_CHUNK, count - done)
+            start = int(self.rng.integers(0, FILL_POOL)) * self.esize
             yield self.window[start : start + m * self.esize]
             done += m
 
@@ -201,15 +206,19 @@ class _Filler:
         return self._encode(1.0 + spread * self.rng.standard_normal(count)).tobytes()
 
 
-def safetensors_header(entries: list[tuple[str, tuple[int, ...]]], dtype: str) -> tuple[bytes, int]:
-    """The safetensors header (length prefix included) of ``(name, shape)`` tensors of one
-    ``dtype`` stored back to back in that order, and the data size it describes."""
-    esize = DTYPES[dtype][1]
+def safetensors_header(
+    entries: list[tuple[str, tuple[int, ...]]] | list[tuple[str, str, tuple[int, ...]]],
+    dtype: str | None = None,
+) -> tuple[bytes, int]:
+    """The safetensors header (length prefix included) of tensors stored back to back in that
+    order, and the data size it describes: ``(name, shape)`` entries of one ``dtype``, or
+    ``(name, dtype, shape)`` entries each with its own."""
     meta: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for name, shape in entries:
-        size = math.prod(shape) * esize
-        meta[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+    for entry in entries:
+        name, dt, shape = (entry[0], dtype, entry[1]) if dtype is not None else entry
+        size = math.prod(shape) * DTYPE_BYTES[str(dt)]
+        meta[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     text = json.dumps(meta, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
@@ -221,21 +230,15 @@ def make_synthetic_model(
     n_params: float | None = None,
     *,
     dtype: str = "bf16",
-    hidden: int | None = None,
-    intermediate: int | None = None,
-    vocab: int | None = None,
-    layers: int | None = None,
-    heads: int | None = None,
-    kv_heads: int | None = None,
-    tie: bool = False,
-    at_least: bool = True,
     shards: int = 1,
     seed: int = 0,
     norm_spread: float = 0.02,
+    **dims: Any,
 ) -> Path:
     """Write a Llama-style model folder of at least ``n_params`` parameters; returns ``path``.
 
-    The shape is :func:`synthetic_shape`'s for the same arguments. ``dtype`` is ``bf16``,
+    The shape is :func:`synthetic_shape`'s for ``n_params`` and the ``dims`` keywords
+    (``hidden``, ``layers``, ``tie`` ...). ``dtype`` is ``bf16``,
     ``f16`` or ``f32``; ``shards > 1`` splits the tensors over that many
     ``model-XXXXX-of-YYYYY.safetensors`` files with an index, as ``save_pretrained`` does.
     Norm weights are 1.0 plus N(0, ``norm_spread``) noise (``0`` writes exact ones).
@@ -243,10 +246,7 @@ def make_synthetic_model(
     dt = str(dtype).upper()
     if dt not in DTYPES:
         raise UsageError(f"synthetic model dtype {dtype!r}: choose bf16, f16 or f32")
-    shape = synthetic_shape(
-        n_params, hidden=hidden, intermediate=intermediate, vocab=vocab, layers=layers,
-        heads=heads, kv_heads=kv_heads, tie=tie, at_least=at_least,
-    )  # fmt: skip
+    shape = synthetic_shape(n_params, **dims)
     esize = DTYPES[dt][1]
     per_shard = math.ceil(shape.n_params * esize / max(1, int(shards)))
     groups: list[list[tuple[str, tuple[int, ...]]]] = [[]]
@@ -262,7 +262,7 @@ def make_synthetic_model(
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps(shape.config(dt), indent=2) + "\n")
-    filler = _Filler(dt, seed)
+    filler = Filler(dt, seed)
     weight_map: dict[str, str] = {}
     total = 0
     for k, group in enumerate(groups):

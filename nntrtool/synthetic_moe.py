@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from nntrtool.errors import UsageError
-from nntrtool.synthetic import _CHUNK, _POOL, _Filler
+from nntrtool.synthetic import DTYPE_BYTES, FILL_CHUNK, FILL_POOL, Filler, safetensors_header
 
 FAMILIES = ("qwen3_moe", "gpt_oss")
-_BYTES = {"BF16": 2, "U8": 1}
 
 #: ``(name, safetensors dtype, shape)``.
 Entry = tuple[str, str, tuple[int, ...]]
@@ -167,24 +166,12 @@ def moe_shape(
     return build(max(1, math.ceil((float(n_params) - base) / per_layer)))
 
 
-def _header(entries: list[Entry]) -> tuple[bytes, int]:
-    meta: dict[str, object] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, dtype, shape in entries:
-        size = math.prod(shape) * _BYTES[dtype]
-        meta[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    text = json.dumps(meta, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text, offset
-
-
 def make_synthetic_moe(
     path: str | os.PathLike, shape: MoeShape, *, shards: int = 1, seed: int = 0
 ) -> Path:
     """Write ``shape`` as a Hugging Face folder at ``path`` (``shards`` safetensors files)."""
     entries = shape.tensors()
-    sizes = [math.prod(s) * _BYTES[d] for _, d, s in entries]
+    sizes = [math.prod(s) * DTYPE_BYTES[d] for _, d, s in entries]
     per_shard = math.ceil(sum(sizes) / max(1, shards))
     groups: list[list[Entry]] = [[]]
     filled = 0
@@ -197,10 +184,10 @@ def make_synthetic_moe(
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps(shape.config(), indent=2) + "\n")
-    bf16 = _Filler("BF16", seed)
+    bf16 = Filler("BF16", seed)
     rng = np.random.default_rng(seed + 1)
-    nibbles = memoryview(np.tile(rng.integers(0, 256, _POOL, dtype=np.uint8), 2))
-    scales = memoryview(np.tile(rng.integers(118, 124, _POOL, dtype=np.uint8), 2))
+    nibbles = memoryview(np.tile(rng.integers(0, 256, FILL_POOL, dtype=np.uint8), 2))
+    scales = memoryview(np.tile(rng.integers(118, 124, FILL_POOL, dtype=np.uint8), 2))
     weight_map: dict[str, str] = {}
     for k, group in enumerate(groups):
         name = (
@@ -208,16 +195,16 @@ def make_synthetic_moe(
             if len(groups) == 1
             else f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
         )
-        header, _ = _header(group)
+        header, _ = safetensors_header(group)
         with open(root / name, "wb") as f:
             f.write(header)
             for tname, dtype, tshape in group:
                 count = math.prod(tshape)
                 if dtype == "U8":
                     pool = scales if tname.endswith("_scales") else nibbles
-                    for done in range(0, count, _POOL):
-                        start = int(rng.integers(0, _POOL))
-                        f.write(pool[start : start + min(_POOL, count - done)])
+                    for done in range(0, count, FILL_POOL):
+                        start = int(rng.integers(0, FILL_POOL))
+                        f.write(pool[start : start + min(FILL_POOL, count - done)])
                 elif "norm" in tname:
                     f.write(bf16.norm_bytes(count, 0.02))
                 else:
@@ -227,5 +214,5 @@ def make_synthetic_moe(
     if len(groups) > 1:
         index = {"metadata": {}, "weight_map": weight_map}
         (root / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    assert _CHUNK >= _POOL
+    assert FILL_CHUNK >= FILL_POOL
     return root

@@ -20,3 +20,13 @@ def human_count(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f} {unit}"
     return f"{n:.0f}"
+
+
+def size_change(new: float, old: float) -> str:
+    """How ``new`` bytes compare with ``old``: ``'2.10x smaller'``, ``'1.12x larger'``, or
+    ``'the same size'`` when the ratio rounds to 1.00 (``'-'`` when either is not positive)."""
+    if new <= 0 or old <= 0:
+        return "-"
+    if f"{old / new:.2f}" == "1.00" or f"{new / old:.2f}" == "1.00":
+        return "the same size"
+    return f"{old / new:.2f}x smaller" if new < old else f"{new / old:.2f}x larger"

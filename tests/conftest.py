@@ -55,3 +55,19 @@ def offline_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.chdir(tmp_path)
     return cache
+
+
+@pytest.fixture(scope="session")
+def llama_cpp():
+    """llama.cpp's own tools (``tests/llama_cpp_tools.py``), built by ``tools/llama_cpp/build.sh``;
+    built here when ``NNTRTOOL_BUILD_LLAMA_CPP=1``, else the test skips when they are missing."""
+    import os
+
+    import llama_cpp_tools as tools
+
+    found = tools.find()
+    if found is None:
+        if os.environ.get(tools.BUILD_ENV) != "1":
+            pytest.skip(tools.SKIP_REASON)
+        found = tools.build()
+    return found

@@ -3,7 +3,8 @@
 It reads a folder the way the runtime does: the three JSON files, then the weight file walked
 by position in the order the runtime builds its layers, each tensor's size following from the
 dtype names in ``nntr_config.json`` and the shapes in ``config.json``. It then undoes what the
-runtime expects (F32 linear weights transposed, Q4_0 interleaved for the CPU) and dequantizes
+runtime expects (F32 and F16 linear weights transposed, Q4_0 and Q4_K interleaved for the CPU,
+Q4_K behind a 2-byte qscheme value) and dequantizes
 with the ``gguf`` package, giving a Hugging Face state dict of float32 arrays.
 
 It shares no code with ``nntrtool.export`` on purpose: it is written from the runtime's rules,
@@ -22,7 +23,15 @@ from gguf.quants import dequantize as gguf_dequantize
 
 # rows per interleaved group and bytes per chunk of the Q4_0 CPU layouts, per ISA
 ISA_Q4_0 = {"x86": (8, 8), "arm": (4, 8)}
-BYTES_PER_BLOCK = {"FP32": (1, 4), "Q4_0": (32, 18), "Q6_K": (256, 210)}
+BYTES_PER_BLOCK = {
+    "FP32": (1, 4),
+    "FP16": (1, 2),
+    "Q4_0": (32, 18),
+    "Q6_K": (256, 210),
+    "Q4_K": (256, 144),
+}
+# the loader skips this many bytes (a qscheme value) before tensors of every other type
+NO_PREFIX = ("FP32", "FP16", "Q6_K", "Q4_0")
 
 
 @dataclass
@@ -115,6 +124,41 @@ def deinterleave_q4_0(data: np.ndarray, rows: int, cols: int, group: int, chunk:
     return plain.reshape(rows, nb * 18)
 
 
+def _scale_min(q: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and min ``j`` (0..7) of the 12-byte 6-bit packing in the last axis of ``q``."""
+    q = q.astype(np.int64)
+    if j < 4:
+        return q[..., j] & 63, q[..., j + 4] & 63
+    return (q[..., j + 4] & 0xF) | ((q[..., j - 4] >> 6) << 4), (q[..., j + 4] >> 4) | (
+        (q[..., j] >> 6) << 4
+    )
+
+
+def deinterleave_q4_k(data: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """The 8-row interleaved Q4_K bytes (block_q4_Kx8) of a [rows, cols] matrix back to plain
+    Q4_K rows: per group of 8 rows and per 256 values, d[8], dmin[8], 8 x 12 bytes of scales
+    (one 12-byte packing per sub-block, holding the 8 rows'), then 8-byte code chunks taken
+    from the rows in turn."""
+    nb = cols // 256
+    x = data.reshape(rows // 8, nb, 1152).astype(np.int64)
+    plain = np.zeros((rows // 8, 8, nb, 144), dtype=np.int64)
+    for r in range(8):
+        plain[:, r, :, 0:2] = x[:, :, 2 * r : 2 * r + 2]
+        plain[:, r, :, 2:4] = x[:, :, 16 + 2 * r : 18 + 2 * r]
+        sc = np.zeros((rows // 8, nb, 8), dtype=np.int64)
+        mn = np.zeros_like(sc)
+        for k in range(8):
+            sc[..., k], mn[..., k] = _scale_min(x[:, :, 32 + 12 * k : 44 + 12 * k], r)
+        for j in range(4):  # the plain block's own packing of its 8 sub-blocks
+            plain[:, r, :, 4 + j] = sc[..., j] | ((sc[..., j + 4] >> 4) << 6)
+            plain[:, r, :, 8 + j] = mn[..., j] | ((mn[..., j + 4] >> 4) << 6)
+            plain[:, r, :, 12 + j] = (sc[..., j + 4] & 15) | ((mn[..., j + 4] & 15) << 4)
+        for c in range(16):
+            at = 128 + (c * 8 + r) * 8
+            plain[:, r, :, 16 + 8 * c : 24 + 8 * c] = x[:, :, at : at + 8]
+    return plain.astype(np.uint8).reshape(rows, nb * 144)
+
+
 def read_folder(folder: str | Path, isa: str) -> FolderContents:
     """Read an exported folder as the runtime on ``isa`` would; dequantized float32 weights."""
     folder = Path(folder)
@@ -139,8 +183,11 @@ def read_folder(folder: str | Path, isa: str) -> FolderContents:
     pos = 0
     for name, kind, shape in _tensor_order(config):
         dtype = dtypes[kind]
-        transposed = kind in ("fc", "lmhead", "router") and dtype == "FP32"
+        transposed = kind in ("fc", "lmhead", "router") and dtype in ("FP32", "FP16")
         stored = (shape[1], shape[0]) if transposed else shape
+        if dtype not in NO_PREFIX:
+            assert pos + 2 <= blob.size, f"weight file ends before {name}"
+            pos += 2
         n = _size(dtype, stored)
         assert pos + n <= blob.size, f"weight file ends inside {name}"
         raw = blob[pos : pos + n]
@@ -149,6 +196,15 @@ def read_folder(folder: str | Path, isa: str) -> FolderContents:
         if dtype == "FP32":
             w = raw.view("<f4").reshape(stored)
             state[name] = np.ascontiguousarray(w.T) if transposed else w.copy()
+        elif dtype == "FP16":
+            assert kind in ("fc", "lmhead"), f"{name}: FP16 is only for fully connected layers"
+            w = raw.view("<f2").reshape(stored).astype(np.float32)
+            state[name] = np.ascontiguousarray(w.T)
+        elif dtype == "Q4_K":
+            assert kind in ("fc", "lmhead"), f"{name}: Q4_K is only for fully connected layers"
+            assert shape[0] % 8 == 0 and shape[1] % 256 == 0, (name, shape)
+            plain = deinterleave_q4_k(raw, shape[0], shape[1])
+            state[name] = gguf_dequantize(plain, GGMLQuantizationType.Q4_K).reshape(shape)
         elif dtype == "Q6_K":
             assert kind == "embedding" or (kind == "lmhead" and config["tie_word_embeddings"])
             q = raw.reshape(shape[0], -1)

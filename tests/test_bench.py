@@ -253,7 +253,7 @@ def _cli_error(capsys, *args):
         (["--size", "100x100"], "--size"),
         (["--e2e-params", "lots"], "--e2e-params"),
         (["--backend", "tpu"], "--backend"),
-        (["--type", "q5_k"], "--type"),
+        (["--type", "q3_k"], "--type"),
         (["--workdir", "/nonexistent/place"], "--workdir"),
         (["-o", "/nonexistent/dir/out.json"], "--output"),
     ],
@@ -299,5 +299,5 @@ def test_a_failed_child_conversion_is_one_clear_error(tmp_path):
             "src": str(tmp_path / "missing"), "out": str(tmp_path / "o.nntr"),
             "warm_src": str(tmp_path / "missing"), "warm_out": str(tmp_path / "w.nntr")}  # fmt: skip
     with pytest.raises(NntrError, match="end-to-end conversion to q4_0 failed") as exc:
-        bench._run_child(spec)
+        bench.run_child(spec)
     assert "\n" not in str(exc.value) and "Traceback" not in str(exc.value)

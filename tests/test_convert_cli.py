@@ -188,7 +188,7 @@ def test_nan_with_allow_nonfinite_succeeds(tmp_path, capsys):
         (["--type", "down_proj"], "expected REGEX=TYPE"),
         (["--type", "x=q3_k"], "unknown type 'q3_k'"),
         (["--keep-f32", "a("], "bad regular expression"),
-        (["--quant-type", "q5_0"], "--quant-type 'q5_0'"),
+        (["--quant-type", "q3_k"], "--quant-type 'q3_k'"),
         (["--repack-format", "q8"], "--repack-format 'q8'"),
         (["--backend", "tpu"], "tpu"),
     ],

@@ -23,9 +23,9 @@ from safetensors.numpy import load_file
 from nntrtool.errors import NntrError, OutputExistsError, UsageError
 from nntrtool.export import RuntimeOptions, export_nntr
 from nntrtool.format import NntrWriter, TensorSpec
-from nntrtool.qtypes import F32, LAYOUTS, Q4_0, Q4_0_REPACKED, Q6_K, Q8_0
+from nntrtool.qtypes import F32, LAYOUTS, Q4_0, Q4_0_REPACKED, Q4_K, Q6_K, Q8_0
 
-TYPES = {"f32": F32, "q4_0": Q4_0, "q6_k": Q6_K, "q8_0": Q8_0}
+TYPES = {"f32": F32, "q4_0": Q4_0, "q6_k": Q6_K, "q8_0": Q8_0, "q4_k": Q4_K}
 TOKENS = torch.tensor([[1, 17, 250, 3, 99, 511, 42, 7, 300, 128, 64, 5]])
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -403,8 +403,11 @@ def _refused(tmp_path: Path, nntr: Path, match: str, isa: str = "x86", error=Usa
 @pytest.mark.parametrize("linear", ["q6_k", "q8_0"])
 def test_refuses_q6_k_and_q8_0_linear_layers(sources, tmp_path, linear):
     nntr, _ = nntr_from_source(tmp_path, sources["qwen3_tied"], {"linear": linear})
-    message = _refused(tmp_path, nntr, f"is {linear}, but nntrainer reads f32 or q4_0 linear")
+    message = _refused(
+        tmp_path, nntr, f"is {linear}, but nntrainer reads f32, q4_0, q4_k or f16 linear"
+    )
     assert "--quant-type q4_0" in message and "--keep-f32" in message
+    assert "--linear-type q4_k" in message
 
 
 @pytest.mark.parametrize("emb", ["q4_0", "q8_0"])

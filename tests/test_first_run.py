@@ -165,7 +165,7 @@ def test_background_compile_fills_the_cache_for_the_next_job(tmp_path, monkeypat
 
 
 def test_numpy_error_sums_are_the_kernels_bit_for_bit():
-    from nntrtool.verify import metrics as v
+    from nntrtool.quant import error_stats as v
 
     rng = np.random.default_rng(7)
     for n in (1, 5, 4095, 4096, 4097, 70_001):

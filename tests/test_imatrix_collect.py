@@ -93,7 +93,7 @@ def test_llama_cpp_tables_and_the_fixed_table_agree(arch):
 
 
 def test_file_round_trips_with_the_right_sums(model_dir, text_file, tmp_path):
-    from nntrtool.verify.text import load_text_chunks
+    from nntrtool.sources.text_chunks import load_text_chunks
 
     out = tmp_path / "imatrix.gguf"
     report = compute_imatrix(model_dir, text_file, out, ctx=CTX, chunks=5)
@@ -141,7 +141,7 @@ def test_moe_experts_are_collected_one_by_one(tmp_path, text_file):
     add_tokenizer(tmp_path / "moe", 512)
 
     # the oracle: the router's choices and the experts' inputs, taken straight from the model
-    from nntrtool.verify.text import load_text_chunks
+    from nntrtool.sources.text_chunks import load_text_chunks
 
     chunks = load_text_chunks(tmp_path / "moe", text_file, ctx=CTX, chunks=3).chunks
     seen = {}

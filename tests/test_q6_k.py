@@ -10,6 +10,9 @@ from nntrtool.errors import NonFiniteError, QuantError
 from nntrtool.qtypes import Q6_K
 from nntrtool.quant import q6_k
 from nntrtool.quant.common import SRC_BF16, SRC_F16, SRC_F32
+from nntrtool.quant.registry import get_kernels  # noqa: E402
+
+Q6_K_NUMBA = get_kernels("q6_k")
 
 QK = Q6_K.block_size
 F32_MAX = np.finfo(np.float32).max
@@ -163,14 +166,14 @@ def _assert_same_bytes(got: np.ndarray, want: np.ndarray) -> None:
 def test_quantize_matches_ggml(name: str) -> None:
     x = _dist(name, np.random.default_rng(abs(hash(name)) % 2**32))
     want = ggml_quantize(x, "q6_k")
-    _assert_same_bytes(q6_k.quantize_numba(x, SRC_F32), want)
+    _assert_same_bytes(Q6_K_NUMBA.quantize_numba(x, SRC_F32), want)
     _assert_same_bytes(q6_k.quantize_xp(x, np), want)
 
 
 def test_edge_blocks_match_ggml() -> None:
     x = _edge_blocks()
     want = ggml_quantize(x, "q6_k")
-    _assert_same_bytes(q6_k.quantize_numba(x, SRC_F32), want)
+    _assert_same_bytes(Q6_K_NUMBA.quantize_numba(x, SRC_F32), want)
     _assert_same_bytes(q6_k.quantize_xp(x, np), want)
     assert not want[0].any() and not want[1].any()  # all-zero blocks are all-zero bytes
     assert not want[4].any()  # below GROUP_MAX_EPS too
@@ -191,7 +194,7 @@ def test_large_normal_matrix_matches_ggml() -> None:
     """Enough superblocks (16 K) that a rare rounding difference would show."""
     x = np.random.default_rng(7).standard_normal((1024, 4096)).astype(np.float32)
     want = ggml_quantize(x, "q6_k")
-    _assert_same_bytes(q6_k.quantize_numba(x, SRC_F32), want)
+    _assert_same_bytes(Q6_K_NUMBA.quantize_numba(x, SRC_F32), want)
     _assert_same_bytes(q6_k.quantize_xp(x[:256], np), want[:256])
 
 
@@ -200,11 +203,11 @@ def test_dequantize_matches_ggml_and_gguf(name: str) -> None:
     x = _dist(name, np.random.default_rng(3), rows=16, cols=768)
     data = ggml_quantize(np.concatenate([x, _edge_blocks().reshape(-1, 768)[:8]]), "q6_k")
     want = ggml_dequantize(data, "q6_k", 768)
-    _assert_same_bits(q6_k.dequantize_numba(data), want)
+    _assert_same_bits(Q6_K_NUMBA.dequantize_numba(data), want)
     _assert_same_bits(q6_k.dequantize_xp(data, np), want)
     finite = np.isfinite(want).all(axis=1)
     ref = gguf_dequantize(data[finite], "q6_k").reshape(-1, 768)
-    _assert_same_bits(q6_k.dequantize_numba(data[finite]), ref)
+    _assert_same_bits(Q6_K_NUMBA.dequantize_numba(data[finite]), ref)
 
 
 def test_dequantize_random_bytes_matches_ggml() -> None:
@@ -212,13 +215,13 @@ def test_dequantize_random_bytes_matches_ggml() -> None:
     data = np.random.default_rng(11).integers(0, 256, (32, 4 * Q6_K.block_bytes), dtype=np.uint8)
     data[:4, q6_k.D_OFF + 1 :: Q6_K.block_bytes] = 0x7C  # d = inf / NaN patterns
     want = ggml_dequantize(data, "q6_k", 4 * QK)
-    _assert_same_bits(q6_k.dequantize_numba(data), want)
+    _assert_same_bits(Q6_K_NUMBA.dequantize_numba(data), want)
     _assert_same_bits(q6_k.dequantize_xp(data, np), want)
 
 
 def test_round_trip_error_is_small() -> None:
     x = np.random.default_rng(5).standard_normal((8, 1024)).astype(np.float32)
-    y = q6_k.dequantize_numba(q6_k.quantize_numba(x, SRC_F32))
+    y = Q6_K_NUMBA.dequantize_numba(Q6_K_NUMBA.quantize_numba(x, SRC_F32))
     assert np.abs(y - x).max() < 0.1 * np.abs(x).max()
     assert y.shape == x.shape
 
@@ -233,21 +236,21 @@ def test_half_sources_decode_in_kernel(kind: int) -> None:
         src[~np.isfinite(src)] = 0
         exact = src.astype(np.float32)
         bits = src.view(np.uint16)
-        _assert_same_bytes(q6_k.quantize_numba(src, kind), ggml_quantize(exact, "q6_k"))
+        _assert_same_bytes(Q6_K_NUMBA.quantize_numba(src, kind), ggml_quantize(exact, "q6_k"))
     else:
         bits = (x.view(np.uint32) >> 16).astype(np.uint16)  # truncated bf16
         exact = (bits.astype(np.uint32) << 16).view(np.float32)
-    _assert_same_bytes(q6_k.quantize_numba(bits, kind), ggml_quantize(exact, "q6_k"))
+    _assert_same_bytes(Q6_K_NUMBA.quantize_numba(bits, kind), ggml_quantize(exact, "q6_k"))
 
 
 def test_strided_and_empty_inputs() -> None:
     x = np.random.default_rng(1).standard_normal((12, 1024)).astype(np.float32)
     view = x[::3, 256:768]
     want = ggml_quantize(np.ascontiguousarray(view), "q6_k")
-    _assert_same_bytes(q6_k.quantize_numba(view, SRC_F32), want)
+    _assert_same_bytes(Q6_K_NUMBA.quantize_numba(view, SRC_F32), want)
     _assert_same_bytes(q6_k.quantize_xp(view, np), want)
     with pytest.raises(QuantError):
-        q6_k.quantize_numba(x.T, SRC_F32)  # 12 columns: not a Q6_K row
+        Q6_K_NUMBA.quantize_numba(x.T, SRC_F32)  # 12 columns: not a Q6_K row
 
 
 def test_strided_input_is_quantized_in_slices(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -257,15 +260,15 @@ def test_strided_input_is_quantized_in_slices(monkeypatch: pytest.MonkeyPatch) -
     x = np.random.default_rng(4).standard_normal((20, 1024)).astype(np.float32)
     view = x[:, 512:]
     want = ggml_quantize(np.ascontiguousarray(view), "q6_k")
-    _assert_same_bytes(q6_k.quantize_numba(view, SRC_F32), want)
+    _assert_same_bytes(Q6_K_NUMBA.quantize_numba(view, SRC_F32), want)
     x[16, 700] = np.inf
     with pytest.raises(NonFiniteError) as err:
-        q6_k.quantize_numba(x[:, 512:], SRC_F32)
+        Q6_K_NUMBA.quantize_numba(x[:, 512:], SRC_F32)
     assert (err.value.row, err.value.col) == (16, 188)
     empty = np.zeros((0, 512), np.float32)
-    assert q6_k.quantize_numba(empty, SRC_F32).shape == (0, 2 * Q6_K.block_bytes)
+    assert Q6_K_NUMBA.quantize_numba(empty, SRC_F32).shape == (0, 2 * Q6_K.block_bytes)
     assert q6_k.quantize_xp(empty, np).shape == (0, 2 * Q6_K.block_bytes)
-    assert q6_k.dequantize_numba(np.zeros((0, 420), np.uint8)).shape == (0, 512)
+    assert Q6_K_NUMBA.dequantize_numba(np.zeros((0, 420), np.uint8)).shape == (0, 512)
 
 
 @pytest.mark.parametrize(
@@ -282,7 +285,7 @@ def test_non_finite_is_refused_with_its_position(kind: int, value: float) -> Non
     else:
         src = x
     with pytest.raises(NonFiniteError) as err:
-        q6_k.quantize_numba(src, kind)
+        Q6_K_NUMBA.quantize_numba(src, kind)
     assert (err.value.row, err.value.col) == (4, 700)
     assert "row 4, column 700" in str(err.value) and "\n" not in str(err.value)
     if kind == SRC_F32:
@@ -303,7 +306,7 @@ def test_non_finite_is_refused_with_its_position(kind: int, value: float) -> Non
 )
 def test_bad_input_is_one_clear_error(x: np.ndarray, kind: int) -> None:
     with pytest.raises(QuantError) as err:
-        q6_k.quantize_numba(x, kind)
+        Q6_K_NUMBA.quantize_numba(x, kind)
     assert "\n" not in str(err.value)
     if kind == SRC_F32 and x.dtype == np.float32:
         with pytest.raises(QuantError):
@@ -317,6 +320,6 @@ def test_bad_data_is_one_clear_error() -> None:
         np.zeros((1, 210), np.int8),
     ):
         with pytest.raises(QuantError):
-            q6_k.dequantize_numba(data)
+            Q6_K_NUMBA.dequantize_numba(data)
         with pytest.raises(QuantError):
             q6_k.dequantize_xp(data, np)

@@ -11,6 +11,9 @@ from hypothesis.extra.numpy import arrays
 from nntrtool.qtypes import Q6_K
 from nntrtool.quant import q6_k
 from nntrtool.quant.common import SRC_BF16, SRC_F32
+from nntrtool.quant.registry import get_kernels  # noqa: E402
+
+Q6_K_NUMBA = get_kernels("q6_k")
 
 QK = Q6_K.block_size
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -45,10 +48,10 @@ def _scaled_runs() -> st.SearchStrategy:
 
 def _check(x: np.ndarray) -> None:
     want = ggml_quantize(x, "q6_k")
-    got = q6_k.quantize_numba(x, SRC_F32)
+    got = Q6_K_NUMBA.quantize_numba(x, SRC_F32)
     assert np.array_equal(got, want)
     assert np.array_equal(q6_k.quantize_xp(x, np), want)
-    deq = q6_k.dequantize_numba(got)
+    deq = Q6_K_NUMBA.dequantize_numba(got)
     assert np.array_equal(
         deq.view(np.uint32), ggml_dequantize(want, "q6_k", x.shape[1]).view(np.uint32)
     )
@@ -77,4 +80,4 @@ def test_independent_run_scales(x: np.ndarray) -> None:
 def test_bf16_source_equals_its_float32(x: np.ndarray) -> None:
     bits = (x.view(np.uint32) >> 16).astype(np.uint16)
     exact = (bits.astype(np.uint32) << 16).view(np.float32)
-    assert np.array_equal(q6_k.quantize_numba(bits, SRC_BF16), ggml_quantize(exact, "q6_k"))
+    assert np.array_equal(Q6_K_NUMBA.quantize_numba(bits, SRC_BF16), ggml_quantize(exact, "q6_k"))

@@ -6,14 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from nntrtool.architectures import placements_for
+from nntrtool.architectures.gpt_oss import gpt_oss_placements
+from nntrtool.architectures.qwen3moe import qwen3_moe_placements
 from nntrtool.convert import ConvertOptions, convert, plan_conversion
 from nntrtool.errors import SourceError
 from nntrtool.format import NntrFile
-from nntrtool.sources import mxfp4, open_source
+from nntrtool.sources import open_source
 from nntrtool.sources.base import ArrayTensor
-from nntrtool.sources.moe import gpt_oss_placements, qwen3_moe_placements
-from nntrtool.sources.transforms import placements_for, prefer_type
 from nntrtool.synthetic_moe import MoeShape, make_synthetic_moe, moe_shape
+from nntrtool.tensors import mxfp4
+from nntrtool.tensors.transforms import prefer_type
 
 
 def test_prefer_type_reads_the_base_unchanged():
@@ -120,7 +123,7 @@ def test_a_fused_expert_tensor_of_the_wrong_rank_is_refused(tmp_path):
 def test_releasing_edge_pages_keeps_every_byte(tmp_path):
     import mmap
 
-    from nntrtool.convert.memory import PAGE, release_pages
+    from nntrtool.memory import PAGE, release_pages
 
     data = np.random.default_rng(0).integers(0, 256, 3 * PAGE, dtype=np.uint8)
     path = tmp_path / "f.bin"

@@ -112,84 +112,14 @@ def render(doc: dict[str, Any]) -> None:
     for line in _machine_lines(doc["machine"]):
         console.print(line)
     kernels = [c for c in doc["cases"] if c["op"] != "convert"]
-    refs = list(dict.fromkeys(c["backend"] for c in kernels if c["reference"]))
-    sizes = list(dict.fromkeys(tuple(c["shape"]) for c in kernels))
-    for rows, cols in sizes:
-        table = _table(
-            f"float32 {rows}x{cols} ({human_count(rows * cols)} params) in memory, "
-            "median of the repeats",
-            [
-                ("case", "left"),
-                ("backend", "left"),
-                ("median", "right"),
-                ("spread", "right"),
-                ("params/s", "right"),
-                ("GB/s", "right"),
-            ]
-            + [(f"vs {_REF_LABEL.get(r, r)}", "right") for r in refs]
-            + [("orig.", "right")],
-        )
-        previous = None
-        for c in (c for c in kernels if tuple(c["shape"]) == (rows, cols)):
-            if previous is not None and _short_op(c) != previous:
-                table.add_section()
-            label = "" if _short_op(c) == previous else _short_op(c)
-            previous = _short_op(c)
-            table.add_row(
-                label,
-                _REF_LABEL.get(c["backend"], c["backend"]),
-                _fmt_s(c["seconds"]),
-                _spread(c),
-                _rate(c["params_per_s"]),
-                f"{c['gb_per_s']:.2f}",
-                *[_ratio_cell(c, r) for r in refs],
-                _published_cell(c),
-                style="dim" if c["reference"] else None,
-            )
-        console.print(table)
+    for rows, cols in dict.fromkeys(tuple(c["shape"]) for c in kernels):
+        console.print(_kernel_table(kernels, rows, cols))
     firsts = [c for c in kernels if c["first_call_s"] is not None]
     if firsts:
-        backends = list(dict.fromkeys(c["backend"] for c in firsts))
-        table = _table(
-            "First call in the process (tiny input): JIT compile or cache load",
-            [("kernel", "left")] + [(b, "right") for b in backends],
-        )
-        by_kernel: dict[str, dict[str, float]] = {}
-        for c in firsts:
-            by_kernel.setdefault(_short_op(c), {})[c["backend"]] = c["first_call_s"]
-        for kernel, times in by_kernel.items():
-            table.add_row(kernel, *[_fmt_s(times[b]) if b in times else "" for b in backends])
-        console.print(table)
+        console.print(_first_call_table(firsts))
     e2e = [c for c in doc["cases"] if c["op"] == "convert"]
     if e2e:
-        table = _table(
-            f"End to end: synthetic Llama-style bf16 safetensors model of "
-            f"{human_count(e2e[0]['params'])} params, converted in a child process",
-            [
-                ("type", "left"),
-                ("backend", "left"),
-                ("median", "right"),
-                ("runs", "right"),
-                ("params/s", "right"),
-                ("src GB/s", "right"),
-                ("peak RSS", "right"),
-                ("first", "right"),
-                ("orig.", "right"),
-            ],
-        )
-        for c in e2e:
-            table.add_row(
-                c["qtype"],
-                c["backend"],
-                _fmt_s(c["seconds"]),
-                str(c["repeats"]),
-                _rate(c["params_per_s"]),
-                f"{c['gb_per_s']:.2f}",
-                human_bytes(c["peak_rss_bytes"]) if c["peak_rss_bytes"] else "-",
-                _fmt_s(c["first_call_s"]),
-                _published_cell(c),
-            )
-        console.print(table)
+        console.print(_e2e_table(e2e))
     pub = doc["published"]
     console.print(
         "[dim]vs X: nntrtool's params/s over X's on the same input (ggml: its C reference on "
@@ -201,6 +131,90 @@ def render(doc: dict[str, Any]) -> None:
         console.print(f"[yellow]skipped[/] {s['what']}: {s['reason']}")
     for note in doc["notes"]:
         console.print(f"[yellow]note[/] {note}")
+
+
+def _kernel_table(kernels: list[dict[str, Any]], rows: int, cols: int) -> Any:
+    """The kernel cases of one matrix size, one section per operation."""
+    refs = list(dict.fromkeys(c["backend"] for c in kernels if c["reference"]))
+    table = _table(
+        f"float32 {rows}x{cols} ({human_count(rows * cols)} params) in memory, "
+        "median of the repeats",
+        [
+            ("case", "left"),
+            ("backend", "left"),
+            ("median", "right"),
+            ("spread", "right"),
+            ("params/s", "right"),
+            ("GB/s", "right"),
+        ]
+        + [(f"vs {_REF_LABEL.get(r, r)}", "right") for r in refs]
+        + [("orig.", "right")],
+    )
+    previous = None
+    for c in (c for c in kernels if tuple(c["shape"]) == (rows, cols)):
+        if previous is not None and _short_op(c) != previous:
+            table.add_section()
+        label = "" if _short_op(c) == previous else _short_op(c)
+        previous = _short_op(c)
+        table.add_row(
+            label,
+            _REF_LABEL.get(c["backend"], c["backend"]),
+            _fmt_s(c["seconds"]),
+            _spread(c),
+            _rate(c["params_per_s"]),
+            f"{c['gb_per_s']:.2f}",
+            *[_ratio_cell(c, r) for r in refs],
+            _published_cell(c),
+            style="dim" if c["reference"] else None,
+        )
+    return table
+
+
+def _first_call_table(firsts: list[dict[str, Any]]) -> Any:
+    """Each kernel's first call in the process, per backend."""
+    backends = list(dict.fromkeys(c["backend"] for c in firsts))
+    table = _table(
+        "First call in the process (tiny input): JIT compile or cache load",
+        [("kernel", "left")] + [(b, "right") for b in backends],
+    )
+    by_kernel: dict[str, dict[str, float]] = {}
+    for c in firsts:
+        by_kernel.setdefault(_short_op(c), {})[c["backend"]] = c["first_call_s"]
+    for kernel, times in by_kernel.items():
+        table.add_row(kernel, *[_fmt_s(times[b]) if b in times else "" for b in backends])
+    return table
+
+
+def _e2e_table(e2e: list[dict[str, Any]]) -> Any:
+    """The end-to-end conversions of the synthetic model."""
+    table = _table(
+        f"End to end: synthetic Llama-style bf16 safetensors model of "
+        f"{human_count(e2e[0]['params'])} params, converted in a child process",
+        [
+            ("type", "left"),
+            ("backend", "left"),
+            ("median", "right"),
+            ("runs", "right"),
+            ("params/s", "right"),
+            ("src GB/s", "right"),
+            ("peak RSS", "right"),
+            ("first", "right"),
+            ("orig.", "right"),
+        ],
+    )
+    for c in e2e:
+        table.add_row(
+            c["qtype"],
+            c["backend"],
+            _fmt_s(c["seconds"]),
+            str(c["repeats"]),
+            _rate(c["params_per_s"]),
+            f"{c['gb_per_s']:.2f}",
+            human_bytes(c["peak_rss_bytes"]) if c["peak_rss_bytes"] else "-",
+            _fmt_s(c["first_call_s"]),
+            _published_cell(c),
+        )
+    return table
 
 
 def bench_command(

@@ -12,7 +12,9 @@ from typing import Any
 
 import typer
 
+from nntrtool.cli import options as opts
 from nntrtool.cli.display import human_bytes, human_count
+from nntrtool.units import size_change
 
 
 def convert_command(
@@ -56,24 +58,13 @@ def convert_command(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Show the per-tensor plan and the predicted size; write nothing."
     ),
-    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output."),
-    threads: int = typer.Option(
-        None,
-        "--threads",
-        "-t",
-        min=1,
-        help="Threads to use (default: all cores).",
-        show_default=False,
-    ),
+    force: bool = opts.FORCE,
+    threads: int = opts.THREADS,
     backend: str = typer.Option(
         "auto", "--backend", help="Quantization backend: auto, numpy, numba or cupy."
     ),
-    revision: str = typer.Option(
-        None, "--revision", help="Branch, tag or commit of a Hugging Face id.", show_default=False
-    ),
-    config: Path = typer.Option(
-        None, "--config", help="config.json for a lone .safetensors file.", show_default=False
-    ),
+    revision: str = opts.REVISION,
+    config: Path = opts.CONFIG,
     imatrix: Path = typer.Option(
         None,
         "--imatrix",
@@ -81,12 +72,13 @@ def convert_command(
         help="Importance matrix (llama.cpp imatrix: GGUF or legacy .dat) weighting the "
         "Q4_0 and Q6_K quantization error, as llama-quantize --imatrix does.",
     ),
-    gguf_file: str = typer.Option(
-        None,
-        "--gguf-file",
-        metavar="NAME",
-        help="The GGUF file to take from a folder or a Hugging Face repo.",
-        show_default=False,
+    gguf_file: str = opts.GGUF_FILE,
+    gguf_raw_names: bool = typer.Option(
+        False,
+        "--gguf-raw-names",
+        help="Convert a GGUF of a family nntrtool does not know (or holding tensors its family "
+        "does not name) with the GGUF's own tensor names and values, no transform undone; "
+        "flagged in the file's metadata.",
     ),
     allow_nonfinite: bool = typer.Option(
         False,
@@ -109,7 +101,7 @@ def convert_command(
     isa: str = typer.Option(
         "x86", "--isa", help="With --target: CPU of the device, x86 (q4_0_8) or arm (q4_0_4)."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no summary."),
+    quiet: bool = opts.quiet("No progress and no summary."),
     lora: list[str] = typer.Option(
         None,
         "--lora",
@@ -118,13 +110,7 @@ def convert_command(
         "(repeatable: adapters add up in the order given).",
         show_default=False,
     ),
-    lora_scale: list[float] = typer.Option(
-        None,
-        "--lora-scale",
-        metavar="S",
-        help="Multiply each --lora's scaling by S (one per --lora, in order; default 1).",
-        show_default=False,
-    ),
+    lora_scale: list[float] = opts.LORA_SCALE,
 ) -> None:
     """Convert a Hugging Face / PyTorch / GGUF model to an NNTR file (or, with --target, a runtime's folder)."""
     from nntrtool.cli.display import progress_factory
@@ -134,6 +120,11 @@ def convert_command(
 
     if out is None and not dry_run:
         raise UsageError("give the output file: nntrtool convert SRC OUT (or use --dry-run)")
+    linear_type = None
+    if target is not None:  # q4_k / f16 layers the export encodes, where convert cannot yet
+        from nntrtool.export.nntrainer import conversion_for
+
+        quant_type, linear_type = conversion_for(quant_type)
     options = ConvertOptions(
         quant_type=quant_type,
         repack_format=repack_format,
@@ -151,6 +142,7 @@ def convert_command(
         adapters=adapter_specs(lora, lora_scale),
         imatrix=imatrix,
         gguf_file=gguf_file,
+        gguf_raw_names=gguf_raw_names,
     )
 
     progress = progress_factory(quiet)
@@ -160,7 +152,7 @@ def convert_command(
         from nntrtool.export import convert_and_export
 
         report, result = convert_and_export(
-            src, out, options, target=target, isa=isa, progress=progress
+            src, out, options, target=target, isa=isa, progress=progress, linear_type=linear_type
         )
         for note in report.plan.notes:
             _warn(note)
@@ -306,10 +298,9 @@ def render_plan(report: Any) -> None:
     console.print(_type_table(report, "by type"))
     _render_notes(console, report)
     size = plan.predicted_size
-    ratio = plan.source_bytes / size if size else 0.0
     console.print(
         f"predicted output size: {human_bytes(size)} ({size} bytes); source "
-        f"{human_bytes(plan.source_bytes)}, {ratio:.2f}x smaller"
+        f"{human_bytes(plan.source_bytes)}, {size_change(size, plan.source_bytes)}"
     )
 
 
@@ -325,7 +316,7 @@ def render_report(report: Any, temporary: bool = False) -> None:
         console.print(f"non-finite: {name} {reason}")
     console.print(
         f"{human_bytes(report.file_size)} from {human_bytes(plan.source_bytes)} of source "
-        f"({report.compression:.2f}x smaller); {human_count(plan.params)} params in "
+        f"({size_change(report.file_size, plan.source_bytes)}); {human_count(plan.params)} params in "
         f"{report.seconds:.2f} s = {human_count(report.params_per_s)} params/s "
         f"(backend {report.backend}, {report.threads} thread{'s' if report.threads != 1 else ''})"
     )

@@ -34,6 +34,13 @@ def export_command(
     isa: str = typer.Option(
         "x86", "--isa", help="CPU of the device: x86 (Q4_0 as q4_0_8) or arm (q4_0_4)."
     ),
+    linear_type: str | None = typer.Option(
+        None,
+        "--linear-type",
+        help="Type of every linear layer and an untied head: q4_0, q4_k, f16 (needs an "
+        "nntrainer built with -Denable-fp16=true) or f32; layers stored in another type are "
+        "requantized from their values (default: as stored; Q4_K layers make a Q4_K folder).",
+    ),
     tokenizer: Path | None = typer.Option(
         None,
         "--tokenizer",
@@ -112,6 +119,7 @@ def export_command(
         runtime=runtime,
         source_dir=tokenizer,
         dry_run=dry_run,
+        linear_type=linear_type,
     )
     if dry_run:
         render_plan(result.plan)
@@ -163,6 +171,8 @@ def _render_totals(console, plan) -> None:
     for kind, nbytes in sorted(plan.bytes_by_type().items()):
         count = sum(1 for t in plan.tensors if t.out_type == kind)
         console.print(f"  {kind:<8} {count:>5} tensors  {human_bytes(nbytes):>10}")
+    for line in plan.notes:
+        console.print(f"note: {line}")
     for line in plan.warnings:
         console.print(f"warning: {line}")
 

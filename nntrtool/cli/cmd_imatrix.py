@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 
+from nntrtool.cli import options as opts
 from nntrtool.cli.display import progress_factory
 
 
@@ -24,31 +25,21 @@ def imatrix_command(
     out: Path = typer.Option(
         ..., "--output", "-o", help="Output imatrix file (GGUF, e.g. imatrix.gguf)."
     ),
-    ctx: int = typer.Option(512, "--ctx", help="Tokens per chunk."),
-    chunks: int = typer.Option(
-        None, "--chunks", min=1, help="Use at most N chunks (all that fit by default)."
-    ),
-    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output."),
+    ctx: int = opts.CTX,
+    chunks: int = opts.CHUNKS,
+    force: bool = opts.FORCE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object of the summary."),
-    revision: str = typer.Option(None, "--revision", help="Revision of a hub id source."),
-    config: Path = typer.Option(
-        None, "--config", help="config.json for a single .safetensors source."
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    revision: str = opts.REVISION,
+    config: Path = opts.CONFIG,
+    quiet: bool = opts.quiet(),
 ) -> None:
     """Run SRC over a text and record each linear layer's input importance (needs torch)."""
     from nntrtool.imatrix.collect import compute_imatrix
+    from nntrtool.sources import SourceRequest
 
+    request = SourceRequest.of(source, revision=revision, config=config)
     report = compute_imatrix(
-        source,
-        text,
-        out,
-        ctx=ctx,
-        chunks=chunks,
-        force=force,
-        revision=revision,
-        config=config,
-        progress=progress_factory(quiet),
+        request, text, out, ctx=ctx, chunks=chunks, force=force, progress=progress_factory(quiet)
     )
     if json_out:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")

@@ -63,11 +63,6 @@ def _shape_text(shape: list[int]) -> str:
 def render(info: dict[str, Any], *, show_config: bool = False) -> None:
     """Print the tables of ``inspect`` for a :func:`~nntrtool.format.describe` object."""
     from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-    from rich.text import Text
-
-    from nntrtool.cli.display import human_bytes, human_count
 
     longest = max((len(t["name"]) for t in info["tensors"]), default=10)
     console = Console(
@@ -77,6 +72,18 @@ def render(info: dict[str, Any], *, show_config: bool = False) -> None:
 
     def out(*args: Any, **kw: Any) -> None:
         console.print(*args, soft_wrap=True, **kw)
+
+    _render_header(out, info, show_config)
+    out(_tensor_table(info))
+    out(_totals_table(info))
+    _render_footer(out, info)
+
+
+def _render_header(out: Any, info: dict[str, Any], show_config: bool) -> None:
+    """The file line and the config's facts (the whole config with ``show_config``)."""
+    from rich.markup import escape
+
+    from nntrtool.cli.display import human_bytes
 
     out(
         f"[bold]{escape(info['path'])}[/]: {info['magic']} v{info['version']}, "
@@ -106,6 +113,14 @@ def render(info: dict[str, Any], *, show_config: bool = False) -> None:
     if show_config:
         out(json.dumps(info["config"], indent=2, ensure_ascii=False), markup=False)
 
+
+def _tensor_table(info: dict[str, Any]) -> Any:
+    """One row per tensor: name, type, shape, bytes, bits per weight (and CRC when checked)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from nntrtool.cli.display import human_bytes
+
     table = Table(title="tensors", title_justify="left", show_edge=False, pad_edge=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("name", overflow="fold")
@@ -128,7 +143,14 @@ def render(info: dict[str, Any], *, show_config: bool = False) -> None:
         if checked:
             row.append("ok" if t["checksum_ok"] else "[bold red]BAD[/]")
         table.add_row(*row)
-    out(table)
+    return table
+
+
+def _totals_table(info: dict[str, Any]) -> Any:
+    """Tensors, values, bytes and share of the data per stored type, and for the whole file."""
+    from rich.table import Table
+
+    from nntrtool.cli.display import human_bytes, human_count
 
     params = info["params"]
     data = info["data_bytes"]
@@ -152,14 +174,23 @@ def render(info: dict[str, Any], *, show_config: bool = False) -> None:
         f"{info['bits_per_weight']:.2f}",
         "100.0%" if data else "-",
     )
-    out(totals)
+    return totals
 
+
+def _render_footer(out: Any, info: dict[str, Any]) -> None:
+    """The parameter count against F32 / BF16 sizes, and the checksum verdict."""
+    from rich.markup import escape
+
+    from nntrtool.cli.display import human_bytes, human_count
+
+    params = info["params"]
+    data = info["data_bytes"]
+    checked = "bad_tensors" in info
     if params:
         out(
             f"parameters: {human_count(params)} ({params:,}); tensor data {human_bytes(data)}, "
-            f"f32 would be {human_bytes(info['f32_bytes'])} (x{info['f32_bytes'] / data:.2f} "
-            f"smaller), bf16 {human_bytes(info['bf16_bytes'])} "
-            f"(x{info['bf16_bytes'] / data:.2f} smaller)"
+            f"{_against(data, info['f32_bytes'], 'f32')} and "
+            f"{_against(data, info['bf16_bytes'], 'bf16')}"
         )
     if checked:
         bad = info["bad_tensors"]
@@ -168,3 +199,13 @@ def render(info: dict[str, Any], *, show_config: bool = False) -> None:
                 out(f"[bold red]checksum mismatch[/]: {escape(name)}")
         else:
             out(f"checksums: all {info['tensor_count']} tensors ok")
+
+
+def _against(size: int, ref: int, name: str) -> str:
+    """``'3.56x smaller than f32 (4.3 GiB)'`` (or larger, or the same size as)."""
+    from nntrtool.cli.display import human_bytes
+    from nntrtool.units import size_change
+
+    change = size_change(size, ref)
+    word = "as" if change == "the same size" else "than"
+    return f"{change} {word} {name} ({human_bytes(ref)})"

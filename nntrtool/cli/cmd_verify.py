@@ -14,9 +14,13 @@ from pathlib import Path
 
 import typer
 
+from nntrtool.cli import options as opts
 from nntrtool.cli.display import human_count, progress_factory
 from nntrtool.errors import UsageError
-from nntrtool.qtypes import LAYOUTS
+from nntrtool.qtypes import LAYOUTS, Q4_0_REPACKED
+
+#: The type whose limits a repack layout (``q4_0_8`` ...) is held to.
+LAYOUT_PLAIN_TYPE = Q4_0_REPACKED.plain.name
 
 
 def verify_command(
@@ -33,7 +37,7 @@ def verify_command(
         "--max-rel-err",
         metavar="X|TYPE=X",
         help="Largest relative error ||x-x'||/||x|| allowed: X for every quantized type, or "
-        "TYPE=X for one (repeatable). Defaults: q4_0=0.18 q6_k=0.04 q8_0=0.012; f32 must be exact.",
+        f"TYPE=X for one (repeatable). Defaults: {opts.default_limits_text()}; f32 must be exact.",
     ),
     logits: bool = typer.Option(
         False,
@@ -51,10 +55,8 @@ def verify_command(
         help="With --logits: run both models over this UTF-8 text instead of the fixed prompt "
         "and report perplexity, KL divergence percentiles and top-1 agreement.",
     ),
-    ctx: int = typer.Option(512, "--ctx", help="With --text: tokens per chunk."),
-    chunks: int = typer.Option(
-        None, "--chunks", min=1, help="With --text: use at most N chunks (all that fit by default)."
-    ),
+    ctx: int = opts.CTX,
+    chunks: int = opts.CHUNKS,
     max_kl: float = typer.Option(
         None, "--max-kl", help="With --logits: fail when the mean KL divergence exceeds this."
     ),
@@ -66,24 +68,14 @@ def verify_command(
     top: int = typer.Option(
         None, "--top", min=1, help="Show only the N worst tensors in the table (all by default)."
     ),
-    revision: str = typer.Option(None, "--revision", help="Revision of a hub id source."),
-    gguf_file: str = typer.Option(
-        None,
-        "--gguf-file",
-        metavar="NAME",
-        help="The GGUF file to take from a folder or a Hugging Face repo (as given to convert).",
-        show_default=False,
-    ),
-    config: Path = typer.Option(
-        None, "--config", help="config.json for a single .safetensors source."
-    ),
+    revision: str = opts.REVISION,
+    gguf_file: str = opts.GGUF_FILE,
+    config: Path = opts.CONFIG,
     backend: str = typer.Option(
         "auto", "--backend", help="Dequantization backend: auto|numpy|numba|cupy."
     ),
-    threads: int = typer.Option(
-        None, "--threads", min=1, help="Threads to use (default: all cores)."
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    threads: int = opts.THREADS,
+    quiet: bool = opts.quiet(),
     lora: list[str] = typer.Option(
         None,
         "--lora",
@@ -91,15 +83,17 @@ def verify_command(
         help="LoRA adapter the file was converted with "
         "(PEFT folder or hub id; repeatable, in the convert order): compare with the merged weights.",
     ),
-    lora_scale: list[float] = typer.Option(
-        None, "--lora-scale", metavar="S", help="Scale of each --lora, in order (default 1)."
-    ),
+    lora_scale: list[float] = opts.LORA_SCALE,
 ) -> None:
     """Compare FILE with the model it was converted from: per-tensor error, checksums, verdict."""
     from nntrtool import verify as v
+    from nntrtool.sources import SourceRequest
     from nntrtool.sources.lora import adapter_specs
 
     adapters = adapter_specs(lora, lora_scale)
+    request = SourceRequest.of(
+        source, revision=revision, config=config, gguf_file=gguf_file, adapters=adapters
+    )
     limits = v.parse_thresholds(max_rel_err)
     token_ids = v.parse_tokens(tokens) if tokens is not None else None
     if (token_ids is not None or max_kl is not None or text is not None) and not logits:
@@ -114,56 +108,21 @@ def verify_command(
         raise UsageError(f"--max-ppl-ratio {max_ppl_ratio}: give a number > 0")
     text_chunks = None
     if logits:
-        v._import_torch()  # fail before the long comparison if the extra is missing
+        v.import_torch()  # fail before the long comparison if the extra is missing
     if text is not None:
         # read and tokenize the text first: a bad text or tokenizer fails in a second
-        text_chunks = v.load_text_chunks(
-            source,
-            text,
-            ctx=ctx,
-            chunks=chunks,
-            revision=revision,
-            config=config,
-            gguf_file=gguf_file,
-        )
+        text_chunks = v.load_text_chunks(request, text, ctx=ctx, chunks=chunks)
 
     progress = progress_factory(quiet)
 
     report = v.verify(
-        file,
-        source,
-        max_rel_err=limits,
-        revision=revision,
-        config=config,
-        backend=backend,
-        threads=threads,
-        progress=progress,
-        adapters=adapters,
-        gguf_file=gguf_file,
+        file, request, max_rel_err=limits, backend=backend, threads=threads, progress=progress
     )
     if text_chunks is not None:
-        report.text = v.compare_text(
-            file,
-            source,
-            text_chunks,
-            revision=revision,
-            config=config,
-            backend=backend,
-            progress=progress,
-            adapters=adapters,
-            gguf_file=gguf_file,
-        )
+        report.text = v.compare_text(file, request, text_chunks, backend=backend, progress=progress)
     elif logits:
         report.logits = v.compare_logits(
-            file,
-            source,
-            tokens=token_ids,
-            revision=revision,
-            config=config,
-            backend=backend,
-            progress=progress,
-            adapters=adapters,
-            gguf_file=gguf_file,
+            file, request, tokens=token_ids, backend=backend, progress=progress
         )
     report.max_kl = max_kl
     report.max_ppl_ratio = max_ppl_ratio
@@ -197,12 +156,32 @@ def _fmt(value: float | None, spec: str) -> str:
 def render(report, top: int | None = None) -> None:
     """Print the tensor table (worst first), the per-type summary and the verdict."""
     from rich.console import Console
-    from rich.table import Table
 
     from nntrtool import verify as v
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-    rows = v.worst_first(report.tensors)
+    console.print(_tensor_table(report, v.worst_first(report.tensors), top))
+    console.print(_summary_table(report))
+    _render_model_checks(console, report)
+    failures = report.failures
+    if report.passed:
+        console.print(
+            f"[bold green]PASS[/]: {len(report.tensors)} tensors within limits "
+            f"({report.seconds:.2f} s)"
+        )
+    else:
+        what = (
+            f"{len(failures)} of {len(report.tensors)} tensors failed"
+            if failures
+            else "logits check failed"
+        )
+        console.print(f"[bold red]FAIL[/]: {what} ({report.seconds:.2f} s)")
+
+
+def _tensor_table(report, rows: list, top: int | None):
+    """Every tensor's errors, worst first (the first ``top`` of them when given)."""
+    from rich.table import Table
+
     shown = rows if top is None else rows[:top]
     table = Table(title=f"{report.file} vs {report.source}", title_justify="left")
     for name, justify in (
@@ -239,7 +218,12 @@ def render(report, top: int | None = None) -> None:
         )
     if len(shown) < len(rows):
         table.caption = f"{len(rows) - len(shown)} more tensors not shown (--top {top})"
-    console.print(table)
+    return table
+
+
+def _summary_table(report):
+    """Per stored type: counts, the limit, mean and worst of each metric, failures."""
+    from rich.table import Table
 
     summary = Table(title="summary by type", title_justify="left")
     for name in (
@@ -256,7 +240,7 @@ def render(report, top: int | None = None) -> None:
     ):
         summary.add_column(name, justify="left" if name == "type" else "right")
     for s in report.summary:
-        limit = report.thresholds.get("q4_0" if s.type in LAYOUTS else s.type)
+        limit = report.thresholds.get(LAYOUT_PLAIN_TYPE if s.type in LAYOUTS else s.type)
         summary.add_row(
             s.type,
             str(s.tensors),
@@ -269,8 +253,11 @@ def render(report, top: int | None = None) -> None:
             f"{_fmt(s.mean['snr_db'], '.2f')} / {_fmt(s.worst['snr_db'], '.2f')}",
             str(s.failed) if not s.failed else f"[bold red]{s.failed}[/]",
         )
-    console.print(summary)
+    return summary
 
+
+def _render_model_checks(console, report) -> None:
+    """The ``--logits`` / ``--text`` results and whether they are within their limits."""
     if report.logits is not None:
         lg = report.logits
         console.print(
@@ -298,20 +285,6 @@ def render(report, top: int | None = None) -> None:
             f"[bold red]PPL ratio {report.text.ppl_ratio:.4f} exceeds --max-ppl-ratio "
             f"{report.max_ppl_ratio:g}[/]"
         )
-
-    failures = report.failures
-    if report.passed:
-        console.print(
-            f"[bold green]PASS[/]: {len(report.tensors)} tensors within limits "
-            f"({report.seconds:.2f} s)"
-        )
-    else:
-        what = (
-            f"{len(failures)} of {len(report.tensors)} tensors failed"
-            if failures
-            else "logits check failed"
-        )
-        console.print(f"[bold red]FAIL[/]: {what} ({report.seconds:.2f} s)")
 
 
 def render_text(console, t) -> None:

@@ -1,10 +1,10 @@
-"""Conversion: the per-tensor plan (:mod:`.plan`) and the streaming pipeline (:mod:`.pipeline`).
+"""The convert operation: a source model streamed through its plan into an NNTR file.
 
-``make_plan`` decides what each tensor becomes and why; ``convert`` carries it out. The
-``convert --dry-run``, ``convert`` and ``verify`` commands all go through the same plan.
+The plan itself (:mod:`nntrtool.plan`) decides what each tensor becomes and why; the pipeline
+(:mod:`.pipeline`) carries it out. The names of the plan are handed on here for callers that
+only convert.
 """
 
-from nntrtool.convert.options import ConvertOptions, TypeOverride, parse_type_override
 from nntrtool.convert.pipeline import (
     ConversionReport,
     check_disk_space,
@@ -12,13 +12,14 @@ from nntrtool.convert.pipeline import (
     convert,
     plan_conversion,
 )
-from nntrtool.convert.plan import (
+from nntrtool.plan import (
     SUPPORTED_DTYPES,
     ConversionPlan,
+    ConvertOptions,
     TensorPlan,
-    TiedEmbeddings,
-    detect_tied,
+    TypeOverride,
     make_plan,
+    parse_type_override,
     plan_tensor,
 )
 
@@ -28,12 +29,10 @@ __all__ = [
     "ConversionReport",
     "ConvertOptions",
     "TensorPlan",
-    "TiedEmbeddings",
     "TypeOverride",
     "check_disk_space",
     "check_output",
     "convert",
-    "detect_tied",
     "make_plan",
     "parse_type_override",
     "plan_conversion",

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from nntrtool.convert.memory import prefault, release_pages
-from nntrtool.convert.options import ConvertOptions
-from nntrtool.convert.plan import ConversionPlan, TensorPlan, make_plan
 from nntrtool.errors import DiskFullError, NonFiniteError, UsageError
+from nntrtool.memory import prefault, release_pages
+from nntrtool.plan.options import ConvertOptions
+from nntrtool.plan.tensors import ConversionPlan, TensorPlan, make_plan
 from nntrtool.progress import ProgressFactory
 from nntrtool.quant.range_check import first_overflow, largest_magnitude
 
@@ -150,15 +150,7 @@ def check_disk_space(out: Path, needed: int) -> None:
 
 def open_for(source_spec: str | Path, options: ConvertOptions) -> Any:
     """The source as ``options`` asks for it: revision, config, GGUF file, merged adapters."""
-    from nntrtool.sources import open_source
-
-    return open_source(
-        source_spec,
-        revision=options.revision,
-        config=options.config,
-        adapters=options.adapters,
-        gguf_file=options.gguf_file,
-    )
+    return options.source(source_spec).open()
 
 
 def plan_conversion(source_spec: str | Path, options: ConvertOptions) -> ConversionPlan:
@@ -202,7 +194,10 @@ def convert(
             write_start = time.perf_counter()
             try:
                 stages: dict[str, float] = {}
-                found = _write(plan, by_name, out, options, backend, threads, progress, stages)
+                found = _write(
+                    plan, by_name, out, options, backend, threads, progress, stages,
+                    src.check_unchanged,
+                )  # fmt: skip
             except _OutOfRangeChunk as big:
                 if options.strict:
                     raise big.user_error() from None
@@ -248,7 +243,7 @@ def _needs_kernels(plan: ConversionPlan) -> bool:
 
     return any(
         not (tp.copy_blocks and tp.layout is None)
-        and (tp.quantized or tp.source_dtype not in READABLE_DTYPES)
+        and (tp.encoded or tp.source_dtype not in READABLE_DTYPES)
         for tp in plan.tensors
     )
 
@@ -275,7 +270,7 @@ def _kernel_uses(plan: ConversionPlan) -> list[Any]:
         if tp.copy_blocks:
             if tp.layout is not None:
                 uses.append(repack_use(tp.numel))
-        elif tp.quantized:
+        elif tp.encoded:
             weighted = tp.importance is not None
             dtype = "F32" if tp.requantized else tp.source_dtype
             uses.append(quantize_use(tp.quant_name, dtype, tp.numel, imatrix=weighted))
@@ -366,7 +361,7 @@ class _Work:
         if tp.copy_blocks or self.encoded:  # the bytes as they are: the source's own blocks,
             q = np.ascontiguousarray(self.x)  # or blocks a transform encoded exactly
             return repack(q, tp.layout.name, backend=self.backend) if tp.layout is not None else q
-        if not tp.quantized:
+        if not tp.encoded:
             data = _to_f32(self.x, tp.source_dtype)
             if self.check_f32:
                 self.f32_nonfinite = _first_nonfinite(data.reshape(data.shape[0], -1))
@@ -410,7 +405,7 @@ def _prepare_kernels(plan: ConversionPlan, backend: str, prog: Any) -> None:
     seen: set[tuple[str, str, str, bool]] = set()
     for tp in plan.tensors:
         dtype = "F32" if tp.requantized else tp.source_dtype
-        if not tp.quantized or dtype not in READABLE_DTYPES:
+        if not tp.encoded or dtype not in READABLE_DTYPES:
             continue
         layout = tp.layout.name if tp.layout is not None else ""
         weighted = tp.importance is not None
@@ -488,8 +483,11 @@ def _write(
     threads: int,
     progress: ProgressFactory | None,
     stages: dict[str, float],
+    check_source: Callable[[], None] = lambda: None,
 ) -> list[tuple[str, str]]:
-    """Write the file; returns f32 tensors found holding NaN/inf (only with allow_nonfinite)."""
+    """Write the file; returns f32 tensors found holding NaN/inf (only with allow_nonfinite).
+    ``check_source`` raises when the source changed while it was read: the file is then not
+    given its name."""
     from nntrtool.format import NntrWriter
 
     workers, per_worker = _pool_shape(backend, threads)
@@ -561,6 +559,7 @@ def _write(
                         drain()
             while pending:
                 drain()
+            check_source()
             closing = time.perf_counter()
         stages["close"] = time.perf_counter() - closing
     finally:
@@ -590,7 +589,7 @@ def _scan_nonfinite(plan: ConversionPlan, by_name: dict[str, Any]) -> dict[str, 
     """Every quantized tensor of the plan holding NaN/inf, with the reason it goes to f32."""
     found: dict[str, str] = {}
     for tp in plan.tensors:
-        if not tp.quantized:
+        if not tp.encoded:
             continue
         st = by_name[tp.name]
         for begin, stop in _chunks(tp, st, 8 << 20):

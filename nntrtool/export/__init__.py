@@ -6,20 +6,16 @@ writes the folder. Everything a command does is reachable from here.
 
 from __future__ import annotations
 
+from nntrtool.export.export_plan import ExportPlan, ExportResult, TensorExport
+from nntrtool.export.folder_writer import ISA_LAYOUTS, check_output, write_export
 from nntrtool.export.layouts import ARCHITECTURES, ArchitectureLayout, Role, Slot
 from nntrtool.export.nntrainer import (
-    ISA_LAYOUTS,
     TARGETS,
-    ExportPlan,
-    ExportResult,
     RuntimeOptions,
-    TensorExport,
-    check_output,
     check_target,
     export_nntr,
     nntrainer_type_overrides,
     plan_export,
-    write_export,
 )
 from nntrtool.export.shortcut import convert_and_export
 

@@ -1,8 +1,10 @@
 """Writing an export folder: the weight file in one pass with bounded memory, then the JSON
 and tokenizer files, all in a temporary folder renamed into place at the end.
 
-Nothing is requantized: F32 is copied (linear weights transposed to ``[in, out]``), Q6_K is
-copied, and Q4_0 is re-laid losslessly into the CPU layout of the chosen ISA.
+F32 is copied (linear weights transposed to ``[in, out]``), Q6_K is copied, Q4_0 is re-laid
+losslessly into the CPU layout of the chosen ISA and Q4_K into 8-row interleaved blocks after a
+2-byte qscheme value. Linear layers whose stored type differs from the folder's are re-encoded
+from their values (the plan names them); F16 is written transposed like F32.
 """
 
 from __future__ import annotations
@@ -11,20 +13,20 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from nntrtool.errors import DiskFullError, UsageError
+from nntrtool.export.export_plan import ExportPlan, TensorExport
 from nntrtool.progress import ProgressLike
 from nntrtool.qtypes import Q4_0
 from nntrtool.units import human_bytes
 
-if TYPE_CHECKING:
-    from nntrtool.export.nntrainer import ExportPlan, TensorExport
-
 #: The Q4_0 layout nntrainer's CPU kernels expect, per instruction set.
 ISA_LAYOUTS: dict[str, str] = {"x86": "q4_0_8", "arm": "q4_0_4"}
+#: How Q4_K linear layers are written (see ``nntrtool.export.q4_k_x8``).
+Q4_K_OUT = "q4_k_x8"
 #: Working-set budget per write: bounds memory whatever the tensor size.
 DEFAULT_CHUNK_BYTES = 64 << 20
 
@@ -119,10 +121,13 @@ def _write_tensor(
     backend: str = "auto",
 ) -> None:
     """Queue one tensor for ``offset``; source pages are dropped as soon as they are used."""
-    from nntrtool.convert.memory import release_pages
+    from nntrtool.memory import release_pages
 
     raw = np.asarray(nf.raw(t.slot.name))
     name = t.slot.name
+    if t.requant_from is not None or t.out_type in (Q4_K_OUT, "f16"):
+        _write_recoded(w, offset, raw, t, progress, budget)
+        return
     if t.transposed:
         rows, cols = t.slot.shape  # source [out, in]; written [in, out]
         src = raw.view(np.float32).reshape(rows, cols)
@@ -170,6 +175,75 @@ def _write_tensor(
         w.write(part, offset + b0, after=lambda p=part: release_pages(p))
         if progress is not None:
             progress.advance(int(round(part.size * per_byte)), name)
+
+
+def _values(raw: np.ndarray, t: TensorExport, r0: int, r1: int) -> np.ndarray:
+    """float32 values of rows ``r0:r1`` of a stored ``[out, in]`` matrix."""
+    from nntrtool.quant import dequantize, unpack
+
+    rows, cols = t.slot.shape
+    ttype = t.source_type
+    if ttype.name in ("f32", "f16"):
+        dtype = np.float32 if ttype.name == "f32" else np.float16
+        return raw.view(dtype).reshape(rows, cols)[r0:r1].astype(np.float32)
+    chunk = raw.reshape(rows, ttype.row_bytes(cols))[r0:r1]
+    if t.source_layout is not None:
+        chunk, ttype = unpack(chunk, t.source_layout), Q4_0
+    return dequantize(chunk, ttype, (r1 - r0, cols))
+
+
+def _write_recoded(
+    w: _BackgroundWriter,
+    offset: int,
+    raw: np.ndarray,
+    t: TensorExport,
+    progress: ProgressLike | None,
+    budget: int,
+) -> None:
+    """A linear layer in the folder's type: Q4_K blocks interleaved by 8 rows after the qscheme
+    value, F16 transposed, or Q4_0 / F32 from another stored type; in bands of whole groups."""
+    from nntrtool.memory import release_pages
+    from nntrtool.export.q4_k_x8 import QSCHEME_Q4_KX8, quantize_q4_k, to_x8
+    from nntrtool.quant import quantize, repack
+
+    rows, cols = t.slot.shape
+    source_row = raw.size // rows
+    if t.prefix:
+        w.write(np.array([QSCHEME_Q4_KX8], dtype="<u2").view(np.uint8), offset)
+        offset += t.prefix
+    band = max(8, budget // (cols * 4) // 8 * 8)
+    for r0 in range(0, rows, band):
+        r1 = min(rows, r0 + band)
+        if t.out_type == Q4_K_OUT:
+            row_bytes = (t.nbytes - t.prefix) // rows
+            if t.requant_from is None:
+                blocks = raw.reshape(rows, row_bytes)[r0:r1]
+            else:
+                blocks = quantize_q4_k(_values(raw, t, r0, r1))
+            w.write(to_x8(blocks), offset + r0 * row_bytes)
+        elif t.out_type == "f32" and not t.transposed:  # a widened embedding, as is
+            w.write(_values(raw, t, r0, r1), offset + r0 * cols * 4)
+        elif t.out_type in ISA_LAYOUTS.values():
+            blocks = quantize(_values(raw, t, r0, r1), Q4_0)
+            w.write(repack(blocks, t.out_type), offset + r0 * Q4_0.row_bytes(cols))
+        else:
+            dtype = np.dtype("<f2" if t.out_type == "f16" else "<f4")
+            vals = _values(raw, t, r0, r1)
+            with np.errstate(over="ignore"):
+                part = vals.astype(dtype)
+            if not np.isfinite(part).all():
+                raise UsageError(
+                    f"{t.slot.name} holds values beyond float16's range (|x| > 65504); "
+                    "export it with --linear-type q4_k or f32"
+                )
+            block = _transpose(part)  # [cols, r1 - r0]
+            if r1 - r0 == rows:
+                w.write(block, offset)
+            else:
+                w.write_rows(block, offset + r0 * dtype.itemsize, rows * dtype.itemsize)
+        release_pages(raw[r0 * source_row : r1 * source_row])
+        if progress is not None:
+            progress.advance((r1 - r0) * cols, t.slot.name)
 
 
 def _within(path: Path, folder: Path) -> bool:

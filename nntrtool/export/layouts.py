@@ -20,6 +20,7 @@ from enum import Enum
 from typing import Any
 
 from nntrtool.errors import UsageError
+from nntrtool.model_config import ModelConfig
 
 
 class Role(Enum):
@@ -324,9 +325,7 @@ _REQUIRED_KEYS = (
 
 def architecture_of(config: dict[str, Any]) -> str:
     """The model's architecture name from its config (``architectures[0]``)."""
-    archs = config.get("architectures") or []
-    if isinstance(archs, str):
-        archs = [archs]
+    archs = ModelConfig.of(config).architectures
     if not archs:
         raise UsageError(
             "the file's config names no architecture ('architectures' is missing); "
@@ -381,7 +380,7 @@ def model_dims(config: dict[str, Any]) -> dict[str, int]:
         "M": config.get("moe_intermediate_size") or config["intermediate_size"],
         "layers": config["num_hidden_layers"],
     }
-    experts = config.get("num_experts") or config.get("num_local_experts")
-    if isinstance(experts, int) and experts > 0:
+    experts = ModelConfig.of(config).num_experts
+    if experts is not None:
         dims["E"] = experts
     return dims

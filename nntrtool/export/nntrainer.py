@@ -16,14 +16,15 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nntrtool.errors import UsageError
+from nntrtool.export.export_plan import ExportPlan, ExportResult, TensorExport
 from nntrtool.export.folder_writer import (
     DEFAULT_CHUNK_BYTES,
     ISA_LAYOUTS,
+    Q4_K_OUT,
     check_output,
     write_export,
 )
@@ -31,16 +32,16 @@ from nntrtool.export.layouts import ArchitectureLayout, Role, Slot, layout_for_c
 from nntrtool.export.runtime_config import (
     TOKENIZER_FILES,
     RuntimeOptions,
-    _generation_config,
-    _gguf_source,
-    _metadata,
-    _runtime_config,
-    _sample_input,
-    _source_from_metadata,
     fit_positions,
+    generation_config,
+    gguf_source,
+    runtime_config,
+    sample_input,
+    source_from_metadata,
 )
+from nntrtool.model_config import ModelConfig
 from nntrtool.progress import ProgressFactory
-from nntrtool.qtypes import F32, Q4_0, Q4_0_REPACKED, Q6_K, RepackLayout, TensorType, get_layout
+from nntrtool.qtypes import F32, Q4_0, Q4_0_REPACKED, Q6_K, TensorType, get_layout
 
 TARGETS: tuple[str, ...] = ("nntrainer",)
 
@@ -51,77 +52,26 @@ CONVERT_HINT = (
     "for an all-F32 model"
 )
 
-_RUNTIME_DTYPE = {F32.name: "FP32", Q4_0.name: "Q4_0", Q6_K.name: "Q6_K"}
+_RUNTIME_DTYPE = {
+    F32.name: "FP32",
+    Q4_0.name: "Q4_0",
+    Q6_K.name: "Q6_K",
+    "q4_k": "Q4_K",
+    "f16": "FP16",
+}
 
-
-@dataclass(frozen=True)
-class TensorExport:
-    """One tensor of the weight file: where it comes from and how it is stored."""
-
-    slot: Slot
-    source_type: TensorType
-    source_layout: RepackLayout | None
-    out_type: str  # "f32", "q6_k", or the Q4_0 layout name ("q4_0_8", "q4_0_4")
-    out_shape: tuple[int, ...]
-    nbytes: int
-    transposed: bool
-
-    @property
-    def params(self) -> int:
-        return math.prod(self.slot.shape)
-
-
-@dataclass
-class ExportPlan:
-    """Everything an export will write, decided and checked before any byte is written."""
-
-    source: Path | None  # the NNTR file
-    architecture: str
-    isa: str
-    tied: bool
-    tensors: list[TensorExport]
-    fc_dtype: str
-    embedding_dtype: str
-    lmhead_dtype: str | None
-    config: dict[str, Any]
-    generation_config: dict[str, Any]
-    nntr_config: dict[str, Any]
-    tokenizer_sources: list[Path]
-    warnings: list[str]
-
-    @property
-    def weight_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
-
-    @property
-    def params(self) -> int:
-        return sum(t.params for t in self.tensors)
-
-    @property
-    def model_file_name(self) -> str:
-        return str(self.nntr_config["model_file_name"])
-
-    def bytes_by_type(self) -> dict[str, int]:
-        """Weight-file bytes per stored type."""
-        out: dict[str, int] = {}
-        for t in self.tensors:
-            out[t.out_type] = out.get(t.out_type, 0) + t.nbytes
-        return out
-
-
-@dataclass
-class ExportResult:
-    """What an export wrote (or, with ``dry_run``, would write)."""
-
-    out_dir: Path
-    plan: ExportPlan
-    files: list[str]
-    seconds: float
-    dry_run: bool = False
-
-    @property
-    def weight_file(self) -> Path:
-        return self.out_dir / self.plan.model_file_name
+#: The types nntrainer runs its linear layers in (``--linear-type``), by nntrtool name.
+LINEAR_TYPES: tuple[str, ...] = ("q4_0", "q4_k", "f16", "f32")
+#: How Q4_K linear layers are written: a 2-byte qscheme, then 8-row interleaved blocks.
+Q4_K_X8 = Q4_K_OUT
+#: Q4_K's block size and bytes per block (the runtime's block_q4_K).
+_Q4_K_BLOCK = (256, 144)
+#: What a folder with FP16 linear layers needs of the runtime.
+FP16_BUILD_NOTE = (
+    "FP16 linear layers run only in an nntrainer built with -Denable-fp16=true (a stock build "
+    "refuses the folder: 'enable-fp16 is not enabled'); the embedding stays {emb}, as the "
+    "runtime's FP16 embedding does not work"
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,12 +86,8 @@ def _entries(nf: Any) -> dict[str, Any]:
 
 
 def _is_tied(config: dict[str, Any], names: set[str]) -> bool:
-    meta = _metadata(config)
-    if isinstance(meta.get("tied"), bool):
-        return meta["tied"]
-    if isinstance(config.get("tie_word_embeddings"), bool):
-        return config["tie_word_embeddings"]
-    return "lm_head.weight" not in names
+    tied = ModelConfig.of(config).tied
+    return tied if tied is not None else "lm_head.weight" not in names
 
 
 #: What to add for MoE experts, which a converted MXFP4 checkpoint stores as Q8_0 by default.
@@ -159,8 +105,19 @@ def _hinted_error(slot: Slot, found: str, wanted: str, moe: bool = False) -> Usa
     return UsageError(f"{slot.name} is {found}, but nntrainer reads {wanted} there; {hint}")
 
 
-def _check_types(slots: list[tuple[Slot, Any]]) -> None:
-    """Refuse any combination of types the runtime cannot load (its types are global)."""
+def _base(entry: Any) -> TensorType:
+    return Q4_0 if entry.ttype is Q4_0_REPACKED else entry.ttype
+
+
+def _check_types(slots: list[tuple[Slot, Any]], linear_type: str | None = None) -> str:
+    """Refuse any combination of types the runtime cannot load (its types are global); return
+    the type of the linear layers.
+
+    With ``linear_type`` every linear layer (and an untied head) is written in that type,
+    re-encoded from its values where it is stored in another. Without it, the stored types
+    decide: Q4_K layers make a Q4_K folder (layers stored otherwise, such as the Q6_K layers of
+    a Q4_K_M file, are requantized); else all linear layers must share f32, q4_0 or f16.
+    """
     linear_types: dict[str, list[str]] = {}
     moe = any(slot.role is Role.ROUTER for slot, _ in slots)
 
@@ -168,21 +125,33 @@ def _check_types(slots: list[tuple[Slot, Any]]) -> None:
         return _hinted_error(slot, found, wanted, moe)
 
     for slot, entry in slots:
-        base = Q4_0 if entry.ttype is Q4_0_REPACKED else entry.ttype
+        base = _base(entry)
         if slot.role is Role.NORM and base is not F32:
             raise _role_error(slot, base.name, "f32 (norms are never quantized)")
         if slot.role is Role.VECTOR and base is not F32:
             raise _role_error(slot, base.name, "f32 (biases and sinks are never quantized)")
         if slot.role is Role.ROUTER and base is not F32:
             raise _role_error(slot, base.name, "an f32 router (routing is computed in FP32)")
-        if slot.role is Role.EMBEDDING and base not in (F32, Q6_K):
-            raise _role_error(slot, base.name, "an f32 or q6_k embedding")
-        if slot.role is Role.LM_HEAD and base not in (F32, Q4_0):
-            raise _role_error(slot, base.name, "an f32 or q4_0 output head")
         if slot.role is Role.LINEAR:
-            if base not in (F32, Q4_0):
-                raise _role_error(slot, base.name, "f32 or q4_0 linear layers")
             linear_types.setdefault(base.name, []).append(slot.name)
+    decided = linear_type or ("q4_k" if "q4_k" in linear_types else None)
+    for slot, entry in slots:
+        # with the linear type decided, an embedding the runtime cannot read is widened to f32
+        if slot.role is Role.EMBEDDING and _base(entry) not in (F32, Q6_K) and decided is None:
+            raise _role_error(slot, _base(entry).name, "an f32 or q6_k embedding")
+    if decided is not None:
+        return decided
+    for slot, entry in slots:
+        base = _base(entry)
+        if slot.role is Role.LM_HEAD and base.name not in (F32.name, Q4_0.name, "f16"):
+            raise _role_error(slot, base.name, "an f32 or q4_0 output head")
+        if slot.role is Role.LINEAR and base.name not in (F32.name, Q4_0.name, "f16"):
+            raise _role_error(
+                slot,
+                base.name,
+                "f32, q4_0, q4_k or f16 linear layers (--linear-type q4_k, q4_0 or f16 "
+                "requantizes them)",
+            )
     if len(linear_types) > 1:
         minority = min(linear_types, key=lambda k: len(linear_types[k]))
         majority = max(linear_types, key=lambda k: len(linear_types[k]))
@@ -193,35 +162,126 @@ def _check_types(slots: list[tuple[Slot, Any]]) -> None:
             f"linear layers: re-convert so that they share one, e.g. --type 'proj={majority}' "
             f"if the shapes allow it, or --keep-f32 'proj' for f32 layers"
         )
+    return next(iter(linear_types), F32.name)
 
 
-def _plan_tensor(slot: Slot, entry: Any, isa: str) -> TensorExport:
+def _q4_k_misfit(shape: tuple[int, ...]) -> bool:
+    rows, cols = shape
+    return cols % _Q4_K_BLOCK[0] != 0 or rows % 8 != 0
+
+
+def _q4_0_misfit(shape: tuple[int, ...], isa: str) -> bool:
+    rows, cols = shape
+    return cols % Q4_0.block_size != 0 or rows % get_layout(ISA_LAYOUTS[isa]).rows != 0
+
+
+def _check_q4_k_fits(slots: list[Slot], isa: str) -> None:
+    """One line for a model whose linear layers Q4_K cannot hold, offering what fits."""
+    bad = [s for s in slots if _q4_k_misfit(s.shape)]
+    if not bad:
+        return
+    first = bad[0]
+    rows, cols = first.shape
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    fits = [t for t in ("q4_0",) if not any(_q4_0_misfit(s.shape, isa) for s in slots)]
+    fits += ["f16", "f32"]
+    raise UsageError(
+        f"{first.name} ({rows}x{cols}){more} does not fit nntrainer's Q4_K, which needs every "
+        f"linear layer's input features in multiples of 256 and output features in multiples "
+        f"of 8 (one type for all linear layers); --linear-type {' or '.join(fits)} fits this "
+        "model"
+    )
+
+
+def _plan_tensor(slot: Slot, entry: Any, isa: str, linear_type: str | None = None) -> TensorExport:
     shape = tuple(int(s) for s in slot.shape)
-    base = Q4_0 if entry.ttype is Q4_0_REPACKED else entry.ttype
-    source_layout = entry.layout if entry.ttype is Q4_0_REPACKED else None
+    base = _base(entry)
+    source_layout = entry.layout if entry.ttype.plain_name else None
+    if linear_type is not None and slot.role in (Role.LINEAR, Role.LM_HEAD):
+        requant = None if base.name == linear_type else base.name
+        if linear_type in (F32.name, "f16"):
+            out_shape = (shape[1], shape[0])
+            size = 4 if linear_type == F32.name else 2
+            return TensorExport(
+                slot,
+                entry.ttype,
+                source_layout,
+                linear_type,
+                out_shape,
+                math.prod(out_shape) * size,
+                True,
+                requant,
+            )
+        if linear_type == "q4_k":
+            rows, cols = shape
+            nbytes = 2 + rows * cols // _Q4_K_BLOCK[0] * _Q4_K_BLOCK[1]
+            return TensorExport(
+                slot, entry.ttype, source_layout, Q4_K_X8, shape, nbytes, False, requant, 2
+            )
+        if requant is not None:  # q4_0 from another type
+            _check_q4_0_fits(slot, shape, isa)
+            layout = get_layout(ISA_LAYOUTS[isa])
+            return TensorExport(
+                slot,
+                entry.ttype,
+                source_layout,
+                layout.name,
+                shape,
+                Q4_0.nbytes(shape),
+                False,
+                requant,
+            )
+    if slot.role is Role.EMBEDDING and base not in (F32, Q6_K):  # widened, lossless
+        return TensorExport(
+            slot, entry.ttype, source_layout, F32.name, shape, F32.nbytes(shape), False, base.name
+        )
     if slot.role in (Role.LINEAR, Role.LM_HEAD, Role.ROUTER) and base is F32:
         out_shape = (shape[1], shape[0])
         return TensorExport(
             slot, entry.ttype, None, F32.name, out_shape, F32.nbytes(out_shape), True
         )
     if base is Q4_0:
+        _check_q4_0_fits(slot, shape, isa)
         layout = get_layout(ISA_LAYOUTS[isa])
-        rows, cols = shape
-        if rows % layout.rows:
-            raise UsageError(
-                f"{slot.name}: {rows} output features do not divide by {layout.rows}, which "
-                f"nntrainer's {isa} Q4_0 kernels need; "
-                + ("try --isa arm (groups of 4), or " if isa == "x86" and rows % 4 == 0 else "")
-                + f"keep it in f32 (--keep-f32 '{slot.short}' if all linear layers agree)"
-            )
-        if cols % Q4_0.block_size:
-            raise UsageError(
-                f"{slot.name}: {cols} input features do not divide by {Q4_0.block_size}"
-            )
         return TensorExport(
             slot, entry.ttype, source_layout, layout.name, shape, Q4_0.nbytes(shape), False
         )
     return TensorExport(slot, entry.ttype, None, base.name, shape, base.nbytes(shape), False)
+
+
+def _check_q4_0_fits(slot: Slot, shape: tuple[int, ...], isa: str) -> None:
+    layout = get_layout(ISA_LAYOUTS[isa])
+    rows, cols = shape
+    if rows % layout.rows:
+        raise UsageError(
+            f"{slot.name}: {rows} output features do not divide by {layout.rows}, which "
+            f"nntrainer's {isa} Q4_0 kernels need; "
+            + ("try --isa arm (groups of 4), or " if isa == "x86" and rows % 4 == 0 else "")
+            + f"keep it in f32 (--keep-f32 '{slot.short}' if all linear layers agree)"
+        )
+    if cols % Q4_0.block_size:
+        raise UsageError(f"{slot.name}: {cols} input features do not divide by {Q4_0.block_size}")
+
+
+def _notes(tensors: list[TensorExport], fc: str, emb: str) -> list[str]:
+    """The lossy steps of the export, by source type, and the runtime build a folder needs."""
+    notes = []
+    by_source: dict[tuple[str, str], list[str]] = {}
+    for t in tensors:
+        if t.requant_from is not None:
+            out = "q4_k" if t.out_type == Q4_K_X8 else t.out_type
+            out = Q4_0.name if out in ISA_LAYOUTS.values() else out
+            by_source.setdefault((t.requant_from, out), []).append(t.slot.name)
+    for (src, out), names in by_source.items():
+        more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+        if out == F32.name:  # dequantizing is exact
+            step = f"dequantized to f32 from {src} (lossless)"
+        else:
+            step = f"requantized to {out} from {src} (lossy)"
+        notes.append(f"{step}: {len(names)} tensor(s), {names[0]}{more}")
+    if fc == "f16":
+        notes.append(FP16_BUILD_NOTE.format(emb=_RUNTIME_DTYPE.get(emb, emb)))
+    return notes
 
 
 def _dtype(name: str) -> str:
@@ -231,20 +291,33 @@ def _dtype(name: str) -> str:
 def nntrainer_type_overrides(quant_type: str, config: dict[str, Any]) -> tuple[str, ...]:
     """``convert --type`` overrides that make a conversion exportable to nntrainer.
 
-    Q4_0 layers need an F32 or Q6_K embedding (Q6_K when its rows fit 256-value blocks).
-    Raises ``UsageError`` for quant types whose linear layers the runtime cannot run.
+    Quantized layers (and F16 ones, whose embedding the runtime cannot read) need an F32 or
+    Q6_K embedding (Q6_K when its rows fit 256-value blocks). Raises ``UsageError`` for quant
+    types whose linear layers the runtime cannot run.
     """
     qt = quant_type.lower()
     if qt == F32.name:
         return _expert_override(qt, config)
-    if qt != Q4_0.name:
+    if qt not in LINEAR_TYPES:
         raise UsageError(
-            f"nntrainer runs f32 or q4_0 linear layers, not {qt}; use --quant-type q4_0 "
-            "(or f32) with --target nntrainer"
+            f"nntrainer runs {', '.join(LINEAR_TYPES)} linear layers, not {qt}; use "
+            "--quant-type q4_0 or q4_k (or f16, f32) with --target nntrainer"
         )
     hidden = config.get("hidden_size")
     emb = Q6_K.name if isinstance(hidden, int) and Q6_K.fits(hidden) else F32.name
-    return (f"embed_tokens={emb}",) + _expert_override(qt, config)
+    return (f"embed_tokens={emb}",) + _expert_override(conversion_for(qt)[0], config)
+
+
+def conversion_for(quant_type: str) -> tuple[str, str | None]:
+    """The type ``convert --target nntrainer`` stores linear layers in, and the export's
+    ``linear_type``: q4_k and f16 are stored as such where this nntrtool can write them, else
+    kept in f32 and encoded by the export (the same values: both quantize from the source's)."""
+    from nntrtool.plan.options import QUANT_TYPE_CHOICES
+
+    qt = quant_type.lower()
+    if qt in ("q4_k", "f16"):
+        return (qt if qt in QUANT_TYPE_CHOICES else F32.name), qt
+    return quant_type, None
 
 
 def _expert_override(quant_type: str, config: dict[str, Any]) -> tuple[str, ...]:
@@ -262,11 +335,22 @@ def plan_export(
     runtime: RuntimeOptions | None = None,
     source_dir: str | os.PathLike[str] | None = None,
     source: str | os.PathLike[str] | None = None,
+    linear_type: str | None = None,
 ) -> ExportPlan:
     """Check that ``nf`` (an open NNTR file) can run in nntrainer and decide every byte.
 
-    Raises a one-line :class:`NntrError` for anything the runtime could not load.
+    ``linear_type`` (q4_0, q4_k, f16, f32) writes every linear layer and an untied head in
+    that type, re-encoding those stored in another; ``None`` keeps the stored types (Q4_K
+    layers make a Q4_K folder). Raises a one-line :class:`NntrError` for anything the runtime
+    could not load.
     """
+    if linear_type is not None:
+        linear_type = linear_type.lower()
+        if linear_type not in LINEAR_TYPES:
+            raise UsageError(
+                f"unknown --linear-type {linear_type!r}; nntrainer runs linear layers in "
+                f"{', '.join(LINEAR_TYPES)}"
+            )
     runtime = runtime or RuntimeOptions()
     runtime.validate()
     isa = isa.lower()
@@ -302,13 +386,18 @@ def plan_export(
                 f"{slot.name} has shape {list(shape)}, but the config implies "
                 f"{list(slot.shape)}; the runtime builds its layers from config.json"
             )
-    _check_types(pairs)
-    tensors = [_plan_tensor(slot, entry, isa) for slot, entry in pairs]
+    fc_type = _check_types(pairs, linear_type)
+    recode = linear_type is not None or fc_type in ("q4_k", "f16")
+    if fc_type == "q4_k":
+        _check_q4_k_fits([s for s, _ in pairs if s.role in (Role.LINEAR, Role.LM_HEAD)], isa)
+    tensors = [_plan_tensor(slot, entry, isa, fc_type if recode else None) for slot, entry in pairs]
 
     def role_type(role: Role) -> str | None:
         for t in tensors:
             if t.slot.role is role:
-                return Q4_0.name if t.out_type in ISA_LAYOUTS.values() else t.out_type
+                if t.out_type in ISA_LAYOUTS.values():
+                    return Q4_0.name
+                return "q4_k" if t.out_type == Q4_K_X8 else t.out_type
         return None
 
     fc = role_type(Role.LINEAR) or F32.name
@@ -316,7 +405,7 @@ def plan_export(
     head = None if tied else (role_type(Role.LM_HEAD) or F32.name)
 
     warnings: list[str] = []
-    runtime_cfg = _runtime_config(config, layout, tied, warnings)
+    runtime_cfg = runtime_config(config, layout, tied, warnings)
     num_to_generate, init_seq_len, max_seq_len = fit_positions(
         runtime, runtime_cfg, layout, warnings
     )
@@ -325,13 +414,13 @@ def plan_export(
     if source_path is not None and not source_path.is_dir():
         raise UsageError(f"--tokenizer {source_path} is not a folder")
     if source_path is None:
-        source_path = _source_from_metadata(config)
+        source_path = source_from_metadata(config)
     tokenizer_sources = (
         [source_path / n for n in TOKENIZER_FILES if (source_path / n).is_file()]
         if source_path is not None
         else []
     )
-    gguf = _gguf_source(config) if source_dir is None else None
+    gguf = gguf_source(config) if source_dir is None else None
     if gguf is not None and not any(p.name == "tokenizer.json" for p in tokenizer_sources):
         from nntrtool.export.gguf_tokenizer import gguf_tokenizer_files
 
@@ -345,7 +434,7 @@ def plan_export(
             "folder or pass --tokenizer DIR"
         )
 
-    gen = _generation_config(config, source_path, runtime, warnings)
+    gen = generation_config(config, source_path, runtime, warnings)
 
     out_abs = Path(os.path.abspath(os.fspath(out_dir)))
     stem = Path(os.fspath(source)).stem if source is not None else "model"
@@ -369,7 +458,7 @@ def plan_export(
             "tokenizer_file": runtime.tokenizer_file or str(out_abs / "tokenizer.json"),
             "sample_input": runtime.sample_input
             if runtime.sample_input is not None
-            else _sample_input(tokenizer_sources),
+            else sample_input(tokenizer_sources),
         }
     )
     return ExportPlan(
@@ -386,6 +475,7 @@ def plan_export(
         nntr_config=nntr_cfg,
         tokenizer_sources=tokenizer_sources,
         warnings=warnings,
+        notes=_notes(tensors, fc, emb),
     )
 
 
@@ -413,6 +503,7 @@ def export_nntr(
     source_dir: str | os.PathLike[str] | None = None,
     dry_run: bool = False,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    linear_type: str | None = None,
 ) -> ExportResult:
     """Export an NNTR file to a folder nntrainer's CausalLM application runs as is.
 
@@ -429,7 +520,15 @@ def export_nntr(
         check_output(out, force, (path,) + ((Path(source_dir),) if source_dir else ()))
     nf = _open_nntr(path)
     try:
-        plan = plan_export(nf, out, isa=isa, runtime=runtime, source_dir=source_dir, source=path)
+        plan = plan_export(
+            nf,
+            out,
+            isa=isa,
+            runtime=runtime,
+            source_dir=source_dir,
+            source=path,
+            linear_type=linear_type,
+        )
         if dry_run:
             return ExportResult(out, plan, [], time.perf_counter() - start, dry_run=True)
         bar = progress(plan.params, f"export {path.name}") if progress else contextlib.nullcontext()
@@ -445,6 +544,7 @@ def export_nntr(
 __all__ = [
     "CONVERT_HINT",
     "ISA_LAYOUTS",
+    "LINEAR_TYPES",
     "TOKENIZER_FILES",
     "ExportPlan",
     "ExportResult",
@@ -453,6 +553,7 @@ __all__ = [
     "TensorExport",
     "check_output",
     "check_target",
+    "conversion_for",
     "export_nntr",
     "nntrainer_type_overrides",
     "plan_export",

@@ -16,6 +16,7 @@ from typing import Any
 
 from nntrtool.errors import UsageError
 from nntrtool.export.layouts import ArchitectureLayout, architecture_of
+from nntrtool.model_config import ModelConfig
 
 #: Files of a Hugging Face folder that the runtime's tokenizer (or a user) may need.
 TOKENIZER_FILES: tuple[str, ...] = (
@@ -87,11 +88,6 @@ class RuntimeOptions:
             )
 
 
-def _metadata(config: dict[str, Any]) -> dict[str, Any]:
-    meta = config.get("nntrtool")
-    return meta if isinstance(meta, dict) else {}
-
-
 def _rope_theta(
     config: dict[str, Any], warnings: list[str], applied: frozenset[str] = frozenset()
 ) -> int:
@@ -131,7 +127,7 @@ def _rope_theta(
     return int(round(value))
 
 
-def _runtime_config(
+def runtime_config(
     config: dict[str, Any], layout: ArchitectureLayout, tied: bool, warnings: list[str]
 ) -> dict[str, Any]:
     out = {k: v for k, v in config.items() if k != "nntrtool"}
@@ -187,7 +183,7 @@ def _as_id_list(value: Any) -> list[int]:
     return [int(value)]
 
 
-def _generation_config(
+def generation_config(
     config: dict[str, Any], source_dir: Path | None, runtime: RuntimeOptions, warnings: list[str]
 ) -> dict[str, Any]:
     gen: dict[str, Any] = {}
@@ -229,7 +225,7 @@ def _generation_config(
     return gen
 
 
-def _sample_input(tokenizer_sources: list[Path]) -> str:
+def sample_input(tokenizer_sources: list[Path]) -> str:
     for path in tokenizer_sources:
         if path.name in ("tokenizer_config.json", "chat_template.jinja", "chat_template.json"):
             try:
@@ -240,18 +236,18 @@ def _sample_input(tokenizer_sources: list[Path]) -> str:
     return _PLAIN_PROMPT
 
 
-def _gguf_source(config: dict[str, Any]) -> Path | None:
+def gguf_source(config: dict[str, Any]) -> Path | None:
     """The GGUF file the NNTR file was converted from, when it was one and is still there."""
-    src: Any = _metadata(config).get("source")
+    src: Any = ModelConfig.of(config).record.get("source")
     path = src.get("path") if isinstance(src, dict) else None
     if isinstance(path, str) and path.lower().endswith(".gguf") and Path(path).is_file():
         return Path(path)
     return None
 
 
-def _source_from_metadata(config: dict[str, Any]) -> Path | None:
+def source_from_metadata(config: dict[str, Any]) -> Path | None:
     """The folder holding the source's tokenizer files, from the file's recorded source."""
-    meta = _metadata(config)
+    meta = ModelConfig.of(config).record
     src: Any = meta.get("source")
     paths: list[str] = []
     repo_id: Any = None

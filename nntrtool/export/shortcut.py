@@ -20,6 +20,7 @@ from nntrtool.export.nntrainer import (
     RuntimeOptions,
     check_output,
     check_target,
+    conversion_for,
     export_nntr,
     nntrainer_type_overrides,
 )
@@ -34,29 +35,34 @@ def convert_and_export(
     isa: str = "x86",
     runtime: RuntimeOptions | None = None,
     progress: Callable[[int, str], Any] | None = None,
+    linear_type: str | None = None,
 ) -> tuple[Any, ExportResult]:
     """Convert ``source_spec`` with ``options`` and export the result to ``out_dir``.
+
+    ``linear_type`` (q4_k, f16) has the export encode the linear layers in that type; the
+    conversion then stores them as ``options.quant_type`` says (f32 where it cannot store
+    that type itself; see :func:`nntrtool.export.nntrainer.conversion_for`).
 
     Returns the conversion report and the export result. ``progress`` is a factory
     ``(total, description) -> Progress`` as for :func:`nntrtool.convert.convert`.
     """
     from nntrtool.convert import ConvertOptions, convert
-    from nntrtool.sources import open_source
 
     check_target(target)
     out = Path(os.path.abspath(os.fspath(out_dir)))
     check_output(out, options.force)
-    from nntrtool.convert.plan import default_quant_type
+    from nntrtool.plan.tensors import default_quant_type
 
-    with open_source(
-        source_spec, revision=options.revision, config=options.config, gguf_file=options.gguf_file
-    ) as src:
+    with options.source(source_spec).without_adapters().open() as src:
         config, root = src.config, src.root
         quant_type = options.quant_type
         if quant_type == "auto":
             quant_type = default_quant_type(src)
     # With ``keep`` the blocks stay as they are and export says what it cannot run.
-    extra = () if quant_type == "keep" else nntrainer_type_overrides(quant_type, config)
+    if linear_type is None:
+        quant_type, linear_type = conversion_for(quant_type)
+    wanted = linear_type or quant_type
+    extra = () if quant_type == "keep" else nntrainer_type_overrides(wanted, config)
     overrides = tuple(options.type_overrides) + extra
     conv_options: ConvertOptions = dataclasses.replace(
         options, quant_type=quant_type, type_overrides=overrides, force=True, dry_run=False
@@ -84,6 +90,7 @@ def convert_and_export(
             progress=export_progress,
             runtime=runtime,
             source_dir=root,
+            linear_type=linear_type,
         )
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

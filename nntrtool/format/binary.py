@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nntrtool.errors import FormatError
-from nntrtool.qtypes import Q4_0_REPACKED, RepackLayout, TensorType, display_name, layout_for
+from nntrtool.qtypes import RepackLayout, TensorType, display_name, layout_for
 
 MAGIC = b"NNTR"
 VERSION = 1
@@ -145,7 +145,7 @@ def tensor_problem(
                 f"last dimension {shape[-1]} is not a multiple of the {ttype.name} block size "
                 f"{ttype.block_size}"
             )
-    if ttype is Q4_0_REPACKED:
+    if ttype.plain_name is not None:  # a layout type: its rows come in interleaved groups
         if layout is None:
             return f"type {ttype.name} (id {ttype.type_id}) needs a repack layout, found none"
         if layout_for(layout.rows, layout.interleave) is None:

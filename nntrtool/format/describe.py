@@ -11,6 +11,7 @@ from typing import Any
 
 from nntrtool.format.binary import MAGIC, TensorEntry
 from nntrtool.format.reader import NntrFile
+from nntrtool.model_config import ModelConfig
 
 #: Bumped when a key of the ``describe``/``inspect --json`` object changes meaning or goes away.
 DESCRIBE_SCHEMA = 1
@@ -36,16 +37,6 @@ def tensor_record(entry: TensorEntry) -> dict[str, Any]:
     }
 
 
-def _lookup(config: dict, *keys: str) -> Any:
-    """The first of ``keys`` found in the config or its ``text_config`` (multimodal models)."""
-    for scope in (config, config.get("text_config")):
-        if isinstance(scope, dict):
-            for key in keys:
-                if scope.get(key) is not None:
-                    return scope[key]
-    return None
-
-
 def _source_text(source: Any) -> Any:
     if isinstance(source, dict):
         where = source.get("repo_id") or source.get("path") or source.get("id")
@@ -69,18 +60,17 @@ def _adapters_text(source: Any) -> list[str]:
 
 def config_summary(config: dict) -> dict[str, Any]:
     """The few config facts worth a glance: architecture, sizes, and how the file was made."""
-    meta = config.get("nntrtool") if isinstance(config.get("nntrtool"), dict) else {}
-    archs = _lookup(config, "architectures")
-    arch = archs[0] if isinstance(archs, list) and archs else archs
+    cfg = ModelConfig.of(config)
+    meta = cfg.record
     return {
-        "architecture": arch or _lookup(config, "model_type"),
-        "model_type": _lookup(config, "model_type"),
-        "hidden_size": _lookup(config, "hidden_size", "n_embd", "d_model"),
-        "layers": _lookup(config, "num_hidden_layers", "n_layer", "num_layers"),
-        "vocab_size": _lookup(config, "vocab_size"),
+        "architecture": cfg.architecture,
+        "model_type": cfg.model_type,
+        "hidden_size": cfg.hidden_size,
+        "layers": cfg.num_layers,
+        "vocab_size": cfg.get("vocab_size"),
         "quant_type": meta.get("quant_type"),
         "repack_format": meta.get("repack_format"),
-        "tied_embeddings": meta.get("tied", _lookup(config, "tie_word_embeddings")),
+        "tied_embeddings": meta.get("tied", cfg.get("tie_word_embeddings")),
         "source": _source_text(meta.get("source")),
         "adapters": _adapters_text(meta.get("source")),
         "tool_version": meta.get("version"),

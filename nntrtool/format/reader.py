@@ -38,7 +38,7 @@ from nntrtool.format.binary import (
     quote_name,
     tensor_problem,
 )
-from nntrtool.qtypes import Q4_0_REPACKED, TYPES_BY_ID, layout_for
+from nntrtool.qtypes import TYPES_BY_ID, RepackLayout, TensorType, layout_for
 
 #: Bytes hashed per step when checking a tensor, so huge tensors report progress and stay responsive.
 CHECK_CHUNK = 64 << 20
@@ -87,6 +87,29 @@ def read_directory(buf: Any, file_size: int | None = None) -> Directory:
     ``file_size`` defaults to ``len(buf)``. Reads only the header bytes; raises ``FormatError``.
     """
     size = len(buf) if file_size is None else file_size
+    version, flags, config, config_len, data_start, pos, count = _read_header(buf, size)
+    entries: list[TensorEntry] = []
+    names: set[str] = set()
+    for index in range(count):
+        entry, pos = _read_entry(buf, size, pos, index)
+        if entry.name in names:
+            raise FormatError(f"tensor {quote_name(entry.name)} appears twice in the directory")
+        names.add(entry.name)
+        entries.append(entry)
+    if data_start != align_up(pos):
+        raise FormatError(
+            f"header says data starts at {data_start}, but the directory ends at {pos} "
+            f"(expected {align_up(pos)})"
+        )
+    if data_start > size:
+        raise FormatError(f"truncated file: data starts at {data_start}, the file is {size} bytes")
+    _check_placement(entries, data_start, size)
+    return Directory(version, flags, config, config_len, data_start, tuple(entries))
+
+
+def _read_header(buf: Any, size: int) -> tuple[int, int, dict[str, Any], int, int, int, int]:
+    """The fixed header, the config and the tensor count: ``(version, flags, config,
+    config_len, data_start, position after the count, count)``."""
     if size == 0:
         raise FormatError("the file is empty, not an NNTR file")
     if size < len(MAGIC) or bytes(buf[: len(MAGIC)]) != MAGIC:
@@ -119,85 +142,89 @@ def read_directory(buf: Any, file_size: int | None = None) -> Directory:
             f"truncated directory: {count} tensors need at least {count * ENTRY_FIXED_BYTES} "
             f"bytes at offset {pos}, the file has {size - pos} left"
         )
+    return version, flags, config, config_len, data_start, pos, count
 
-    entries: list[TensorEntry] = []
-    names: set[str] = set()
-    for index in range(count):
-        where = f"directory entry {index}"
-        _need(size, pos, NAME_LEN.size, where, "name length")
-        (name_len,) = NAME_LEN.unpack_from(buf, pos)
-        pos += NAME_LEN.size
-        if name_len == 0:
-            raise FormatError(f"{where}: empty tensor name")
-        if name_len > MAX_NAME_BYTES:
-            raise FormatError(
-                f"{where}: name length {name_len} bytes, at most {MAX_NAME_BYTES} are allowed"
-            )
-        _need(size, pos, name_len, where, f"name of {name_len} bytes")
-        try:
-            name = bytes(buf[pos : pos + name_len]).decode("utf-8")
-        except UnicodeDecodeError:
-            raise FormatError(f"{where}: the tensor name is not valid UTF-8") from None
-        pos += name_len
-        where = f"tensor {quote_name(name)}"
-        if name in names:
-            raise FormatError(f"{where} appears twice in the directory")
-        names.add(name)
 
-        _need(size, pos, ENTRY_TYPE.size, where, "type and rank")
-        type_id, ndim = ENTRY_TYPE.unpack_from(buf, pos)
-        pos += ENTRY_TYPE.size
-        ttype = TYPES_BY_ID.get(type_id)
-        if ttype is None:
-            known = ", ".join(
-                f"{t.type_id} ({t.name})"
-                for t in sorted(TYPES_BY_ID.values(), key=lambda t: t.type_id)
-            )
-            raise FormatError(f"{where}: unknown type id {type_id}; known ids: {known}")
-        if ndim > MAX_DIMS:
-            raise FormatError(f"{where}: {ndim} dimensions, at most {MAX_DIMS} are allowed")
-        _need(size, pos, DIM.size * ndim + ENTRY_TAIL.size, where, "shape and offsets")
-        shape = tuple(DIM.unpack_from(buf, pos + DIM.size * i)[0] for i in range(ndim))
-        pos += DIM.size * ndim
-        group_rows, interleave, offset, nbytes, checksum, eflags = ENTRY_TAIL.unpack_from(buf, pos)
-        pos += ENTRY_TAIL.size
-
-        if ttype is Q4_0_REPACKED:
-            layout = layout_for(group_rows, interleave)
-            if layout is None:
-                raise FormatError(
-                    f"{where}: type {type_id} ({ttype.name}) has an unknown repack layout "
-                    f"rows={group_rows} interleave={interleave}; known: 4x4, 4x8, 8x8"
-                )
-        else:
-            layout = None
-            if group_rows or interleave:
-                raise FormatError(
-                    f"{where}: type {type_id} ({ttype.name}) is not repacked but records a "
-                    f"layout rows={group_rows} interleave={interleave}; expected 0 and 0"
-                )
-        problem = tensor_problem(ttype, shape, layout)
-        if problem:
-            raise FormatError(f"{where}: {problem}")
-        expected = ttype.nbytes(shape)
-        if nbytes != expected:
-            raise FormatError(
-                f"{where}: byte length is {nbytes}, expected {expected} for "
-                f"{ttype.name} {list(shape)}"
-            )
-        if eflags != 0:
-            raise FormatError(f"{where}: entry flags are {eflags:#x}, expected 0")
-        if offset % ALIGNMENT:
-            raise FormatError(f"{where}: data offset {offset} is not a multiple of {ALIGNMENT}")
-        entries.append(TensorEntry(name, ttype, shape, layout, offset, nbytes, checksum, eflags))
-
-    if data_start != align_up(pos):
+def _read_name(buf: Any, size: int, pos: int, index: int) -> tuple[str, int]:
+    where = f"directory entry {index}"
+    _need(size, pos, NAME_LEN.size, where, "name length")
+    (name_len,) = NAME_LEN.unpack_from(buf, pos)
+    pos += NAME_LEN.size
+    if name_len == 0:
+        raise FormatError(f"{where}: empty tensor name")
+    if name_len > MAX_NAME_BYTES:
         raise FormatError(
-            f"header says data starts at {data_start}, but the directory ends at {pos} "
-            f"(expected {align_up(pos)})"
+            f"{where}: name length {name_len} bytes, at most {MAX_NAME_BYTES} are allowed"
         )
-    if data_start > size:
-        raise FormatError(f"truncated file: data starts at {data_start}, the file is {size} bytes")
+    _need(size, pos, name_len, where, f"name of {name_len} bytes")
+    try:
+        name = bytes(buf[pos : pos + name_len]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError(f"{where}: the tensor name is not valid UTF-8") from None
+    return name, pos + name_len
+
+
+def _read_entry(buf: Any, size: int, pos: int, index: int) -> tuple[TensorEntry, int]:
+    """Directory entry ``index`` at ``pos``, checked on its own, and the position after it."""
+    name, pos = _read_name(buf, size, pos, index)
+    where = f"tensor {quote_name(name)}"
+    _need(size, pos, ENTRY_TYPE.size, where, "type and rank")
+    type_id, ndim = ENTRY_TYPE.unpack_from(buf, pos)
+    pos += ENTRY_TYPE.size
+    ttype = TYPES_BY_ID.get(type_id)
+    if ttype is None:
+        known = ", ".join(
+            f"{t.type_id} ({t.name})" for t in sorted(TYPES_BY_ID.values(), key=lambda t: t.type_id)
+        )
+        raise FormatError(
+            f"{where}: unknown type id {type_id}; known ids: {known} "
+            "(a newer nntrtool may have written this file)"
+        )
+    if ndim > MAX_DIMS:
+        raise FormatError(f"{where}: {ndim} dimensions, at most {MAX_DIMS} are allowed")
+    _need(size, pos, DIM.size * ndim + ENTRY_TAIL.size, where, "shape and offsets")
+    shape = tuple(DIM.unpack_from(buf, pos + DIM.size * i)[0] for i in range(ndim))
+    pos += DIM.size * ndim
+    group_rows, interleave, offset, nbytes, checksum, eflags = ENTRY_TAIL.unpack_from(buf, pos)
+    pos += ENTRY_TAIL.size
+    layout = _entry_layout(where, ttype, type_id, group_rows, interleave)
+    problem = tensor_problem(ttype, shape, layout)
+    if problem:
+        raise FormatError(f"{where}: {problem}")
+    expected = ttype.nbytes(shape)
+    if nbytes != expected:
+        raise FormatError(
+            f"{where}: byte length is {nbytes}, expected {expected} for {ttype.name} {list(shape)}"
+        )
+    if eflags != 0:
+        raise FormatError(f"{where}: entry flags are {eflags:#x}, expected 0")
+    if offset % ALIGNMENT:
+        raise FormatError(f"{where}: data offset {offset} is not a multiple of {ALIGNMENT}")
+    return TensorEntry(name, ttype, shape, layout, offset, nbytes, checksum, eflags), pos
+
+
+def _entry_layout(
+    where: str, ttype: TensorType, type_id: int, group_rows: int, interleave: int
+) -> RepackLayout | None:
+    """The repack layout an entry records: a known one for a layout type, none otherwise."""
+    if ttype.plain_name is None:
+        if group_rows or interleave:
+            raise FormatError(
+                f"{where}: type {type_id} ({ttype.name}) is not repacked but records a "
+                f"layout rows={group_rows} interleave={interleave}; expected 0 and 0"
+            )
+        return None
+    layout = layout_for(group_rows, interleave)
+    if layout is None:
+        raise FormatError(
+            f"{where}: type {type_id} ({ttype.name}) has an unknown repack layout "
+            f"rows={group_rows} interleave={interleave}; known: 4x4, 4x8, 8x8"
+        )
+    return layout
+
+
+def _check_placement(entries: list[TensorEntry], data_start: int, size: int) -> None:
+    """Tensor data lies after the directory, without overlap, and fills the file exactly."""
     end = data_start
     previous = None
     for entry in sorted(entries, key=lambda e: e.offset):
@@ -212,8 +239,8 @@ def read_directory(buf: Any, file_size: int | None = None) -> Directory:
             )
         if entry.end > size:
             raise FormatError(
-                f"truncated file: tensor {quote_name(entry.name)} needs bytes {entry.offset}..{entry.end}, "
-                f"the file is {size} bytes"
+                f"truncated file: tensor {quote_name(entry.name)} needs bytes "
+                f"{entry.offset}..{entry.end}, the file is {size} bytes"
             )
         end = entry.end
         previous = entry
@@ -222,7 +249,6 @@ def read_directory(buf: Any, file_size: int | None = None) -> Directory:
             f"the file is {size} bytes but its data ends at {end}: "
             f"{size - end} unexpected bytes at the end"
         )
-    return Directory(version, flags, config, config_len, data_start, tuple(entries))
 
 
 class NntrFile:
@@ -348,11 +374,12 @@ class NntrFile:
         return self._buffer()[entry.offset : entry.end]
 
     def array(self, name: str) -> np.ndarray:
-        """F32: a float32 view of the tensor's shape; quantized: uint8 ``(rows, row_bytes)``."""
+        """F32 / F16: a float32 / float16 view of the tensor's shape; quantized: uint8
+        ``(rows, row_bytes)``."""
         entry = self.tensor(name)
         raw = self.raw(name)
         if not entry.ttype.quantized:
-            return raw.view("<f4").reshape(entry.shape)
+            return raw.view(f"<f{entry.ttype.block_bytes}").reshape(entry.shape)
         return raw.reshape(entry.rows, entry.row_bytes)
 
     def checksum(self, name: str, progress: Callable[[int], None] | None = None) -> int:

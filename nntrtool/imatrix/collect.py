@@ -26,6 +26,7 @@ import numpy as np
 from nntrtool.errors import DiskFullError, UsageError
 from nntrtool.imatrix.format import ImatrixEntry, write_imatrix
 from nntrtool.progress import ProgressFactory
+from nntrtool.sources.request import SourceRequest
 
 #: Decoder-layer submodule (Hugging Face) -> llama.cpp tensor stem, for the supported families.
 _LAYER_NAMES: dict[str, str] = {
@@ -236,30 +237,27 @@ def check_output(out: str | Path, force: bool) -> Path:
 
 
 def compute_imatrix(
-    source_spec: str | Path,
+    source: SourceRequest | str | Path,
     text_path: str | Path,
     out: str | Path,
     *,
     ctx: int = 512,
     chunks: int | None = None,
     force: bool = False,
-    revision: str | None = None,
-    config: str | Path | None = None,
     progress: ProgressFactory | None = None,
 ) -> ImatrixReport:
     """Run the source model over the text and write its importance matrix to ``out``."""
-    from nntrtool.sources import open_source
-    from nntrtool.verify.logits import _import_torch, _load_model
-    from nntrtool.verify.text import load_text_chunks, token_progress
+    from nntrtool.progress import token_progress
+    from nntrtool.sources.text_chunks import load_text_chunks
+    from nntrtool.sources.torch_model import import_torch, load_model
 
     start = time.perf_counter()
     path = check_output(out, force)
-    torch, transformers = _import_torch()
-    text = load_text_chunks(
-        source_spec, text_path, ctx=ctx, chunks=chunks, revision=revision, config=config
-    )
-    with open_source(source_spec, revision=revision, config=config) as src:
-        model = _load_model(src, torch, transformers)
+    torch, transformers = import_torch()
+    source = SourceRequest.of(source)
+    text = load_text_chunks(source, text_path, ctx=ctx, chunks=chunks)
+    with source.open() as src:
+        model = load_model(src, torch, transformers)
     vocab = int(model.get_input_embeddings().weight.shape[0])
     high = max(max(c) for c in text.chunks)
     if high >= vocab:
@@ -270,7 +268,7 @@ def compute_imatrix(
     collector = ImatrixCollector(model)
     if not collector.stats:
         raise UsageError(
-            f"{source_spec}: no linear layer of a known decoder layout (model.layers.N...) "
+            f"{source}: no linear layer of a known decoder layout (model.layers.N...) "
             "to collect statistics from"
         )
     n = len(text.chunks)
@@ -298,7 +296,7 @@ def compute_imatrix(
         raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
     return ImatrixReport(
         out=str(path),
-        source=str(source_spec),
+        source=str(source),
         text=str(text_path),
         tensors=len(entries),
         matrices=sum(int(e.counts.size) for e in entries),

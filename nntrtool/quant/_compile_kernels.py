@@ -39,7 +39,7 @@ def compile_kernel(kernel: str) -> None:
         data = quantize(np.zeros((_ROWS, _COLS), np.float32), "q4_0", backend="numpy")
         (repack if kernel == "repack" else unpack)(data, "q4_0_8", backend="numba")
     elif kernel == "error-sums":
-        from nntrtool.verify.metrics import ErrorStats
+        from nntrtool.quant.error_stats import ErrorStats
 
         ErrorStats.of_fast(np.zeros(_COLS, np.float32), np.zeros(_COLS, np.float32))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,16 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from nntrtool.quant.kernel_cost import choose_cache_dir
+from nntrtool.quant.kernel_cost import use_numba_cache
 
 # A read-only install (system site-packages, a container image) leaves numba no __pycache__
 # to write; it then tries its per-user cache, and where that is not writable either it raises
-# on the first cached kernel. numba reads NUMBA_CACHE_DIR when it is imported.
-_chosen = choose_cache_dir(os.path.dirname(os.path.abspath(__file__)))
-if _chosen:
-    os.environ["NUMBA_CACHE_DIR"] = _chosen
-    if "numba.core.config" in sys.modules:
-        sys.modules["numba.core.config"].CACHE_DIR = _chosen
+# on the first cached kernel.
+use_numba_cache()
 
 import numba  # noqa: E402
 from llvmlite import ir  # noqa: E402

@@ -63,8 +63,13 @@ def _dequantize_rows(data, out):
             _unpack(drow, o + D_BYTES, nc.load_f16(drow, o), orow, b * QK)
 
 
-def quantize(x: np.ndarray, src_kind: int) -> np.ndarray:
-    """Q4_0 bytes of a C-contiguous 2-D float32 array (or uint16 fp16/bf16 bits per ``src_kind``)."""
+def quantize(x: np.ndarray, src_kind: int, qw: np.ndarray | None = None) -> np.ndarray:
+    """Q4_0 bytes of a C-contiguous 2-D float32 array (or uint16 fp16/bf16 bits per ``src_kind``),
+    weighted by importance ``qw`` (one per column) when given."""
+    if qw is not None:
+        from ._q4_0_imatrix_numba import quantize as quantize_weighted
+
+        return quantize_weighted(x, src_kind, qw)
     return nc.run_quantize(_quantize_rows, Q4_0, x, src_kind)
 
 

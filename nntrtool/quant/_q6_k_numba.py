@@ -1,6 +1,6 @@
 """The numba Q6_K kernels: the same bytes as ``q6_k.quantize_xp``, on every core.
 
-Imported only when a numba kernel is first used (``q6_k.quantize_numba``), so commands that
+Imported only when a numba kernel is first used (the registry's ``quantize_numba``), so commands that
 never quantize do not pay for importing numba.
 
 Speed comes from the layout: one superblock at a time, its 256 values transposed into a
@@ -315,7 +315,7 @@ def _tile_weights(qw: np.ndarray) -> np.ndarray:
 
 
 def quantize(x: Any, src_kind: int, qw: np.ndarray | None = None) -> np.ndarray:
-    """Q6_K bytes ``(rows, cols // 256 * 210)`` of ``x`` (see ``q6_k.quantize_numba``),
+    """Q6_K bytes ``(rows, cols // 256 * 210)`` of ``x`` (see the registry's ``quantize_numba``),
     weighted by the importance ``qw`` (float32, one per column) when given."""
     x = np.asarray(x)
     if src_kind not in _DTYPE_OF_KIND:
@@ -355,7 +355,7 @@ def quantize(x: Any, src_kind: int, qw: np.ndarray | None = None) -> np.ndarray:
 
 
 def dequantize(data: Any) -> np.ndarray:
-    """float32 ``(rows, cols)`` of Q6_K bytes (see ``q6_k.dequantize_numba``)."""
+    """float32 ``(rows, cols)`` of Q6_K bytes (see the kernel registry)."""
     data = np.asarray(data)
     if data.ndim != 2 or data.dtype != np.uint8 or data.shape[1] % BLOCK_BYTES:
         raise QuantError(

@@ -57,8 +57,9 @@ def _dequantize_rows(data, out):
             _unpack(drow, o + D_BYTES, nc.load_f16(drow, o), orow, b * QK)
 
 
-def quantize(x: np.ndarray, src_kind: int) -> np.ndarray:
-    """Q8_0 bytes of a C-contiguous 2-D float32 array (or uint16 fp16/bf16 bits per ``src_kind``)."""
+def quantize(x: np.ndarray, src_kind: int, qw: np.ndarray | None = None) -> np.ndarray:
+    """Q8_0 bytes of a C-contiguous 2-D float32 array (or uint16 fp16/bf16 bits per ``src_kind``);
+    an importance matrix does not change Q8_0 bytes (as in ggml), so ``qw`` is not used."""
     return nc.run_quantize(_quantize_rows, Q8_0, x, src_kind)
 
 

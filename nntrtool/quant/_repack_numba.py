@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from nntrtool.qtypes import Q4_0
+
 from . import _simd as simd
 from ._numba_common import njit
-from .repack import BLOCK_BYTES, D_BYTES, QS_BYTES, XOR
+from .common import REPACK_XOR as XOR
+from .common import SCALE_BYTES as D_BYTES
+
+BLOCK_BYTES = Q4_0.block_bytes
+QS_BYTES = BLOCK_BYTES - D_BYTES
 
 _copy_d = simd.make_copy_xor(D_BYTES, 0)
 _copy4 = simd.make_copy_xor(4, XOR)

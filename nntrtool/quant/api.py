@@ -161,13 +161,7 @@ def quantize(
         return np.empty((0, k.ttype.row_bytes(cols)), dtype=np.uint8)
     chosen = resolve_backend(backend)
     if chosen == "numba":
-        if qw is not None:
-            from .kernel_cost import mark_compiled
-
-            out = k.quantize_imatrix_numba(src, kind, qw)
-            mark_compiled(f"quantize-imatrix-{k.ttype.name.lower()}-{src.dtype.name}")
-            return out
-        return k.quantize_numba(src, kind)
+        return k.quantize_numba(src, kind, qw)
     return _quantize_xp(k, src, kind, chosen, qw)
 
 

@@ -148,8 +148,18 @@ def choose_cache_dir(pkg_dir: str) -> str | None:
     return None
 
 
+def use_numba_cache() -> None:
+    """Point numba at the cache folder :func:`choose_cache_dir` picks for this package's kernels;
+    call it before numba is imported (numba reads ``NUMBA_CACHE_DIR`` then)."""
+    chosen = choose_cache_dir(_QUANT_DIR)
+    if chosen:
+        os.environ["NUMBA_CACHE_DIR"] = chosen
+        if "numba.core.config" in sys.modules:
+            sys.modules["numba.core.config"].CACHE_DIR = chosen
+
+
 def numba_cache_root() -> str:
-    """The folder numba caches this package's kernels under (what ``_numba_common`` sets up)."""
+    """The folder numba caches this package's kernels under (what :func:`use_numba_cache` sets up)."""
     return _cache_root(os.environ.get("NUMBA_CACHE_DIR") or "")
 
 
@@ -162,13 +172,12 @@ def _cache_root(explicit: str) -> str:
 
 @functools.cache
 def _stamp() -> str:
-    """A hash of the kernel sources (this package and the error sums' module) and of numba's
-    install: a marker written under another one is stale."""
+    """A hash of the kernel sources (this package) and of numba's install: a marker written
+    under another one is stale."""
     h = hashlib.sha256()
     files = [
         os.path.join(_QUANT_DIR, n) for n in sorted(os.listdir(_QUANT_DIR)) if n.endswith(".py")
     ]
-    files.append(os.path.join(os.path.dirname(_QUANT_DIR), "verify", "metrics.py"))
     for path in files:
         try:
             with open(path, "rb") as fh:

@@ -22,7 +22,6 @@ How the array code stays bit-exact with ggml's scalar C:
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import numpy as np
@@ -34,7 +33,6 @@ from nntrtool.quant.common import (
     f16_bits,
     f16_to_f32,
     nearest_int,
-    numba_entry_points,
     qx_scale_search,
     search_numerators,
 )
@@ -226,12 +224,3 @@ def dequantize_xp(data: Any, xp: Any = np) -> Any:
         dsc = (d[:, None] * sc).reshape(n, 2, 4, 2, 1)  # sub-block = 8*half + 2*quarter + l//16
         y = dsc * q.reshape(n, 2, 4, 2, 16)
     return y.reshape(rows, nb_row * QK)
-
-
-# The numba kernels live in _q6_k_numba, imported with numba on first use.
-quantize_numba, dequantize_numba = numba_entry_points("Q6_K", "_q6_k_numba")
-
-
-def quantize_imatrix_numba(x: Any, src_kind: int, qw: Any) -> np.ndarray:
-    """Importance-weighted Q6_K bytes with the numba kernel (imported on first use)."""
-    return importlib.import_module("nntrtool.quant._q6_k_numba").quantize(x, src_kind, qw)

@@ -21,7 +21,6 @@ from .common import (
     SCALE_BYTES,
     check_finite,
     join_scale_blocks,
-    numba_entry_points,
     scaled_values,
     split_scale_blocks,
 )
@@ -65,9 +64,3 @@ def dequantize_xp(data: Any, xp: Any = np) -> Any:
     with np.errstate(invalid="ignore"):  # an inf scale times code 0 is NaN, as in ggml
         values = q.astype(xp.float32) * d
     return values.reshape(data.shape[0], data.shape[1] // BLOCK_BYTES * QK)
-
-
-# --------------------------------------------------------------------------- numba entry points
-
-
-quantize_numba, dequantize_numba = numba_entry_points("Q8_0", "_q8_0_numba")

@@ -1,11 +1,11 @@
-"""The kernel registry: one kernel module per quantized type, looked up by the type's name.
+"""The kernel registry: the kernels of every quantized type, found through the type table.
 
-Every type module exposes the same four functions (``quantize_xp(x, xp)``,
-``dequantize_xp(data, xp)``, ``quantize_numba(x, src_kind)``, ``dequantize_numba(data)``),
-and types whose bytes an importance matrix changes also ``quantize_imatrix_xp(x, qw, xp)``
-and ``quantize_imatrix_numba(x, src_kind, qw)``;
-generic code picks the module here and never branches on a type's name. Modules are imported
-on first use, so looking a type up costs nothing.
+A type's :mod:`nntrtool.qtypes` entry names two modules. Its array module exposes
+``quantize_xp(x, xp)`` and ``dequantize_xp(data, xp)`` (numpy or cupy), plus
+``quantize_imatrix_xp(x, qw, xp)`` when an importance matrix changes its bytes; its numba
+module exposes ``quantize(x, src_kind, qw=None)`` and ``dequantize(data)``. Both are imported
+on first use, so looking a type up costs nothing, and generic code never branches on a type's
+name.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from nntrtool.errors import QuantError
-from nntrtool.qtypes import Q4_0, Q6_K, Q8_0, TensorType
+from nntrtool.qtypes import TYPES, TensorType
 
 
 @dataclass(frozen=True)
@@ -39,39 +39,45 @@ class QuantKernels:
         """float32 (rows, cols) of a (rows, row_bytes) ``xp`` uint8 array."""
         return self.impl.dequantize_xp(data, xp)
 
-    def quantize_numba(self, x: Any, src_kind: int) -> Any:
-        """Bytes of a C-contiguous 2-D float32 (or uint16 fp16/bf16 bits) numpy array."""
-        return self.impl.quantize_numba(x, src_kind)
+    @property
+    def numba(self) -> ModuleType:
+        """The numba kernel module (imported, with numba, on first use)."""
+        return importlib.import_module(str(self.ttype.numba_kernels))
+
+    def quantize_numba(self, x: Any, src_kind: int, qw: Any = None) -> Any:
+        """Bytes of a C-contiguous 2-D float32 (or uint16 fp16/bf16 bits) numpy array, weighted
+        by importance ``qw`` (one per column) when given, with the numba kernels."""
+        from .kernel_cost import mark_compiled
+
+        if qw is None:
+            out = self.numba.quantize(x, src_kind)
+            mark_compiled(f"quantize-{self.ttype.name}-{x.dtype.name}")
+        else:
+            out = self.numba.quantize(x, src_kind, qw)
+            mark_compiled(f"quantize-imatrix-{self.ttype.name}-{x.dtype.name}")
+        return out
 
     @property
     def uses_imatrix(self) -> bool:
         """Whether an importance matrix changes this type's bytes (ggml ignores it for Q8_0)."""
-        return hasattr(self.impl, "quantize_imatrix_xp")
+        return self.ttype.uses_imatrix
 
     def quantize_imatrix_xp(self, x: Any, qw: Any, xp: Any) -> Any:
         """Bytes of a 2-D float32 ``xp`` array weighted by importance ``qw`` (one per column)."""
         return self.impl.quantize_imatrix_xp(x, qw, xp)
 
-    def quantize_imatrix_numba(self, x: Any, src_kind: int, qw: Any) -> Any:
-        """Importance-weighted bytes of a C-contiguous 2-D source array, numba kernels."""
-        return self.impl.quantize_imatrix_numba(x, src_kind, qw)
-
     def dequantize_numba(self, data: Any) -> Any:
         """float32 (rows, cols) of a C-contiguous (rows, row_bytes) numpy array."""
-        return self.impl.dequantize_numba(data)
+        from .kernel_cost import mark_compiled
+
+        out = self.numba.dequantize(data)
+        mark_compiled(f"dequantize-{self.ttype.name}")
+        return out
 
 
-KERNELS: dict[str, QuantKernels] = {}
-
-
-def register(ttype: TensorType, module: str) -> None:
-    """Register the kernel module of a quantized type under the type's name."""
-    KERNELS[ttype.name] = QuantKernels(ttype, module)
-
-
-register(Q4_0, "nntrtool.quant.q4_0")
-register(Q6_K, "nntrtool.quant.q6_k")
-register(Q8_0, "nntrtool.quant.q8_0")
+KERNELS: dict[str, QuantKernels] = {
+    t.name: QuantKernels(t, t.kernels) for t in TYPES if t.kernels is not None
+}
 
 
 def get_kernels(qtype: str | TensorType) -> QuantKernels:

@@ -20,10 +20,11 @@ import numpy as np
 from nntrtool.errors import QuantError
 from nntrtool.qtypes import Q4_0, RepackLayout, get_layout
 
+from .common import REPACK_XOR as XOR
+from .common import SCALE_BYTES as D_BYTES
+
 BLOCK_BYTES = Q4_0.block_bytes
-D_BYTES = 2
 QS_BYTES = BLOCK_BYTES - D_BYTES
-XOR = 0x88
 
 
 def layout_of(layout: str | RepackLayout) -> RepackLayout:

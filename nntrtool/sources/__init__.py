@@ -1,7 +1,7 @@
 """Model sources: every way a model comes in (Hugging Face folder, safetensors file, PyTorch
 checkpoint, hub id), read the same way, one tensor or row chunk at a time.
 
-    with open_source("path/or/org-name") as src:
+    with SourceRequest("path/or/org-name").open() as src:   # or open_source("path/or/org-name")
         for t in src.tensors:
             rows = t.read_f32(0, 64)
 
@@ -16,13 +16,16 @@ from nntrtool.sources.base import (
     SourceTensor,
     dtype_nbytes,
 )
+from nntrtool.sources.folder import find_weights, read_config
 from nntrtool.sources.hub import looks_like_hub_id
-from nntrtool.sources.resolve import find_weights, open_source, read_config
+from nntrtool.sources.request import SourceRequest
+from nntrtool.sources.resolve import open_source
 
 __all__ = [
     "DTYPE_BITS",
     "READABLE_DTYPES",
     "ModelSource",
+    "SourceRequest",
     "SourceTensor",
     "dtype_nbytes",
     "find_weights",

@@ -1,14 +1,19 @@
-"""GGUF files (llama.cpp's format) read over a memory map: header checked here, data by the
-``gguf`` package's memory-mapped reader.
+"""GGUF files (llama.cpp's format) read over a memory map, header and metadata by nntrtool.
 
 A GGUF file is: ``GGUF``, a version (2 or 3), a tensor count and a key/value count (64-bit), the
 key/value metadata, one info record per tensor (name, dimensions innermost first, ggml type,
-offset into the data section), padding to the alignment, then the data. ``gguf.GGUFReader``
-trusts every count and length it reads (an absurd array length makes it loop or allocate without
-bound, a truncated file raises assorted exceptions), so :func:`scan_header` walks the header first
-with every count bounded by the bytes left and every tensor's data checked to lie inside the
-file; only a header that passes is handed to the reader. Anything wrong is one
-:class:`SourceError` line.
+offset into the data section), padding to the alignment, then the data. :func:`scan_header`
+walks the header once with every count and length bounded by the bytes left and every tensor's
+data checked to lie inside the file; anything wrong is one :class:`SourceError` line.
+
+The scan builds no Python object per array element: a metadata value is remembered as its type
+and byte range (:class:`Field`) and decoded only when asked for. Numeric arrays (token scores,
+token types) come back as read-only numpy views of the map, string arrays (tokens, merges) as a
+:class:`StringArray` whose strings are decoded on demand, so a 262k-token vocabulary costs one
+pass over its length prefixes when the file is opened and nothing more until a tokenizer is
+built. (``gguf.GGUFReader`` makes several numpy views per array element, seconds and hundreds
+of MB for such a vocabulary, and trusts every count it reads; the ``gguf`` package is still
+the source of the ggml type tables and the block dequantizers.)
 
 Tensors come out as :class:`GGUFTensor`: F32/F16/BF16 rows like a safetensors tensor's, and the
 block types (``"Q4_0"``, ``"Q4_K"``, ``"IQ2_XS"`` ...) as raw uint8 block rows with a float32
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,9 @@ from typing import Any
 import numpy as np
 
 from nntrtool.errors import SourceError
+from nntrtool.memory import release_pages
 from nntrtool.sources.base import READABLE_DTYPES, SourceTensor, register_block_dtype
+from nntrtool.sources.mapped import MappedFile
 
 #: The GGUF versions read (version 1 had 32-bit counts and is long gone).
 VERSIONS = (2, 3)
@@ -36,9 +44,40 @@ MAX_DIMS = 4
 MAX_NAME_BYTES = 1 << 16
 _DEFAULT_ALIGNMENT = 32
 
-# GGUF value types: scalar sizes; 8 is a string, 9 an array.
-_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+# GGUF value types: the scalars' little-endian numpy types; 8 is a string, 9 an array.
+_SCALAR_DTYPES = {
+    0: np.dtype("<u1"),
+    1: np.dtype("<i1"),
+    2: np.dtype("<u2"),
+    3: np.dtype("<i2"),
+    4: np.dtype("<u4"),
+    5: np.dtype("<i4"),
+    6: np.dtype("<f4"),
+    7: np.dtype("bool"),
+    10: np.dtype("<u8"),
+    11: np.dtype("<i8"),
+    12: np.dtype("<f8"),
+}
+_SCALAR_SIZES = {t: d.itemsize for t, d in _SCALAR_DTYPES.items()}
 _STRING, _ARRAY, _UINT32 = 8, 9, 4
+_U64 = struct.Struct("<Q")
+
+
+@dataclass(frozen=True)
+class Field:
+    """Where one metadata value lies: its GGUF type and the byte range of its contents.
+
+    ``vtype`` is the value's GGUF type (0-12); for an array (9) ``item_type`` is the items'
+    type and ``count`` their number, and ``begin`` points at the first item (past the array's
+    type and length). For a string ``begin`` points at its bytes, past the length.
+    """
+
+    key: str
+    vtype: int
+    begin: int
+    end: int
+    item_type: int | None = None
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -57,10 +96,14 @@ class Header:
     """What :func:`scan_header` found: version, metadata keys, tensors, alignment, data start."""
 
     version: int
-    keys: tuple[str, ...]
+    fields: dict[str, Field]
     tensors: tuple[TensorInfo, ...]
     alignment: int
     data_start: int
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self.fields)
 
 
 def _ggml_sizes() -> dict[int, tuple[str, int, int]]:
@@ -95,6 +138,24 @@ class _Cursor:
 
     def u64(self, what: str) -> int:
         return struct.unpack("<Q", self.take(8, what))[0]
+
+    def skip_strings(self, count: int, key: str) -> None:
+        """Step over ``count`` length-prefixed strings (one pass, no object per string)."""
+        buf, pos, size = self.buf, self.pos, len(self.buf)
+        last = size - 8
+        unpack = _U64.unpack_from
+        for _ in range(count):
+            if pos > last:
+                break
+            pos += 8 + unpack(buf, pos)[0]
+        else:
+            if pos <= size:
+                self.pos = pos
+                return
+        raise SourceError(
+            f"{self.path}: the strings of metadata {key!r} run past the end of the file; the "
+            "GGUF is truncated or corrupt"
+        )
 
     def string(self, what: str, limit: int | None = None) -> bytes:
         n = self.u64(f"length of {what}")
@@ -143,15 +204,12 @@ def scan_header(path: Path, size: int, head: memoryview) -> Header:
             f"{path}: the header claims {n_tensors} tensors and {n_kv} metadata keys, more "
             f"than a {size}-byte file can hold; the GGUF is truncated or corrupt"
         )
-    keys: list[str] = []
-    seen: set[str] = set()
+    fields: dict[str, Field] = {}
     alignment = _DEFAULT_ALIGNMENT
     for _ in range(n_kv):
         key = _text(cur.string("metadata key", MAX_NAME_BYTES), path, "metadata key")
-        if key in seen:
+        if key in fields:
             raise SourceError(f"{path}: metadata key {key!r} appears twice; the GGUF is corrupt")
-        seen.add(key)
-        keys.append(key)
         vtype = cur.u32(f"type of {key!r}")
         if key == "general.alignment":
             if vtype != _UINT32:
@@ -164,12 +222,16 @@ def scan_header(path: Path, size: int, head: memoryview) -> Header:
                     f"{path}: general.alignment {alignment} is not a power of two; the GGUF is "
                     "corrupt"
                 )
-        _skip_value(cur, vtype, key, path)
+        fields[key] = _value_field(cur, vtype, key, path)
     sizes = _ggml_sizes()
     tensors: list[tuple[str, tuple[int, ...], int, int]] = []
     names: set[str] = set()
     for i in range(n_tensors):
         name = _text(cur.string(f"name of tensor {i}", MAX_NAME_BYTES), path, "tensor name")
+        if not name.isprintable():
+            raise SourceError(
+                f"{path}: tensor name {name!r} holds control characters; the GGUF is corrupt"
+            )
         if name in names:
             raise SourceError(f"{path}: tensor {name!r} appears twice; the GGUF is corrupt")
         names.add(name)
@@ -188,10 +250,16 @@ def scan_header(path: Path, size: int, head: memoryview) -> Header:
                 "file, or a corrupt one)"
             )
         tname, block, _ = sizes[ggml_type]
-        if dims and dims[0] % block:
+        if 0 in dims or any(d > 1 << 62 for d in dims):
             raise SourceError(
-                f"{path}: tensor {name!r} rows of {dims[0]} values are not whole {tname} blocks "
-                f"of {block}; the GGUF is corrupt"
+                f"{path}: tensor {name!r} has dimensions {list(reversed(dims))}; the GGUF is "
+                "corrupt"
+            )
+        if block > 1 and (not dims or dims[0] % block):
+            row = f"rows of {dims[0]} values are" if dims else "a scalar is"
+            raise SourceError(
+                f"{path}: tensor {name!r} {row} not whole {tname} blocks of {block}; the GGUF "
+                "is corrupt"
             )
         if offset % alignment:
             raise SourceError(
@@ -216,7 +284,7 @@ def scan_header(path: Path, size: int, head: memoryview) -> Header:
                 f"{begin}-{end}, past the end of the {size}-byte file; the GGUF is truncated"
             )
         infos.append(TensorInfo(name, shape, ggml_type, begin, end))
-    return Header(version, tuple(keys), tuple(infos), alignment, data_start)
+    return Header(version, fields, tuple(infos), alignment, data_start)
 
 
 def _text(raw: bytes, path: Path, what: str) -> str:
@@ -226,14 +294,21 @@ def _text(raw: bytes, path: Path, what: str) -> str:
         raise SourceError(f"{path}: a {what} is not UTF-8; the GGUF is corrupt") from None
 
 
-def _skip_value(cur: _Cursor, vtype: int, key: str, path: Path) -> None:
+def _value_field(cur: _Cursor, vtype: int, key: str, path: Path) -> Field:
+    """Step over one metadata value, returning where it lies."""
     if vtype in _SCALAR_SIZES:
+        begin = cur.pos
         cur.take(_SCALAR_SIZES[vtype], f"value of {key!r}")
+        return Field(key, vtype, begin, cur.pos)
     elif vtype == _STRING:
-        cur.take(cur.u64(f"length of {key!r}"), f"value of {key!r}")
+        n = cur.u64(f"length of {key!r}")
+        begin = cur.pos
+        cur.take(n, f"value of {key!r}")
+        return Field(key, vtype, begin, cur.pos)
     elif vtype == _ARRAY:
         itype = cur.u32(f"item type of {key!r}")
         count = cur.u64(f"length of {key!r}")
+        begin = cur.pos
         if itype in _SCALAR_SIZES:
             cur.take(count * _SCALAR_SIZES[itype], f"values of {key!r}")
         elif itype == _STRING:
@@ -242,11 +317,11 @@ def _skip_value(cur: _Cursor, vtype: int, key: str, path: Path) -> None:
                     f"{path}: metadata {key!r} claims {count} strings, more than the file "
                     "holds; the GGUF is corrupt or truncated"
                 )
-            for _ in range(count):
-                cur.take(cur.u64(f"length of a string in {key!r}"), f"a string in {key!r}")
+            cur.skip_strings(count, key)
         else:
             what = "arrays of arrays" if itype == _ARRAY else f"value type {itype}"
             raise SourceError(f"{path}: metadata {key!r} holds {what}, which GGUF readers reject")
+        return Field(key, vtype, begin, cur.pos, itype, count)
     else:
         raise SourceError(
             f"{path}: metadata {key!r} has value type {vtype}, which is unknown; the GGUF is "
@@ -311,87 +386,137 @@ class GGUFTensor(SourceTensor):
         return self._owner.read_bytes(lo, hi).view(np_dtype).reshape(stop - start, width)
 
 
-class GGUFFile:
+class StringArray:
+    """A GGUF array of strings (a vocabulary, merges) left in the file until it is read.
+
+    ``len()`` is free; iterating, indexing or :meth:`tolist` decode UTF-8 strings from the map
+    (indexing first finds every string's offset, once, in one pass). A string that is not
+    UTF-8 is a :class:`SourceError`.
+    """
+
+    def __init__(self, owner: GGUFFile, field: Field):
+        self._owner, self.key = owner, field.key
+        self.begin, self.end, self._count = field.begin, field.end, field.count
+        self._offsets: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __repr__(self) -> str:
+        return f"<StringArray {self.key!r}: {self._count} strings, {self.nbytes} bytes>"
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+    def _decode(self, raw: bytes) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SourceError(
+                f"{self._owner.path}: a string in metadata {self.key!r} is not UTF-8; the GGUF "
+                "is corrupt"
+            ) from None
+
+    def raw(self) -> Iterator[bytes]:
+        """The strings' bytes, in order."""
+        buf, pos = self._owner.mapping(), self.begin
+        unpack = _U64.unpack_from
+        for _ in range(self._count):
+            n = unpack(buf, pos)[0]
+            pos += 8
+            yield buf[pos : pos + n]
+            pos += n
+
+    def __iter__(self) -> Iterator[str]:
+        decode = self._decode
+        return (decode(b) for b in self.raw())
+
+    def tolist(self) -> list[str]:
+        return list(self)
+
+    def offsets(self) -> np.ndarray:
+        """``int64[len + 1]``: string ``i``'s bytes lie at ``offsets[i] + 8`` to ``offsets[i+1]``."""
+        if self._offsets is None:
+            buf, pos = self._owner.mapping(), self.begin
+            unpack = _U64.unpack_from
+            out = np.empty(self._count + 1, np.int64)
+            for i in range(self._count):
+                out[i] = pos
+                pos += 8 + unpack(buf, pos)[0]
+            out[self._count] = pos
+            self._offsets = out
+        return self._offsets
+
+    def __getitem__(self, i: int) -> str:
+        if not -self._count <= i < self._count:
+            raise IndexError(f"{self.key}: index {i} out of {self._count}")
+        at = self.offsets()
+        i %= self._count
+        return self._decode(self._owner.mapping()[int(at[i]) + 8 : int(at[i + 1])])
+
+
+class GGUFFile(MappedFile):
     """One GGUF file, checked and mapped read-only: ``metadata`` by key, ``tensors`` in file order."""
 
+    what = "a GGUF file"
+    min_size = 24
+
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        super().__init__(path)
         try:
-            size = os.path.getsize(self.path)
-        except OSError as exc:
-            raise SourceError(f"cannot open {self.path}: {exc.strerror or exc}") from None
-        if size < 24:
-            raise SourceError(
-                f"{self.path}: not a GGUF file ({size} bytes, too short for a header)"
-            )
-        try:
-            data = np.memmap(self.path, mode="r", dtype=np.uint8)
-        except (OSError, ValueError) as exc:
-            raise SourceError(f"cannot map {self.path}: {exc}") from None
-        self.header = scan_header(self.path, size, memoryview(data))
-        self._reader = _open_reader(self.path)
-        self._buf: np.ndarray | None = np.asarray(self._reader.data)
+            self.header = scan_header(self.path, self.size, memoryview(self.buffer()))
+        except SourceError:
+            self.close()
+            raise
+        # The scan touched every page of the metadata (a vocabulary: megabytes); the data
+        # section starts past it, so those pages can leave this process (the page cache keeps
+        # them) until a tokenizer reads them again.
+        release_pages(self.buffer()[: self.header.data_start])
+        self.fields = self.header.fields
         self.version = self.header.version
+        sizes = _ggml_sizes()
         self.tensors = [
-            GGUFTensor(self, info, _ggml_sizes()[info.ggml_type][0]) for info in self.header.tensors
+            GGUFTensor(self, info, sizes[info.ggml_type][0]) for info in self.header.tensors
         ]
 
     def field(self, key: str, default: Any = None) -> Any:
-        """A metadata value as Python data (str, int, float, bool or a list); ``default`` if absent."""
-        if self._reader is None:
-            raise SourceError(f"{self.path} was closed; open the model again to read it")
-        f = self._reader.fields.get(key)
+        """A metadata value as Python data (str, int, float, bool or a list); ``default`` if absent.
+
+        Arrays become lists: for a vocabulary, :meth:`array` or :meth:`count` cost far less.
+        """
+        f = self.fields.get(key)
         if f is None:
             return default
-        try:
-            return f.contents()
-        except (UnicodeDecodeError, ValueError, IndexError) as exc:
-            raise SourceError(f"{self.path}: metadata {key!r} cannot be read ({exc})") from None
+        if f.vtype == _ARRAY:
+            value = self.array(key)
+            return value.tolist()
+        buf = self.mapping()
+        if f.vtype == _STRING:
+            try:
+                return buf[f.begin : f.end].decode("utf-8")
+            except UnicodeDecodeError:
+                raise SourceError(
+                    f"{self.path}: metadata {key!r} is not UTF-8; the GGUF is corrupt"
+                ) from None
+        return np.frombuffer(buf, _SCALAR_DTYPES[f.vtype], 1, f.begin)[0].item()
+
+    def array(self, key: str) -> np.ndarray | StringArray | None:
+        """A metadata array without a Python object per item: numbers as a read-only numpy view
+        of the map, strings as a :class:`StringArray`; ``None`` if absent or not an array."""
+        f = self.fields.get(key)
+        if f is None or f.vtype != _ARRAY:
+            return None
+        if f.item_type == _STRING:
+            return StringArray(self, f)
+        assert f.item_type is not None
+        return np.frombuffer(self.mapping(), _SCALAR_DTYPES[f.item_type], f.count, f.begin)
+
+    def count(self, key: str) -> int | None:
+        """How many items the metadata array ``key`` holds (``None`` if absent or not an array)."""
+        f = self.fields.get(key)
+        return f.count if f is not None and f.vtype == _ARRAY else None
 
     @property
     def keys(self) -> tuple[str, ...]:
         return self.header.keys
-
-    def buffer(self) -> np.ndarray:
-        """The whole file as a read-only uint8 array over the map."""
-        if self._buf is None:
-            raise SourceError(f"{self.path} was closed; open the model again to read it")
-        return self._buf
-
-    def read_bytes(self, lo: int, hi: int) -> np.ndarray:
-        """Bytes ``lo:hi`` of the file, read with a guard (see :mod:`nntrtool.sources.guarded`):
-        a file truncated or rewritten meanwhile is one SourceError, never SIGBUS."""
-        from nntrtool.sources.guarded import GuardedFile
-
-        if self._buf is None:
-            raise SourceError(f"{self.path} was closed; open the model again to read it")
-        guard = getattr(self, "_guard", None)
-        if guard is None:
-            guard = self._guard = GuardedFile(self.path)
-        out = guard.read(lo, hi - lo)
-        out.flags.writeable = False
-        return out
-
-    def close(self) -> None:
-        """Drop the map (arrays still viewing it keep it alive until they are gone)."""
-        self._buf = None
-        self._reader = None
-        guard, self._guard = getattr(self, "_guard", None), None
-        if guard is not None:
-            guard.close()
-
-    def __enter__(self) -> GGUFFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _open_reader(path: Path) -> Any:
-    from gguf import GGUFReader
-
-    try:
-        return GGUFReader(path, "r")
-    except Exception as exc:  # the header passed our checks; anything left is still bad input
-        first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-        raise SourceError(f"{path}: the GGUF cannot be read: {first}") from None

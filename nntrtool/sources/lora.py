@@ -3,7 +3,7 @@
 An adapter is a folder holding ``adapter_config.json`` and ``adapter_model.safetensors`` (or
 ``adapter_model.bin``, loaded weights-only), or a Hugging Face id of such a folder (read from the
 local cache first, so it works offline). Opened with adapters, a model source hands out every
-tensor an adapter changes as a :class:`~nntrtool.sources.transforms.DerivedTensor` whose rows
+tensor an adapter changes as a :class:`~nntrtool.tensors.transforms.DerivedTensor` whose rows
 are computed in float32 exactly as PEFT's ``merge_and_unload()`` computes them::
 
     W' = W + s1 * (B1 @ A1) + s2 * (B2 @ A2) ...      (adapters in the order given)
@@ -35,7 +35,7 @@ import numpy as np
 from nntrtool.errors import SourceError, UsageError
 from nntrtool.sources.base import ModelSource, SourceTensor
 from nntrtool.sources.lora_merge import BiasUpdate, LowRankUpdate, merged_tensor, replaced_tensor
-from nntrtool.sources.transforms import DerivedTensor
+from nntrtool.tensors.transforms import DerivedTensor
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -461,7 +461,7 @@ def _merge(
 
 def _tied_pair(source: ModelSource) -> tuple[str, str] | None:
     """(head, embeddings) when the model stores its output head as the embeddings."""
-    from nntrtool.convert.plan import detect_tied
+    from nntrtool.sources.tied import detect_tied
 
     tied = detect_tied(list(source.tensors), dict(source.config or {}))
     if not tied.tied or tied.embedding is None or tied.head is None:
@@ -534,10 +534,9 @@ def apply_merged_weights(model: Any, source: ModelSource) -> int:
 
 def recorded_adapters(file_config: dict[str, Any]) -> list[dict[str, Any]]:
     """The adapters an NNTR file's metadata says were merged into it (empty for none)."""
-    meta = file_config.get("nntrtool") if isinstance(file_config, dict) else None
-    source = meta.get("source") if isinstance(meta, dict) else None
-    records = source.get("adapters") if isinstance(source, dict) else None
-    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+    from nntrtool.model_config import ModelConfig
+
+    return ModelConfig.of(file_config).recorded_adapters
 
 
 def verify_hint(file_config: dict[str, Any]) -> str | None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from nntrtool.sources.base import SourceTensor
-from nntrtool.sources.transforms import DerivedTensor
+from nntrtool.tensors.transforms import DerivedTensor
 
 
 @functools.cache
@@ -30,9 +30,10 @@ def _low_rank_kernel() -> Callable[[np.ndarray, np.ndarray, np.ndarray, np.float
     threaded: it runs beside the quantizing worker threads, which a multi-threaded BLAS call
     would compete with for the same cores.
     """
-    import numba
+    from nntrtool.quant.kernel_cost import use_numba_cache
 
-    import nntrtool.quant._numba_common  # noqa: F401  (the kernels' numba cache folder)
+    use_numba_cache()
+    import numba
 
     @numba.njit(nogil=True, cache=True, fastmath={"contract"})
     def add_low_rank(out, left, right, scale):  # pragma: no cover - compiled
@@ -71,7 +72,7 @@ class LowRankUpdate:
 
     def add_to(self, out: np.ndarray, start: int, stop: int) -> None:
         """Add the update's rows ``start:stop`` to ``out`` (C-contiguous float32 of those rows)."""
-        from nntrtool.convert.memory import release_pages
+        from nntrtool.memory import release_pages
 
         if stop <= start:
             return
@@ -116,7 +117,7 @@ def merged_tensor(
     """``base`` with ``updates`` added in order, in float32, stored as ``name``."""
 
     def read(inputs: Sequence[SourceTensor], start: int, stop: int) -> np.ndarray:
-        from nntrtool.convert.memory import release_pages
+        from nntrtool.memory import release_pages
 
         src = inputs[0]
         out = np.empty((stop - start, src.cols), dtype=np.float32)

@@ -7,33 +7,27 @@ A Hugging Face folder holds ``config.json`` and one set of weights, looked for i
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nntrtool.architectures import rules_for
 from nntrtool.errors import SourceError, UsageError
-from nntrtool.sources import moe as _moe  # noqa: F401  (registers the MoE architectures' rules)
 from nntrtool.sources.base import ModelSource, SourceTensor
+from nntrtool.sources.folder import (
+    CHECKPOINT_SUFFIXES,
+    WeightSet,
+    find_weights,
+    folder_missing,
+    read_config,
+    read_index,
+)
 from nntrtool.sources.hub import looks_like_hub_id, resolve_hub
-from nntrtool.sources.transforms import apply_rules, rules_for
+from nntrtool.tensors.transforms import apply_rules
 
 if TYPE_CHECKING:
     from nntrtool.sources.lora import AdapterSpec
-
-CHECKPOINT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-
-
-@dataclass
-class WeightSet:
-    """The weight files of a model, in reading order, and the index mapping names to them."""
-
-    kind: str  # "safetensors" or "checkpoint"
-    files: list[Path]
-    index: Path | None = None
-    weight_map: dict[str, str] | None = None
 
 
 def open_source(
@@ -43,19 +37,29 @@ def open_source(
     config: str | os.PathLike | None = None,
     adapters: Sequence[AdapterSpec] = (),
     gguf_file: str | None = None,
+    gguf_raw_names: bool = False,
 ) -> ModelSource:
     """Open a model: a Hugging Face folder, a ``.safetensors`` file, a ``.bin``/``.pt``
     checkpoint, a ``.gguf`` file (or a folder of them, ``gguf_file`` picking one), or a hub id
     ``org/name`` (with ``gguf_file``: that GGUF of the repo). An existing local path always
     wins over an id.
 
-    ``adapters`` (LoRA, see :mod:`nntrtool.sources.lora`) are merged into the tensors they change.
+    ``adapters`` (LoRA, see :mod:`nntrtool.sources.lora`) are merged into the tensors they change;
+    ``gguf_raw_names`` reads a GGUF of a family nntrtool does not know with its own names and
+    values.
     """
     if adapters:
         from nntrtool.sources.lora import apply_adapters
 
         return apply_adapters(
-            open_source(spec, revision=revision, config=config, gguf_file=gguf_file), adapters
+            open_source(
+                spec,
+                revision=revision,
+                config=config,
+                gguf_file=gguf_file,
+                gguf_raw_names=gguf_raw_names,
+            ),
+            adapters,
         )
     config_path = Path(config).expanduser() if config is not None else None
     if config_path is not None and not config_path.is_file():
@@ -68,7 +72,7 @@ def open_source(
         if gguf_file is not None:
             from nntrtool.sources.gguf_pick import gguf_from_hub
 
-            return gguf_from_hub(spec, revision, gguf_file)
+            return gguf_from_hub(spec, revision, gguf_file, raw_names=gguf_raw_names)
         folder, origin = resolve_hub(spec, revision, folder_missing)
         return _open_folder(folder, config_path, origin)
     if revision is not None:
@@ -89,12 +93,14 @@ def open_source(
                 "config is rebuilt from its own metadata"
             )
 
-        return open_gguf(gguf_path, {**origin, "path": str(gguf_path.resolve())})
+        return open_gguf(
+            gguf_path, {**origin, "path": str(gguf_path.resolve())}, raw_names=gguf_raw_names
+        )
     if path.is_dir():
         return _open_folder(path, config_path, {**origin, "kind": "folder"})
     name = path.name.lower()
     if name.endswith(".index.json"):
-        weights = _indexed(path)
+        weights = read_index(path)
         kind = weights.kind
     elif name.endswith(".safetensors"):
         weights, kind = WeightSet("safetensors", [path]), "safetensors"
@@ -115,79 +121,6 @@ def open_source(
         config_path = beside
     cfg = read_config(config_path)
     return _assemble(cfg, {**origin, "kind": kind}, config_path.parent.resolve(), weights)
-
-
-def folder_missing(folder: Path) -> str | None:
-    """None when ``folder`` holds a whole model (config and every weight file), else what is not."""
-    if not (folder / "config.json").is_file():
-        return "no config.json"
-    try:
-        find_weights(folder)
-    except SourceError as exc:
-        return str(exc)
-    return None
-
-
-def find_weights(folder: Path) -> WeightSet:
-    """The weight files of a Hugging Face folder; SourceError when there are none or some are
-    missing."""
-    for index_name, single, kind in (
-        ("model.safetensors.index.json", "model.safetensors", "safetensors"),
-        ("pytorch_model.bin.index.json", "pytorch_model.bin", "checkpoint"),
-    ):
-        if (folder / index_name).is_file():
-            return _indexed(folder / index_name)
-        if (folder / single).is_file():
-            return WeightSet(kind, [folder / single])
-    others = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
-    if others:
-        return WeightSet("safetensors", others)
-    raise SourceError(
-        f"no weights in {folder}: expected model.safetensors, model.safetensors.index.json "
-        "or pytorch_model.bin"
-    )
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """A ``config.json`` as a dict; SourceError if it cannot be read or is not a JSON object."""
-    data = _read_json(path)
-    if not isinstance(data, dict):
-        raise SourceError(f"{path}: not a model config (the JSON is not an object)")
-    return data
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SourceError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SourceError(f"{path}: not valid JSON ({exc})") from None
-
-
-def _indexed(index: Path) -> WeightSet:
-    data = _read_json(index)
-    weight_map = data.get("weight_map") if isinstance(data, dict) else None
-    if (
-        not isinstance(weight_map, dict)
-        or not weight_map
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())
-    ):
-        raise SourceError(f"{index}: no weight_map of tensor names to shard files")
-    folder = index.parent
-    shards = sorted(set(weight_map.values()))
-    for shard in shards:
-        rel = Path(shard)
-        if rel.is_absolute() or ".." in rel.parts:
-            raise SourceError(f"{index}: shard {shard!r} lies outside the model folder")
-    missing = [s for s in shards if not (folder / s).is_file()]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise SourceError(f"{index.name} names shard {missing[0]}{more}, missing from {folder}")
-    kind = "checkpoint" if shards[0].lower().endswith(CHECKPOINT_SUFFIXES) else "safetensors"
-    return WeightSet(kind, [folder / s for s in shards], index, dict(weight_map))
 
 
 def _open_folder(folder: Path, config_path: Path | None, origin: dict[str, Any]) -> ModelSource:

@@ -10,16 +10,14 @@ truncated file fails with one line naming the file, the tensor, and what was exp
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import struct
-from pathlib import Path
 
 import numpy as np
 
 from nntrtool.errors import SourceError
 from nntrtool.sources.base import DTYPE_BITS, RAW_DTYPES, SourceTensor, dtype_nbytes
-from nntrtool.sources.guarded import GuardedFile, changed_error
+from nntrtool.sources.mapped import MappedFile
 
 #: Headers larger than this are refused (safetensors' own reader uses the same bound).
 MAX_HEADER_BYTES = 100_000_000
@@ -44,52 +42,37 @@ class SafetensorsTensor(SourceTensor):
         return flat.reshape(stop - start, self.cols)
 
 
-class SafetensorsFile:
+class SafetensorsFile(MappedFile):
     """One safetensors file, mapped read-only; ``tensors`` are in data order."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.metadata: dict[str, str] = {}
-        self._mmap: mmap.mmap | None = None
-        self._buf: np.ndarray | None = None
-        try:
-            fh = open(self.path, "rb")
-        except OSError as exc:
-            raise SourceError(f"cannot open {self.path}: {exc.strerror or exc}") from None
-        with fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size < 8:
-                raise SourceError(
-                    f"{self.path}: not a safetensors file ({size} bytes, too short for a header)"
-                )
-            (header_len,) = struct.unpack("<Q", fh.read(8))
-            if header_len > size - 8:
-                raise SourceError(
-                    f"{self.path}: header length {header_len} runs past the end of the file "
-                    f"({size} bytes); the file is truncated or not safetensors"
-                )
-            if header_len > MAX_HEADER_BYTES:
-                raise SourceError(
-                    f"{self.path}: header of {header_len} bytes is larger than the "
-                    f"{MAX_HEADER_BYTES} allowed; the file is corrupt or not safetensors"
-                )
-            header_bytes = fh.read(header_len)
-            self.data_start = 8 + header_len
-            self.tensors = self._parse_header(header_bytes, size - self.data_start)
-            self._mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        self._buf = np.frombuffer(self._mmap, dtype=np.uint8)
-        self._file: GuardedFile | None = GuardedFile(self.path)
-        if self._file.size != size:
-            raise changed_error(self.path, f"it was {size} bytes, now {self._file.size}")
+    what = "a safetensors file"
+    min_size = 8
 
-    def read_bytes(self, lo: int, hi: int) -> np.ndarray:
-        """Bytes ``lo:hi`` of the file, read (not mapped): a file truncated or rewritten
-        meanwhile raises one SourceError instead of killing the process with SIGBUS."""
-        if self._file is None:
-            raise SourceError(f"{self.path} was closed; open the model again to read it")
-        out = self._file.read(lo, hi - lo)
-        out.flags.writeable = False
-        return out
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path)
+        self.metadata: dict[str, str] = {}
+        size, buf = self.size, self.buffer()
+        (header_len,) = struct.unpack("<Q", bytes(buf[:8]))
+        if header_len > size - 8:
+            self.close()
+            raise SourceError(
+                f"{self.path}: header length {header_len} runs past the end of the file "
+                f"({size} bytes); the file is truncated or not safetensors"
+            )
+        if header_len > MAX_HEADER_BYTES:
+            self.close()
+            raise SourceError(
+                f"{self.path}: header of {header_len} bytes is larger than the "
+                f"{MAX_HEADER_BYTES} allowed; the file is corrupt or not safetensors"
+            )
+        self.data_start = 8 + header_len
+        try:
+            self.tensors = self._parse_header(
+                bytes(buf[8 : self.data_start]), size - self.data_start
+            )
+        except SourceError:
+            self.close()
+            raise
 
     def _parse_header(self, raw: bytes, data_size: int) -> list[SafetensorsTensor]:
         where = self.path
@@ -159,32 +142,6 @@ class SafetensorsFile:
         return SafetensorsTensor(
             self, name, dtype, tuple(shape), self.data_start + begin, self.data_start + end
         )
-
-    def buffer(self) -> np.ndarray:
-        """The whole file as a read-only uint8 array over the map."""
-        if self._buf is None:
-            raise SourceError(f"{self.path} was closed; open the model again to read it")
-        return self._buf
-
-    def close(self) -> None:
-        """Drop the map. Arrays still viewing it keep it alive until they are gone."""
-        self._buf = None
-        f, self._file = getattr(self, "_file", None), None
-        if f is not None:
-            f.close()
-        mm, self._mmap = self._mmap, None
-        if mm is not None:
-            try:
-                mm.close()
-            except BufferError:
-                # Views handed out earlier still use the map; it is unmapped when they go.
-                pass
-
-    def __enter__(self) -> SafetensorsFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _is_uint(value: object) -> bool:

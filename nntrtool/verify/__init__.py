@@ -1,12 +1,16 @@
 """Verification of an NNTR file against its source model.
 
-- :mod:`~nntrtool.verify.metrics`: error metrics (RMSE, max abs error, relative error, cosine
-  similarity, SNR) accumulated over row chunks in float64, and the per-type limits.
+- :mod:`~nntrtool.verify.metrics`: the per-type error limits (the float64 error sums are
+  :mod:`nntrtool.quant.error_stats`).
 - :mod:`~nntrtool.verify.matching`: pairing file tensors with source tensors and the streamed
   comparison (:func:`verify`).
 - :mod:`~nntrtool.verify.report`: per-tensor results, per-type summary, verdict and JSON.
 - :mod:`~nntrtool.verify.logits`: running the model with and without the file's weights.
 - :mod:`~nntrtool.verify.text`: perplexity and KL divergence over a text, in chunks.
+
+The source model as transformers runs it and the text cut into token chunks come from
+:mod:`nntrtool.sources.torch_model` and :mod:`nntrtool.sources.text_chunks`, which ``imatrix``
+shares.
 
 Everything is re-exported here, so ``from nntrtool.verify import verify`` keeps working.
 """
@@ -14,11 +18,11 @@ Everything is re-exported here, so ``from nntrtool.verify import verify`` keeps 
 from __future__ import annotations
 
 from nntrtool.errors import NntrError, UsageError
+from nntrtool.sources.text_chunks import DEFAULT_CTX, TextChunks, load_text_chunks, tokenize_chunks
+from nntrtool.sources.torch_model import import_torch, load_model
 from nntrtool.verify.logits import (
     DEFAULT_PROMPT_LENGTH,
     LogitsReport,
-    _import_torch,
-    _load_model,
     compare_logits,
     default_tokens,
     load_file_weights,
@@ -51,15 +55,7 @@ from nntrtool.verify.report import (
     summarize,
     worst_first,
 )
-from nntrtool.verify.text import (
-    DEFAULT_CTX,
-    TextChunks,
-    TextReport,
-    compare_text,
-    compare_text_files,
-    load_text_chunks,
-    tokenize_chunks,
-)
+from nntrtool.verify.text import TextReport, compare_text, compare_text_files
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -86,8 +82,8 @@ __all__ = [
     "TypeSummary",
     "UsageError",
     "VerifyReport",
-    "_import_torch",
-    "_load_model",
+    "import_torch",
+    "load_model",
     "base_type",
     "compare_arrays",
     "compare_logits",

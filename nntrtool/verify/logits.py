@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,11 @@ import numpy as np
 from nntrtool.errors import NntrError, UsageError
 from nntrtool.progress import ProgressFactory, ProgressLike
 from nntrtool.qtypes import F32
-from nntrtool.verify.matching import _rows_cols, tied_head
+from nntrtool.sources.request import SourceRequest
+from nntrtool.sources.torch_model import import_torch, load_source_model, state_slot
+from nntrtool.verify.matching import rows_cols, tied_head
 from nntrtool.verify.metrics import base_type
-from nntrtool.verify.report import _json_float
+from nntrtool.verify.report import json_float
 
 
 @dataclass
@@ -36,10 +37,10 @@ class LogitsReport:
         return {
             "tokens": list(self.tokens),
             "positions": len(self.tokens),
-            "kl_mean": _json_float(self.kl_mean),
-            "kl_max": _json_float(self.kl_max),
-            "top1_agreement": _json_float(self.top1_agreement),
-            "max_logit_diff": _json_float(self.max_logit_diff),
+            "kl_mean": json_float(self.kl_mean),
+            "kl_max": json_float(self.kl_max),
+            "top1_agreement": json_float(self.top1_agreement),
+            "max_logit_diff": json_float(self.max_logit_diff),
             "replaced": self.replaced,
             "not_replaced": list(self.not_replaced),
             "unused": list(self.unused),
@@ -86,110 +87,18 @@ def logits_divergence(ref: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, fl
     return kl, top1, float(np.max(np.abs(a - b)))
 
 
-def _import_torch() -> tuple[Any, Any]:
-    try:
-        import torch
-        import transformers
-    except ImportError:
-        raise UsageError(
-            "--logits needs torch and transformers: pip install 'nntrtool[torch]'"
-        ) from None
-    return torch, transformers
-
-
-def _load_model(src: Any, torch: Any, transformers: Any) -> Any:
-    """The source model in float32, from its folder when there is one, else from its tensors."""
-    root = getattr(src, "root", None)
-    cfg = dict(src.config)
-    tf_logging = transformers.utils.logging
-    bar_was_on, verbosity = tf_logging.is_progress_bar_enabled(), tf_logging.get_verbosity()
-    # transformers' own loading bar and notices would interleave with nntrtool's output
-    tf_logging.disable_progress_bar()
-    tf_logging.set_verbosity_error()
-    gguf_path = Path(src.files[0]) if getattr(src, "gguf", None) is not None else None
-    try:
-        if gguf_path is not None:  # transformers' own GGUF loading is the reference
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-            )
-        elif (
-            root is not None
-            and (Path(root) / "config.json").is_file()
-            and any(Path(root).glob(pattern) for pattern in ("*.safetensors", "pytorch_model*.bin"))
-        ):
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                str(root), dtype=torch.float32, local_files_only=True
-            )
-        else:
-            config = transformers.AutoConfig.for_model(**cfg)
-            model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-            state = model.state_dict()
-            for t in src.tensors:
-                if t.name in state:
-                    value = torch.from_numpy(np.ascontiguousarray(t.read_f32()))
-                    with torch.no_grad():
-                        state[t.name].copy_(value.reshape(state[t.name].shape))
-    except NntrError:
-        raise
-    except Exception as err:  # transformers raises many kinds; the user needs one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"--logits: transformers cannot load the source model: {first}") from None
-    finally:
-        if bar_was_on:
-            tf_logging.enable_progress_bar()
-        tf_logging.set_verbosity(verbosity)
-    from nntrtool.sources.lora import apply_merged_weights
-
-    apply_merged_weights(model, src)  # with adapters, the reference is the merged model
-    model.eval()
-    return model
-
-
-def load_source_model(
-    source_spec: str | Path,
-    *,
-    revision: str | None = None,
-    config: str | Path | None = None,
-    adapters: Sequence[Any] = (),
-    gguf_file: str | None = None,
-) -> tuple[Any, set[str]]:
-    """The source model in float32 (adapters merged) and the names of its stored tensors."""
-    from nntrtool.sources import open_source
-
-    torch, transformers = _import_torch()
-    with open_source(
-        source_spec, revision=revision, config=config, adapters=adapters, gguf_file=gguf_file
-    ) as src:
-        return _load_model(src, torch, transformers), {t.name for t in src.tensors}
-
-
-def state_slot(name: str, state: dict, placements: list[Any]) -> tuple[str, tuple, bool] | None:
-    """Where a stored tensor goes in a model's state: ``(key, index, transpose)``; a slice of a
-    fused parameter for MoE experts (per ``placements``), None when the model has no place."""
-    if name in state:
-        return name, (), False
-    slot = next((p.resolve(name) for p in placements if p.resolve(name)), None)
-    return slot if slot is not None and slot[0] in state else None
-
-
 def compare_logits(
     file_path: str | Path,
-    source_spec: str | Path,
+    source: SourceRequest | str | Path,
     *,
     tokens: list[int] | None = None,
-    revision: str | None = None,
-    config: str | Path | None = None,
     backend: str = "auto",
     progress: ProgressFactory | None = None,
-    adapters: Sequence[Any] = (),
-    gguf_file: str | None = None,
 ) -> LogitsReport:
     """Run the source model on a fixed prompt, then with every weight replaced by the file's
     dequantized value, and measure how far the next-token distributions moved."""
-    torch, _ = _import_torch()
-    model, source_names = load_source_model(
-        source_spec, revision=revision, config=config, adapters=adapters, gguf_file=gguf_file
-    )
+    torch, _ = import_torch()
+    model, source_names = load_source_model(source)
     vocab = int(model.get_input_embeddings().weight.shape[0])
     ids = list(tokens) if tokens else default_tokens(vocab)
     bad = [t for t in ids if t >= vocab]
@@ -271,8 +180,8 @@ def _replace_weights(
     """Copy every file tensor the model has, dequantized, into the model's state in place."""
     import torch
 
+    from nntrtool.architectures import placements_for
     from nntrtool.quant import dequantize, unpack
-    from nntrtool.sources.transforms import placements_for
 
     placements = placements_for(nf.config)
     for entry in nf.tensors:
@@ -304,7 +213,7 @@ def _read_dequantized(
     shape = tuple(int(s) for s in entry.shape)
     if entry.ttype is F32:
         return np.array(nf.array(entry.name), dtype=np.float32).reshape(shape)
-    rows, cols = _rows_cols(shape)
+    rows, cols = rows_cols(shape)
     data = nf.array(entry.name).reshape(rows, -1)
     if entry.layout is not None:
         data = unpack(np.ascontiguousarray(data), entry.layout.name)

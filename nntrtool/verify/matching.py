@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,22 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from nntrtool.model_config import ModelConfig
 from nntrtool.progress import ProgressFactory, ProgressLike
 from nntrtool.qtypes import F32
+from nntrtool.sources.request import SourceRequest
+from nntrtool.verify import report as status
 from nntrtool.verify.metrics import DEFAULT_MAX_REL_ERR, ErrorStats, base_type
-from nntrtool.verify.report import (
-    STATUS_CHECKSUM,
-    STATUS_EXTRA,
-    STATUS_MISSING,
-    STATUS_NOT_EXACT,
-    STATUS_OK,
-    STATUS_OVER,
-    STATUS_PLAN,
-    STATUS_SHAPE,
-    STATUS_TIED,
-    TensorResult,
-    VerifyReport,
-)
+from nntrtool.verify.report import TensorResult, VerifyReport
 
 #: Values per chunk: bounds memory (a chunk's source and dequantized copies, float32).
 CHUNK_ELEMENTS = 1 << 22
@@ -40,24 +30,12 @@ CHUNK_ELEMENTS = 1 << 22
 
 def tied_head(config: dict) -> tuple[str, str] | None:
     """``(head, embedding)`` names when the file records that the output head is not stored."""
-    meta = config.get("nntrtool") or {}
-    tied = meta.get("tied")
-    if isinstance(tied, dict):
-        head = tied.get("head") or tied.get("lm_head")
-        emb = tied.get("embedding") or tied.get("embed") or tied.get("to")
-        if head and emb:
-            return str(head), str(emb)
-        return None
-    if tied:
-        head = meta.get("tied_head", "lm_head.weight")
-        emb = meta.get("tied_embedding", "model.embed_tokens.weight")
-        return str(head), str(emb)
-    return None
+    return ModelConfig.of(config).tied_head()
 
 
 def _not_stored_by_plan(config: dict) -> dict[str, str]:
     """Source tensors the file's plan says were deliberately not stored, with the reason."""
-    skipped = (config.get("nntrtool") or {}).get("skipped")
+    skipped = ModelConfig.of(config).record.get("skipped")
     if not isinstance(skipped, dict):
         return {}
     return {str(name): str(reason) for name, reason in skipped.items()}
@@ -65,7 +43,7 @@ def _not_stored_by_plan(config: dict) -> dict[str, str]:
 
 def _planned_types(config: dict) -> dict[str, str]:
     """Per-tensor stored type as the file's own plan record gives it (``q4_0_8``, ``f32`` ...)."""
-    meta = config.get("nntrtool") or {}
+    meta = ModelConfig.of(config).record
     plan = meta.get("tensors")
     if not isinstance(plan, dict):
         return {}
@@ -90,7 +68,7 @@ class _Job:
     planned_type: str | None = None
 
 
-def _rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
+def rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
     cols = int(shape[-1]) if shape else 1
     numel = math.prod(shape) if shape else 1
     return (numel // cols if cols else 0), cols
@@ -104,16 +82,12 @@ def _chunk_rows(cols: int, group: int) -> int:
 
 def verify(
     file_path: str | Path,
-    source_spec: str | Path,
+    source: SourceRequest | str | Path,
     *,
     max_rel_err: dict[str, float] | None = None,
-    revision: str | None = None,
-    config: str | Path | None = None,
     backend: str = "auto",
     threads: int | None = None,
     progress: ProgressFactory | None = None,
-    adapters: Sequence[Any] = (),
-    gguf_file: str | None = None,
 ) -> VerifyReport:
     """Compare every tensor of the NNTR file with its source; the report says what passed.
 
@@ -125,21 +99,15 @@ def verify(
     from nntrtool.format import NntrFile
     from nntrtool.quant.backends import backend_choice
     from nntrtool.quant.kernel_cost import choose_backend
-    from nntrtool.sources import open_source
 
+    source = SourceRequest.of(source)
     limits = dict(DEFAULT_MAX_REL_ERR if max_rel_err is None else max_rel_err)
     start_time = time.perf_counter()
     requested = backend_choice(backend)  # a bad name fails before any file is opened
     _set_threads(threads)
     with (
         NntrFile(file_path) as nf,
-        open_source(
-            source_spec,
-            revision=revision,
-            config=config,
-            adapters=adapters,
-            gguf_file=gguf_file,
-        ) as src,
+        source.open() as src,
     ):
         results, jobs = _match(nf, src, limits)
         backend = choose_backend(requested, _kernel_uses(jobs))
@@ -155,7 +123,7 @@ def verify(
                 _finish(job, limits)
     return VerifyReport(
         file=str(file_path),
-        source=str(source_spec),
+        source=str(source),
         tensors=results,
         thresholds=limits,
         seconds=time.perf_counter() - start_time,
@@ -163,7 +131,7 @@ def verify(
 
 
 def _checksum_ok(nf: Any, name: str) -> bool:
-    from nntrtool.convert.memory import release_pages
+    from nntrtool.memory import release_pages
 
     ok = nf.check(name)
     release_pages(nf.raw(name))
@@ -180,110 +148,87 @@ def _set_threads(threads: int | None) -> None:
 
 def _match(nf: Any, src: Any, limits: dict[str, float]) -> tuple[list[TensorResult], list[_Job]]:
     """Pair file tensors with source tensors by name; unpaired or misshapen ones are failures."""
-    source_by_name = {t.name: t for t in src.tensors}
-    file_names = {e.name for e in nf.tensors}
-    results: list[TensorResult] = []
-    jobs: list[_Job] = []
-
     planned = _planned_types(nf.config)
-
-    def add_job(result: TensorResult, entry: Any, st: Any) -> None:
-        rows, cols = _rows_cols(tuple(entry.shape))
-        jobs.append(
-            _Job(
-                result=result,
-                entry=entry,
-                source=st,
-                rows=rows,
-                cols=cols,
-                planned_type=planned.get(entry.name),
-            )
-        )
-
+    pairs: list[tuple[TensorResult, Any, Any]] = []  # (result, file entry, source tensor)
+    results: list[TensorResult] = []
+    source_by_name = {t.name: t for t in src.tensors}
     for entry in nf.tensors:
-        shape = tuple(int(s) for s in entry.shape)
-        tname = entry.display_type
-        st = source_by_name.get(entry.name)
-        if st is None:
-            results.append(
-                TensorResult(
-                    entry.name,
-                    tname,
-                    shape,
-                    STATUS_EXTRA,
-                    message="in the file but not in the source",
-                )
-            )
-            continue
-        if tuple(int(s) for s in st.shape) != shape:
-            results.append(
-                TensorResult(
-                    entry.name,
-                    tname,
-                    shape,
-                    STATUS_SHAPE,
-                    message=f"shape {list(shape)} in the file, {list(st.shape)} in the source",
-                )
-            )
-            continue
-        result = TensorResult(
-            entry.name,
-            tname,
-            shape,
-            STATUS_OK,
-            params=math.prod(shape) if shape else 1,
-            max_rel_err=limits.get(base_type(entry.ttype).name),
-        )
+        result, st = _match_file_tensor(entry, source_by_name.get(entry.name), limits)
         results.append(result)
-        add_job(result, entry, st)
-
+        if st is not None:
+            pairs.append((result, entry, st))
     tied = tied_head(nf.config)
     skipped = _not_stored_by_plan(nf.config)
     entries = {e.name: e for e in nf.tensors}
     for st in src.tensors:
-        if st.name in file_names:
+        if st.name in entries:
             continue
         if tied is not None and st.name == tied[0] and tied[1] in entries:
-            emb = entries[tied[1]]
-            shape = tuple(int(s) for s in emb.shape)
-            if tuple(int(s) for s in st.shape) != shape:
-                results.append(
-                    TensorResult(
-                        st.name,
-                        emb.display_type,
-                        tuple(st.shape),
-                        STATUS_SHAPE,
-                        message=f"tied to {tied[1]} of shape {list(shape)} but is {list(st.shape)}",
-                    )
-                )
-                continue
-            # The head is stored as the embedding: compare the source head with that tensor.
-            result = TensorResult(
-                st.name,
-                emb.display_type,
-                shape,
-                STATUS_TIED,
-                params=math.prod(shape) if shape else 1,
-                max_rel_err=limits.get(base_type(emb.ttype).name),
-                message=f"tied: stored as {tied[1]}",
-            )
+            result, emb = _match_tied_head(st, entries[tied[1]], limits)
             results.append(result)
-            add_job(result, emb, st)
+            if emb is not None:
+                pairs.append((result, emb, st))
         elif st.name in skipped:
             results.append(
-                TensorResult(st.name, None, tuple(st.shape), STATUS_OK, message=skipped[st.name])
-            )
-        else:
-            results.append(
                 TensorResult(
-                    st.name,
-                    None,
-                    tuple(st.shape),
-                    STATUS_MISSING,
-                    message="in the source but not in the file",
+                    st.name, None, tuple(st.shape), status.STATUS_OK, message=skipped[st.name]
                 )
             )
+        else:
+            message = "in the source but not in the file"
+            results.append(
+                TensorResult(st.name, None, tuple(st.shape), status.STATUS_MISSING, message=message)
+            )
+    jobs = []
+    for result, entry, st in pairs:
+        rows, cols = rows_cols(tuple(entry.shape))
+        job = _Job(result, entry, st, rows, cols, planned_type=planned.get(entry.name))
+        jobs.append(job)
     return results, jobs
+
+
+def _match_file_tensor(entry: Any, st: Any, limits: dict[str, float]) -> tuple[TensorResult, Any]:
+    """The result for one file tensor, and its source tensor when the two can be compared."""
+    shape = tuple(int(s) for s in entry.shape)
+    tname = entry.display_type
+    if st is None:
+        message = "in the file but not in the source"
+        return TensorResult(entry.name, tname, shape, status.STATUS_EXTRA, message=message), None
+    if tuple(int(s) for s in st.shape) != shape:
+        message = f"shape {list(shape)} in the file, {list(st.shape)} in the source"
+        return TensorResult(entry.name, tname, shape, status.STATUS_SHAPE, message=message), None
+    result = TensorResult(
+        entry.name,
+        tname,
+        shape,
+        status.STATUS_OK,
+        params=math.prod(shape) if shape else 1,
+        max_rel_err=limits.get(base_type(entry.ttype).name),
+    )
+    return result, st
+
+
+def _match_tied_head(st: Any, emb: Any, limits: dict[str, float]) -> tuple[TensorResult, Any]:
+    """The source head of a tied file against the embedding it is stored as."""
+    shape = tuple(int(s) for s in emb.shape)
+    if tuple(int(s) for s in st.shape) != shape:
+        message = f"tied to {emb.name} of shape {list(shape)} but is {list(st.shape)}"
+        return (
+            TensorResult(
+                st.name, emb.display_type, tuple(st.shape), status.STATUS_SHAPE, message=message
+            ),
+            None,
+        )
+    result = TensorResult(
+        st.name,
+        emb.display_type,
+        shape,
+        status.STATUS_TIED,
+        params=math.prod(shape) if shape else 1,
+        max_rel_err=limits.get(base_type(emb.ttype).name),
+        message=f"tied: stored as {emb.name}",
+    )
+    return result, emb
 
 
 def _kernel_uses(jobs: list[_Job]) -> list[Any]:
@@ -302,7 +247,7 @@ def _kernel_uses(jobs: list[_Job]) -> list[Any]:
 
 
 def _run_jobs(nf: Any, jobs: list[_Job], backend: str, progress: ProgressLike | None) -> None:
-    from nntrtool.convert.memory import release_pages
+    from nntrtool.memory import release_pages
     from nntrtool.quant import dequantize, unpack
 
     for job in jobs:
@@ -341,11 +286,13 @@ def _finish(job: _Job, limits: dict[str, float]) -> None:
     r.checksum_ok = bool(job.check.result()) if job.check is not None else None
     problems: list[tuple[str, str]] = []
     if r.checksum_ok is False:
-        problems.append((STATUS_CHECKSUM, "checksum does not match the data: the file is corrupt"))
+        problems.append(
+            (status.STATUS_CHECKSUM, "checksum does not match the data: the file is corrupt")
+        )
     if job.planned_type is not None and job.planned_type != job.entry.display_type:
         problems.append(
             (
-                STATUS_PLAN,
+                status.STATUS_PLAN,
                 f"stored as {job.entry.display_type} but the file's plan records {job.planned_type}",
             )
         )
@@ -353,7 +300,7 @@ def _finish(job: _Job, limits: dict[str, float]) -> None:
         if not s.bit_exact:
             problems.append(
                 (
-                    STATUS_NOT_EXACT,
+                    status.STATUS_NOT_EXACT,
                     f"f32 tensor differs from the source (max abs err {s.max_abs:.3g})",
                 )
             )
@@ -361,7 +308,7 @@ def _finish(job: _Job, limits: dict[str, float]) -> None:
         limit = limits.get(base_type(job.entry.ttype).name)
         if limit is not None and not (r.rel_err <= limit):
             problems.append(
-                (STATUS_OVER, f"relative error {r.rel_err:.4g} exceeds the limit {limit:g}")
+                (status.STATUS_OVER, f"relative error {r.rel_err:.4g} exceeds the limit {limit:g}")
             )
     if problems:
         r.status = problems[0][0]

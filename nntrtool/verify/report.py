@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from nntrtool.verify.logits import LogitsReport
-    from nntrtool.verify.text import TextReport
+from typing import Any, Protocol
 
 STATUS_OK = "ok"
 STATUS_TIED = "tied"
@@ -51,11 +47,11 @@ class TensorResult:
             "type": self.type,
             "shape": list(self.shape) if self.shape is not None else None,
             "params": self.params,
-            "rmse": _json_float(self.rmse),
-            "max_abs_err": _json_float(self.max_abs_err),
-            "rel_err": _json_float(self.rel_err),
-            "cosine": _json_float(self.cosine),
-            "snr_db": _json_float(self.snr_db),
+            "rmse": json_float(self.rmse),
+            "max_abs_err": json_float(self.max_abs_err),
+            "rel_err": json_float(self.rel_err),
+            "cosine": json_float(self.cosine),
+            "snr_db": json_float(self.snr_db),
             "checksum_ok": self.checksum_ok,
             "max_rel_err": self.max_rel_err,
             "status": self.status,
@@ -63,7 +59,7 @@ class TensorResult:
         }
 
 
-def _json_float(value: float | None) -> float | None:
+def json_float(value: float | None) -> float | None:
     if value is None or not math.isfinite(value):
         return None
     return float(value)
@@ -86,8 +82,8 @@ class TypeSummary:
             "tensors": self.tensors,
             "params": self.params,
             "failed": self.failed,
-            "mean": {k: _json_float(v) for k, v in self.mean.items()},
-            "worst": {k: _json_float(v) for k, v in self.worst.items()},
+            "mean": {k: json_float(v) for k, v in self.mean.items()},
+            "worst": {k: json_float(v) for k, v in self.worst.items()},
         }
 
 
@@ -146,6 +142,18 @@ def worst_first(results: list[TensorResult]) -> list[TensorResult]:
     return [r for _, r in sorted(enumerate(results), key=key)]
 
 
+class LogitsMeasure(Protocol):
+    """What the verdict needs of a logits comparison (``--logits``; ``--text`` adds ``ppl_ratio``)."""
+
+    kl_mean: float
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class TextMeasure(LogitsMeasure, Protocol):
+    ppl_ratio: float
+
+
 @dataclass
 class VerifyReport:
     """Everything ``verify`` found: per-tensor results, per-type summary and the verdict."""
@@ -155,9 +163,9 @@ class VerifyReport:
     tensors: list[TensorResult]
     thresholds: dict[str, float]
     seconds: float = 0.0
-    logits: LogitsReport | None = None
+    logits: LogitsMeasure | None = None
     max_kl: float | None = None
-    text: TextReport | None = None
+    text: TextMeasure | None = None
     max_ppl_ratio: float | None = None
 
     @property

@@ -15,10 +15,8 @@ Only per-position scalars (NLL, probability of the right token, KL, agreement) a
 
 from __future__ import annotations
 
-import contextlib
 import math
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,132 +24,15 @@ from typing import Any
 import numpy as np
 
 from nntrtool.errors import NntrError, UsageError
-from nntrtool.progress import ProgressFactory
-from nntrtool.verify.report import _json_float
+from nntrtool.progress import ProgressFactory, token_progress
+from nntrtool.sources.request import SourceRequest
+from nntrtool.sources.text_chunks import TextChunks
+from nntrtool.verify.report import json_float
 
-#: Tokens per chunk by default (llama-perplexity's default context for this measurement).
-DEFAULT_CTX = 512
-#: Smallest chunk that leaves something to score after the first half.
-MIN_CTX = 16
-#: Files a Hugging Face tokenizer is loaded from (any one is enough to try).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 #: Percentiles of the per-token KL divergence that the report shows (llama-perplexity's set).
 KL_PERCENTILES = (99.9, 99.0, 90.0, 50.0, 10.0, 5.0, 1.0, 0.1)
 #: Positions turned into log-probabilities at once: bounds the float64 temporaries.
 _ROWS = 64
-
-
-# ----------------------------------------------------------------------------------------------
-# text -> chunks of token ids
-
-
-@dataclass
-class TextChunks:
-    """A text cut into equal chunks of token ids, ready to run."""
-
-    path: str
-    ctx: int
-    chunks: list[list[int]]
-    text_tokens: int  # tokens in the whole text (the chunks may use fewer)
-    bos: int | None  # the BOS id written at the start of each chunk, if the tokenizer adds one
-
-    @property
-    def first_scored(self) -> int:
-        """Index of the first position whose prediction is scored (the second half)."""
-        return self.ctx // 2
-
-    @property
-    def scored_per_chunk(self) -> int:
-        return self.ctx - 1 - self.first_scored
-
-
-def read_text(path: str | Path) -> str:
-    """The text of ``path`` (UTF-8); ``UsageError`` when it is missing, unreadable or empty."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"--text {path}: no such file; give a UTF-8 text file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise UsageError(
-            f"--text {path}: not UTF-8 text (byte {err.start}); convert it to UTF-8 first"
-        ) from None
-    except OSError as err:
-        raise UsageError(f"--text {path}: cannot read it: {err.strerror or err}") from None
-    if not text.strip():
-        raise UsageError(f"--text {path}: the file is empty")
-    return text
-
-
-def load_tokenizer(src: Any, transformers: Any) -> Any:
-    """The source's Hugging Face tokenizer; ``UsageError`` when the source has none."""
-    root = getattr(src, "root", None)
-    if root is None or not any((Path(root) / n).is_file() for n in TOKENIZER_FILES):
-        where = f" in {root}" if root is not None else ""
-        raise UsageError(
-            f"no tokenizer found{where} (tokenizer.json, tokenizer.model or vocab.json); "
-            "--text needs the source model's tokenizer: give the model folder that has it"
-        )
-    with _quiet_transformers(transformers):
-        try:
-            return transformers.AutoTokenizer.from_pretrained(str(root), local_files_only=True)
-        except Exception as err:  # transformers raises many kinds; the user needs one line
-            raise UsageError(f"cannot load the tokenizer in {root}: {_first_line(err)}") from None
-
-
-def tokenize_chunks(
-    tokenizer: Any, text: str, path: str | Path, ctx: int = DEFAULT_CTX, chunks: int | None = None
-) -> TextChunks:
-    """Tokenize ``text`` and cut it into ``chunks`` chunks of ``ctx`` tokens (as many as fit
-    when ``chunks`` is None); ``UsageError`` when not even one chunk fits."""
-    if ctx < MIN_CTX:
-        raise UsageError(f"--ctx {ctx}: use at least {MIN_CTX} tokens per chunk")
-    if chunks is not None and chunks < 1:
-        raise UsageError(f"--chunks {chunks}: give a number >= 1")
-    import transformers
-
-    with _quiet_transformers(transformers):
-        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        probe = tokenizer("a", add_special_tokens=True)["input_ids"]
-    bos = getattr(tokenizer, "bos_token_id", None)
-    adds_bos = bos is not None and len(probe) > 0 and probe[0] == bos
-    available = len(ids) // ctx
-    if available == 0:
-        raise UsageError(
-            f"--text {path}: {len(ids)} tokens, too short for one chunk of --ctx {ctx}; "
-            "give a longer text or a smaller --ctx"
-        )
-    n = available if chunks is None else min(chunks, available)
-    out = []
-    for i in range(n):
-        chunk = ids[i * ctx : (i + 1) * ctx]
-        if adds_bos:
-            chunk[0] = int(bos)
-        out.append([int(t) for t in chunk])
-    return TextChunks(
-        path=str(path), ctx=ctx, chunks=out, text_tokens=len(ids), bos=bos if adds_bos else None
-    )
-
-
-def load_text_chunks(
-    source_spec: str | Path,
-    text_path: str | Path,
-    *,
-    ctx: int = DEFAULT_CTX,
-    chunks: int | None = None,
-    revision: str | None = None,
-    config: str | Path | None = None,
-    gguf_file: str | None = None,
-) -> TextChunks:
-    """Read the text, load the source's tokenizer and cut the text into chunks."""
-    from nntrtool.sources import open_source
-    from nntrtool.verify.logits import _import_torch
-
-    _, transformers = _import_torch()
-    text = read_text(text_path)
-    with open_source(source_spec, revision=revision, config=config, gguf_file=gguf_file) as src:
-        tokenizer = load_tokenizer(src, transformers)
-    return tokenize_chunks(tokenizer, text, text_path, ctx=ctx, chunks=chunks)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,28 +87,28 @@ class TextReport:
             "chunks": self.chunks,
             "text_tokens": self.text_tokens,
             "scored_tokens": self.scored,
-            "ppl_base": _json_float(self.ppl_base),
-            "ppl_base_err": _json_float(self.ppl_base_err),
-            "ppl": _json_float(self.ppl_test),
-            "ppl_err": _json_float(self.ppl_test_err),
-            "ppl_ratio": _json_float(self.ppl_ratio),
-            "ppl_ratio_err": _json_float(self.ppl_ratio_err),
-            "ln_ppl_ratio": _json_float(self.ln_ratio),
-            "ln_ppl_ratio_err": _json_float(self.ln_ratio_err),
-            "ln_ppl_correlation": _json_float(self.ppl_corr),
-            "kl_mean": _json_float(self.kl_mean),
-            "kl_mean_err": _json_float(self.kl_mean_err),
-            "kl_median": _json_float(self.kl_median),
-            "kl_p99": _json_float(self.kl_p99),
-            "kl_max": _json_float(self.kl_max),
-            "kl_min": _json_float(self.kl_min),
-            "kl_percentiles": {k: _json_float(v) for k, v in self.kl_percentiles.items()},
-            "top1_agreement": _json_float(self.top1_agreement),
-            "top1_agreement_err": _json_float(self.top1_agreement_err),
-            "dp_mean": _json_float(self.dp_mean),
-            "dp_mean_err": _json_float(self.dp_mean_err),
-            "rms_dp": _json_float(self.rms_dp),
-            "rms_dp_err": _json_float(self.rms_dp_err),
+            "ppl_base": json_float(self.ppl_base),
+            "ppl_base_err": json_float(self.ppl_base_err),
+            "ppl": json_float(self.ppl_test),
+            "ppl_err": json_float(self.ppl_test_err),
+            "ppl_ratio": json_float(self.ppl_ratio),
+            "ppl_ratio_err": json_float(self.ppl_ratio_err),
+            "ln_ppl_ratio": json_float(self.ln_ratio),
+            "ln_ppl_ratio_err": json_float(self.ln_ratio_err),
+            "ln_ppl_correlation": json_float(self.ppl_corr),
+            "kl_mean": json_float(self.kl_mean),
+            "kl_mean_err": json_float(self.kl_mean_err),
+            "kl_median": json_float(self.kl_median),
+            "kl_p99": json_float(self.kl_p99),
+            "kl_max": json_float(self.kl_max),
+            "kl_min": json_float(self.kl_min),
+            "kl_percentiles": {k: json_float(v) for k, v in self.kl_percentiles.items()},
+            "top1_agreement": json_float(self.top1_agreement),
+            "top1_agreement_err": json_float(self.top1_agreement_err),
+            "dp_mean": json_float(self.dp_mean),
+            "dp_mean_err": json_float(self.dp_mean_err),
+            "rms_dp": json_float(self.rms_dp),
+            "rms_dp_err": json_float(self.rms_dp_err),
             "replaced": self.replaced,
             "not_replaced": list(self.not_replaced),
             "unused": list(self.unused),
@@ -307,51 +188,32 @@ def summarize_positions(
 
 def compare_text(
     file_path: str | Path,
-    source_spec: str | Path,
+    source: SourceRequest | str | Path,
     chunks: TextChunks,
     *,
-    revision: str | None = None,
-    config: str | Path | None = None,
     backend: str = "auto",
     progress: ProgressFactory | None = None,
-    adapters: Sequence[Any] = (),
-    gguf_file: str | None = None,
 ) -> TextReport:
     """Run the source model over the text's chunks, then again with the file's weights, and
     report both perplexities and the KL divergence between their next-token distributions."""
-    return compare_text_files(
-        [file_path],
-        source_spec,
-        chunks,
-        revision=revision,
-        config=config,
-        backend=backend,
-        progress=progress,
-        adapters=adapters,
-        gguf_file=gguf_file,
-    )[0]
+    return compare_text_files([file_path], source, chunks, backend=backend, progress=progress)[0]
 
 
 def compare_text_files(
     file_paths: list[str | Path],
-    source_spec: str | Path,
+    source: SourceRequest | str | Path,
     chunks: TextChunks,
     *,
-    revision: str | None = None,
-    config: str | Path | None = None,
     backend: str = "auto",
     progress: ProgressFactory | None = None,
-    adapters: Sequence[Any] = (),
-    gguf_file: str | None = None,
 ) -> list[TextReport]:
     """:func:`compare_text` for several files of one source: the source runs over the text
     once, then each file's weights in turn (the source's weights are put back in between)."""
-    from nntrtool.verify.logits import _import_torch, load_file_weights, load_source_model
+    from nntrtool.verify.logits import import_torch, load_file_weights, load_source_model
 
-    torch, _ = _import_torch()
-    model, source_names = load_source_model(
-        source_spec, revision=revision, config=config, adapters=adapters, gguf_file=gguf_file
-    )
+    torch, _ = import_torch()
+    source = SourceRequest.of(source)
+    model, source_names = load_source_model(source)
     vocab = int(model.get_input_embeddings().weight.shape[0])
     _check_ids(chunks, vocab)
     n_chunks, per_chunk = len(chunks.chunks), chunks.scored_per_chunk
@@ -395,9 +257,7 @@ def compare_text_files(
 
         for i, file_path in enumerate(file_paths):
             if i > 0:
-                _restore_source_weights(
-                    model, source_spec, revision, config, torch, adapters, gguf_file
-                )
+                _restore_source_weights(model, source, torch)
             replaced, not_replaced, unused = load_file_weights(
                 model, file_path, source_names, backend=backend, progress=progress
             )
@@ -424,30 +284,15 @@ def compare_text_files(
     return reports
 
 
-def _restore_source_weights(
-    model: Any,
-    source_spec: str | Path,
-    revision: str | None,
-    config: Any,
-    torch: Any,
-    adapters: Sequence[Any] = (),
-    gguf_file: str | None = None,
-) -> None:
+def _restore_source_weights(model: Any, source: SourceRequest, torch: Any) -> None:
     """Put the source's weights back into the model, tensor by tensor (experts into their
     fused parameters, as :func:`~nntrtool.verify.logits.load_file_weights` puts the file's)."""
-    from nntrtool.sources import open_source
-    from nntrtool.sources.transforms import placements_for
+    from nntrtool.architectures import placements_for
     from nntrtool.verify.logits import state_slot
 
     state = model.state_dict()
     with (
-        open_source(
-            source_spec,
-            revision=revision,
-            config=config,
-            adapters=adapters,
-            gguf_file=gguf_file,
-        ) as src,
+        source.open() as src,
         torch.no_grad(),
     ):
         placements = placements_for(src.config)
@@ -502,33 +347,5 @@ def _check_ids(chunks: TextChunks, vocab: int) -> None:
         )
 
 
-def token_progress(progress: ProgressFactory | None, total: int, description: str) -> Any:
-    """A progress bar counting tokens (nothing when ``progress`` is None)."""
-    if progress is None:
-        return contextlib.nullcontext(None)
-    try:
-        return progress(total, description, unit="tokens")
-    except TypeError:  # a factory without units
-        return progress(total, description)
-
-
 def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-@contextlib.contextmanager
-def _quiet_transformers(transformers: Any):
-    """Silence transformers' notices (e.g. "sequence longer than the model's maximum"):
-    the text is deliberately tokenized whole and cut into chunks afterwards."""
-    tf_logging = transformers.utils.logging
-    verbosity = tf_logging.get_verbosity()
-    tf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        tf_logging.set_verbosity(verbosity)

@@ -1,6 +1,6 @@
 """transformers' greedy run of a saved model, the reference for one nntr_causallm run.
 
-usage: reference.py HF_DIR OUT_PREFIX [--nntr FILE] [--steps 17] [--prompt "1 17 42"]
+usage: reference.py HF_DIR OUT_PREFIX [--nntr FILE | --folder DIR] [--steps 17] [--prompt "1 17 42"]
                     [--no-clamp] [--zero-router-bias]
 With --nntr every weight is replaced by its dequantized value from the NNTR file (for F32 that
 is the source model). Writes OUT_PREFIX.json (prompt, greedy ids, smallest top1-top2 gap) and
@@ -20,12 +20,19 @@ def main() -> None:
     ap.add_argument("hf")
     ap.add_argument("out")
     ap.add_argument("--nntr")
+    ap.add_argument("--folder", help="weights from this exported folder (Q4_K, F16 layers)")
     ap.add_argument("--steps", type=int, default=17)
     ap.add_argument("--prompt", default="1 17 42 99 256 3 77 5")
     ap.add_argument("--no-clamp", action="store_true", help="GPT-OSS without the SwiGLU clamp")
     ap.add_argument("--zero-router-bias", action="store_true", help="GPT-OSS, router biases 0")
     a = ap.parse_args()
-    model = load_reference(a.hf, a.nntr, no_clamp=a.no_clamp, zero_router_bias=a.zero_router_bias)
+    model = load_reference(
+        a.hf,
+        a.nntr,
+        no_clamp=a.no_clamp,
+        zero_router_bias=a.zero_router_bias,
+        folder=a.folder,
+    )
     ids = [int(t) for t in a.prompt.split()]
     gen, logits = [], []
     with torch.no_grad():

@@ -26,11 +26,17 @@ def app_logits(logits_path: str | Path, vocab: int) -> np.ndarray:
 
 
 def load_reference(
-    hf: str, nntr: str | None = None, *, no_clamp: bool = False, zero_router_bias: bool = False
+    hf: str,
+    nntr: str | None = None,
+    *,
+    no_clamp: bool = False,
+    zero_router_bias: bool = False,
+    folder: str | None = None,
 ) -> Any:
     """transformers' model of ``hf`` in float32, every weight replaced by its dequantized value
-    from ``nntr`` when given; ``no_clamp`` lifts GPT-OSS's SwiGLU limit and ``zero_router_bias``
-    zeroes its router biases, to match what the runtime computes."""
+    from ``nntr`` or, with ``folder``, from an exported folder as the test reader reads it (for
+    types the export encodes itself: Q4_K, F16); ``no_clamp`` lifts GPT-OSS's SwiGLU limit and
+    ``zero_router_bias`` zeroes its router biases, to match what the runtime computes."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -45,6 +51,18 @@ def load_reference(
             _replace_weights(nf, state, replaced, unused, "auto", None)
         missing = [name for name in state if name not in replaced]
         print(f"replaced {len(replaced)}; not in the file: {missing}; unused: {unused}")
+    if folder:
+        import sys
+        from pathlib import Path
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+        from nntrainer_reader import read_folder
+
+        weights = read_folder(folder, "x86").state_dict
+        missing, unexpected = model.load_state_dict(
+            {k: torch.from_numpy(v) for k, v in weights.items()}, strict=False
+        )
+        print(f"replaced {len(weights)} from {folder}; missing {missing}; unexpected {unexpected}")
     if zero_router_bias:
         with torch.no_grad():
             for layer in model.model.layers:

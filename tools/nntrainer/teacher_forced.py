@@ -1,13 +1,15 @@
 """Teacher-forced check: transformers on the prompt followed by the ids the app generated,
 its logits compared with the app's at every step (weights dequantized from the NNTR file).
 
-usage: teacher_forced.py HF_DIR NNTR_FILE APP_STDOUT APP_LOGITS "PROMPT IDS"
+usage: teacher_forced.py HF_DIR NNTR_FILE|FOLDER APP_STDOUT APP_LOGITS "PROMPT IDS"
+(a FOLDER: the weights as the exported folder holds them, for Q4_K and F16 layers)
                          [--no-clamp] [--zero-router-bias]
 Separates "numerically different" from "a near-tie went the other way and the texts parted".
 """
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +23,14 @@ def main() -> int:
     ap.add_argument("--no-clamp", action="store_true", help="GPT-OSS without the SwiGLU clamp")
     ap.add_argument("--zero-router-bias", action="store_true", help="GPT-OSS, router biases 0")
     a = ap.parse_args()
-    model = load_reference(a.hf, a.nntr, no_clamp=a.no_clamp, zero_router_bias=a.zero_router_bias)
+    folder = a.nntr if Path(a.nntr).is_dir() else None  # an exported folder's own weights
+    model = load_reference(
+        a.hf,
+        None if folder else a.nntr,
+        no_clamp=a.no_clamp,
+        zero_router_bias=a.zero_router_bias,
+        folder=folder,
+    )
     ids = [int(t) for t in a.prompt.split()]
     got = app_ids(a.stdout, a.prompt)
     if not got:

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from nntrtool.errors import UsageError
+from nntrtool.plan.mixes import MIX_NAMES
 from nntrtool.qtypes import LAYOUTS, TARGET_TYPE_NAMES
+from nntrtool.sources.request import SourceRequest
 
 #: ``--quant-type`` values besides the stored types: ``keep`` stores GGUF blocks as they are
 #: (see the plan), ``auto`` is ``keep`` for GGUF sources and ``q4_0`` for the others.
-QUANT_TYPE_CHOICES = (*TARGET_TYPE_NAMES, "keep", "auto")
+QUANT_TYPE_CHOICES = (*TARGET_TYPE_NAMES, *MIX_NAMES, "keep", "auto")
 
 #: Source bytes per row chunk: large enough to amortize calls, small enough to bound memory.
 DEFAULT_CHUNK_BYTES = 16 << 20
@@ -55,6 +57,16 @@ def _compile(pattern: str, what: str) -> re.Pattern[str]:
         raise UsageError(f"{what}: bad regular expression {pattern!r}: {err}") from None
 
 
+def _one_of(value: Any, choices: tuple[str, ...], option: str, more: str = "") -> str:
+    """``value`` lower-cased when it is one of ``choices``; else a UsageError naming them."""
+    name = str(value).lower()
+    if name not in choices:
+        raise UsageError(
+            f"{option} {value!r} is not known; choose one of {', '.join(choices)}{more}"
+        )
+    return name
+
+
 @dataclass(frozen=True)
 class ConvertOptions:
     """Everything that decides what ``convert`` does; the CLI fills it from its flags.
@@ -62,7 +74,8 @@ class ConvertOptions:
     ``type_overrides`` holds :class:`TypeOverride` objects or ``"REGEX=TYPE"`` strings;
     ``repack_format`` is a layout name from :data:`nntrtool.qtypes.LAYOUTS` or ``None``;
     ``quant_type`` is one of :data:`QUANT_TYPE_CHOICES` (``auto`` is resolved by the plan);
-    ``gguf_file`` picks the GGUF of a folder or hub repo.
+    ``gguf_file`` picks the GGUF of a folder or hub repo; ``gguf_raw_names`` reads a GGUF
+    of an unknown family with its own tensor names and values.
     """
 
     quant_type: str = "auto"
@@ -80,6 +93,7 @@ class ConvertOptions:
     revision: str | None = None
     config: str | Path | None = None
     gguf_file: str | None = None
+    gguf_raw_names: bool = False
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     #: LoRA adapters merged while converting (:class:`nntrtool.sources.lora.AdapterSpec`).
     adapters: tuple[Any, ...] = ()
@@ -88,23 +102,14 @@ class ConvertOptions:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        qt = str(self.quant_type).lower()
-        if qt not in QUANT_TYPE_CHOICES:
-            raise UsageError(
-                f"--quant-type {self.quant_type!r} is not known; choose one of "
-                f"{', '.join(QUANT_TYPE_CHOICES)}"
-            )
-        object.__setattr__(self, "quant_type", qt)
+        object.__setattr__(
+            self, "quant_type", _one_of(self.quant_type, QUANT_TYPE_CHOICES, "--quant-type")
+        )
         repack = self.repack_format
-        if repack is not None:
-            repack = str(repack).lower()
-            if repack in ("", "none"):
-                repack = None
-            elif repack not in LAYOUTS:
-                raise UsageError(
-                    f"--repack-format {self.repack_format!r} is not known; choose one of "
-                    f"{', '.join(LAYOUTS)} or none"
-                )
+        if repack is not None and str(repack).lower() in ("", "none"):
+            repack = None
+        elif repack is not None:
+            repack = _one_of(repack, tuple(LAYOUTS), "--repack-format", " or none")
         object.__setattr__(self, "repack_format", repack)
         overrides = tuple(
             o if isinstance(o, TypeOverride) else parse_type_override(str(o))
@@ -112,12 +117,7 @@ class ConvertOptions:
         )
         object.__setattr__(self, "type_overrides", overrides)
         if self.head_type is not None:
-            head = str(self.head_type).lower()
-            if head not in TARGET_TYPE_NAMES:
-                raise UsageError(
-                    f"--head-type {self.head_type!r} is not known; choose one of "
-                    f"{', '.join(TARGET_TYPE_NAMES)}"
-                )
+            head = _one_of(self.head_type, TARGET_TYPE_NAMES, "--head-type")
             object.__setattr__(self, "head_type", head)
         keep = tuple(str(p) for p in (self.keep_f32 or ()))
         for p in keep:
@@ -127,6 +127,17 @@ class ConvertOptions:
             raise UsageError(f"--threads {self.threads}: give at least 1")
         if int(self.chunk_bytes) < 1:
             raise UsageError(f"chunk budget {self.chunk_bytes} bytes: give at least 1")
+
+    def source(self, spec: Any) -> SourceRequest:
+        """The source request these options make of ``spec`` (a path, hub id or request)."""
+        return SourceRequest.of(
+            spec,
+            revision=self.revision,
+            config=self.config,
+            gguf_file=self.gguf_file,
+            adapters=self.adapters,
+            gguf_raw_names=self.gguf_raw_names,
+        )
 
     def with_(self, **changes: Any) -> ConvertOptions:
         """A copy with some fields changed (validated again)."""

@@ -16,13 +16,21 @@ import numpy as np
 
 from nntrtool.qtypes import Q4_0, get_layout, get_type
 
-# ggml's names for the kernels, per nntrtool type name; type ids are read from ggml-python itself.
-_GGML_TYPE_ATTR = {"q4_0": "GGML_TYPE_Q4_0", "q6_k": "GGML_TYPE_Q6_K", "q8_0": "GGML_TYPE_Q8_0"}
-_DEQUANT_SYMBOL = {
-    "q4_0": "dequantize_row_q4_0",
-    "q6_k": "dequantize_row_q6_K",
-    "q8_0": "dequantize_row_q8_0",
-}
+
+def _ggml_type_attr(qtype: str) -> str:
+    """ggml-python's constant for a type (``GGML_TYPE_Q4_K``); its value is read from there."""
+    return f"GGML_TYPE_{qtype.upper()}"
+
+
+def _dequant_symbol(qtype: str) -> str:
+    """ggml's row dequantizer of a type: ``dequantize_row_q4_0``, ``dequantize_row_q6_K``
+    (``ggml_fp16_to_fp32_row`` for F16)."""
+    name = qtype.lower()
+    if name == "f16":
+        return "ggml_fp16_to_fp32_row"
+    return f"dequantize_row_{name[:-1] + 'K' if name.endswith('_k') else name}"
+
+
 # ggml::cpu::repack::repack<block_q4_0, INTERLEAVE, NCOLS>, exported under its C++ name.
 _REPACK_SYMBOL = "_ZN4ggml3cpu6repack6repackI10block_q4_0Ll{b}ELl{r}EEEiP11ggml_tensorPKvm"
 
@@ -54,7 +62,7 @@ class GgmlRef:
         self._ctx = None
 
     def type_id(self, qtype: str) -> int:
-        return int(getattr(self._g, _GGML_TYPE_ATTR[qtype]))
+        return int(getattr(self._g, _ggml_type_attr(qtype)))
 
     def quantize(self, x: np.ndarray, qtype: str, imatrix: np.ndarray | None = None) -> np.ndarray:
         """Quantize a 2-D float32 array on one thread with ggml's reference quantizer, or with
@@ -81,7 +89,7 @@ class GgmlRef:
         data = np.ascontiguousarray(data, dtype=np.uint8)
         rows = data.shape[0]
         out = np.empty((rows, cols), dtype=np.float32)
-        fn = getattr(self._base, _DEQUANT_SYMBOL[qtype])
+        fn = getattr(self._base, _dequant_symbol(qtype))
         fn.restype = None
         fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
         fn(data.ctypes.data, out.ctypes.data, rows * cols)

@@ -9,15 +9,18 @@ comparison of the output head with the embeddings to detect tied weights.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 
 from nntrtool import __version__
-from nntrtool.convert.options import ConvertOptions
 from nntrtool.errors import SourceError, UsageError
 from nntrtool.format import TensorSpec, predict_file_size
+from nntrtool.model_config import ModelConfig
+from nntrtool.plan.mixes import MIXES, MixModel, mix_type
+from nntrtool.plan.options import ConvertOptions
 from nntrtool.qtypes import (
     F32,
     Q4_0,
@@ -28,9 +31,11 @@ from nntrtool.qtypes import (
     RepackLayout,
     TensorType,
     display_name,
+    fitting_type,
     get_layout,
     get_type,
 )
+from nntrtool.sources.tied import TiedEmbeddings, detect_tied
 
 #: Source dtypes the converter reads (safetensors names).
 SUPPORTED_DTYPES = ("F32", "F16", "BF16")
@@ -40,18 +45,6 @@ SUPPORTED_DTYPES = ("F32", "F16", "BF16")
 #: A non-float tensor with one of these names is skipped; any other non-float tensor is refused.
 BUFFER_NAMES = ("position_ids", "token_type_ids", "num_batches_tracked")
 _INTEGER_DTYPES = ("BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64")
-
-#: Name endings of token-embedding matrices and output heads across common architectures.
-EMBEDDING_SUFFIXES = (
-    "embed_tokens.weight",
-    "tok_embeddings.weight",
-    "word_embeddings.weight",
-    "wte.weight",
-)
-HEAD_NAMES = ("lm_head.weight", "output.weight", "embed_out.weight")
-
-#: Rows compared at a time when checking whether the head holds the embeddings' data.
-_COMPARE_ROWS = 1024
 
 
 class _Tensor(Protocol):
@@ -110,9 +103,15 @@ class TensorPlan:
         return self.ttype.quantized
 
     @property
+    def encoded(self) -> bool:
+        """Whether the stored bytes come from a type's kernels (blocks, or F16 values) rather
+        than being float32 values."""
+        return self.ttype.plain.kernels is not None
+
+    @property
     def quant_name(self) -> str:
         """The kernel's type name (``q4_0`` for repacked tensors too)."""
-        return Q4_0.name if self.ttype is Q4_0_REPACKED else self.ttype.name
+        return self.ttype.plain.name
 
     @property
     def spec(self) -> TensorSpec:
@@ -125,17 +124,6 @@ class TensorPlan:
         if self.importance is not None:
             out["imatrix"] = self.importance
         return out
-
-
-@dataclass(frozen=True)
-class TiedEmbeddings:
-    """Whether the output head shares the token embeddings, and which tensors those are."""
-
-    tied: bool
-    embedding: str | None = None
-    head: str | None = None
-    head_in_source: bool = False
-    reason: str = ""
 
 
 @dataclass
@@ -298,8 +286,15 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
     used_overrides: set[int] = set()
     # --head-type applies to the output head, or to the embeddings when they are the head
     head = (tied.embedding if tied.tied else tied.head) if options.head_type else None
+    mix_model = None
+    if options.quant_type in MIXES:
+        cfg = ModelConfig.of(config)
+        layers = cfg.num_layers if isinstance(cfg.num_layers, int) else 0
+        mix_model = MixModel(layers, cfg.num_experts or 0, tied.tied, config)
     plans = [
-        plan_tensor(t, options, used_overrides, head=head) for t in tensors if t.name not in skip
+        plan_tensor(t, options, used_overrides, head=head, mix_model=mix_model)
+        for t in tensors
+        if t.name not in skip
     ]
     notes = []
     if options.head_type and head is None:
@@ -312,7 +307,7 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
     notes += [
         f"--keep-f32 {p!r} matched no tensor"
         for p in options.keep_f32
-        if not any(_search(p, t.name) for t in tensors)
+        if not any(re.search(p, t.name) for t in tensors)
     ]
     notes = list(getattr(source, "notes", None) or []) + notes
     if buffers:
@@ -340,9 +335,7 @@ def make_plan(source: Any, options: ConvertOptions) -> ConversionPlan:
 
 
 def _uses_imatrix(quant_name: str) -> bool:
-    from nntrtool.quant import get_kernels
-
-    return get_kernels(quant_name).uses_imatrix
+    return get_type(quant_name).uses_imatrix
 
 
 def _apply_imatrix(plan: ConversionPlan, tensors: list[_Tensor], path: Any) -> ConversionPlan:
@@ -382,7 +375,7 @@ def _keep_type(dtype: str, cols: int) -> tuple[TensorType, str, bool]:
     """``--quant-type keep``: the stored type for a source dtype, the reason, and whether it
     is a fallback."""
     own = TYPES_BY_NAME.get(dtype.lower())
-    if own is not None and own.quantized:
+    if own is not None and own.kernels is not None:  # stored as it is: blocks, or F16 values
         return own, f"keep: {own.name}", False
     if dtype in SUPPORTED_DTYPES:
         return F32, f"keep: {dtype.lower()} as f32", False
@@ -392,10 +385,130 @@ def _keep_type(dtype: str, cols: int) -> tuple[TensorType, str, bool]:
     return F32, f"keep: {dtype.lower()} has no NNTR type and rows fit no block: f32", True
 
 
-def _search(pattern: str, name: str) -> bool:
-    import re
+@dataclass(frozen=True)
+class TypeChoice:
+    """What a rule decided for one tensor: the stored type, why, and whether it is a fallback."""
 
-    return re.search(pattern, name) is not None
+    ttype: TensorType
+    reason: str
+    fallback: bool = False
+
+
+@dataclass
+class TensorQuestion:
+    """What the rules look at for one tensor."""
+
+    tensor: _Tensor
+    options: ConvertOptions
+    shape: tuple[int, ...]
+    head: str | None
+    used_overrides: set[int] | None
+    #: The model as a type mixture (``--quant-type q4_k_m``) sees it; None for other types.
+    mix_model: MixModel | None = None
+
+    @property
+    def cols(self) -> int:
+        return self.shape[-1]
+
+    @property
+    def for_head(self) -> bool:
+        """Whether ``--head-type`` applies to this tensor (the head or tied embeddings)."""
+        return bool(self.options.head_type) and self.tensor.name == self.head
+
+
+def _rule_keep_f32(q: TensorQuestion) -> TypeChoice | None:
+    for pattern in q.options.keep_f32:
+        if re.search(pattern, q.tensor.name):
+            return TypeChoice(F32, f"--keep-f32 {pattern!r}")
+    return None
+
+
+def _rule_matrices_only(q: TensorQuestion) -> TypeChoice | None:
+    if len(q.shape) == 2:
+        return None
+    what = "scalar" if not q.shape else f"{len(q.shape)}-D tensor"
+    return TypeChoice(F32, f"{what}: only 2-D matrices are quantized")
+
+
+def _fitted(ttype: TensorType, cols: int, asked: str) -> TypeChoice:
+    """``ttype`` when rows of ``cols`` fit its blocks, else the first type down its fallback
+    chain that they fit, with the reason."""
+    if not ttype.quantized or ttype.fits(cols):
+        return TypeChoice(ttype, f"{asked} {ttype.name}" if asked else f"matrix: {ttype.name}")
+    instead = fitting_type(ttype, cols)
+    said = f"{asked} {ttype.name}: last" if asked else "last"
+    return TypeChoice(
+        instead,
+        f"{said} dimension {cols} is not a multiple of {ttype.block_size}"
+        + ("" if asked else f" ({ttype.name})")
+        + f": {instead.name} instead",
+        fallback=True,
+    )
+
+
+def _rule_head_type(q: TensorQuestion) -> TypeChoice | None:
+    # like the default type, and like llama.cpp's output type: falls back where it cannot fit
+    if not q.for_head:
+        return None
+    return _fitted(get_type(str(q.options.head_type)), q.cols, "--head-type")
+
+
+def _rule_type_override(q: TensorQuestion) -> TypeChoice | None:
+    for i, o in enumerate(q.options.type_overrides):
+        if not o.matches(q.tensor.name):
+            continue
+        if q.used_overrides is not None:
+            q.used_overrides.add(i)
+        ttype = get_type(o.type_name)
+        if ttype.quantized and not ttype.fits(q.cols):
+            raise UsageError(
+                f"--type {o.text!r} does not fit tensor {q.tensor.name!r} {list(q.shape)}: its "
+                f"last dimension {q.cols} is not a multiple of {ttype.name}'s block size "
+                f"{ttype.block_size}"
+            )
+        return TypeChoice(ttype, f"--type {o.text!r}")
+    return None
+
+
+def _rule_preferred(q: TensorQuestion) -> TypeChoice | None:
+    found = _preferred(q.tensor)
+    return TypeChoice(get_type(found[0]), found[1]) if found is not None else None
+
+
+def _rule_keep(q: TensorQuestion) -> TypeChoice | None:
+    if q.options.quant_type != "keep":
+        return None
+    ttype, reason, fallback = _keep_type(q.tensor.dtype, q.cols)
+    return TypeChoice(ttype, reason, fallback)
+
+
+def _rule_mix(q: TensorQuestion) -> TypeChoice | None:
+    mix = MIXES.get(q.options.quant_type)
+    if mix is None or q.mix_model is None:
+        return None
+    from nntrtool.names import hf_to_gguf_name
+
+    gguf_name = hf_to_gguf_name(q.tensor.name, q.mix_model.config)
+    type_name, why = mix_type(mix, gguf_name, q.cols, q.mix_model)
+    return TypeChoice(get_type(type_name), why, fallback=";" in why)
+
+
+def _rule_requested(q: TensorQuestion) -> TypeChoice:
+    return _fitted(get_type(q.options.quant_type), q.cols, "")
+
+
+#: The rules in the order they are asked; the first that decides wins. ``--head-type`` takes
+#: the head out of ``--type`` overrides and declared preferences.
+TENSOR_RULES = (
+    _rule_keep_f32,
+    _rule_matrices_only,
+    _rule_head_type,
+    lambda q: None if q.for_head else _rule_type_override(q),
+    lambda q: None if q.for_head else _rule_preferred(q),
+    _rule_keep,
+    _rule_mix,
+    _rule_requested,
+)
 
 
 def plan_tensor(
@@ -404,10 +517,20 @@ def plan_tensor(
     used_overrides: set[int] | None = None,
     *,
     head: str | None = None,
+    mix_model: MixModel | None = None,
 ) -> TensorPlan:
-    """The plan of one tensor under ``options`` (see :func:`make_plan` for the rules);
-    ``head`` names the tensor that ``--head-type`` applies to (the head or tied embeddings)."""
+    """The plan of one tensor under ``options``: the first of :data:`TENSOR_RULES` that decides
+    gives the type; ``head`` names the tensor that ``--head-type`` applies to (the head or
+    tied embeddings)."""
     shape = tuple(int(s) for s in t.shape)
+    question = TensorQuestion(t, options, shape, head, used_overrides, mix_model)
+    choice = next(c for c in (rule(question) for rule in TENSOR_RULES) if c is not None)
+    return _tensor_plan(question, choice)
+
+
+def _tensor_plan(q: TensorQuestion, choice: TypeChoice) -> TensorPlan:
+    """The plan entry for a decided type: block copies, requantization and repacking noted."""
+    t, shape, ttype, reason = q.tensor, q.shape, choice.ttype, choice.reason
     common = {
         "name": t.name,
         "source_dtype": t.dtype,
@@ -415,79 +538,13 @@ def plan_tensor(
         # A derived tensor (merged, decoded) accounts for the source bytes it was made from.
         "source_nbytes": int(getattr(t, "source_nbytes", t.nbytes)),
         "note": str(getattr(t, "note", "") or ""),
+        "fallback": choice.fallback,
     }
-
     blocked = t.dtype not in SUPPORTED_DTYPES
-
-    def f32(reason: str, fallback: bool = False) -> TensorPlan:
+    if ttype is F32:
         if blocked:
             reason += f", dequantized from {t.dtype.lower()}"
-        return TensorPlan(
-            ttype=F32,
-            layout=None,
-            reason=reason,
-            nbytes=F32.nbytes(shape),
-            fallback=fallback,
-            **common,
-        )
-
-    for pattern in options.keep_f32:
-        if _search(pattern, t.name):
-            return f32(f"--keep-f32 {pattern!r}")
-    if len(shape) != 2:
-        what = "scalar" if not shape else f"{len(shape)}-D tensor"
-        return f32(f"{what}: only 2-D matrices are quantized")
-
-    cols = shape[-1]
-    requested = get_type(Q4_0.name if options.quant_type == "keep" else options.quant_type)
-    override = None
-    head_type = get_type(options.head_type) if options.head_type and t.name == head else None
-    for i, o in enumerate(options.type_overrides if head_type is None else ()):
-        if o.matches(t.name):
-            override = o
-            if used_overrides is not None:
-                used_overrides.add(i)
-            break
-
-    preferred = _preferred(t) if override is None and head_type is None else None
-    keep = options.quant_type == "keep"
-    if head_type is not None:
-        # like the default type, and like llama.cpp's output type: falls back where it cannot fit
-        if not head_type.quantized or head_type.fits(cols):
-            ttype, reason, fallback = head_type, f"--head-type {head_type.name}", False
-        else:
-            ttype = Q8_0 if Q8_0.fits(cols) else F32
-            reason = (
-                f"--head-type {head_type.name}: last dimension {cols} is not a multiple of "
-                f"{head_type.block_size}: {ttype.name} instead"
-            )
-            fallback = True
-    elif override is not None:
-        ttype = get_type(override.type_name)
-        if ttype.quantized and not ttype.fits(cols):
-            raise UsageError(
-                f"--type {override.text!r} does not fit tensor {t.name!r} {list(shape)}: its last "
-                f"dimension {cols} is not a multiple of {ttype.name}'s block size "
-                f"{ttype.block_size}"
-            )
-        reason = f"--type {override.text!r}"
-        fallback = False
-    elif preferred is not None:
-        ttype, reason, fallback = get_type(preferred[0]), preferred[1], False
-    elif keep:
-        ttype, reason, fallback = _keep_type(t.dtype, cols)
-    elif not requested.quantized or requested.fits(cols):
-        ttype, reason, fallback = requested, f"matrix: {requested.name}", False
-    else:
-        ttype = Q8_0 if requested.block_size > Q8_0.block_size and Q8_0.fits(cols) else F32
-        reason = (
-            f"last dimension {cols} is not a multiple of {requested.block_size} "
-            f"({requested.name}): {ttype.name} instead"
-        )
-        fallback = True
-
-    if ttype is F32:
-        return f32(reason, fallback)
+        return TensorPlan(ttype=F32, layout=None, reason=reason, nbytes=F32.nbytes(shape), **common)
     copy_blocks = blocked and ttype.name == t.dtype.lower()
     if copy_blocks:
         reason += f", copied {ttype.name} blocks"
@@ -495,8 +552,8 @@ def plan_tensor(
         reason += f", requantized from {t.dtype.lower()}"
     layout = None
     unrepacked = False
-    if ttype is Q4_0 and options.repack_format is not None:
-        wanted = get_layout(options.repack_format)
+    if ttype is Q4_0 and q.options.repack_format is not None:
+        wanted = get_layout(q.options.repack_format)
         rows = shape[0]
         if rows % wanted.rows == 0:
             ttype, layout = Q4_0_REPACKED, wanted
@@ -512,7 +569,6 @@ def plan_tensor(
         layout=layout,
         reason=reason,
         nbytes=ttype.nbytes(shape),
-        fallback=fallback,
         unrepacked=unrepacked,
         copy_blocks=copy_blocks,
         requantized=blocked and not copy_blocks,
@@ -528,55 +584,3 @@ def _preferred(t: _Tensor) -> tuple[str, str] | None:
         return None
     ttype = get_type(found[0])
     return found if not ttype.quantized or ttype.fits(int(t.shape[-1])) else None
-
-
-def _config_tie(config: dict[str, Any]) -> bool | None:
-    value = config.get("tie_word_embeddings")
-    if value is None and isinstance(config.get("text_config"), dict):
-        value = config["text_config"].get("tie_word_embeddings")
-    return None if value is None else bool(value)
-
-
-def _find(tensors: list[_Tensor], match: Any) -> _Tensor | None:
-    return next((t for t in tensors if match(t.name)), None)
-
-
-def detect_tied(tensors: list[_Tensor], config: dict[str, Any]) -> TiedEmbeddings:
-    """Whether the output head is the token embeddings (stored once, config says ``tied``).
-
-    Tied when the config says ``tie_word_embeddings``, when the source has no head at all, or
-    when the head's data is identical to the embeddings' (compared row chunk by row chunk).
-    """
-    embed = _find(tensors, lambda n: n.endswith(EMBEDDING_SUFFIXES))
-    head = _find(tensors, lambda n: n in HEAD_NAMES or n.endswith(".lm_head.weight"))
-    if embed is None:
-        return TiedEmbeddings(
-            False, head=head.name if head else None, head_in_source=head is not None
-        )
-    if head is None:
-        return TiedEmbeddings(
-            True, embed.name, "lm_head.weight", False, "the source has no output head"
-        )
-    if tuple(head.shape) != tuple(embed.shape):
-        return TiedEmbeddings(False, embed.name, head.name, True)
-    if _config_tie(config):
-        return TiedEmbeddings(
-            True, embed.name, head.name, True, "tie_word_embeddings is true in the config"
-        )
-    if head.dtype == embed.dtype and _same_data(head, embed):
-        return TiedEmbeddings(
-            True, embed.name, head.name, True, "the head holds the same data as the embeddings"
-        )
-    return TiedEmbeddings(False, embed.name, head.name, True)
-
-
-def _same_data(a: _Tensor, b: _Tensor) -> bool:
-    rows = a.rows
-    for start in range(0, rows, _COMPARE_ROWS):
-        stop = min(rows, start + _COMPARE_ROWS)
-        x, y = a.read(start, stop), b.read(start, stop)
-        if x.ctypes.data == y.ctypes.data:
-            continue
-        if not np.array_equal(x.view(np.uint8), y.view(np.uint8)):
-            return False
-    return True
