@@ -41,12 +41,15 @@ MODELS = {
 }  # fmt: skip
 
 #: llama-quantize's file type (and flags) -> nntrtool's options that ask for the same file.
-#: llama-quantize keeps the output head at Q6_K in a Q4_0 file (Q8_0 where its rows do not fit
-#: 256-value blocks), which nntrtool's --head-type q6_k does; with --pure it does not, as
-#: nntrtool's plain q4_0 does not.
+#: llama-quantize keeps the output head at Q6_K in a Q4_0 or Q5_0 file (Q8_0 where its rows do
+#: not fit 256-value blocks), which nntrtool's --head-type q6_k does; with --pure it gives every
+#: matrix the file's base type (Q4_K for Q4_K_M), as nntrtool's plain --quant-type does.
 FILE_TYPES = {
     "Q4_0": dict(quant_type="q4_0", head_type="q6_k"),
     "Q4_0 --pure": dict(quant_type="q4_0"),
+    "Q5_0": dict(quant_type="q5_0", head_type="q6_k"),
+    "Q5_0 --pure": dict(quant_type="q5_0"),
+    "Q4_K_M --pure": dict(quant_type="q4_k"),
     "Q8_0": dict(quant_type="q8_0"),
     "Q6_K": dict(quant_type="q6_k"),
     "Q4_K_M": dict(quant_type="q4_k_m"),
@@ -218,15 +221,19 @@ def test_llama_imatrix_file_is_read_by_convert(llama_cpp_files, llama_imatrix, t
 
 
 def known_imatrix_choices(ftype: str, layers: int) -> dict[str, tuple[str, str]]:
-    """Where llama-quantize given an imatrix picks a type nntrtool does not: in a Q4_0 file, the
-    MLP down projections of the first eighth of the layers become Q4_1 ("to guard against
-    craziness", llama.cpp says; only with an imatrix). nntrtool stores no Q4_1 and keeps Q4_0."""
-    if ftype != "Q4_0":
+    """Where llama-quantize given an imatrix picks a type nntrtool does not: in a Q4_0 (Q5_0)
+    file, the MLP down projections of the first eighth of the layers become Q4_1 (Q5_1), "to
+    guard against craziness", llama.cpp says; only with an imatrix, and not with --pure.
+    nntrtool has no such rule (and no Q4_1 quantizer) and keeps the file's type."""
+    instead = {"Q4_0": ("q4_0", "q4_1"), "Q5_0": ("q5_0", "q5_1")}.get(ftype)
+    if instead is None:
         return {}
-    return {f"blk.{i}.ffn_down.weight": ("q4_0", "q4_1") for i in range(layers // 8)}
+    return {f"blk.{i}.ffn_down.weight": instead for i in range(layers // 8)}
 
 
-@pytest.mark.parametrize("ftype", ["Q4_0", "Q6_K", "Q4_K_M"])
+@pytest.mark.parametrize(
+    "ftype", ["Q4_0", "Q4_0 --pure", "Q5_0", "Q6_K", "Q4_K_M --pure", "Q4_K_M", "Q5_K_M"]
+)
 def test_imatrix_blocks_equal_llama_quantize_imatrix(
     llama_cpp_files, llama_imatrix, tmp_path, ftype
 ):
