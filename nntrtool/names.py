@@ -3,8 +3,8 @@
 The way back from GGUF (:func:`hf_name`) is a choice: the package maps many Hugging Face
 spellings onto each GGUF name (``model.layers.0.self_attn.q_proj``, ``layers.0.attention.wq``
 ... all become ``blk.0.attn_q``), so the spelling transformers' ``*ForCausalLM`` classes use is
-declared as a short list of name patterns (:data:`HF_SPELLINGS`) and looked up among the
-table's candidates; every name still comes from the table.
+declared by each model family (:mod:`nntrtool.architectures`) as a short list of name patterns
+and looked up among the table's candidates; every name still comes from the table.
 
 The tables are the ``gguf`` package's (``gguf.get_tensor_name_map``), so every architecture
 llama.cpp's converter knows is covered the way that converter names it. Experts stored one
@@ -22,19 +22,9 @@ from typing import Any
 
 from nntrtool.errors import SourceError
 
-#: Hugging Face ``model_type`` / ``architectures`` -> llama.cpp's architecture name, where the
-#: two differ (llama.cpp converts these families with another family's graph).
-_ARCH_ALIASES = {
-    "mistral": "llama",
-    "mixtral": "llama",
-    "MistralForCausalLM": "llama",
-    "MixtralForCausalLM": "llama",
-    "LlamaForCausalLM": "llama",
-    "Qwen2ForCausalLM": "qwen2",
-    "Qwen2MoeForCausalLM": "qwen2moe",
-    "Qwen3ForCausalLM": "qwen3",
-    "Qwen3MoeForCausalLM": "qwen3moe",
-}
+#: Hugging Face names llama.cpp converts with another family's graph and that no family
+#: module declares.
+_ARCH_ALIASES = {"mixtral": "llama", "MixtralForCausalLM": "llama"}
 
 _EXPERT = re.compile(r"\.experts\.(\d+)\.")
 _SUFFIXES = (".weight", ".bias")
@@ -50,6 +40,11 @@ def gguf_arch_for(config: dict[str, Any]) -> str | None:
     config, from its ``architectures`` or ``model_type``; ``None`` when gguf knows none."""
     from gguf import MODEL_ARCH_NAMES
 
+    from nntrtool.architectures import for_config
+
+    family = for_config(config)
+    if family is not None:
+        return family.gguf_arch
     known = set(MODEL_ARCH_NAMES.values())
     candidates: list[str] = []
     for scope in (config, _text_config(config)):
@@ -113,23 +108,6 @@ def hf_to_gguf_name(hf_name: str, config: dict[str, Any]) -> str | None:
 
 # ---- GGUF names back to Hugging Face names -------------------------------------------------
 
-#: Hugging Face spellings of the llama family of transformers (Llama, Mistral, Qwen2, Qwen3,
-#: Qwen3-MoE ...), without the ``.weight``/``.bias`` suffix; the first candidate of the name
-#: table that matches one of these is taken.
-HF_SPELLINGS = (
-    r"model\.embed_tokens",
-    r"lm_head",
-    r"model\.norm",
-    r"model\.layers\.\d+\.(input_layernorm|post_attention_layernorm)",
-    r"model\.layers\.\d+\.self_attn\.[qkvo]_proj",
-    r"model\.layers\.\d+\.self_attn\.[qk]_norm",
-    r"model\.layers\.\d+\.mlp\.(gate|up|down)_proj",
-    r"model\.layers\.\d+\.mlp\.gate",
-    r"model\.layers\.\d+\.mlp\.experts\.(gate|up|down)_proj",
-    r"model\.layers\.\d+\.mlp\.shared_expert\.(gate|up|down)_proj",
-    r"model\.layers\.\d+\.mlp\.shared_expert_gate",
-)
-_SPELLING = re.compile("|".join(f"(?:{p})" for p in HF_SPELLINGS))
 _SUFFIX = re.compile(r"(.*?)(\.weight|\.bias)?$")
 
 
@@ -160,27 +138,30 @@ def _model_arch(arch: str):  # -> gguf.MODEL_ARCH
 
 
 @functools.lru_cache(maxsize=8)
-def _reverse_table(arch: str, n_blocks: int) -> dict[str, str]:
-    """``{gguf base name: Hugging Face base name}`` for ``arch`` with ``n_blocks`` layers."""
+def _reverse_table(arch: str, n_blocks: int, spellings: tuple[str, ...]) -> dict[str, str]:
+    """``{gguf base name: Hugging Face base name}`` for ``arch`` with ``n_blocks`` layers, the
+    first candidate that fully matches one of ``spellings`` taken."""
     _model_arch(arch)
+    spelling = re.compile("|".join(f"(?:{p})" for p in spellings))
     table = _name_map(arch, n_blocks)
     candidates: dict[str, list[str]] = {}
     for hf, (_kind, gguf_name) in table.mapping.items():
         candidates.setdefault(gguf_name, []).append(hf)
     out: dict[str, str] = {}
     for gguf_name, names in candidates.items():
-        chosen = next((n for n in names if _SPELLING.fullmatch(n)), None)
+        chosen = next((n for n in names if spelling.fullmatch(n)), None)
         if chosen is not None:
             out[gguf_name] = chosen
     return out
 
 
-def hf_name(gguf_name: str, arch: str, n_blocks: int) -> MappedName:
-    """The Hugging Face name of one GGUF tensor name (unchanged, ``known=False``, if unmapped)."""
+def hf_name(gguf_name: str, arch: str, n_blocks: int, spellings: tuple[str, ...]) -> MappedName:
+    """The Hugging Face name of one GGUF tensor name, spelled as one of ``spellings`` (a
+    family's patterns); unchanged, ``known=False``, if none names it."""
     m = _SUFFIX.fullmatch(gguf_name)
     assert m is not None
     base, suffix = m.group(1), m.group(2) or ""
-    hf = _reverse_table(arch, max(0, n_blocks)).get(base)
+    hf = _reverse_table(arch, max(0, n_blocks), tuple(spellings)).get(base)
     if hf is None:
         return MappedName(gguf_name, gguf_name, False)
     return MappedName(gguf_name, hf + suffix, True)

@@ -26,7 +26,7 @@ from nntrtool.format import NntrFile  # noqa: E402
 from nntrtool.quant import quantize  # noqa: E402
 from nntrtool.sources import open_source  # noqa: E402
 from nntrtool.sources.lora import AdapterSpec, adapter_specs  # noqa: E402
-from nntrtool.sources.transforms import DerivedTensor  # noqa: E402
+from nntrtool.tensors.transforms import DerivedTensor  # noqa: E402
 
 # ---- helpers --------------------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ from nntrtool import verify as v
 from nntrtool.convert import ConvertOptions, convert
 from nntrtool.format import NntrFile
 from nntrtool.quant import dequantize
-from nntrtool.sources import mxfp4, open_source
+from nntrtool.sources import open_source
+from nntrtool.tensors import mxfp4
 
 
 @pytest.fixture(scope="module")

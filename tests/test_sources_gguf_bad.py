@@ -79,7 +79,7 @@ KINDS = {
     "string-length": "claims",
     "tensor-type": "ggml type 999",
     "data-offset": "past the end of the",
-    "architecture": "no tensor name table",
+    "architecture": "is not a supported family",
     "zero-row": "attn_q.weight' has dimensions",
     "control-name": "embd.weight' holds control characters",
 }
@@ -114,23 +114,58 @@ def test_valid_small_gguf_opens():
                 assert t.read_f32().shape == (t.rows, t.cols)
 
 
-def test_unmapped_tensor_keeps_its_name_with_a_note(tmp_path):
+def _gguf_with_a_mystery_tensor(path, arch="llama"):
     import gguf
 
-    path = tmp_path / "x.gguf"
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(1)
     w.add_head_count(2)
     w.add_tensor("token_embd.weight", np.zeros((8, 32), np.float32))
-    w.add_tensor("mystery.weight", np.zeros((4,), np.float32))
+    w.add_tensor("mystery.weight", np.arange(4, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with open_source(path) as src:
-        assert "mystery.weight" in src
-        assert any("mystery.weight" in n for n in src.notes)
+    return path
+
+
+def test_unmapped_tensor_is_refused_naming_it_and_the_families(tmp_path):
+    path = _gguf_with_a_mystery_tensor(tmp_path / "x.gguf")
+    with pytest.raises(SourceError) as err:
+        open_source(path)
+    msg = str(err.value)
+    assert "'mystery.weight'" in msg and "llama" in msg and "gemma3" in msg
+    assert "--gguf-raw-names" in msg and "\n" not in msg
+
+
+def test_gguf_raw_names_keeps_the_gguf_names_and_values_and_says_so(tmp_path):
+    path = _gguf_with_a_mystery_tensor(tmp_path / "x.gguf")
+    with open_source(path, gguf_raw_names=True) as src:
+        assert sorted(t.name for t in src.tensors) == ["mystery.weight", "token_embd.weight"]
+        assert np.array_equal(src.tensor("mystery.weight").read_f32()[0], np.arange(4))
+        assert src.origin["gguf_raw_names"] is True
+        assert any("--gguf-raw-names" in n for n in src.notes)
         assert src.config["tie_word_embeddings"] is True
+
+
+def test_unknown_family_refused_then_converted_raw_from_the_cli(tmp_path, capsys):
+    from nntrtool.cli.app import main
+    from nntrtool.format import NntrFile
+
+    path = _gguf_with_a_mystery_tensor(tmp_path / "x.gguf", arch="falcon")
+    out = tmp_path / "o.nntr"
+    with pytest.raises(SystemExit) as err:
+        main(["convert", str(path), str(out), "--quant-type", "keep"])
+    assert err.value.code == 2 and not out.exists()
+    line = capsys.readouterr().err.strip()
+    assert "'falcon' is not a supported family" in line and len(line.splitlines()) == 1
+    with pytest.raises(SystemExit) as err:
+        main(["convert", str(path), str(out), "--quant-type", "keep", "--gguf-raw-names"])
+    assert err.value.code == 0
+    assert "--gguf-raw-names" in capsys.readouterr().err
+    with NntrFile(out) as nf:
+        assert nf.config["nntrtool"]["source"]["gguf_raw_names"] is True
+        assert set(nf.names) == {"mystery.weight", "token_embd.weight"}
 
 
 def test_bf16_and_f16_gguf_tensors_read_like_safetensors_ones(tmp_path):

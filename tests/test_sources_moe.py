@@ -6,14 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from nntrtool.architectures import placements_for
+from nntrtool.architectures.gpt_oss import gpt_oss_placements
+from nntrtool.architectures.qwen3moe import qwen3_moe_placements
 from nntrtool.convert import ConvertOptions, convert, plan_conversion
 from nntrtool.errors import SourceError
 from nntrtool.format import NntrFile
-from nntrtool.sources import mxfp4, open_source
+from nntrtool.sources import open_source
 from nntrtool.sources.base import ArrayTensor
-from nntrtool.sources.moe import gpt_oss_placements, qwen3_moe_placements
-from nntrtool.sources.transforms import placements_for, prefer_type
 from nntrtool.synthetic_moe import MoeShape, make_synthetic_moe, moe_shape
+from nntrtool.tensors import mxfp4
+from nntrtool.tensors.transforms import prefer_type
 
 
 def test_prefer_type_reads_the_base_unchanged():

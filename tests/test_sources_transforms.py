@@ -8,7 +8,7 @@ import pytest
 from nntrtool.errors import SourceError
 from nntrtool.quant import quantize
 from nntrtool.sources.base import ArrayTensor
-from nntrtool.sources.transforms import (
+from nntrtool.tensors.transforms import (
     DerivedTensor,
     Rule,
     apply_rules,

@@ -73,6 +73,13 @@ def convert_command(
         "Q4_0 and Q6_K quantization error, as llama-quantize --imatrix does.",
     ),
     gguf_file: str = opts.GGUF_FILE,
+    gguf_raw_names: bool = typer.Option(
+        False,
+        "--gguf-raw-names",
+        help="Convert a GGUF of a family nntrtool does not know (or holding tensors its family "
+        "does not name) with the GGUF's own tensor names and values, no transform undone; "
+        "flagged in the file's metadata.",
+    ),
     allow_nonfinite: bool = typer.Option(
         False,
         "--allow-nonfinite",
@@ -123,6 +130,7 @@ def convert_command(
         adapters=adapter_specs(lora, lora_scale),
         imatrix=imatrix,
         gguf_file=gguf_file,
+        gguf_raw_names=gguf_raw_names,
     )
 
     progress = progress_factory(quiet)

@@ -74,7 +74,8 @@ class ConvertOptions:
     ``type_overrides`` holds :class:`TypeOverride` objects or ``"REGEX=TYPE"`` strings;
     ``repack_format`` is a layout name from :data:`nntrtool.qtypes.LAYOUTS` or ``None``;
     ``quant_type`` is one of :data:`QUANT_TYPE_CHOICES` (``auto`` is resolved by the plan);
-    ``gguf_file`` picks the GGUF of a folder or hub repo.
+    ``gguf_file`` picks the GGUF of a folder or hub repo; ``gguf_raw_names`` reads a GGUF
+    of an unknown family with its own tensor names and values.
     """
 
     quant_type: str = "auto"
@@ -90,6 +91,7 @@ class ConvertOptions:
     revision: str | None = None
     config: str | Path | None = None
     gguf_file: str | None = None
+    gguf_raw_names: bool = False
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     #: LoRA adapters merged while converting (:class:`nntrtool.sources.lora.AdapterSpec`).
     adapters: tuple[Any, ...] = ()
@@ -132,6 +134,7 @@ class ConvertOptions:
             config=self.config,
             gguf_file=self.gguf_file,
             adapters=self.adapters,
+            gguf_raw_names=self.gguf_raw_names,
         )
 
     def with_(self, **changes: Any) -> ConvertOptions:

@@ -1,53 +1,19 @@
 """A Hugging Face ``config.json`` rebuilt from a GGUF file's metadata.
 
-Each supported GGUF architecture is a row of :data:`ARCHITECTURES` (the transformers class and
-model type, and whether llama.cpp permuted its Q/K rows); the keys are read with the same
-meaning transformers' own GGUF loader gives them, so the two configs agree key for key.
+Which keys a family's GGUF holds and which config keys they become is declared in its module
+(:mod:`nntrtool.architectures`); the keys are read with the meaning transformers' own GGUF
+loader gives them, so the two configs agree key for key. This module holds what every family
+shares: numbers checked, token ids, RoPE scaling, tied embeddings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from nntrtool.architectures import for_gguf
+from nntrtool.architectures.base import COMMON_KEYS
 
-@dataclass(frozen=True)
-class GGUFArchitecture:
-    """How one GGUF architecture maps back to transformers."""
-
-    hf_class: str
-    model_type: str
-    #: llama.cpp's converter interleaves the rotary halves of Q and K rows for this family.
-    permuted_qk: bool = False
-    moe: bool = False
-
-
-ARCHITECTURES: dict[str, GGUFArchitecture] = {
-    "llama": GGUFArchitecture("LlamaForCausalLM", "llama", permuted_qk=True),
-    "qwen2": GGUFArchitecture("Qwen2ForCausalLM", "qwen2"),
-    "qwen3": GGUFArchitecture("Qwen3ForCausalLM", "qwen3"),
-    "qwen3moe": GGUFArchitecture("Qwen3MoeForCausalLM", "qwen3_moe", moe=True),
-}
-
-#: ``{GGUF key under "<arch>.": config key}`` common to every architecture above.
-_KEYS = {
-    "context_length": "max_position_embeddings",
-    "embedding_length": "hidden_size",
-    "block_count": "num_hidden_layers",
-    "feed_forward_length": "intermediate_size",
-    "attention.head_count": "num_attention_heads",
-    "attention.head_count_kv": "num_key_value_heads",
-    "attention.key_length": "head_dim",
-    "rope.freq_base": "rope_theta",
-    "attention.layer_norm_rms_epsilon": "rms_norm_eps",
-    "vocab_size": "vocab_size",
-}
-_MOE_KEYS = {
-    "expert_count": "num_experts",
-    "expert_used_count": "num_experts_per_tok",
-    "expert_feed_forward_length": "moe_intermediate_size",
-}
 _TOKEN_IDS = {
     "tokenizer.ggml.bos_token_id": "bos_token_id",
     "tokenizer.ggml.eos_token_id": "eos_token_id",
@@ -69,16 +35,14 @@ def build_config(
     ``output.weight`` (its absence means tied embeddings), ``token_count`` the length of the
     tokenizer's vocabulary, if any.
     """
-    spec = ARCHITECTURES.get(arch)
+    family = for_gguf(arch)
     cfg: dict[str, Any] = {}
-    if spec is not None:
-        cfg["architectures"] = [spec.hf_class]
-        cfg["model_type"] = spec.model_type
+    if family is not None:
+        cfg["architectures"] = [family.hf_class]
+        cfg["model_type"] = family.model_type
     else:
         cfg["model_type"] = arch
-    keys = dict(_KEYS)
-    if spec is not None and spec.moe:
-        keys.update(_MOE_KEYS)
+    keys = family.config_keys if family is not None else COMMON_KEYS
     for suffix, name in keys.items():
         value = field(f"{arch}.{suffix}")
         if value is not None:
@@ -93,22 +57,33 @@ def build_config(
         vocab = vocab_rows if vocab_rows is not None else token_count
         if vocab is not None:
             cfg["vocab_size"] = int(vocab)
-    rope: dict[str, Any] = {"rope_type": "default"}
-    if "rope_theta" in cfg:
-        rope["rope_theta"] = cfg["rope_theta"]
-    rope.update(_rope_scaling(arch, field) or {})
-    cfg["rope_parameters"] = rope  # transformers 5's spelling; rope_theta for older readers
+    if family is None or family.rope:
+        rope: dict[str, Any] = {"rope_type": "default"}
+        if "rope_theta" in cfg:
+            rope["rope_theta"] = cfg["rope_theta"]
+        rope.update(_rope_scaling(arch, field) or {})
+        cfg["rope_parameters"] = rope  # transformers 5's spelling; rope_theta for older readers
     cfg["tie_word_embeddings"] = not has_output
     for key, name in _TOKEN_IDS.items():
         value = field(key)
         if value is not None:
             cfg[name] = _number(key, value, False)
-    if spec is not None and spec.hf_class.startswith(("Llama", "Qwen")):
-        cfg.setdefault("hidden_act", "silu")
+    if family is not None and family.hidden_act is not None:
+        cfg.setdefault("hidden_act", family.hidden_act)
+    if family is not None and family.finish_config is not None:
+        family.finish_config(cfg, lambda key: field(f"{arch}.{key}"))
     return {k: _plain(v) for k, v in cfg.items()}
 
 
-_FLOAT_KEYS = ("rope_theta", "rms_norm_eps")
+#: Config keys whose values are real numbers (the rest are counts).
+_FLOAT_KEYS = (
+    "rope_theta",
+    "rms_norm_eps",
+    "norm_epsilon",
+    "layer_norm_epsilon",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+)
 
 
 def _number(key: str, value: Any, real: bool) -> int | float:

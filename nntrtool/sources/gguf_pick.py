@@ -62,7 +62,9 @@ def _has_hf_weights(folder: Path) -> bool:
     return True
 
 
-def gguf_from_hub(repo_id: str, revision: str | None, gguf_file: str) -> ModelSource:
+def gguf_from_hub(
+    repo_id: str, revision: str | None, gguf_file: str, *, raw_names: bool = False
+) -> ModelSource:
     """Open ``gguf_file`` of the hub repo ``repo_id``: from the cache, else downloaded alone."""
     from nntrtool.sources.gguf_model import open_gguf
     from nntrtool.sources.hub import resolve_hub
@@ -83,4 +85,4 @@ def gguf_from_hub(repo_id: str, revision: str | None, gguf_file: str) -> ModelSo
         repo_id, revision, is_complete, marker=gguf_file, patterns=patterns
     )
     path = folder / gguf_file
-    return open_gguf(path, {**origin, "path": str(path)})
+    return open_gguf(path, {**origin, "path": str(path)}, raw_names=raw_names)

@@ -3,7 +3,7 @@
 An adapter is a folder holding ``adapter_config.json`` and ``adapter_model.safetensors`` (or
 ``adapter_model.bin``, loaded weights-only), or a Hugging Face id of such a folder (read from the
 local cache first, so it works offline). Opened with adapters, a model source hands out every
-tensor an adapter changes as a :class:`~nntrtool.sources.transforms.DerivedTensor` whose rows
+tensor an adapter changes as a :class:`~nntrtool.tensors.transforms.DerivedTensor` whose rows
 are computed in float32 exactly as PEFT's ``merge_and_unload()`` computes them::
 
     W' = W + s1 * (B1 @ A1) + s2 * (B2 @ A2) ...      (adapters in the order given)
@@ -35,7 +35,7 @@ import numpy as np
 from nntrtool.errors import SourceError, UsageError
 from nntrtool.sources.base import ModelSource, SourceTensor
 from nntrtool.sources.lora_merge import BiasUpdate, LowRankUpdate, merged_tensor, replaced_tensor
-from nntrtool.sources.transforms import DerivedTensor
+from nntrtool.tensors.transforms import DerivedTensor
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from nntrtool.sources.base import SourceTensor
-from nntrtool.sources.transforms import DerivedTensor
+from nntrtool.tensors.transforms import DerivedTensor
 
 
 @functools.cache

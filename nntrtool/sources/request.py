@@ -28,6 +28,8 @@ class SourceRequest:
     gguf_file: str | None = None
     #: LoRA adapters (:class:`nntrtool.sources.lora.AdapterSpec`) merged while reading.
     adapters: tuple[Any, ...] = field(default=())
+    #: Read a GGUF of an unknown family with its own tensor names and values.
+    gguf_raw_names: bool = False
 
     @classmethod
     def of(cls, source: SourceRequest | str | os.PathLike, **how: Any) -> SourceRequest:
@@ -53,6 +55,7 @@ class SourceRequest:
             config=self.config,
             adapters=self.adapters,
             gguf_file=self.gguf_file,
+            gguf_raw_names=self.gguf_raw_names,
         )
 
     def __str__(self) -> str:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nntrtool.architectures import rules_for
 from nntrtool.errors import SourceError, UsageError
-from nntrtool.sources import moe as _moe  # noqa: F401  (registers the MoE architectures' rules)
 from nntrtool.sources.base import ModelSource, SourceTensor
 from nntrtool.sources.folder import (
     CHECKPOINT_SUFFIXES,
@@ -24,7 +24,7 @@ from nntrtool.sources.folder import (
     read_index,
 )
 from nntrtool.sources.hub import looks_like_hub_id, resolve_hub
-from nntrtool.sources.transforms import apply_rules, rules_for
+from nntrtool.tensors.transforms import apply_rules
 
 if TYPE_CHECKING:
     from nntrtool.sources.lora import AdapterSpec
@@ -37,19 +37,29 @@ def open_source(
     config: str | os.PathLike | None = None,
     adapters: Sequence[AdapterSpec] = (),
     gguf_file: str | None = None,
+    gguf_raw_names: bool = False,
 ) -> ModelSource:
     """Open a model: a Hugging Face folder, a ``.safetensors`` file, a ``.bin``/``.pt``
     checkpoint, a ``.gguf`` file (or a folder of them, ``gguf_file`` picking one), or a hub id
     ``org/name`` (with ``gguf_file``: that GGUF of the repo). An existing local path always
     wins over an id.
 
-    ``adapters`` (LoRA, see :mod:`nntrtool.sources.lora`) are merged into the tensors they change.
+    ``adapters`` (LoRA, see :mod:`nntrtool.sources.lora`) are merged into the tensors they change;
+    ``gguf_raw_names`` reads a GGUF of a family nntrtool does not know with its own names and
+    values.
     """
     if adapters:
         from nntrtool.sources.lora import apply_adapters
 
         return apply_adapters(
-            open_source(spec, revision=revision, config=config, gguf_file=gguf_file), adapters
+            open_source(
+                spec,
+                revision=revision,
+                config=config,
+                gguf_file=gguf_file,
+                gguf_raw_names=gguf_raw_names,
+            ),
+            adapters,
         )
     config_path = Path(config).expanduser() if config is not None else None
     if config_path is not None and not config_path.is_file():
@@ -62,7 +72,7 @@ def open_source(
         if gguf_file is not None:
             from nntrtool.sources.gguf_pick import gguf_from_hub
 
-            return gguf_from_hub(spec, revision, gguf_file)
+            return gguf_from_hub(spec, revision, gguf_file, raw_names=gguf_raw_names)
         folder, origin = resolve_hub(spec, revision, folder_missing)
         return _open_folder(folder, config_path, origin)
     if revision is not None:
@@ -83,7 +93,9 @@ def open_source(
                 "config is rebuilt from its own metadata"
             )
 
-        return open_gguf(gguf_path, {**origin, "path": str(gguf_path.resolve())})
+        return open_gguf(
+            gguf_path, {**origin, "path": str(gguf_path.resolve())}, raw_names=gguf_raw_names
+        )
     if path.is_dir():
         return _open_folder(path, config_path, {**origin, "kind": "folder"})
     name = path.name.lower()

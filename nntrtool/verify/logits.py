@@ -180,8 +180,8 @@ def _replace_weights(
     """Copy every file tensor the model has, dequantized, into the model's state in place."""
     import torch
 
+    from nntrtool.architectures import placements_for
     from nntrtool.quant import dequantize, unpack
-    from nntrtool.sources.transforms import placements_for
 
     placements = placements_for(nf.config)
     for entry in nf.tensors:

@@ -287,7 +287,7 @@ def compare_text_files(
 def _restore_source_weights(model: Any, source: SourceRequest, torch: Any) -> None:
     """Put the source's weights back into the model, tensor by tensor (experts into their
     fused parameters, as :func:`~nntrtool.verify.logits.load_file_weights` puts the file's)."""
-    from nntrtool.sources.transforms import placements_for
+    from nntrtool.architectures import placements_for
     from nntrtool.verify.logits import state_slot
 
     state = model.state_dict()

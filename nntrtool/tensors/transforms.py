@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nntrtool.errors import SourceError
-from nntrtool.sources.base import SourceTensor
+from nntrtool.tensors.base import SourceTensor
 
 #: Reads rows ``start:stop`` of a derived tensor from its inputs.
 RowReader = Callable[[Sequence[SourceTensor], int, int], np.ndarray]
@@ -298,17 +298,6 @@ def expert_matrix(
 
 # ---- rules per architecture -------------------------------------------------------------
 
-#: Rules for checkpoints in Hugging Face layout, per architecture name (``config.json``'s
-#: ``architectures[0]``): a function of the config returning the rules (sizes come from it).
-ARCHITECTURE_RULES: dict[str, Callable[[dict], list[Rule]]] = {}
-
-
-def rules_for(config: dict) -> list[Rule]:
-    """The rules that apply to a Hugging Face checkpoint with this config (often none)."""
-    archs = config.get("architectures") or []
-    make = ARCHITECTURE_RULES.get(archs[0]) if archs and isinstance(archs[0], str) else None
-    return make(config) if make is not None else []
-
 
 # ---- the way back: stored tensors into a model's own modules ----------------------------
 
@@ -333,14 +322,3 @@ class Placement:
         if m is None:
             return None
         return self.target.format(*m.groups()), self.index(m), self.transpose
-
-
-#: Per architecture, how stored tensors go back into transformers' modules (fused experts).
-MODULE_PLACEMENTS: dict[str, Callable[[dict], list[Placement]]] = {}
-
-
-def placements_for(config: dict) -> list[Placement]:
-    """The placements for a model with this config (none: every stored name is a state key)."""
-    archs = config.get("architectures") or []
-    make = MODULE_PLACEMENTS.get(archs[0]) if archs and isinstance(archs[0], str) else None
-    return make(config) if make is not None else []

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nntrtool.sources.base import SourceTensor
-from nntrtool.sources.transforms import DerivedTensor, done_reading
+from nntrtool.tensors.base import SourceTensor
+from nntrtool.tensors.transforms import DerivedTensor, done_reading
 
 #: The 16 E2M1 values by nibble (sign in the top bit).
 FP4_VALUES = np.array(

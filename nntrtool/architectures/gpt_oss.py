@@ -1,0 +1,134 @@
+"""GPT-OSS: fused experts (and their MXFP4 packing) split per expert; routers kept F32.
+
+A layer's experts are fused: ``mlp.experts.gate_up_proj`` ``[E, hidden, 2 * inter]`` (gate in
+the even columns, up in the odd ones), ``down_proj`` ``[E, inter, hidden]`` (both ``[in, out]``),
+their biases ``[E, 2 * inter]`` and ``[E, hidden]``. The published checkpoint packs the matrices
+in MXFP4 as ``*_blocks``/``*_scales`` in ``[out, in]`` order (gate and up interleaved by rows),
+decoded by :mod:`nntrtool.tensors.mxfp4`. Stored, every expert is one ``[out, in]`` matrix per
+projection; :func:`gpt_oss_placements` puts them back into transformers' fused parameters.
+
+GPT-OSS GGUFs (``gpt-oss``) are not read yet: llama.cpp stores their experts as ggml MXFP4
+blocks, which nntrtool does not decode; they are refused rather than read wrong.
+"""
+
+from __future__ import annotations
+
+import re
+
+from nntrtool.architectures.base import Family
+from nntrtool.errors import SourceError
+from nntrtool.tensors.base import SourceTensor
+from nntrtool.tensors.experts import EVEN, ODD, bias_row, expert_at, experts_of, router_rule
+from nntrtool.tensors.mxfp4 import mxfp4_matrix
+from nntrtool.tensors.transforms import Placement, Rule, TensorLookup, expert_matrix
+
+
+def _fused_gate_up(m: re.Match[str], t: SourceTensor, lookup: TensorLookup) -> list[SourceTensor]:
+    prefix, out = m.group(1), []
+    for e in range(experts_of(t, 3)):
+        for proj, cols in (("gate", EVEN), ("up", ODD)):
+            out.append(
+                expert_matrix(
+                    t,
+                    f"{prefix}.{e}.{proj}_proj.weight",
+                    e,
+                    columns=cols,
+                    transpose=True,
+                    note=f"expert {e} {proj} of fused gate_up_proj (de-interleaved, transposed)",
+                )
+            )
+    return out
+
+
+def _fused_down(m: re.Match[str], t: SourceTensor, lookup: TensorLookup) -> list[SourceTensor]:
+    prefix = m.group(1)
+    return [
+        expert_matrix(
+            t,
+            f"{prefix}.{e}.down_proj.weight",
+            e,
+            transpose=True,
+            note=f"expert {e} down of fused down_proj (transposed)",
+        )
+        for e in range(experts_of(t, 3))
+    ]
+
+
+def _fused_bias(m: re.Match[str], t: SourceTensor, lookup: TensorLookup) -> list[SourceTensor]:
+    prefix, which = m.group(1), m.group(2)
+    parts = (("gate", EVEN), ("up", ODD)) if which == "gate_up" else (("down", slice(None)),)
+    return [
+        bias_row(t, f"{prefix}.{e}.{proj}_proj.bias", e, cols, f"expert {e} {proj} bias")
+        for e in range(experts_of(t, 2))
+        for proj, cols in parts
+    ]
+
+
+def _packed(m: re.Match[str], t: SourceTensor, lookup: TensorLookup) -> list[SourceTensor]:
+    prefix, which = m.group(1), m.group(2)
+    scales = lookup.take(f"{prefix}.{which}_proj_scales")
+    try:
+        if which == "gate_up":
+            return [
+                mxfp4_matrix(
+                    t,
+                    scales,
+                    f"{prefix}.{e}.{proj}_proj.weight",
+                    e,
+                    row_step=2,
+                    row_offset=off,
+                    note=f"expert {e} {proj}: MXFP4 decoded (rows {off}::2 of gate_up)",
+                )
+                for e in range(t.shape[0])
+                for proj, off in (("gate", 0), ("up", 1))
+            ]
+        return [
+            mxfp4_matrix(
+                t,
+                scales,
+                f"{prefix}.{e}.down_proj.weight",
+                e,
+                note=f"expert {e} down: MXFP4 decoded",
+            )
+            for e in range(t.shape[0])
+        ]
+    except ValueError as err:
+        raise SourceError(f"{t.name}: {err}") from None
+
+
+def gpt_oss_rules(config: dict) -> list[Rule]:
+    """GPT-OSS: fused (or MXFP4-packed) experts split per expert; router preferred F32."""
+    experts = r"(.*\.mlp\.experts)"
+    return [
+        Rule(rf"{experts}\.gate_up_proj", _fused_gate_up, "fused gate/up experts"),
+        Rule(rf"{experts}\.down_proj", _fused_down, "fused down experts"),
+        Rule(rf"{experts}\.(gate_up|down)_proj_bias", _fused_bias, "fused expert biases"),
+        Rule(rf"{experts}\.(gate_up|down)_proj_blocks", _packed, "MXFP4 experts"),
+        router_rule(r".*\.mlp\.router\.weight"),
+    ]
+
+
+def gpt_oss_placements(config: dict) -> list[Placement]:
+    """Stored GPT-OSS experts back into transformers' fused parameters (re-interleaved)."""
+    e = r"(.*\.mlp\.experts)\.(\d+)"
+    return [
+        Placement(
+            rf"{e}\.gate_proj\.weight", "{0}.gate_up_proj", expert_at(slice(None), EVEN), True
+        ),
+        Placement(rf"{e}\.up_proj\.weight", "{0}.gate_up_proj", expert_at(slice(None), ODD), True),
+        Placement(rf"{e}\.down_proj\.weight", "{0}.down_proj", expert_at(), True),
+        Placement(rf"{e}\.gate_proj\.bias", "{0}.gate_up_proj_bias", expert_at(EVEN)),
+        Placement(rf"{e}\.up_proj\.bias", "{0}.gate_up_proj_bias", expert_at(ODD)),
+        Placement(rf"{e}\.down_proj\.bias", "{0}.down_proj_bias", expert_at()),
+    ]
+
+
+FAMILY = Family(
+    name="gpt_oss",
+    model_type="gpt_oss",
+    hf_class="GptOssForCausalLM",
+    gguf_arch="gpt-oss",
+    hf_rules=gpt_oss_rules,
+    placements=gpt_oss_placements,
+    reads_gguf=False,
+)

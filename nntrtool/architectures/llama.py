@@ -1,0 +1,13 @@
+"""Llama: llama.cpp interleaves the rotary halves of each Q and K head's rows; undone here."""
+
+from nntrtool.architectures.base import Family
+from nntrtool.architectures.ops import unpermute_qk_rules
+
+FAMILY = Family(
+    name="llama",
+    model_type="llama",
+    hf_class="LlamaForCausalLM",
+    gguf_arch="llama",
+    gguf_rules=unpermute_qk_rules,
+    hidden_act="silu",
+)

@@ -1,0 +1,32 @@
+"""Phi-3: fused ``qkv_proj`` and ``gate_up_proj``, which llama.cpp stores fused too
+(``attn_qkv``, ``ffn_up`` of twice the width), so names map one to one. Partial rotary: the
+GGUF's ``rope.dimension_count`` over the head size is ``partial_rotary_factor``."""
+
+from nntrtool.architectures.base import COMMON_KEYS, Family
+
+SPELLINGS = (
+    r"model\.embed_tokens",
+    r"lm_head",
+    r"model\.norm",
+    r"model\.layers\.\d+\.(input_layernorm|post_attention_layernorm)",
+    r"model\.layers\.\d+\.self_attn\.(qkv|o)_proj",
+    r"model\.layers\.\d+\.mlp\.(gate_up|down)_proj",
+)
+
+
+def _finish(cfg: dict, field) -> None:
+    rot, head = field("rope.dimension_count"), cfg.get("head_dim")
+    if isinstance(rot, int) and head:
+        cfg["rope_parameters"]["partial_rotary_factor"] = rot / head
+
+
+FAMILY = Family(
+    name="phi3",
+    model_type="phi3",
+    hf_class="Phi3ForCausalLM",
+    gguf_arch="phi3",
+    spellings=SPELLINGS,
+    config_keys=dict(COMMON_KEYS),
+    finish_config=_finish,
+    hidden_act="silu",
+)

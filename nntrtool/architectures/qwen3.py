@@ -1,0 +1,14 @@
+"""Qwen3: Qwen2 with per-head RMSNorms on Q and K (``self_attn.q_norm``/``k_norm``)."""
+
+from nntrtool.architectures.base import DECODER_SPELLINGS, Family
+
+QK_NORM = r"model\.layers\.\d+\.self_attn\.[qk]_norm"
+
+FAMILY = Family(
+    name="qwen3",
+    model_type="qwen3",
+    hf_class="Qwen3ForCausalLM",
+    gguf_arch="qwen3",
+    spellings=(*DECODER_SPELLINGS, QK_NORM),
+    hidden_act="silu",
+)
