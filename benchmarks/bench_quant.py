@@ -1,13 +1,13 @@
 """Quantization kernel throughput, side by side with ggml's C reference on one thread.
 
     python benchmarks/bench_quant.py [--rows 4096] [--cols 4096] [--repeats 5] [--json out.json]
-        [--types q4_0,q8_0,q6_k] [--one-thread] [--cpu-time] [--numpy [--numpy-rows 512]]
+        [--types q4_0,q8_0,q6_k,q4_k,q5_k,q5_0,q5_1,f16] [--one-thread] [--cpu-time] [--numpy [--numpy-rows 512]]
         [--no-imatrix]
 
 Times the public API (``nntrtool.quant``) on a float32 matrix in memory, best of ``--repeats``
-runs after a warm-up, and checks every result against ggml's bytes. Q4_0 and Q6_K are also
-timed weighted by an importance matrix (a random one, one value per column), against ggml
-given the same matrix. Also times the first call of a fresh process (the numba kernels loading
+runs after a warm-up, and checks every result against ggml's bytes. Every type whose bytes an
+importance matrix changes (all but Q8_0 and F16) is also timed weighted by one (a random one,
+one value per column), against ggml given the same matrix. Also times the first call of a fresh process (the numba kernels loading
 from the on-disk cache). Figures are params/s
 (values quantized or dequantized per second) or bytes/s for the repack, by wall time. The load
 average is printed with them: on a machine shared with other work, multi-threaded kernels lose
@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from nntrtool import ggml_ref
+from nntrtool.qtypes import get_type
 from nntrtool.quant import available_backends, dequantize, quantize, repack, unpack
 
 
@@ -95,7 +96,7 @@ def first_call_seconds() -> dict[str, float]:
         """
     )
     result = {}
-    for qtype in ("q4_0", "q8_0", "q6_k"):
+    for qtype in ("q4_0", "q8_0", "q6_k", "q4_k"):
         subprocess.run([sys.executable, "-c", code, qtype], check=True, capture_output=True)
         out = subprocess.run(
             [sys.executable, "-c", code, qtype], check=True, capture_output=True, text=True
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=4096)
     parser.add_argument("--cols", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--types", default="q4_0,q8_0,q6_k")
+    parser.add_argument("--types", default="q4_0,q8_0,q6_k,q4_k,q5_k,q5_0,q5_1,f16")
     parser.add_argument("--numpy", action="store_true", help="also time the numpy backend")
     parser.add_argument("--numpy-rows", type=int, help="rows for the numpy runs (default: all)")
     parser.add_argument("--one-thread", action="store_true", help="also numba on one thread")
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 ref=t_ref * xs.size / n,
             )
             assert np.array_equal(got, expected[: len(xs)]), f"{qtype} numpy: bytes differ"
-        if qtype in ("q4_0", "q6_k") and not args.no_imatrix:
+        if get_type(qtype).uses_imatrix and not args.no_imatrix:
             t_imx, expected_imx = timed(
                 f"ggml {qtype} imatrix quantize (1 thread)",
                 lambda q=qtype: ggml.quantize(x, q, qw),

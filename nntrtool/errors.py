@@ -53,7 +53,7 @@ class OutputExistsError(UsageError):
 class DiskFullError(NntrError):
     """Not enough free disk space for the output (checked up front, or hit while writing)."""
 
-    exit_code = 1
+    exit_code = 2
 
 
 class TensorNotFoundError(UsageError, KeyError):

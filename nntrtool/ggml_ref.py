@@ -23,8 +23,11 @@ def _ggml_type_attr(qtype: str) -> str:
 
 
 def _dequant_symbol(qtype: str) -> str:
-    """ggml's row dequantizer of a type: ``dequantize_row_q4_0``, ``dequantize_row_q6_K``."""
+    """ggml's row dequantizer of a type: ``dequantize_row_q4_0``, ``dequantize_row_q6_K``
+    (``ggml_fp16_to_fp32_row`` for F16)."""
     name = qtype.lower()
+    if name == "f16":
+        return "ggml_fp16_to_fp32_row"
     return f"dequantize_row_{name[:-1] + 'K' if name.endswith('_k') else name}"
 
 

@@ -74,7 +74,8 @@ class TensorType:
 
 
 # Default verify limits were measured on 512 x 4096 N(0, 0.02) weights (q4_0 0.086, q6_k 0.018,
-# q8_0 0.0054; heavy-tailed Student-t(3) weights give 0.127, 0.026, 0.0085). F32 is bit-exact.
+# q8_0 0.0054; heavy-tailed Student-t(3) weights give 0.127, 0.026, 0.0085; q4_k 0.071 / 0.092,
+# q5_k 0.036 / 0.047, q5_0 0.043 / 0.066, q5_1 0.038 / 0.049, f16 0.00021). F32 is bit-exact.
 F32 = TensorType("f32", 6, 1, 4, False, "IEEE float32", ggml_type=0, target=True)
 Q4_0 = TensorType(
     "q4_0",
@@ -131,7 +132,80 @@ Q8_0 = TensorType(
     max_rel_err=0.012,
 )
 
-TYPES: tuple[TensorType, ...] = (Q4_0_REPACKED, Q4_0, Q6_K, F32, Q8_0)
+Q4_K = TensorType(
+    "q4_k",
+    8,
+    256,
+    144,
+    True,
+    "GGML Q4_K: 8 x 32 4-bit sub-blocks, 6-bit scales and mins",
+    ggml_type=12,
+    kernels="nntrtool.quant.q4_k",
+    numba_kernels="nntrtool.quant._q4_k_numba",
+    uses_imatrix=True,
+    target=True,
+    fallback="q5_0",
+    max_rel_err=0.15,
+)
+Q5_K = TensorType(
+    "q5_k",
+    9,
+    256,
+    176,
+    True,
+    "GGML Q5_K: 8 x 32 5-bit sub-blocks, 6-bit scales and mins",
+    ggml_type=13,
+    kernels="nntrtool.quant.q5_k",
+    numba_kernels="nntrtool.quant._q5_k_numba",
+    uses_imatrix=True,
+    target=True,
+    fallback="q5_1",
+    max_rel_err=0.075,
+)
+Q5_0 = TensorType(
+    "q5_0",
+    10,
+    32,
+    22,
+    True,
+    "GGML Q5_0: fp16 scale + 32 x 5-bit",
+    ggml_type=6,
+    kernels="nntrtool.quant.q5_0",
+    numba_kernels="nntrtool.quant._q5_0_numba",
+    uses_imatrix=True,
+    target=True,
+    fallback="f32",
+    max_rel_err=0.09,
+)
+Q5_1 = TensorType(
+    "q5_1",
+    11,
+    32,
+    24,
+    True,
+    "GGML Q5_1: fp16 scale and min + 32 x 5-bit",
+    ggml_type=7,
+    kernels="nntrtool.quant.q5_1",
+    numba_kernels="nntrtool.quant._q5_1_numba",
+    uses_imatrix=True,
+    target=True,
+    fallback="f32",
+    max_rel_err=0.08,
+)
+F16 = TensorType(
+    "f16",
+    12,
+    1,
+    2,
+    False,
+    "IEEE float16 (round to nearest even)",
+    ggml_type=1,
+    kernels="nntrtool.quant.f16",
+    numba_kernels="nntrtool.quant._f16_numba",
+    max_rel_err=0.0005,
+)
+
+TYPES: tuple[TensorType, ...] = (Q4_0_REPACKED, Q4_0, Q6_K, F32, Q8_0, Q4_K, Q5_K, Q5_0, Q5_1, F16)
 TYPES_BY_ID: dict[int, TensorType] = {t.type_id: t for t in TYPES}
 TYPES_BY_NAME: dict[str, TensorType] = {t.name: t for t in TYPES}
 TYPES_BY_GGML: dict[int, TensorType] = {t.ggml_type: t for t in TYPES if t.ggml_type is not None}

@@ -237,6 +237,7 @@ def repack_file(
         with writer, bar as prog:
             for d in decisions:
                 _stream_tensor(nf, d, writer, prog, backend)
+            nf.check_unchanged()  # still the file that was read, before the output is named
         file_size = writer.file_size
     return RepackReport(
         source=str(src_path),

@@ -20,7 +20,16 @@ _REPACK_SYMBOLS = {
     "q4_0_8": "_ZN4ggml3cpu6repack6repackI10block_q4_0Ll8ELl8EEEiP11ggml_tensorPKvm",
 }
 
-_BLOCK = {"q4_0": (32, 18), "q8_0": (32, 34), "q6_k": (256, 210)}
+_BLOCK = {
+    "q4_0": (32, 18),
+    "q8_0": (32, 34),
+    "q6_k": (256, 210),
+    "q4_k": (256, 144),
+    "q5_k": (256, 176),
+    "q5_0": (32, 22),
+    "q5_1": (32, 24),
+    "f16": (1, 2),
+}
 
 
 @functools.cache
@@ -41,7 +50,7 @@ def available() -> bool:
 
 def _type_id(qtype: str) -> int:
     g = _ggml()
-    return {"q4_0": g.GGML_TYPE_Q4_0, "q8_0": g.GGML_TYPE_Q8_0, "q6_k": g.GGML_TYPE_Q6_K}[qtype]
+    return int(getattr(g, f"GGML_TYPE_{qtype.upper()}"))
 
 
 def ggml_quantize(x: np.ndarray, qtype: str, imatrix: np.ndarray | None = None) -> np.ndarray:
@@ -74,12 +83,10 @@ def ggml_quantize(x: np.ndarray, qtype: str, imatrix: np.ndarray | None = None) 
 
 @functools.cache
 def _dequantizer(qtype: str) -> Any:
-    name = {
-        "q4_0": "dequantize_row_q4_0",
-        "q8_0": "dequantize_row_q8_0",
-        "q6_k": "dequantize_row_q6_K",
-    }
-    fn = getattr(_ggml().lib, name[qtype])
+    name = "dequantize_row_" + (qtype[:-1] + "K" if qtype.endswith("_k") else qtype)
+    if qtype == "f16":
+        name = "ggml_fp16_to_fp32_row"
+    fn = getattr(_ggml().lib, name)
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     fn.restype = None
     return fn

@@ -253,7 +253,7 @@ def _cli_error(capsys, *args):
         (["--size", "100x100"], "--size"),
         (["--e2e-params", "lots"], "--e2e-params"),
         (["--backend", "tpu"], "--backend"),
-        (["--type", "q5_k"], "--type"),
+        (["--type", "q3_k"], "--type"),
         (["--workdir", "/nonexistent/place"], "--workdir"),
         (["-o", "/nonexistent/dir/out.json"], "--output"),
     ],

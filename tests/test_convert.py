@@ -302,7 +302,7 @@ def test_nonfinite_norm_is_refused_then_kept(tmp_path):
 
 
 def test_existing_output_needs_force(tmp_path):
-    from nntrtool.errors import OutputExistsError
+    from nntrtool.errors import OutputExistsError, UsageError
 
     src = write_model(tmp_path / "m")
     out = tmp_path / "o.nntr"
@@ -310,6 +310,10 @@ def test_existing_output_needs_force(tmp_path):
     with pytest.raises(OutputExistsError, match="--force"):
         convert(src, out, ConvertOptions())
     assert out.read_bytes() == b"keep me"
+    with pytest.raises(UsageError, match="not an NNTR file"):
+        convert(src, out, ConvertOptions(force=True))
+    assert out.read_bytes() == b"keep me"
+    out.write_bytes(b"NNTR an earlier output")
     convert(src, out, ConvertOptions(force=True))
     assert NntrFile(out).tensors
 

@@ -188,7 +188,7 @@ def test_nan_with_allow_nonfinite_succeeds(tmp_path, capsys):
         (["--type", "down_proj"], "expected REGEX=TYPE"),
         (["--type", "x=q3_k"], "unknown type 'q3_k'"),
         (["--keep-f32", "a("], "bad regular expression"),
-        (["--quant-type", "q5_0"], "--quant-type 'q5_0'"),
+        (["--quant-type", "q3_k"], "--quant-type 'q3_k'"),
         (["--repack-format", "q8"], "--repack-format 'q8'"),
         (["--backend", "tpu"], "tpu"),
     ],
@@ -206,6 +206,10 @@ def test_existing_output_needs_force(model, tmp_path, capsys):
     code, _, stderr = run(["convert", model, out], capsys)
     assert code == 2 and "--force" in one_error_line(stderr)
     assert out.read_bytes() == b"old" and files_in(tmp_path) == ["o.nntr"]
+    code, _, stderr = run(["convert", model, out, "--force"], capsys)  # not ours: kept
+    assert code == 2 and "not an NNTR file" in one_error_line(stderr)
+    assert out.read_bytes() == b"old" and files_in(tmp_path) == ["o.nntr"]
+    out.write_bytes(b"NNTR from an earlier run")
     code, _, _ = run(["convert", model, out, "--force", "--quiet"], capsys)
     assert code == 0 and NntrFile(out).tensors
 

@@ -544,7 +544,10 @@ def test_existing_output_needs_force_and_interrupts_leave_nothing(sources, tmp_p
     (out / "keep.txt").write_text("mine")
     with pytest.raises(OutputExistsError, match="pass --force"):
         export_nntr(nntr, out)
-    assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(UsageError, match="not an export folder"):
+        export_nntr(nntr, out, force=True)  # a folder of the user's: never replaced
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    (out / "nntr_config.json").write_text("{}")  # an earlier export's marker
 
     class CtrlC:
         calls = 0
@@ -556,7 +559,7 @@ def test_existing_output_needs_force_and_interrupts_leave_nothing(sources, tmp_p
 
     with pytest.raises(KeyboardInterrupt):
         export_nntr(nntr, out, force=True, progress=lambda *_: contextlib.nullcontext(CtrlC()))
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]  # the old folder is untouched
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "nntr_config.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.nntr", "out"]
 
     export_nntr(nntr, out, force=True)
@@ -659,7 +662,7 @@ def test_cli_export_summary_and_errors(sources, tmp_path, capsys):
 
     assert _run_cli(["export", str(nntr), str(out)]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: {out} exists; pass --force to replace it\n"
+    assert err == f"error: {out} already exists: pass --force to overwrite it\n"
 
     assert _run_cli(["export", str(nntr), str(tmp_path / "x"), "--dry-run"]) == 0
     captured = capsys.readouterr()

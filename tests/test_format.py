@@ -29,7 +29,20 @@ from nntrtool.format import (
     read_directory,
 )
 from nntrtool.format.binary import FIXED_HEADER
-from nntrtool.qtypes import F32, LAYOUTS, Q4_0, Q4_0_REPACKED, Q6_K, Q8_0, TYPES
+from nntrtool.qtypes import (
+    F16,
+    F32,
+    LAYOUTS,
+    Q4_0,
+    Q4_0_REPACKED,
+    Q4_K,
+    Q5_0,
+    Q5_1,
+    Q5_K,
+    Q6_K,
+    Q8_0,
+    TYPES,
+)
 
 CONFIG = {
     "architectures": ["LlamaForCausalLM"],
@@ -53,6 +66,12 @@ def every_kind_specs() -> list[TensorSpec]:
         TensorSpec("q6", Q6_K, (5, 512)),
         TensorSpec("q8", Q8_0, (7, 96)),
         TensorSpec("q8_1d", Q8_0, (32,)),
+        TensorSpec("q4k", Q4_K, (3, 512)),
+        TensorSpec("q5k", Q5_K, (2, 256)),
+        TensorSpec("q50", Q5_0, (5, 96)),
+        TensorSpec("q51", Q5_1, (4, 64)),
+        TensorSpec("h", F16, (6, 5)),
+        TensorSpec("h_1d", F16, (7,)),
     ]
     for name, layout in LAYOUTS.items():
         specs.append(TensorSpec(f"rp.{name}", Q4_0_REPACKED, (2 * layout.rows, 64), layout))
@@ -104,8 +123,9 @@ def test_round_trip_every_type_and_layout(tmp_path, chunks):
             np.testing.assert_array_equal(raw, data[spec.name])
             assert f.check(spec.name)
             arr = f.array(spec.name)
-            if spec.ttype is F32:
-                assert arr.dtype == np.float32 and arr.shape == spec.shape
+            if spec.ttype in (F32, F16):
+                want = np.float32 if spec.ttype is F32 else np.float16
+                assert arr.dtype == want and arr.shape == spec.shape
                 np.testing.assert_array_equal(arr.reshape(-1).view(np.uint8), data[spec.name])
             else:
                 rows = int(np.prod(spec.shape[:-1]))
@@ -114,6 +134,13 @@ def test_round_trip_every_type_and_layout(tmp_path, chunks):
         assert f.bad_tensors() == []
         assert f.tensor("rp.q4_0_8").display_type == "q4_0_8"
         assert f.tensor("q6").display_type == "q6_k"
+        assert [f.tensor(n).ttype.type_id for n in ("q4k", "q5k", "q50", "q51", "h")] == [
+            8,
+            9,
+            10,
+            11,
+            12,
+        ]
 
 
 def test_views_are_zero_copy_and_read_only(tmp_path):
@@ -177,6 +204,12 @@ def test_existing_output_needs_force(tmp_path):
     with pytest.raises(OutputExistsError, match="--force"):
         NntrWriter(path, {}, specs)
     assert path.read_bytes() == b"keep me"
+    # --force replaces only an earlier NNTR file, never a file of someone else's
+    with pytest.raises(UsageError, match="not an NNTR file"):
+        NntrWriter(path, {}, specs, force=True)
+    assert path.read_bytes() == b"keep me"
+    path.unlink()
+    write_file(path, [TensorSpec("old", F32, (2,))])
     write_file(path, specs, force=True)
     with NntrFile(path) as f:
         assert f.names == ["t"]
@@ -203,7 +236,7 @@ def test_sigint_while_writing_leaves_nothing(tmp_path):
 
     out = tmp_path / "out"
     out.mkdir()
-    (out / "m.nntr").write_bytes(b"previous")
+    (out / "m.nntr").write_bytes(b"NNTR previous")  # an earlier output
     script = (
         "import sys, time\n"
         "import numpy as np\n"
@@ -230,16 +263,16 @@ def test_sigint_while_writing_leaves_nothing(tmp_path):
         proc.communicate()
     assert proc.returncode != 0
     assert [p.name for p in out.iterdir()] == ["m.nntr"]
-    assert (out / "m.nntr").read_bytes() == b"previous"
+    assert (out / "m.nntr").read_bytes() == b"NNTR previous"
 
 
 def test_error_in_block_keeps_existing_output(tmp_path):
     path = tmp_path / "m.nntr"
-    path.write_bytes(b"old")
+    path.write_bytes(b"NNTR old")
     with pytest.raises(RuntimeError):
         with NntrWriter(path, {}, [TensorSpec("a", F32, (4,))], force=True):
             raise RuntimeError
-    assert path.read_bytes() == b"old"
+    assert path.read_bytes() == b"NNTR old"
     assert list(tmp_path.iterdir()) == [path]
 
 

@@ -49,8 +49,8 @@ def test_head_type_falls_back_and_wins_over_type(tmp_path: Path, model: Path) ->
 
 
 def test_bad_head_type(model: Path) -> None:
-    with pytest.raises(UsageError, match="--head-type 'q5_k' is not known"):
-        plan_of(model, head_type="q5_k")
+    with pytest.raises(UsageError, match="--head-type 'q3_k' is not known"):
+        plan_of(model, head_type="q3_k")
 
 
 def test_cli_writes_the_head_at_its_type(model: Path, tmp_path: Path, capsys) -> None:

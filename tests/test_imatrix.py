@@ -313,6 +313,14 @@ def test_match_experts(tmp_path):
     np.testing.assert_array_equal(found[tensors[1][0]].weights, np.ones(48, np.float32))
 
 
+def test_match_refuses_more_or_fewer_experts_than_the_model(tmp_path):
+    tensors = [(f"model.layers.0.mlp.experts.{e}.down_proj.weight", (32, 48)) for e in range(3)]
+    for n, text in ((4, "holds 4 experts, but the model has 3"), (2, "holds 2 experts x 48")):
+        imx = _imx(tmp_path, {"blk.0.ffn_down_exps.weight": (np.ones((n, 48)), [1.0] * n)})
+        with pytest.raises(ImatrixError, match=text):
+            match_imatrix(imx, tensors, QWEN3MOE)
+
+
 def test_match_experts_stored_flat(tmp_path):
     # One count for all experts, their sums in one row (legacy and early GGUF files)
     tensors = [(f"model.layers.0.mlp.experts.{e}.up_proj.weight", (32, 16)) for e in range(2)]

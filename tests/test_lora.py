@@ -454,3 +454,32 @@ def test_lora_scale_needs_one_per_adapter(llama, adapter, tmp_path, capsys):
         adapter_specs([], [1.0])
     with pytest.raises(UsageError):
         AdapterSpec("x", math.inf)
+
+
+def test_merge_out_of_range_is_stored_as_f32_or_refused(llama, adapter, tmp_path):
+    """A huge --lora-scale gives finite merged values too large for q4_0's fp16 scales."""
+    from faults import one_line, run_cli, snapshot
+
+    from nntrtool.quant.api import dequantize
+
+    base, ad = llama, adapter
+    before = snapshot(base) | snapshot(ad)
+    out = tmp_path / "o.nntr"
+    argv = ["convert", base, out, "--lora", ad, "--lora-scale", "1e7", "--quant-type", "q4_0"]
+    proc = run_cli(*argv)
+    assert proc.returncode == 0, proc.stderr
+    assert "model.layers.0.self_attn.q_proj.weight: values up to" in proc.stdout
+    with NntrFile(out) as nf:
+        assert nf.tensor("model.layers.0.self_attn.q_proj.weight").ttype.name == "f32"
+        for e in nf.tensors:
+            values = (
+                dequantize(nf.array(e.name), e.ttype, e.shape, backend="numpy")
+                if e.ttype.quantized
+                else nf.array(e.name)
+            )
+            assert np.isfinite(values).all(), e.name
+    proc = run_cli(*argv[:2], tmp_path / "s.nntr", *argv[3:], "--strict")
+    assert proc.returncode == 2
+    assert "too large for q4_0" in one_line(proc.stderr)
+    assert not (tmp_path / "s.nntr").exists()
+    assert snapshot(base) | snapshot(ad) == before

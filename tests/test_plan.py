@@ -172,10 +172,10 @@ def test_keep_f32_wins_over_everything(model: Path) -> None:
     ("kw", "text"),
     [
         ({"type_overrides": ("q_proj",)}, "expected REGEX=TYPE"),
-        ({"type_overrides": ("q_proj=q5_1",)}, "unknown type 'q5_1'"),
+        ({"type_overrides": ("q_proj=q3_k",)}, "unknown type 'q3_k'"),
         ({"type_overrides": ("q_[proj=q8_0",)}, "bad regular expression"),
         ({"keep_f32": ("(",)}, "bad regular expression"),
-        ({"quant_type": "q5_k"}, "--quant-type 'q5_k'"),
+        ({"quant_type": "q3_k"}, "--quant-type 'q3_k'"),
         ({"repack_format": "q4_0_16"}, "--repack-format 'q4_0_16'"),
         ({"threads": 0}, "--threads 0"),
     ],

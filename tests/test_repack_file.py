@@ -193,6 +193,10 @@ def test_errors(converted, tmp_path):
     with pytest.raises(OutputExistsError):
         repack_file(converted(None), existing, "q4_0_4")
     assert existing.read_bytes() == b"keep me"
+    with pytest.raises(UsageError, match="not an NNTR file"):
+        repack_file(converted(None), existing, "q4_0_4", force=True)
+    assert existing.read_bytes() == b"keep me"
+    existing.write_bytes(b"NNTR an earlier output")
     repack_file(converted(None), existing, "q4_0_4", force=True)
     assert_same_file(existing, converted("q4_0_4"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.nntr", "junk.nntr", "q6.nntr"]

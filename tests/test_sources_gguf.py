@@ -20,7 +20,15 @@ from nntrtool.format import NntrFile
 from nntrtool.quant import quantize, repack
 from nntrtool.sources import open_source
 
-MIXED = {"q_proj": "Q4_0", "k_proj": "Q4_K", "v_proj": "Q6_K", "embed": "Q8_0", "down": "Q5_0"}
+MIXED = {
+    "q_proj": "Q4_0",
+    "k_proj": "Q3_K",
+    "v_proj": "Q6_K",
+    "embed": "Q8_0",
+    "down": "Q4_1",
+    "o_proj": "Q4_K",
+    "up_proj": "Q5_0",
+}
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +88,12 @@ def test_blocks_are_copied_byte_for_byte_and_qk_unpermuted(llama, ggufs, tmp_pat
         e = "model.embed_tokens.weight"
         assert types[e] == "q8_0"
         assert f.raw(e).tobytes() == _gguf_blocks(ggufs["mixed"], "token_embd.weight")[0].tobytes()
+        for name, gguf_name, qtype in (
+            ("model.layers.0.self_attn.o_proj.weight", "blk.0.attn_output.weight", "q4_k"),
+            ("model.layers.1.mlp.up_proj.weight", "blk.1.ffn_up.weight", "q5_0"),
+        ):
+            assert types[name] == qtype and f"copied {qtype} blocks" in reasons[name]
+            assert f.raw(name).tobytes() == _gguf_blocks(ggufs["mixed"], gguf_name)[0].tobytes()
 
 
 def test_repacking_copied_blocks_stays_lossless(ggufs, tmp_path):
@@ -100,7 +114,7 @@ def test_requantized_tensors_equal_quantizing_the_dequantized_values(ggufs, tmp_
     plan = {t.name: t for t in report.plan.tensors}
     k = "model.layers.0.self_attn.k_proj.weight"
     down = "model.layers.0.mlp.down_proj.weight"
-    assert plan[k].requantized and "requantized from q4_k" in plan[k].reason
+    assert plan[k].requantized and "requantized from q3_k" in plan[k].reason
     assert plan[down].requantized and plan[down].display_type == "q6_k"
     assert any("lossy relative to the GGUF" in n for n in report.plan.notes)
     with open_source(ggufs["mixed"]) as src, NntrFile(out) as f:
@@ -108,9 +122,9 @@ def test_requantized_tensors_equal_quantizing_the_dequantized_values(ggufs, tmp_
             values = src.tensor(name).read_f32()
             assert f.raw(name).tobytes() == quantize(values, qtype).tobytes()
         raw, ggml_type = _gguf_blocks(ggufs["mixed"], "blk.0.attn_k.weight")
-        assert ggml_type == "Q4_K"
-        deq = quants.dequantize(raw, GGMLQuantizationType.Q4_K)
-        # The Q4_K values read back are gguf's dequantized values, rows un-permuted.
+        assert ggml_type == "Q3_K"
+        deq = quants.dequantize(raw, GGMLQuantizationType.Q3_K)
+        # The Q3_K values read back are gguf's dequantized values, rows un-permuted.
         from gguf_models import llama_cpp_permute
 
         np.testing.assert_array_equal(llama_cpp_permute(src.tensor(k).read_f32(), 2), deq)
@@ -125,7 +139,7 @@ def test_explicit_quant_type_requantizes_everything(ggufs, tmp_path):
 
 def test_keep_without_an_nntr_type_falls_back_by_row_width(hf_model, tmp_path):
     folder = hf_model("llama")  # hidden 64: no 256-value rows
-    path = write_gguf(folder, tmp_path / "t.gguf", types={"q_proj": "Q5_1"}, default_type="F16")
+    path = write_gguf(folder, tmp_path / "t.gguf", types={"q_proj": "Q4_1"}, default_type="F16")
     plan = plan_conversion(path, ConvertOptions())
     q = plan.tensor("model.layers.0.self_attn.q_proj.weight")
     assert q.display_type == "q8_0" and q.requantized
@@ -139,7 +153,7 @@ def test_dry_run_and_summary_mark_requantized_tensors(ggufs, tmp_path):
 
     res = CliRunner().invoke(app, ["convert", str(ggufs["mixed"]), "--dry-run"])
     assert res.exit_code == 0, res.output
-    assert "requantized from q4_k" in res.output and "copied q4_0 blocks" in res.output
+    assert "requantized from q3_k" in res.output and "copied q4_0 blocks" in res.output
     res = CliRunner().invoke(app, ["convert", str(ggufs["mixed"]), str(tmp_path / "o.nntr")])
     assert res.exit_code == 0, res.output
     assert "lossy relative to the GGUF" in res.output
@@ -403,6 +417,6 @@ def test_quantized_tensor_kept_f32_is_dequantized_exactly(ggufs, tmp_path):
     q = report.plan.tensor("model.layers.0.self_attn.q_proj.weight")
     assert q.display_type == "f32" and "dequantized from q4_0" in q.reason
     assert not q.requantized
-    assert any(n.startswith("4 tensors requantized from q4_k, q5_0:") for n in report.plan.notes)
+    assert any(n.startswith("4 tensors requantized from q3_k, q4_1:") for n in report.plan.notes)
     with open_source(ggufs["mixed"]) as src, NntrFile(out) as f:
         np.testing.assert_array_equal(f.array(q.name), src.tensor(q.name).read_f32())

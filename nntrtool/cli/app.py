@@ -4,13 +4,15 @@ Each command lives in its own ``cmd_*`` module and only parses options, calls on
 function and renders the result. Heavy imports (numba, torch, transformers) happen inside the
 commands that need them, never here, so ``nntrtool --help`` and ``inspect`` start fast.
 Errors a user can cause (:class:`nntrtool.errors.NntrError`) become one line on stderr and an
-exit code; Ctrl-C exits 130 without a traceback.
+exit code; Ctrl-C exits 130 and SIGTERM/SIGHUP 128 + the signal, with one line and no
+traceback.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 
 import typer
 
@@ -57,13 +59,21 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+#: ``--debug``: show the traceback behind an error line.
+_DEBUG = {"on": False}
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show the traceback behind an error (for bug reports)."
+    ),
 ) -> None:
     """Convert Hugging Face / PyTorch weights into NNTR files quantized in GGML block formats."""
+    _DEBUG["on"] = bool(debug)
 
 
 app.command("convert")(cmd_convert.convert_command)
@@ -86,19 +96,42 @@ def error_line(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the tool; exits with the command's status (0 ok, 1 failure, 2 bad input, 130 Ctrl-C)."""
+    from nntrtool import outputs
+    from nntrtool.outputs import INTERRUPTED_LINE, exit_status, install_signal_handlers
+
+    install_signal_handlers()
+    _DEBUG["on"] = False
     try:
         rc = app(args=argv, prog_name="nntrtool", standalone_mode=False)
     except NntrError as err:
-        error_line(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        if _DEBUG["on"]:
+            traceback.print_exc()
+        lines = str(err).splitlines()[:3]
+        error_line("\n".join(lines) if lines else type(err).__name__)
         sys.exit(err.exit_code)
     except tuple(_EXIT) as ex:
+        cause = ex.__cause__ or ex.__context__
+        if isinstance(cause, KeyboardInterrupt):  # Typer turns Ctrl-C into Exit(130)
+            print(INTERRUPTED_LINE, file=sys.stderr)
+            sys.exit(exit_status(cause))
         sys.exit(ex.exit_code)
     except tuple(_CLICK_ERROR) as ex:
         ex.show()
         sys.exit(ex.exit_code)
-    except (*_ABORT, KeyboardInterrupt):
-        print("interrupted: nothing was written", file=sys.stderr)
-        sys.exit(130)
+    except (*_ABORT, KeyboardInterrupt) as err:
+        cause = err if isinstance(err, KeyboardInterrupt) else err.__cause__
+        print(INTERRUPTED_LINE, file=sys.stderr)
+        sys.exit(exit_status(cause or err))
     except BrokenPipeError:
         sys.exit(1)
+    except Exception as err:  # a bug: one line, the traceback only with --debug
+        if _DEBUG["on"]:
+            raise
+        from nntrtool.messages import internal_error
+
+        error_line(internal_error(err))
+        sys.exit(1)
+    if outputs.received is not None:  # Typer returns 130 for a Ctrl-C it caught
+        print(INTERRUPTED_LINE, file=sys.stderr)
+        sys.exit(exit_status())
     sys.exit(rc if isinstance(rc, int) else 0)

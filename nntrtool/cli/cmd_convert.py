@@ -85,6 +85,12 @@ def convert_command(
         "--allow-nonfinite",
         help="Store tensors holding NaN or inf as f32 instead of failing.",
     ),
+    strict: bool = typer.Option(
+        False,
+        "--strict",
+        help="Refuse a tensor whose values do not fit its type's fp16 scales instead of "
+        "storing it as f32.",
+    ),
     target: str = typer.Option(
         None,
         "--target",
@@ -125,6 +131,7 @@ def convert_command(
         force=force,
         dry_run=dry_run,
         allow_nonfinite=allow_nonfinite,
+        strict=strict,
         revision=revision,
         config=config,
         adapters=adapter_specs(lora, lora_scale),

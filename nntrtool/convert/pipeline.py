@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from nntrtool.errors import DiskFullError, NonFiniteError, OutputExistsError, UsageError
+from nntrtool.errors import DiskFullError, NonFiniteError, UsageError
 from nntrtool.memory import prefault, release_pages
 from nntrtool.plan.options import ConvertOptions
 from nntrtool.plan.tensors import ConversionPlan, TensorPlan, make_plan
 from nntrtool.progress import ProgressFactory
+from nntrtool.quant.range_check import first_overflow, largest_magnitude
 
 #: Chunks queued beyond one per worker: enough to overlap, few enough to bound memory.
 _QUEUE_DEPTH = 2
@@ -101,19 +102,35 @@ class _NonFiniteChunk(Exception):
         )
 
 
-def check_output(out_path: str | Path, force: bool) -> Path:
-    """The output path, after checking it can be written (folder exists, not clobbered)."""
-    out = Path(out_path)
-    if out.is_dir():
-        raise UsageError(
-            f"output {str(out)!r} is a folder: give a file name, e.g. {out / 'model.nntr'}"
+class _OutOfRangeChunk(Exception):
+    """A chunk's values do not fit its type: a block scale came out inf from finite input."""
+
+    def __init__(self, name: str, quant_name: str, row: int, value: float):
+        super().__init__(name)
+        self.name, self.quant_name, self.row, self.value = name, quant_name, row, value
+
+    def reason(self) -> str:
+        from nntrtool.messages import out_of_range_reason
+
+        return out_of_range_reason(self.value, self.row, self.quant_name)
+
+    def user_error(self) -> NonFiniteError:
+        from nntrtool.messages import out_of_range
+
+        return NonFiniteError(
+            out_of_range(self.name, self.value, self.row, self.quant_name),
+            self.row,
+            -1,
+            self.value,
         )
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"cannot write {str(out)!r}: the folder {str(parent)!r} does not exist")
-    if out.exists() and not force:
-        raise OutputExistsError(f"{str(out)!r} already exists: pass --force to overwrite it")
-    return out
+
+
+def check_output(out_path: str | Path, force: bool) -> Path:
+    """The output path, after checking it can be written (folder exists, not clobbered, and
+    with ``force`` only an earlier NNTR file is replaced)."""
+    from nntrtool.outputs import check_output_path
+
+    return check_output_path(out_path, force, "nntr")
 
 
 def check_disk_space(out: Path, needed: int) -> None:
@@ -181,6 +198,11 @@ def convert(
                     plan, by_name, out, options, backend, threads, progress, stages,
                     src.check_unchanged,
                 )  # fmt: skip
+            except _OutOfRangeChunk as big:
+                if options.strict:
+                    raise big.user_error() from None
+                plan = plan.store_f32({big.name: big.reason()})
+                continue
             except _NonFiniteChunk as bad:
                 if not options.allow_nonfinite:
                     raise bad.user_error() from None
@@ -221,7 +243,7 @@ def _needs_kernels(plan: ConversionPlan) -> bool:
 
     return any(
         not (tp.copy_blocks and tp.layout is None)
-        and (tp.quantized or tp.source_dtype not in READABLE_DTYPES)
+        and (tp.encoded or tp.source_dtype not in READABLE_DTYPES)
         for tp in plan.tensors
     )
 
@@ -248,7 +270,7 @@ def _kernel_uses(plan: ConversionPlan) -> list[Any]:
         if tp.copy_blocks:
             if tp.layout is not None:
                 uses.append(repack_use(tp.numel))
-        elif tp.quantized:
+        elif tp.encoded:
             weighted = tp.importance is not None
             dtype = "F32" if tp.requantized else tp.source_dtype
             uses.append(quantize_use(tp.quant_name, dtype, tp.numel, imatrix=weighted))
@@ -302,11 +324,11 @@ class _Work:
     def __init__(
         self,
         tp: TensorPlan,
-        x: np.ndarray,
+        x: np.ndarray | None,
         begin: int,
         backend: str,
         check_f32: bool,
-        prefetched: Future[None] | None,
+        prefetched: Future[Any] | None,
         imatrix: np.ndarray | None = None,
         encoded: bool = False,
     ):
@@ -322,7 +344,9 @@ class _Work:
     def __call__(self) -> np.ndarray:
         t0 = time.perf_counter()
         if self.prefetched is not None:
-            self.prefetched.result()
+            fetched = self.prefetched.result()
+            if self.x is None:
+                self.x = fetched
         t1 = time.perf_counter()
         self.seconds["prefetch_wait"] = t1 - t0
         try:
@@ -337,7 +361,7 @@ class _Work:
         if tp.copy_blocks or self.encoded:  # the bytes as they are: the source's own blocks,
             q = np.ascontiguousarray(self.x)  # or blocks a transform encoded exactly
             return repack(q, tp.layout.name, backend=self.backend) if tp.layout is not None else q
-        if not tp.quantized:
+        if not tp.encoded:
             data = _to_f32(self.x, tp.source_dtype)
             if self.check_f32:
                 self.f32_nonfinite = _first_nonfinite(data.reshape(data.shape[0], -1))
@@ -357,6 +381,10 @@ class _Work:
             raise _NonFiniteChunk(
                 tp.name, self.begin + max(err.row, 0), max(err.col, 0), err.value
             ) from None
+        row = first_overflow(q, tp.quant_name)
+        if row is not None:
+            xf = x if dtype == "F32" else _to_f32(x, dtype)
+            raise _OutOfRangeChunk(tp.name, tp.quant_name, self.begin + row, largest_magnitude(xf))
         if tp.layout is not None:
             q = repack(q, tp.layout.name, backend=self.backend)
         return q
@@ -377,7 +405,7 @@ def _prepare_kernels(plan: ConversionPlan, backend: str, prog: Any) -> None:
     seen: set[tuple[str, str, str, bool]] = set()
     for tp in plan.tensors:
         dtype = "F32" if tp.requantized else tp.source_dtype
-        if not tp.quantized or dtype not in READABLE_DTYPES:
+        if not tp.encoded or dtype not in READABLE_DTYPES:
             continue
         layout = tp.layout.name if tp.layout is not None else ""
         weighted = tp.importance is not None
@@ -515,8 +543,13 @@ def _write(
                 st = by_name[tp.name]
                 for begin, stop in _chunks(tp, st, options.chunk_bytes):
                     encoded = _encoded_rows(st, tp, begin, stop)
-                    x = encoded if encoded is not None else st.read(begin, stop)
-                    pre = fetcher.submit(prefault, x)
+                    # the rows are read on the prefetch thread, overlapping the kernels
+                    x = encoded
+                    pre = (
+                        fetcher.submit(_fetch, st, begin, stop)
+                        if x is None
+                        else fetcher.submit(prefault, x)
+                    )
                     work = _Work(
                         tp, x, begin, backend, True, pre, plan.importance.get(tp.name),
                         encoded=encoded is not None,
@@ -537,6 +570,13 @@ def _write(
     return stored_nonfinite
 
 
+def _fetch(st: Any, begin: int, stop: int) -> np.ndarray:
+    """Rows ``begin:stop`` of a source tensor, with their pages in memory."""
+    x = st.read(begin, stop)
+    prefault(x)
+    return x
+
+
 def _encoded_rows(st: Any, tp: TensorPlan, begin: int, stop: int) -> np.ndarray | None:
     """The rows as ``tp``'s blocks when the source holds them exactly so (MXFP4 in Q8_0)."""
     encode = getattr(st, "encoded_rows", None)
@@ -549,7 +589,7 @@ def _scan_nonfinite(plan: ConversionPlan, by_name: dict[str, Any]) -> dict[str, 
     """Every quantized tensor of the plan holding NaN/inf, with the reason it goes to f32."""
     found: dict[str, str] = {}
     for tp in plan.tensors:
-        if not tp.quantized:
+        if not tp.encoded:
             continue
         st = by_name[tp.name]
         for begin, stop in _chunks(tp, st, 8 << 20):

@@ -7,17 +7,15 @@ copied, and Q4_0 is re-laid losslessly into the CPU layout of the chosen ISA.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nntrtool.errors import DiskFullError, OutputExistsError, UsageError
+from nntrtool.errors import DiskFullError, UsageError
 from nntrtool.export.export_plan import ExportPlan, TensorExport
 from nntrtool.progress import ProgressLike
 from nntrtool.qtypes import Q4_0
@@ -181,22 +179,19 @@ def _within(path: Path, folder: Path) -> bool:
 
 
 def check_output(out_dir: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None:
-    """Refuse an existing ``out_dir`` without ``force``, a file in its place, a missing parent,
-    or an ``out_dir`` holding one of the ``inputs`` (replacing it would delete them)."""
-    if out_dir.exists() or out_dir.is_symlink():
-        if not force:
-            raise OutputExistsError(f"{out_dir} exists; pass --force to replace it")
-        if not out_dir.is_dir():
-            raise UsageError(f"{out_dir} exists and is not a folder; remove it or pick another")
+    """Refuse an existing ``out_dir`` without ``force``, anything there that is not an earlier
+    export, a missing or unwritable parent, or an ``out_dir`` holding one of the ``inputs``
+    (replacing it would delete them)."""
+    from nntrtool.outputs import check_output_path
+
+    if (out_dir.exists() or out_dir.is_symlink()) and force:
         for path in inputs:
             if _within(path, out_dir):
                 raise UsageError(
                     f"{path} is inside {out_dir}, which --force would replace; export to "
                     "another folder"
                 )
-    parent = out_dir.parent
-    if not parent.is_dir():
-        raise UsageError(f"the folder {parent} does not exist; create it first")
+    check_output_path(out_dir, force, "export")
 
 
 def _check_space(parent: Path, need: int) -> None:
@@ -227,7 +222,9 @@ def write_export(
     extra = sum(p.stat().st_size for p in plan.tokenizer_sources) + (1 << 20)
     _check_space(out_dir.parent, plan.weight_bytes + extra)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    from nntrtool.outputs import make_temp_dir, output_error, temp_path
+
+    tmp = make_temp_dir(out_dir)
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -248,6 +245,9 @@ def write_export(
                 writer.close()
         finally:
             os.close(fd)
+        check = getattr(nf, "check_unchanged", None)
+        if check is not None:  # the source must still be what was read, before any rename
+            check()
         written = (tmp / plan.model_file_name).stat().st_size
         if written != plan.weight_bytes:  # a bug, not a user error: never ship a bad file
             raise RuntimeError(f"wrote {written} bytes, planned {plan.weight_bytes}")
@@ -262,7 +262,7 @@ def write_export(
             shutil.copyfile(src, tmp / src.name)
             files.append(src.name)
         if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
+            old = temp_path(out_dir, ".old")
             out_dir.rename(old)
             tmp.rename(out_dir)
             shutil.rmtree(old, ignore_errors=True)
@@ -271,11 +271,7 @@ def write_export(
         return files
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if err.errno == errno.ENOSPC:
-            raise DiskFullError(
-                f"the disk filled up while writing {out_dir}; nothing was written"
-            ) from None
-        raise UsageError(f"could not write {out_dir}: {err.strerror or err}") from None
+        raise output_error(out_dir, err) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,9 +60,10 @@ def convert_and_export(
     )
     # A private folder beside the output, so the NNTR file can carry the output's name (the
     # weight file is named after it) without clashing with anything of the user's.
-    tmp_dir = out.parent / f".{out.name}.{os.getpid()}.convert.tmp"
+    from nntrtool.outputs import make_temp_dir
+
+    tmp_dir = make_temp_dir(out, ".convert")
     tmp = tmp_dir / f"{out.name}.nntr"
-    tmp_dir.mkdir(parents=True, exist_ok=False)
     try:
         report = convert(source_spec, tmp, conv_options, progress=progress)
         # The bar names the output folder, not the temporary file.
@@ -81,6 +83,5 @@ def convert_and_export(
             source_dir=root,
         )
     finally:
-        tmp.unlink(missing_ok=True)
-        tmp_dir.rmdir()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return report, result

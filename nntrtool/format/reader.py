@@ -277,6 +277,7 @@ class NntrFile:
             if not stat.S_ISREG(st.st_mode):
                 raise UsageError(f"{self.path} is not a regular file")
             self.file_size = st.st_size
+            self._ident = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
             if self.file_size == 0:
                 raise FormatError(f"{self.path}: the file is empty, not an NNTR file")
             try:
@@ -345,17 +346,40 @@ class NntrFile:
             raise UsageError(f"{self.path} is closed")
         return self._data
 
+    def check_unchanged(self) -> None:
+        """Raise :class:`SourceError` if the file on disk is no longer the one opened (another
+        size or modification time, or replaced): reading its mapping past a new, shorter end
+        would kill the process with SIGBUS, and changed bytes would mix with the old."""
+        from nntrtool.errors import SourceError
+        from nntrtool.messages import source_changed
+
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            raise SourceError(source_changed(self.path, "it was removed")) from None
+        now = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        if now != self._ident:
+            detail = (
+                f"it was {self._ident[0]} bytes, now {st.st_size}"
+                if st.st_size != self._ident[0]
+                else "it was rewritten or replaced"
+            )
+            raise SourceError(source_changed(self.path, detail))
+
     def raw(self, name: str) -> np.ndarray:
-        """The tensor's bytes: a read-only 1-D uint8 view into the mapping (no copy)."""
+        """The tensor's bytes: a read-only 1-D uint8 view into the mapping (no copy).
+        The file is checked unchanged first (see :meth:`check_unchanged`)."""
         entry = self.tensor(name)
+        self.check_unchanged()
         return self._buffer()[entry.offset : entry.end]
 
     def array(self, name: str) -> np.ndarray:
-        """F32: a float32 view of the tensor's shape; quantized: uint8 ``(rows, row_bytes)``."""
+        """F32 / F16: a float32 / float16 view of the tensor's shape; quantized: uint8
+        ``(rows, row_bytes)``."""
         entry = self.tensor(name)
         raw = self.raw(name)
         if not entry.ttype.quantized:
-            return raw.view("<f4").reshape(entry.shape)
+            return raw.view(f"<f{entry.ttype.block_bytes}").reshape(entry.shape)
         return raw.reshape(entry.rows, entry.row_bytes)
 
     def checksum(self, name: str, progress: Callable[[int], None] | None = None) -> int:

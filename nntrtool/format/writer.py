@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import shutil
 import zlib
 from pathlib import Path
@@ -67,15 +66,9 @@ class NntrWriter:
 
     # -- setup --------------------------------------------------------------------------------
     def _check_target(self) -> None:
-        if self.path.is_dir():
-            raise UsageError(f"output {self.path} is a folder; give a file name")
-        if self.path.exists() and not self.force:
-            raise OutputExistsError(
-                f"output {self.path} already exists; use --force to overwrite it"
-            )
-        parent = self.path.parent
-        if not parent.is_dir():
-            raise UsageError(f"output folder {parent} does not exist; create it first")
+        from nntrtool.outputs import check_output_path
+
+        check_output_path(self.path, self.force, "nntr")
 
     def _check_space(self) -> None:
         try:
@@ -99,11 +92,13 @@ class NntrWriter:
             return
         self._check_target()
         self._check_space()
-        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        from nntrtool.outputs import output_error, temp_path
+
+        tmp = temp_path(self.path)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except OSError as err:
-            raise UsageError(f"cannot create {tmp}: {err.strerror or err}") from None
+            raise output_error(self.path, err) from None
         self.tmp_path = tmp
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         self._io(self._file.write, self._plan.header)

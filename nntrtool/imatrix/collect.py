@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from nntrtool.errors import DiskFullError, OutputExistsError, UsageError
+from nntrtool.errors import DiskFullError, UsageError
 from nntrtool.imatrix.format import ImatrixEntry, write_imatrix
 from nntrtool.progress import ProgressFactory
 from nntrtool.sources.request import SourceRequest
@@ -229,15 +229,11 @@ def _expert_hidden(module: Any, e: int, x: Any, torch: Any) -> Any:
 
 
 def check_output(out: str | Path, force: bool) -> Path:
-    """The output path, checked before any work: its folder exists, it is new or ``force``."""
-    path = Path(out)
-    if path.is_dir():
-        raise UsageError(f"-o {out} is a folder; give a file name such as imatrix.gguf")
-    if path.exists() and not force:
-        raise OutputExistsError(f"{str(out)!r} already exists: pass --force to overwrite it")
-    if not path.parent.is_dir():
-        raise UsageError(f"-o {out}: the folder {path.parent} does not exist")
-    return path
+    """The output path, checked before any work: its folder exists, it is new or ``force``
+    (which replaces only an earlier importance matrix)."""
+    from nntrtool.outputs import check_output_path
+
+    return check_output_path(out, force, "imatrix")
 
 
 def compute_imatrix(

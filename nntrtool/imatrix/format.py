@@ -273,7 +273,9 @@ def _read_dat(path: Path) -> Imatrix:
 
 
 def _atomic_target(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from nntrtool.outputs import temp_path
+
+    return temp_path(path)
 
 
 def write_imatrix(

@@ -51,6 +51,7 @@ def match_imatrix(
     importance_of: dict[str, np.ndarray] = {}
     found: dict[str, TensorImportance] = {}
     claimed: set[str] = set()
+    experts_of: dict[str, set[int]] = {}
     for name, shape in tensors:
         for key, expert in _lookup(name, config):
             entry = imx.entries.get(key)
@@ -76,7 +77,16 @@ def match_imatrix(
                 importance_of[key] = entry.importance().reshape(n_mat, n_cols)
             row = importance_of[key][expert if expert is not None else 0]
             found[name] = TensorImportance(key, expert, np.ascontiguousarray(row))
+            if expert is not None:
+                experts_of.setdefault(key, set()).add(expert)
             break
+    for key, seen in sorted(experts_of.items()):
+        n_mat = importance_of[key].shape[0]
+        if n_mat != len(seen):
+            raise ImatrixError(
+                f"{where}: entry {key!r} holds {n_mat} experts, but the model has {len(seen)} "
+                "there: the importance matrix was made for another model"
+            )
     stray = sorted(set(imx.entries) - claimed)
     if stray and not claimed:
         raise ImatrixError(

@@ -88,6 +88,8 @@ class ConvertOptions:
     force: bool = False
     dry_run: bool = False
     allow_nonfinite: bool = False
+    #: Refuse a tensor whose values do not fit its type rather than storing it as f32.
+    strict: bool = False
     revision: str | None = None
     config: str | Path | None = None
     gguf_file: str | None = None

@@ -103,6 +103,12 @@ class TensorPlan:
         return self.ttype.quantized
 
     @property
+    def encoded(self) -> bool:
+        """Whether the stored bytes come from a type's kernels (blocks, or F16 values) rather
+        than being float32 values."""
+        return self.ttype.plain.kernels is not None
+
+    @property
     def quant_name(self) -> str:
         """The kernel's type name (``q4_0`` for repacked tensors too)."""
         return self.ttype.plain.name
@@ -369,7 +375,7 @@ def _keep_type(dtype: str, cols: int) -> tuple[TensorType, str, bool]:
     """``--quant-type keep``: the stored type for a source dtype, the reason, and whether it
     is a fallback."""
     own = TYPES_BY_NAME.get(dtype.lower())
-    if own is not None and own.quantized:
+    if own is not None and own.kernels is not None:  # stored as it is: blocks, or F16 values
         return own, f"keep: {own.name}", False
     if dtype in SUPPORTED_DTYPES:
         return F32, f"keep: {dtype.lower()} as f32", False

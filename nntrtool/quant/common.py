@@ -178,6 +178,57 @@ def qx_scale_search(
     return scale, best_c
 
 
+def row_sigma2(x: Any, xp: Any = np) -> Any:
+    """``sum(x*x) / cols`` per row, summed in float32 in column order as ggml does."""
+    rows, cols = x.shape
+    sq = xp.ascontiguousarray((x * x).T)
+    total = xp.zeros(rows, dtype=xp.float32)
+    for j in range(cols):
+        xp.add(total, sq[j], out=total)
+    return total / np.float32(cols)
+
+
+#: ggml's GROUP_MAX_EPS: a run below this magnitude gets scale 0 and codes 0.
+GROUP_MAX_EPS = np.float32(1e-15)
+
+
+def weighted_block_search(x: Any, qw: Any, qk: int, nmax: int, xp: Any = np) -> tuple[Any, Any]:
+    """ggml's importance-weighted search of the symmetric 32-value types (Q4_0, Q5_0):
+    ``make_qx_quants(qk, nmax, x, L, 1, w)`` per block with ``w = qw * sqrt(sigma2 + x*x)``
+    (``sigma2`` the row's mean square). ``x`` is float32 ``(rows, cols)``; returns the float32
+    scales ``(rows, blocks)`` and the codes ``(rows, blocks, qk)`` (uint8, ``l + nmax``)."""
+    check_finite(x, xp)
+    rows, cols = x.shape
+    nb = cols // qk
+    m = rows * nb
+    with np.errstate(all="ignore"):  # overflowing rows give inf/NaN weights, as in C
+        sigma2 = row_sigma2(x, xp)
+        qw = xp.asarray(qw, dtype=xp.float32)
+        w = qw[None, :] * xp.sqrt(sigma2[:, None] + x * x)
+        # Position-major (qk, m): row i holds value i of every block.
+        xt = xp.ascontiguousarray(x.reshape(m, qk).T)
+        wt = xp.ascontiguousarray(w.reshape(m, qk).T)
+        amax = xp.zeros(m, dtype=xp.float32)
+        vmax = xp.zeros(m, dtype=xp.float32)
+        for i in range(qk):
+            ax = xp.abs(xt[i])
+            take = ax > amax  # strict: the first of equal magnitudes wins
+            amax = xp.where(take, ax, amax)
+            vmax = xp.where(take, xt[i], vmax)
+        tiny = amax < GROUP_MAX_EPS
+        vmax = xp.where(tiny, _F1, vmax)  # keeps the search finite; masked below
+        scale, best_c = qx_scale_search(xt, wt, wt * xt, vmax, nmax, xp)
+        nums = search_numerators(nmax)
+        nums = nums if xp is np else xp.asarray(nums)
+        inv = nums[best_c] / vmax
+        v = (inv * xt + NEAREST_INT_BIAS) - NEAREST_INT_BIAS
+        lo, hi = np.float32(-nmax), np.float32(nmax - 1)
+        codes = xp.minimum(xp.maximum(v, lo), hi).astype(xp.int32) + nmax
+    codes = xp.where(tiny, 0, codes).astype(xp.uint8).T.reshape(rows, nb, qk)
+    d = xp.where(tiny, _F0, scale).reshape(rows, nb)
+    return d, codes
+
+
 def to_f32(raw: Any, src_kind: int, xp: Any = np) -> Any:
     """Decode a chunk of source elements (float32, or uint16 fp16/bf16 bits) to float32."""
     if src_kind == SRC_F32:

@@ -21,14 +21,13 @@ import numpy as np
 from nntrtool.qtypes import Q4_0
 
 from .common import (
-    NEAREST_INT_BIAS,
     SCALE_BYTES,
     check_finite,
     join_scale_blocks,
-    qx_scale_search,
     scaled_values,
     search_numerators,
     split_scale_blocks,
+    weighted_block_search,
 )
 
 QK = Q4_0.block_size
@@ -68,48 +67,11 @@ def quantize_xp(x: Any, xp: Any = np) -> Any:
     return join_scale_blocks(d, q[..., :HALF] | (q[..., HALF:] << 4), xp)
 
 
-def row_sigma2(x: Any, xp: Any = np) -> Any:
-    """``sum(x*x) / cols`` per row, summed in float32 in column order as ggml does."""
-    rows, cols = x.shape
-    sq = xp.ascontiguousarray((x * x).T)
-    total = xp.zeros(rows, dtype=xp.float32)
-    for j in range(cols):
-        xp.add(total, sq[j], out=total)
-    return total / np.float32(cols)
-
-
 def quantize_imatrix_xp(x: Any, qw: Any, xp: Any = np) -> Any:
     """Q4_0 bytes of float32 ``(rows, cols)`` weighted by importance ``qw`` (float32, one per
     column): ggml's ``quantize_row_q4_0_impl``, a weighted scale search per block with weights
     ``qw * sqrt(sigma2 + x*x)``; the scale is stored as found, not refined afterwards."""
-    check_finite(x, xp)
-    rows, cols = x.shape
-    nb = cols // QK
-    m = rows * nb
-    with np.errstate(all="ignore"):  # overflowing rows give inf/NaN weights, as in C
-        sigma2 = row_sigma2(x, xp)
-        qw = xp.asarray(qw, dtype=xp.float32)
-        w = qw[None, :] * xp.sqrt(sigma2[:, None] + x * x)
-        # Position-major (32, m): row i holds value i of every block.
-        xt = xp.ascontiguousarray(x.reshape(m, QK).T)
-        wt = xp.ascontiguousarray(w.reshape(m, QK).T)
-        amax = xp.zeros(m, dtype=xp.float32)
-        vmax = xp.zeros(m, dtype=xp.float32)
-        for i in range(QK):
-            ax = xp.abs(xt[i])
-            take = ax > amax  # strict: the first of equal magnitudes wins
-            amax = xp.where(take, ax, amax)
-            vmax = xp.where(take, xt[i], vmax)
-        tiny = amax < GROUP_MAX_EPS
-        vmax = xp.where(tiny, np.float32(1.0), vmax)  # keeps the search finite; masked below
-        scale, best_c = qx_scale_search(xt, wt, wt * xt, vmax, NMAX, xp)
-        nums = SEARCH_NUMERATORS if xp is np else xp.asarray(SEARCH_NUMERATORS)
-        inv = nums[best_c] / vmax
-        v = (inv * xt + NEAREST_INT_BIAS) - NEAREST_INT_BIAS
-        lo, hi = np.float32(-NMAX), np.float32(NMAX - 1)
-        codes = xp.minimum(xp.maximum(v, lo), hi).astype(xp.int32) + NMAX
-    codes = xp.where(tiny, 0, codes).astype(xp.uint8).T.reshape(rows, nb, QK)
-    d = xp.where(tiny, _F0, scale).reshape(rows, nb)
+    d, codes = weighted_block_search(x, qw, QK, NMAX, xp)
     return join_scale_blocks(d, codes[..., :HALF] | (codes[..., HALF:] << 4), xp)
 
 

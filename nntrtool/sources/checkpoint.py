@@ -60,7 +60,12 @@ class CheckpointTensor(SourceTensor):
         self._tensor = tensor
         self._matrix: Any = None
 
+    #: Set by the owning file: raises if the file changed since it was loaded.
+    _guard: Any = None
+
     def _read_rows(self, start: int, stop: int) -> np.ndarray:
+        if self._guard is not None:  # a mapped page past a new end would be SIGBUS
+            self._guard()
         if self._matrix is None:
             t = self._tensor.detach()
             if not t.is_contiguous():
@@ -78,12 +83,21 @@ class CheckpointTensor(SourceTensor):
         self._matrix = None
 
 
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1, -1, -1)
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
 class CheckpointFile:
     """One checkpoint file; ``tensors`` are in the order the state dict was saved in."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         torch = import_torch(self.path)
+        self._ident = _identity(self.path)
         obj = self._load(torch)
         state = _find_state_dict(obj, torch)
         if state is None:
@@ -108,6 +122,20 @@ class CheckpointFile:
                     "read; convert the model to float32, float16 or bfloat16 first"
                 )
             self.tensors.append(CheckpointTensor(str(name), dtype, value, self.path))
+            self.tensors[-1]._guard = self.check_unchanged
+
+    def check_unchanged(self) -> None:
+        """Raise SourceError if the file is no longer the one loaded (size, time, inode)."""
+        from nntrtool.messages import source_changed
+
+        now = _identity(self.path)
+        if now != self._ident:
+            detail = (
+                f"it was {self._ident[0]} bytes, now {now[0]}"
+                if now[0] != self._ident[0]
+                else "it was rewritten or replaced"
+            )
+            raise SourceError(source_changed(self.path, detail))
 
     def _load(self, torch: Any) -> Any:
         try:

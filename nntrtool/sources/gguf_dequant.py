@@ -1,8 +1,7 @@
 """Dequantizing GGUF block rows to float32, bit-identical to ``gguf.quants.dequantize``.
 
-The common types run on numba kernels: Q4_0, Q8_0 and Q6_K on nntrtool's own dequantizers
-(ggml's values, which are gguf's), Q4_1, Q5_0, Q5_1, Q4_K and Q5_K on
-:mod:`nntrtool.quant._gguf_numba`. The rest (Q2_K, Q3_K, the IQ types ...) go through the
+The common types run on numba kernels: every type nntrtool stores on its own dequantizers
+(ggml's values, which are gguf's), Q4_1 on :mod:`nntrtool.quant._gguf_numba`. The rest (Q2_K, Q3_K, the IQ types ...) go through the
 ``gguf`` package's numpy code.
 """
 
@@ -11,10 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 from nntrtool.errors import SourceError
+from nntrtool.qtypes import TYPES
 
 #: ggml types that nntrtool's own kernels dequantize (ggml's reference values).
-_OWN_TYPES = {"Q4_0": "q4_0", "Q8_0": "q8_0", "Q6_K": "q6_k"}
-_NUMBA_TYPES = ("Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K")
+_OWN_TYPES = {
+    t.name.upper(): t.name for t in TYPES if t.kernels is not None and t.ggml_type is not None
+}
+_NUMBA_TYPES = ("Q4_1",)
 
 
 def dequantize_rows(raw: np.ndarray, type_name: str, cols: int, *, fast: bool = True) -> np.ndarray:

@@ -383,7 +383,7 @@ class GGUFTensor(SourceTensor):
             np_dtype, row_bytes = np.dtype(np.uint8), width
         lo = self.begin + start * row_bytes
         hi = self.begin + stop * row_bytes
-        return self._owner.buffer()[lo:hi].view(np_dtype).reshape(stop - start, width)
+        return self._owner.read_bytes(lo, hi).view(np_dtype).reshape(stop - start, width)
 
 
 class StringArray:

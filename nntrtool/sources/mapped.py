@@ -1,9 +1,11 @@
-"""A model file mapped read-only, as every file-backed source reads it.
+"""A model file as every file-backed source reads it: mapped for its header, read with guarded
+``pread`` for its tensors.
 
-Opening checks the file can be read and maps it whole; :meth:`MappedFile.buffer` hands out a
-uint8 view without copying. The file's identity (device, inode, size, modification time) is
-kept from the moment it was opened, so a reader can tell that the file was replaced, truncated
-or rewritten underneath it (:meth:`MappedFile.check_unchanged`).
+Opening checks the file can be read and maps it whole (:meth:`MappedFile.buffer` views the
+header without copying). Tensor bytes come from :meth:`MappedFile.read_bytes`, through
+:class:`~nntrtool.sources.guarded.GuardedFile`: a file truncated, rewritten or replaced while it
+is read is one :class:`SourceError` naming it, never a SIGBUS death
+(:meth:`MappedFile.check_unchanged` asks the same at any time).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from nntrtool.errors import SourceError
+from nntrtool.sources.guarded import GuardedFile, changed_error
 
 
 class MappedFile:
@@ -42,8 +45,11 @@ class MappedFile:
             raise SourceError(f"cannot open {self.path}: {exc.strerror or exc}") from None
         except ValueError as exc:
             raise SourceError(f"cannot map {self.path}: {exc}") from None
-        self._identity = _identity(st)
         self._buf = np.frombuffer(self._map, dtype=np.uint8)
+        self._file: GuardedFile | None = GuardedFile(self.path)
+        if self._file.size != self.size:
+            self.close()
+            raise changed_error(self.path, f"it was {self.size} bytes, now {st.st_size}")
 
     def buffer(self) -> np.ndarray:
         """The whole file as a read-only uint8 array over the map."""
@@ -57,24 +63,26 @@ class MappedFile:
             raise SourceError(f"{self.path} was closed; open the model again to read it")
         return self._map
 
+    def read_bytes(self, lo: int, hi: int) -> np.ndarray:
+        """Bytes ``lo:hi`` of the file as a new read-only array, read (not mapped), so a file
+        that changes meanwhile is one SourceError instead of a SIGBUS."""
+        if self._file is None:
+            raise SourceError(f"{self.path} was closed; open the model again to read it")
+        out = self._file.read(lo, hi - lo)
+        out.flags.writeable = False
+        return out
+
     def check_unchanged(self) -> None:
         """SourceError when the file on disk is no longer the one that was opened."""
-        try:
-            now = _identity(os.stat(self.path))
-        except OSError as exc:
-            now = None
-            why = exc.strerror or str(exc)
-        else:
-            why = "it was replaced, truncated or rewritten"
-        if now != self._identity:
-            raise SourceError(
-                f"{self.path} changed while being read ({why}); nothing was written: "
-                "run again once the file is complete"
-            )
+        if self._file is not None:
+            self._file.check()
 
     def close(self) -> None:
         """Drop the map. Arrays still viewing it keep it alive until they are gone."""
         self._buf = None
+        f, self._file = getattr(self, "_file", None), None
+        if f is not None:
+            f.close()
         mm, self._map = self._map, None
         if mm is not None:
             try:
@@ -89,6 +97,3 @@ class MappedFile:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)

@@ -152,6 +152,9 @@ def _assemble(
             for f in weights.files:
                 opened.append(CheckpointFile(f))
         tensors = apply_rules(_select_tensors(opened, weights), rules_for(cfg))
+        from nntrtool.sources.consistency import check_config
+
+        check_config(cfg, tensors)
     except BaseException:
         for f in opened:
             f.close()

@@ -1,4 +1,4 @@
-"""Safetensors files read over a memory map, header parsed and validated here, rows zero-copy.
+"""Safetensors files: header parsed and validated here, rows read with guarded ``pread``.
 
 The format: an unsigned 64-bit little-endian header length ``N``, ``N`` bytes of JSON mapping each
 tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the end
@@ -38,7 +38,7 @@ class SafetensorsTensor(SourceTensor):
         row_bytes = self.cols * np_dtype.itemsize
         lo = self.begin + start * row_bytes
         hi = self.begin + stop * row_bytes
-        flat = self._owner.buffer()[lo:hi].view(np_dtype)
+        flat = self._owner.read_bytes(lo, hi).view(np_dtype)
         return flat.reshape(stop - start, self.cols)
 
 

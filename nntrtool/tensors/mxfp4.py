@@ -109,6 +109,12 @@ def mxfp4_matrix(
     """
     # Blocks come as [E, R, G, 16] (the checkpoint) or [E, R, G * 16] (transformers' parameter).
     half = BLOCK // 2
+    for part, want in ((blocks, "U8 (two E2M1 values a byte)"), (scales, "U8 (E8M0 exponents)")):
+        if part.dtype != "U8":
+            raise ValueError(
+                f"MXFP4 {part.name} is {part.dtype}, expected {want}; the checkpoint is not "
+                "GPT-OSS's MXFP4 layout: use the original files or an unpacked (bf16) copy"
+            )
     if (
         scales.ndim != 3
         or blocks.ndim not in (3, 4)

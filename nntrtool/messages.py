@@ -1,0 +1,88 @@
+"""The user-facing lines for faults: interruptions, outputs that cannot be written, sources that
+change while read, configs that contradict their tensors, values a type cannot hold.
+
+Each function returns one message: what is wrong, where (file, tensor, key, option) and what to
+do, in at most three lines. Keeping them here lets one test hold them all to that rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+#: What the entry point prints when a signal ends a run.
+INTERRUPTED = "interrupted; nothing written"
+
+
+def disk_full(folder: Path) -> str:
+    return (
+        f"the disk holding {folder} is full; nothing was written: free some space or write "
+        "elsewhere"
+    )
+
+
+def not_writable(folder: Path, why: str = "permission denied") -> str:
+    return f"cannot write in the folder {folder}: {why}; choose a folder you can write to"
+
+
+def folder_missing(final: Path, folder: Path) -> str:
+    return f"cannot write {final}: the folder {folder} does not exist; create it first"
+
+
+def output_is_folder(final: Path) -> str:
+    return f"output {final} is a folder: give a file name, e.g. {final / 'model.nntr'}"
+
+
+def output_exists(final: Path) -> str:
+    return f"{final} already exists: pass --force to overwrite it"
+
+
+def not_ours(final: Path, what: str) -> str:
+    return (
+        f"{final} is not {what}; --force replaces only nntrtool's own outputs: remove it "
+        "yourself or choose another name"
+    )
+
+
+def source_changed(path: Path, detail: str) -> str:
+    return (
+        f"{path} changed while being read ({detail}); nothing was written: wait until whatever "
+        "writes it has finished, then run again"
+    )
+
+
+def config_mismatch(label: str, value: int, tensor: str, shape: Sequence[int]) -> str:
+    return (
+        f"config says {label} = {value} but tensor {tensor} has shape {list(shape)}: the config "
+        "does not describe these weights; fix config.json or give the right one with --config"
+    )
+
+
+def config_count_mismatch(what: str, value: int, found: str) -> str:
+    return (
+        f"config says {what} = {value} but the weights hold {found}: the config does not "
+        "describe these weights; fix config.json or give the right one with --config"
+    )
+
+
+def out_of_range(tensor: str, value: float, row: int, qtype: str) -> str:
+    return (
+        f"tensor {tensor!r} holds {value:.6g} (row {row}), too large for {qtype}'s fp16 block "
+        "scale (it would decode to inf): scale the weights down, store it as f32 with "
+        "--keep-f32, or drop --strict to let nntrtool do so"
+    )
+
+
+def out_of_range_reason(value: float, row: int, qtype: str) -> str:
+    return (
+        f"values up to {value:.6g} (row {row}) overflow {qtype}'s fp16 block scale: stored as "
+        "f32 (--strict refuses instead)"
+    )
+
+
+def internal_error(err: BaseException) -> str:
+    first = (str(err).splitlines() or [""])[0]
+    return (
+        f"internal error ({type(err).__name__}: {first}); this is a bug in nntrtool: run the "
+        "same command with --debug and report its traceback"
+    )

@@ -1,0 +1,54 @@
+"""Q4_K: 256 weights in 144 bytes, byte-identical to ggml's ``quantize_row_q4_K_ref`` and,
+with an importance matrix, to ``quantize_q4_K`` given ``quant_weights``.
+
+Block layout: ``d`` (fp16), ``dmin`` (fp16), ``scales[12]`` (8 six-bit scales and mins, see
+:func:`nntrtool.quant.kquants.pack_scales`), ``qs[128]``: codes 0..15, byte ``32g + l`` of
+which holds value ``64g + l`` in its low nibble and value ``64g + 32 + l`` in its high one.
+Value = ``d*sc[j]*q - dmin*m[j]`` for sub-block ``j``. The array code (numpy / cupy) is
+shared with Q5_K in :mod:`nntrtool.quant.kquants`; the numba kernels live in ``_q4_k_numba``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nntrtool.qtypes import Q4_K
+
+from . import kquants as kq
+
+QK = Q4_K.block_size
+BLOCK_BYTES = Q4_K.block_bytes
+NMAX = 15
+QS_OFF = kq.QS_AFTER_SCALES
+assert QS_OFF + QK // 2 == BLOCK_BYTES
+
+
+def _pack(head: Any, codes: Any, xp: Any) -> Any:
+    n = codes.shape[0]
+    c = codes.reshape(n, 4, 2, 32)
+    out = xp.empty((n, BLOCK_BYTES), dtype=xp.uint8)
+    out[:, :QS_OFF] = head
+    out[:, QS_OFF:] = (c[:, :, 0] | (c[:, :, 1] << xp.uint8(4))).reshape(n, QK // 2)
+    return out
+
+
+def quantize_xp(x: Any, xp: Any = np) -> Any:
+    """Q4_K bytes ``(rows, cols // 256 * 144)`` of float32 ``(rows, cols)`` with ``xp``."""
+    return kq.quantize_rows(x, None, xp, "q4_k", NMAX, BLOCK_BYTES, _pack)
+
+
+def quantize_imatrix_xp(x: Any, qw: Any, xp: Any = np) -> Any:
+    """Q4_K bytes weighted by importance ``qw`` (float32, one per column)."""
+    return kq.quantize_rows(x, qw, xp, "q4_k", NMAX, BLOCK_BYTES, _pack)
+
+
+def dequantize_xp(data: Any, xp: Any = np) -> Any:
+    """float32 ``(rows, cols)`` of Q4_K bytes, as ggml's ``dequantize_row_q4_K``."""
+    rows, per_row = kq.check_blocks(data, xp, "q4_k", BLOCK_BYTES)
+    b = xp.ascontiguousarray(data).reshape(rows * per_row, BLOCK_BYTES)
+    n = b.shape[0]
+    qs = b[:, QS_OFF:].reshape(n, 4, 1, 32)
+    q = xp.concatenate([qs & xp.uint8(15), qs >> xp.uint8(4)], axis=2).reshape(n, QK)
+    return kq.dequantize_blocks(b, q, xp).reshape(rows, per_row * QK)

@@ -1,0 +1,480 @@
+"""Fault injection: signals at several moments of real runs, sources that change while read,
+outputs that cannot be written, values a type cannot hold. Each case checks the exit status,
+the one line printed, that nothing is left behind and that the inputs are unchanged.
+
+``NNTRTOOL_FAULTS_RANDOM=N`` adds N randomized signal cases (random command, signal, moment).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from faults import (
+    INTERRUPTED,
+    ROOT,
+    cli,
+    expected_status,
+    interrupt_when,
+    listing,
+    one_line,
+    run_cli,
+    snapshot,
+    temp_appeared,
+)
+from models import f32_to_bf16_bits
+
+from nntrtool.format import NntrFile
+from nntrtool.quant.api import dequantize
+from nntrtool.sources.safetensors_file import SafetensorsFile
+from nntrtool.synthetic import make_synthetic_model
+
+SMALL = dict(hidden=256, intermediate=512, vocab=512, layers=2, kv_heads=4)
+#: Big enough that a conversion runs for a second or so on the numpy backend.
+SLOW = dict(hidden=512, intermediate=1536, vocab=4096, layers=6, kv_heads=8)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory) -> Path:
+    return make_synthetic_model(tmp_path_factory.mktemp("small") / "m", dtype="bf16", **SMALL)
+
+
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory) -> Path:
+    return make_synthetic_model(tmp_path_factory.mktemp("slow") / "m", dtype="bf16", **SLOW)
+
+
+@pytest.fixture(scope="module")
+def slow_nntr(slow_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("nntr") / "m.nntr"
+    proc = run_cli("convert", slow_model, out, "--quiet", "--type", "embed_tokens=q6_k")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def _copy_model(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def _poke_bf16(model: Path, name_part: str, value: float, index: int = 0) -> str:
+    """Set one bf16 weight of the first tensor whose name holds ``name_part``; its name."""
+    for st_path in sorted(model.glob("*.safetensors")):
+        with SafetensorsFile(st_path) as sf:
+            hit = next((t for t in sf.tensors if name_part in t.name and t.ndim == 2), None)
+        if hit is None:
+            continue
+        assert hit.dtype == "BF16"
+        bits = f32_to_bf16_bits(np.array([value], np.float32)).tobytes()
+        with open(st_path, "r+b") as fh:
+            fh.seek(hit.begin + 2 * index)
+            fh.write(bits)
+        return hit.name
+    raise AssertionError(f"no tensor like {name_part}")
+
+
+def _as_bf16(value: float) -> float:
+    bits = f32_to_bf16_bits(np.array([value], np.float32)).astype(np.uint32) << 16
+    return float(bits.view(np.float32)[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# values out of a type's range
+
+
+@pytest.mark.parametrize(
+    ("qtype", "big", "fits"),
+    [("q4_0", 1e6, 5e5), ("q8_0", 1e8, 8e6), ("q6_k", 1e10, 2e8)],
+)
+def test_values_too_large_for_a_type_are_stored_as_f32_or_refused(
+    small_model, tmp_path, qtype, big, fits
+):
+    model = _copy_model(small_model, tmp_path / "m")
+    name = _poke_bf16(model, "mlp.down_proj", big)
+    before = snapshot(model)
+    out = tmp_path / "o.nntr"
+    proc = run_cli("convert", model, out, "--quant-type", qtype, "--backend", "numpy")
+    assert proc.returncode == 0, proc.stderr
+    assert "overflow" in proc.stdout and name in proc.stdout
+    with NntrFile(out) as nf:
+        entry = nf.tensor(name)
+        assert entry.ttype.name == "f32"
+        values = nf.array(name)
+        assert np.isfinite(values).all() and values.max() == _as_bf16(big)
+        for e in nf.tensors:  # every tensor decodes to finite values
+            if e.ttype.quantized:
+                decoded = dequantize(nf.array(e.name), e.ttype, e.shape, backend="numpy")
+                assert np.isfinite(decoded).all(), e.name
+    assert listing(tmp_path) == ["m", "o.nntr"]
+
+    strict = tmp_path / "s.nntr"
+    proc = run_cli("convert", model, strict, "--quant-type", qtype, "--strict")
+    assert proc.returncode == 2
+    line = one_line(proc.stderr)
+    assert name in line and f"{_as_bf16(big):.6g}" in line and qtype in line
+    assert not strict.exists() and listing(tmp_path) == ["m", "o.nntr"]
+    assert snapshot(model) == before
+
+    # just inside the range: the type is kept
+    _poke_bf16(model, "mlp.down_proj", fits)
+    kept = tmp_path / "k.nntr"
+    proc = run_cli("convert", model, kept, "--quant-type", qtype, "--strict")
+    assert proc.returncode == 0, proc.stderr
+    with NntrFile(kept) as nf:
+        assert nf.tensor(name).ttype.name == qtype
+
+
+# ----------------------------------------------------------------------------------------------
+# signals
+
+
+def _convert_argv(model: Path, out: Path) -> list[str]:
+    return cli(
+        "convert", model, out, "--quant-type", "q6_k", "--backend", "numpy", "--threads", "1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("sig", "delay"),
+    [(signal.SIGINT, 0.0), (signal.SIGTERM, 0.4), (signal.SIGHUP, 0.0), (signal.SIGINT, 0.8)],
+)
+def test_convert_signal_leaves_nothing(slow_model, tmp_path, sig, delay):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    before = snapshot(slow_model)
+    proc, stderr, sent = interrupt_when(
+        _convert_argv(slow_model, out_dir / "o.nntr"), temp_appeared(out_dir), sig, delay
+    )
+    assert sent, "the conversion ended before the signal"
+    assert proc.returncode == expected_status(sig), stderr
+    assert one_line(stderr) == INTERRUPTED
+    assert listing(out_dir) == []
+    assert snapshot(slow_model) == before
+
+
+def test_signal_before_any_output(slow_model, tmp_path):
+    """A signal while the source is still being opened: same line, same status."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc, stderr, sent = interrupt_when(
+        _convert_argv(slow_model, out_dir / "o.nntr"), lambda: True, signal.SIGTERM, 0.3
+    )
+    assert sent
+    assert proc.returncode == expected_status(signal.SIGTERM), stderr
+    assert one_line(stderr) == INTERRUPTED
+    assert listing(out_dir) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_repack_signal_leaves_nothing(slow_nntr, tmp_path, sig):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    before = snapshot(slow_nntr)
+    argv = cli("repack", slow_nntr, out_dir / "r.nntr", "--format", "q4_0_8")
+    proc, stderr, sent = interrupt_when(argv, temp_appeared(out_dir), sig)
+    if not sent:  # the repack finished first: a complete output, nothing else
+        assert proc.returncode == 0 and listing(out_dir) == ["r.nntr"]
+        return
+    assert proc.returncode == expected_status(sig), stderr
+    assert one_line(stderr) == INTERRUPTED
+    assert listing(out_dir) == []
+    assert snapshot(slow_nntr) == before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_export_signal_leaves_nothing(slow_nntr, tmp_path, sig):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    before = snapshot(slow_nntr)
+    argv = cli("export", slow_nntr, out_dir / "exp")
+    proc, stderr, sent = interrupt_when(argv, temp_appeared(out_dir), sig)
+    if not sent:
+        assert proc.returncode == 0 and listing(out_dir) == ["exp"]
+        return
+    assert proc.returncode == expected_status(sig), stderr
+    assert one_line(stderr) == INTERRUPTED
+    assert listing(out_dir) == []
+    assert snapshot(slow_nntr) == before
+
+
+def test_stale_temporary_from_a_killed_run_is_removed(slow_model, tmp_path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc, _, sent = interrupt_when(
+        _convert_argv(slow_model, out_dir / "o.nntr"), temp_appeared(out_dir), signal.SIGKILL
+    )
+    assert sent and proc.returncode == -signal.SIGKILL
+    left = listing(out_dir)
+    assert len(left) == 1 and left[0].startswith(".o.nntr.nntrtool-"), left  # never the final name
+    mine = out_dir / ".o.nntr.keep"  # not a temporary of ours: never touched
+    mine.write_text("user file")
+    other = out_dir / "other.nntr"
+    other.write_text("user file")
+    proc = run_cli("convert", slow_model, out_dir / "o.nntr", "--quiet", "--quant-type", "q8_0")
+    assert proc.returncode == 0, proc.stderr
+    assert listing(out_dir) == [".o.nntr.keep", "o.nntr", "other.nntr"]
+
+
+def test_force_replaces_only_our_outputs(small_model, tmp_path):
+    out = tmp_path / "o.nntr"
+    out.write_text("notes")
+    proc = run_cli("convert", small_model, out, "--force")
+    assert proc.returncode == 2 and "not an NNTR file" in one_line(proc.stderr)
+    assert out.read_text() == "notes"
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("mine")
+    proc = run_cli("export", small_model, folder, "--force", "--target", "nntrainer")
+    assert proc.returncode == 2 and "not an export folder" in one_line(proc.stderr)
+    assert listing(folder) == ["mine.txt"]
+    assert listing(tmp_path) == ["folder", "o.nntr"]
+
+
+# ----------------------------------------------------------------------------------------------
+# randomized mode (local runs)
+
+_RANDOM = int(os.environ.get("NNTRTOOL_FAULTS_RANDOM", "0") or 0)
+
+
+@pytest.mark.skipif(not _RANDOM, reason="set NNTRTOOL_FAULTS_RANDOM=N for N randomized cases")
+def test_randomized_signals(slow_model, slow_nntr, tmp_path):
+    rng = random.Random(int(os.environ.get("NNTRTOOL_FAULTS_SEED", "0") or time.time()))
+    before = snapshot(slow_model) | snapshot(slow_nntr)
+    for i in range(_RANDOM):
+        out_dir = tmp_path / f"o{i}"
+        out_dir.mkdir()
+        command = rng.choice(["convert", "repack", "export", "export-source"])
+        argv = {
+            "convert": _convert_argv(slow_model, out_dir / "o.nntr"),
+            "repack": cli("repack", slow_nntr, out_dir / "o.nntr", "--format", "q4_0_4"),
+            "export": cli("export", slow_nntr, out_dir / "o"),
+            "export-source": cli("export", slow_model, out_dir / "o"),
+        }[command]
+        sig = rng.choice([signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+        delay = rng.uniform(0, 1.5)
+        proc, stderr, sent = interrupt_when(argv, lambda: True, sig, delay)
+        what = f"{command} {sig!r} after {delay:.2f}s"
+        if not sent or proc.returncode == 0:
+            assert proc.returncode == 0, what + stderr
+            assert not [n for n in listing(out_dir) if n.startswith(".")], what
+            continue
+        assert proc.returncode == expected_status(sig), what + stderr
+        assert one_line(stderr) == INTERRUPTED, what
+        assert listing(out_dir) == [], what
+    assert snapshot(slow_model) | snapshot(slow_nntr) == before
+
+
+# ----------------------------------------------------------------------------------------------
+# sources that change while they are read
+
+
+def _shard(model: Path) -> Path:
+    return sorted(model.glob("*.safetensors"))[-1]
+
+
+@pytest.mark.parametrize("how", ["truncate", "shrink", "replace", "rewrite"])
+def test_source_changed_while_read(slow_model, tmp_path, how):
+    model = _copy_model(slow_model, tmp_path / "m")
+    shard = _shard(model)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    size = shard.stat().st_size
+
+    proc = subprocess.Popen(
+        _convert_argv(model, out_dir / "o.nntr"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and not listing(out_dir):
+            time.sleep(0.005)
+        assert proc.poll() is None, "the conversion ended before the source could change"
+        if how == "truncate":
+            os.truncate(shard, 1024)
+        elif how == "shrink":
+            os.truncate(shard, size // 2)
+        elif how == "replace":
+            new = shard.with_suffix(".new")
+            new.write_bytes(shard.read_bytes()[: size - 4096])
+            os.replace(new, shard)
+        else:  # the same size, other bytes (an in-place rewrite)
+            with open(shard, "r+b") as fh:
+                fh.seek(size - 8192)
+                fh.write(b"\x01" * 8192)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, stderr  # never a signal death (negative status)
+    line = one_line(stderr)
+    assert str(shard) in line and "changed while being read" in line, line
+    assert listing(out_dir) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# outputs that cannot be written
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 512 KiB tmpfs (root and ``mount`` needed; skipped otherwise), unmounted afterwards."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _remount_ro(mnt: Path) -> None:
+    proc = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot remount read-only: {proc.stderr.strip()}")
+
+
+def _output_cases(small_model: Path, nntr: Path, folder: Path) -> dict[str, list[object]]:
+    return {
+        "convert": ["convert", small_model, folder / "o.nntr"],
+        "convert-target": ["convert", small_model, folder / "o", "--target", "nntrainer"],
+        "export": ["export", nntr, folder / "o"],
+        "repack": ["repack", nntr, folder / "o.nntr", "--format", "q4_0_8"],
+    }
+
+
+@pytest.fixture(scope="module")
+def small_nntr(small_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("small_nntr") / "m.nntr"
+    proc = run_cli("convert", small_model, out, "--quiet", "--type", "embed_tokens=q6_k")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.mark.parametrize("command", ["convert", "convert-target", "export", "repack"])
+def test_read_only_output_folder(small_model, small_nntr, small_fs, command):
+    _remount_ro(small_fs)
+    before = snapshot(small_model) | snapshot(small_nntr)
+    proc = run_cli(*_output_cases(small_model, small_nntr, small_fs)[command])
+    assert proc.returncode == 2, proc.stderr
+    line = one_line(proc.stderr)
+    assert str(small_fs) in line and "choose a folder you can write to" in line, line
+    assert listing(small_fs) == []
+    assert snapshot(small_model) | snapshot(small_nntr) == before
+
+
+@pytest.mark.parametrize("command", ["convert", "convert-target", "export", "repack"])
+def test_full_output_folder(small_model, small_nntr, small_fs, command):
+    (small_fs / "filler").write_bytes(b"\0" * (400 << 10))  # leaves about 100 KiB
+    before = snapshot(small_model) | snapshot(small_nntr)
+    proc = run_cli(*_output_cases(small_model, small_nntr, small_fs)[command])
+    assert proc.returncode == 2, proc.stderr
+    line = one_line(proc.stderr)
+    assert "space" in line or "full" in line, line
+    assert listing(small_fs) == ["filler"]
+    assert snapshot(small_model) | snapshot(small_nntr) == before
+
+
+@pytest.mark.parametrize("command", ["convert", "convert-target", "export", "repack"])
+def test_missing_output_folder(small_model, small_nntr, tmp_path, command):
+    folder = tmp_path / "missing"
+    proc = run_cli(*_output_cases(small_model, small_nntr, folder)[command])
+    assert proc.returncode == 2, proc.stderr
+    assert "does not exist" in one_line(proc.stderr)
+    assert not folder.exists()
+
+
+def test_output_that_is_a_folder(small_model, small_nntr, tmp_path):
+    for argv in (
+        ["convert", small_model, tmp_path],
+        ["repack", small_nntr, tmp_path, "--format", "q4_0_8"],
+    ):
+        proc = run_cli(*argv)
+        assert proc.returncode == 2, proc.stderr
+        assert "folder" in one_line(proc.stderr)
+    assert listing(tmp_path) == []
+
+
+class _ChangeSourceAfter:
+    """A progress display that changes ``path`` (truncates or rewrites it in place) once the
+    run has advanced a few times: the fault arrives mid-run, from outside the reading code."""
+
+    def __init__(self, path: Path, how: str, after: int = 3):
+        self.path, self.how, self.after, self.calls = path, how, after, 0
+
+    def __call__(self, total, description):
+        import contextlib
+
+        return contextlib.nullcontext(self)
+
+    def advance(self, n, current=None):
+        self.calls += 1
+        if self.calls != self.after:
+            return
+        if self.how == "truncate":
+            os.truncate(self.path, 4096)
+        else:
+            size = self.path.stat().st_size
+            with open(self.path, "r+b") as fh:
+                fh.seek(size - 64)
+                fh.write(b"\x55" * 64)
+            st = self.path.stat()  # a rewrite within the same clock tick still counts
+            os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+
+@pytest.mark.parametrize("how", ["truncate", "rewrite"])
+@pytest.mark.parametrize("command", ["repack", "export"])
+def test_nntr_source_changed_while_read(small_nntr, tmp_path, command, how):
+    from nntrtool.errors import SourceError
+    from nntrtool.export import export_nntr
+    from nntrtool.repack_file import repack_file
+
+    src = tmp_path / "m.nntr"
+    src.write_bytes(small_nntr.read_bytes())
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    progress = _ChangeSourceAfter(src, how)
+    with pytest.raises(SourceError, match="changed while being read") as err:
+        if command == "repack":
+            repack_file(src, out_dir / "o.nntr", "q4_0_8", progress=progress)
+        else:
+            export_nntr(src, out_dir / "o", progress=progress)
+    assert str(src) in str(err.value) and "\n" not in str(err.value)
+    assert progress.calls >= progress.after
+    assert listing(out_dir) == []
+
+
+def test_checkpoint_source_changed_before_a_read(tmp_path):
+    """A PyTorch .bin is mapped by torch; a file that changed is refused before its rows
+    are touched (a mapped page past a new end would be SIGBUS)."""
+    import torch
+
+    from nntrtool.errors import SourceError
+    from nntrtool.sources.checkpoint import CheckpointFile
+
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"w": torch.ones(64, 256)}, path)
+    f = CheckpointFile(path)
+    (w,) = f.tensors
+    assert w.read(0, 2).shape == (2, 256)
+    os.truncate(path, 512)
+    with pytest.raises(SourceError, match="changed while being read") as err:
+        w.read(2, 4)
+    assert str(path) in str(err.value)
