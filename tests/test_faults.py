@@ -92,7 +92,15 @@ def _as_bf16(value: float) -> float:
 
 @pytest.mark.parametrize(
     ("qtype", "big", "fits"),
-    [("q4_0", 1e6, 5e5), ("q8_0", 1e8, 8e6), ("q6_k", 1e10, 2e8)],
+    [
+        ("q4_0", 1e6, 5e5),
+        ("q8_0", 1e8, 8e6),
+        ("q6_k", 1e10, 2e8),
+        ("q4_k", 1e9, 1e5),
+        ("q5_0", 1e9, 2e5),
+        ("q5_k", 1e9, 1e5),
+        ("q5_1", 1e9, 1e5),
+    ],
 )
 def test_values_too_large_for_a_type_are_stored_as_f32_or_refused(
     small_model, tmp_path, qtype, big, fits

@@ -16,21 +16,24 @@ from __future__ import annotations
 import importlib.resources
 import json
 
+import llama_cpp_converter
 import numpy as np
 import pytest
 from models import make_hf_model
+from moe_models import save_qwen3_moe
 
 from nntrtool.cli.app import main
 from nntrtool.convert import ConvertOptions, convert, plan_conversion
 from nntrtool.format import NntrFile
 from nntrtool.imatrix import read_imatrix
-from nntrtool.names import hf_to_gguf_name
+from nntrtool.names import hf_to_gguf
 from nntrtool.plan.options import QUANT_TYPE_CHOICES
 from nntrtool.qtypes import TYPES_BY_NAME
 
 #: Test models: every matrix's columns a multiple of 256 (llama: 8 layers, so that the K-quant
 #: mixtures' "first eighth, last eighth, every third" layers all occur; qwen3: tied head), and
-#: one whose columns (384, 640) fit 32-value blocks but not 256-value ones, for the fallbacks.
+#: one whose columns (384, 640) fit 32-value blocks but not 256-value ones, for the fallbacks;
+#: a Qwen3-MoE with 8 experts (fused expert tensors in the GGUF, llama.cpp's 8-expert rules).
 MODELS = {
     "llama": dict(arch="llama", hidden=256, layers=8, vocab=512, intermediate=512, heads=4,
                   kv_heads=2),
@@ -38,15 +41,24 @@ MODELS = {
                   kv_heads=2, tie=True),
     "llama-384": dict(arch="llama", hidden=384, layers=2, vocab=512, intermediate=640, heads=6,
                       kv_heads=2),
+    "qwen3moe": dict(arch="qwen3_moe", hidden_size=256, vocab_size=512, intermediate_size=512,
+                     moe_intermediate_size=256, head_dim=64, experts=8),
 }  # fmt: skip
 
+#: llama-quantize stores the key and value projections of a model with exactly 8 experts as
+#: Q8_0 in every quantized file type; nntrtool's plain types ask for it with --type.
+EIGHT_EXPERTS_KV = r"self_attn\.[kv]_proj\.=q8_0"
+
 #: llama-quantize's file type (and flags) -> nntrtool's options that ask for the same file.
-#: llama-quantize keeps the output head at Q6_K in a Q4_0 file (Q8_0 where its rows do not fit
-#: 256-value blocks), which nntrtool's --head-type q6_k does; with --pure it does not, as
-#: nntrtool's plain q4_0 does not.
+#: llama-quantize keeps the output head at Q6_K in a Q4_0 or Q5_0 file (Q8_0 where its rows do
+#: not fit 256-value blocks), which nntrtool's --head-type q6_k does; with --pure it gives every
+#: matrix the file's base type (Q4_K for Q4_K_M), as nntrtool's plain --quant-type does.
 FILE_TYPES = {
     "Q4_0": dict(quant_type="q4_0", head_type="q6_k"),
     "Q4_0 --pure": dict(quant_type="q4_0"),
+    "Q5_0": dict(quant_type="q5_0", head_type="q6_k"),
+    "Q5_0 --pure": dict(quant_type="q5_0"),
+    "Q4_K_M --pure": dict(quant_type="q4_k"),
     "Q8_0": dict(quant_type="q8_0"),
     "Q6_K": dict(quant_type="q6_k"),
     "Q4_K_M": dict(quant_type="q4_k_m"),
@@ -83,9 +95,16 @@ def llama_cpp_files(llama_cpp, tmp_path_factory):
             return made[key]
         if ftype is None:
             dims = dict(MODELS[model])
-            folder = make_hf_model(root / model, dims.pop("arch"), **dims)
-            llama_cpp.add_tokenizer(folder, dims["vocab"])
-            made[key] = (folder, llama_cpp.convert_hf(folder, root / f"{model}-F32.gguf"))
+            arch = dims.pop("arch")
+            f32 = root / f"{model}-F32.gguf"
+            if arch == "qwen3_moe":  # no imatrix for it: the converter's stand-in vocabulary
+                folder = save_qwen3_moe(root / model, **dims)
+                llama_cpp_converter.convert_hf(llama_cpp.llama_cpp_dir, folder, f32)
+            else:
+                folder = make_hf_model(root / model, arch, **dims)
+                llama_cpp.add_tokenizer(folder, dims["vocab"])
+                llama_cpp.convert_hf(folder, f32)
+            made[key] = (folder, f32)
         else:
             _, f32 = files(model)
             name, *flags = ftype.split()
@@ -134,15 +153,25 @@ def _as_gguf(nntr_path, folder, arch: str) -> dict[str, tuple[str, bytes]]:
     permuted back as llama.cpp's converter permutes them): (type name, bytes)."""
     config = json.loads((folder / "config.json").read_text())
     heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
-    out = {}
+    out: dict[str, tuple[str, bytes]] = {}
+    experts: dict[str, dict[int, tuple[str, bytes]]] = {}
     for name, (ttype, shape, data) in _nntr(nntr_path).items():
-        gguf_name = hf_to_gguf_name(name, config)
-        assert gguf_name is not None, f"{name}: no llama.cpp name"
+        found = hf_to_gguf(name, config)
+        assert found is not None, f"{name}: no llama.cpp name"
+        gguf_name, expert = found
         part = gguf_name.split(".")[-2]
         if arch == "llama" and part in heads:
             rows = np.frombuffer(data, np.uint8).reshape(shape[0], -1)
             data = _permute(rows, heads[part]).tobytes()
-        out[gguf_name] = (ttype, data)
+        if expert is None:
+            out[gguf_name] = (ttype, data)
+        else:  # llama.cpp stacks the experts' matrices into one tensor, expert by expert
+            experts.setdefault(gguf_name, {})[expert] = (ttype, data)
+    for gguf_name, parts in experts.items():
+        assert sorted(parts) == list(range(len(parts))), (gguf_name, sorted(parts))
+        types = {t for t, _ in parts.values()}
+        assert len(types) == 1, f"{gguf_name}: experts stored as {types}"
+        out[gguf_name] = (types.pop(), b"".join(parts[e][1] for e in sorted(parts)))
     return out
 
 
@@ -186,8 +215,11 @@ def test_keep_copies_every_block_of_llama_cpps_file(llama_cpp_files, tmp_path, m
 def test_checkpoint_converts_to_llama_quantizes_bytes(llama_cpp_files, tmp_path, model, ftype):
     """nntrtool on the checkpoint against llama-quantize on llama.cpp's F32 GGUF of it: the same
     tensors, each with the type llama-quantize chose and its bytes."""
-    options = FILE_TYPES[ftype]
+    options = dict(FILE_TYPES[ftype])
     _skip_unless_offered(options)
+    quantized_plain = options["quant_type"] in ("q4_0", "q5_0", "q6_k", "q4_k")
+    if MODELS[model].get("experts") == 8 and quantized_plain and "--pure" not in ftype:
+        options["type_overrides"] = (EIGHT_EXPERTS_KV,)
     folder, _ = llama_cpp_files(model)
     theirs = _gguf(llama_cpp_files(model, ftype))
     out = tmp_path / "h.nntr"
@@ -218,15 +250,19 @@ def test_llama_imatrix_file_is_read_by_convert(llama_cpp_files, llama_imatrix, t
 
 
 def known_imatrix_choices(ftype: str, layers: int) -> dict[str, tuple[str, str]]:
-    """Where llama-quantize given an imatrix picks a type nntrtool does not: in a Q4_0 file, the
-    MLP down projections of the first eighth of the layers become Q4_1 ("to guard against
-    craziness", llama.cpp says; only with an imatrix). nntrtool stores no Q4_1 and keeps Q4_0."""
-    if ftype != "Q4_0":
+    """Where llama-quantize given an imatrix picks a type nntrtool does not: in a Q4_0 (Q5_0)
+    file, the MLP down projections of the first eighth of the layers become Q4_1 (Q5_1), "to
+    guard against craziness", llama.cpp says; only with an imatrix, and not with --pure.
+    nntrtool has no such rule (and no Q4_1 quantizer) and keeps the file's type."""
+    instead = {"Q4_0": ("q4_0", "q4_1"), "Q5_0": ("q5_0", "q5_1")}.get(ftype)
+    if instead is None:
         return {}
-    return {f"blk.{i}.ffn_down.weight": ("q4_0", "q4_1") for i in range(layers // 8)}
+    return {f"blk.{i}.ffn_down.weight": instead for i in range(layers // 8)}
 
 
-@pytest.mark.parametrize("ftype", ["Q4_0", "Q6_K", "Q4_K_M"])
+@pytest.mark.parametrize(
+    "ftype", ["Q4_0", "Q4_0 --pure", "Q5_0", "Q6_K", "Q4_K_M --pure", "Q4_K_M", "Q5_K_M"]
+)
 def test_imatrix_blocks_equal_llama_quantize_imatrix(
     llama_cpp_files, llama_imatrix, tmp_path, ftype
 ):

@@ -8,7 +8,7 @@ there store the same type for every tensor:
   when its rows do not fit 256-value blocks;
 - the value projection (or a fused QKV) and the MLP down projection of the first eighth, the
   last eighth and every third layer in between are Q6_K; an eight-expert model's value and
-  key projections are Q8_0;
+  key projections are Q8_0, and its attention output projection Q5_K;
 - everything else takes the file type's base (Q4_K, Q5_K); a row that does not fit 256-value
   blocks falls back as llama.cpp does (Q4_K to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0, then F16).
 
@@ -40,6 +40,8 @@ class Mix:
     #: The type of the layers :func:`use_more_bits` picks (value and down projections).
     more_bits: str
     description: str
+    #: The attention output projection of a model with exactly 8 experts (None: the base).
+    eight_expert_output: str | None = None
 
 
 MIXES: dict[str, Mix] = {
@@ -51,6 +53,7 @@ MIXES: dict[str, Mix] = {
             "q6_k",
             "llama.cpp's Q4_K_M: Q4_K, with Q6_K for the head and "
             "for the value / down projections of some layers",
+            eight_expert_output="q5_k",
         ),
         Mix(
             "q5_k_m",
@@ -106,6 +109,9 @@ def mix_type(mix: Mix, gguf_name: str | None, cols: int, model: MixModel) -> tup
             chosen, why = "q8_0", f"{mix.name}: value projection of an 8-expert model"
     elif "attn_k.weight" in name and model.experts == 8:
         chosen, why = "q8_0", f"{mix.name}: key projection of an 8-expert model"
+    elif "attn_output.weight" in name and model.experts == 8 and mix.eight_expert_output:
+        chosen = mix.eight_expert_output
+        why = f"{mix.name}: attention output projection of an 8-expert model"
     elif "ffn_down" in name and layer >= 0 and use_more_bits(layer, model.layers):
         chosen, why = mix.more_bits, f"{mix.name}: down projection of layer {layer}"
     return fallback_for(chosen, cols, why)

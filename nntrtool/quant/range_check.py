@@ -22,6 +22,8 @@ SCALE_FIELDS: dict[str, tuple[int, tuple[int, ...]]] = {
     "q6_k": (210, (208,)),
     "q4_k": (144, (0, 2)),
     "q5_0": (22, (0,)),
+    "q5_1": (24, (0, 2)),
+    "q5_k": (176, (0, 2)),
 }
 
 #: Largest finite float16 value; a float16 output holds no more.
