@@ -185,6 +185,9 @@ def test_f16_rounds_to_nearest_even_like_numpy() -> None:
     assert np.array_equal(back, x.astype(np.float16).astype(np.float32))
 
 
+@pytest.mark.parametrize(
+    "qtype, cols, needle", [("q4_k", 300, "256"), ("q4_k", 96, "96"), ("q5_0", 40, "32")]
+)
 def test_rows_that_do_not_fit_are_one_line(qtype: str, cols: int, needle: str) -> None:
     with pytest.raises(QuantError) as err:
         quantize(np.ones((2, cols), np.float32), qtype)
