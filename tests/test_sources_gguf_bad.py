@@ -213,8 +213,9 @@ def test_absurd_block_count_does_not_size_the_name_table(tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with open_source(path) as src:
-        assert src.names == ["model.layers.0.input_layernorm.weight"]
+    # the absurd count is refused for contradicting the tensors, not used to size a table
+    with pytest.raises(SourceError, match="num_hidden_layers"):
+        open_source(path)
 
 
 def test_metadata_of_the_wrong_type_is_one_line(tmp_path):
@@ -240,3 +241,33 @@ def test_config_option_is_refused_for_a_gguf(tmp_path):
     cfg.write_text("{}")
     with pytest.raises(UsageError, match="--config"):
         open_source(path, config=cfg)
+
+
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [
+        ("num_hidden_layers", 3, "num_hidden_layers"),
+        ("intermediate_size", 160, "intermediate_size"),
+    ],
+)
+def test_metadata_that_contradicts_the_tensors_is_one_line(hf_model, tmp_path, key, value, needle):
+    """A GGUF whose metadata says other sizes than its tensors have is refused, naming the key."""
+    import json
+    import shutil
+
+    from gguf_models import write_gguf
+
+    from nntrtool.errors import SourceError
+    from nntrtool.sources import open_source
+
+    folder = tmp_path / "hf"
+    shutil.copytree(hf_model("llama"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    path = write_gguf(folder, tmp_path / "bad.gguf")
+    with pytest.raises(SourceError) as err:
+        open_source(path)
+    message = str(err.value)
+    assert needle in message and str(value) in message
+    assert len(message.splitlines()) <= 3

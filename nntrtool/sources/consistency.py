@@ -148,7 +148,7 @@ def check_config(cfg: Config, tensors: Sequence[Any]) -> None:
 
     layers = key("num_hidden_layers", "n_layer")(cfg)
     seen = sorted({int(m.group(1)) for n in by_name if (m := _LAYER.match(n))})
-    if layers is not None and seen and seen != list(range(layers)):
+    if layers is not None and seen and (len(seen) != layers or seen[-1] != layers - 1):
         have = len(seen)
         raise SourceError(
             config_count_mismatch(

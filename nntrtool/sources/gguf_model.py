@@ -23,6 +23,7 @@ from nntrtool.architectures.base import Family, GGUFMeta
 from nntrtool.errors import SourceError
 from nntrtool.names import check_architecture, hf_name
 from nntrtool.sources.base import ModelSource
+from nntrtool.sources.consistency import check_config
 from nntrtool.sources.gguf_config import build_config
 from nntrtool.sources.gguf_file import GGUFFile
 from nntrtool.tensors.transforms import apply_rules
@@ -100,6 +101,9 @@ def _assemble(gf: GGUFFile, origin: dict[str, Any], raw_names: bool = False) -> 
     )
     # The Hugging Face architecture's own rules too (a MoE router prefers F32), as for folders.
     tensors = apply_rules(tensors, rules_for(config))
+    # The metadata must describe the tensors it came with (sizes, layers, experts), as a
+    # config.json must: a contradiction is refused before anything is written.
+    check_config(config, tensors)
     origin = {
         **origin,
         "kind": "gguf",
