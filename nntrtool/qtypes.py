@@ -202,6 +202,7 @@ F16 = TensorType(
     ggml_type=1,
     kernels="nntrtool.quant.f16",
     numba_kernels="nntrtool.quant._f16_numba",
+    target=True,
     max_rel_err=0.0005,
 )
 
