@@ -30,7 +30,10 @@ def expected_bytes(src_tensor, planned) -> np.ndarray:
     """What the file must hold for one tensor, computed independently with the numpy kernels."""
     x = src_tensor.read()
     if not planned.quantized:
-        return src_tensor.read_f32().reshape(-1).view(np.uint8)
+        values = src_tensor.read_f32().reshape(-1)
+        if planned.ttype.block_bytes == 2:  # F16
+            values = values.astype(np.float16)
+        return values.view(np.uint8)
     q = quantize(x, planned.quant_name, backend="numpy", source_dtype=src_tensor.dtype)
     if planned.layout is not None:
         q = repack(q, planned.layout.name)

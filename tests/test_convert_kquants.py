@@ -91,3 +91,15 @@ def test_cli_quant_type_q4_k(llama, tmp_path):
     with NntrFile(out) as f:
         assert f.tensor("model.layers.0.mlp.up_proj.weight").display_type == "q4_k"
         assert f.tensor("model.layers.0.self_attn.v_proj.weight").display_type == "q5_0"
+
+
+def test_type_override_f16_stores_rounded_halves(llama, tmp_path):
+    out = tmp_path / "h.nntr"
+    report = convert(llama, out, ConvertOptions(quant_type="q4_k", type_overrides=("up_proj=f16",)))
+    check_file_matches_source(llama, out, report)
+    ref = reference_tensors(llama)
+    with NntrFile(out) as f:
+        name = "model.layers.0.mlp.up_proj.weight"
+        assert f.tensor(name).ttype.name == "f16"
+        want = ref[name].astype(np.float32).astype(np.float16)
+        np.testing.assert_array_equal(f.array(name).view(np.uint16), want.view(np.uint16))

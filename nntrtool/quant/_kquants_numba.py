@@ -8,8 +8,9 @@ than 64 would be unrolled into scalar code before the vectorizer sees it). For t
 the 64 runs are the 8 sub-blocks of 8 superblocks; ggml's candidates must be tried in order
 (an accepted one moves the min the next is measured from), so superblocks side by side are
 what keeps the vector units busy. The candidates round with float arithmetic, which equals
-ggml's bit-level ``nearest_int`` while ``|v| <= 2^22 - 1``; a tile where some value is beyond
-that (or NaN) is searched again with the bit-level rounding. Imported on first use only.
+ggml's bit-level ``nearest_int`` while ``|v| <= 2^22 - 1``; each candidate bounds its ``|v|``
+per run, and a tile where a bound is beyond that (or NaN) is searched again with the
+bit-level rounding. The chosen candidate's codes are recomputed once at the end. Imported on first use only.
 """
 
 from __future__ import annotations
@@ -71,7 +72,11 @@ TAKE = TM + LANES
 ERR = TAKE + LANES
 MINS = ERR + LANES  # ggml's *the_min of each run
 BAD = MINS + LANES  # lanes the float rounding of the search may have got wrong
-DJ = BAD + LANES
+LOW = BAD + LANES  # each run's smallest value (before ggml clamps its min to 0)
+BINV = LOW + LANES  # inverse scale and min of the chosen candidate
+BCUR = BINV + LANES
+BESTC = BCUR + LANES  # 1 where a candidate beat the first guess
+DJ = BESTC + LANES
 DMJ = DJ + LANES
 SCRATCH = DMJ + LANES
 
@@ -123,6 +128,7 @@ def _make_qkx_search(code, check):
         fnmax = np.float32(nmax)
         for j in range(LANES):
             mn = s[MN + j]
+            s[LOW + j] = mn
             mn = _ZERO if mn > _ZERO else mn
             s[MN + j] = mn
             s[CUR + j] = mn
@@ -136,6 +142,7 @@ def _make_qkx_search(code, check):
             s[SCALE + j] = _ONE / inv
             s[BEST + j] = _ZERO
             s[BAD + j] = _ZERO
+            s[BESTC + j] = _ZERO
         for i in range(SUB):
             for j in range(LANES):
                 x = s[XT + LANES * i + j]
@@ -147,8 +154,18 @@ def _make_qkx_search(code, check):
             num = nums[c]
             for j in range(LANES):
                 rng = s[MX + j] - s[CUR + j]
-                rng = _ONE if s[FLAT + j] != _ZERO else rng
-                s[INV + j] = num / rng
+                flat = s[FLAT + j] != _ZERO
+                rng = _ONE if flat else rng
+                inv = num / rng
+                s[INV + j] = inv
+                if check:
+                    # Every |inv * (x - min)| of the run is at most this (rounding is
+                    # monotonic), so one test per run covers its 32 values; NaN fails it.
+                    a = abs(s[MX + j] - s[CUR + j])
+                    b = abs(s[LOW + j] - s[CUR + j])
+                    bound = abs(inv) * (a if a > b else b)
+                    ok = bound <= _EXACT_LIMIT or flat
+                    s[BAD + j] = s[BAD + j] if ok else _ONE
                 s[SL + j] = _ZERO
                 s[SL2 + j] = _ZERO
                 s[SXL + j] = _ZERO
@@ -156,11 +173,7 @@ def _make_qkx_search(code, check):
             for i in range(SUB):
                 for j in range(LANES):
                     x = s[XT + LANES * i + j]
-                    v = s[INV + j] * (x - s[CUR + j])
-                    if check:  # NaN fails the test too
-                        ok = abs(v) <= _EXACT_LIMIT
-                        s[BAD + j] = s[BAD + j] if ok else _ONE
-                    q = code(v, nmax)
+                    q = code(s[INV + j] * (x - s[CUR + j]), nmax)
                     s[QL + LANES * i + j] = q
                     wl = s[W + LANES * i + j] * q
                     s[SL + j] = s[SL + j] + wl
@@ -188,11 +201,16 @@ def _make_qkx_search(code, check):
                 s[TAKE + j] = _ONE if take else _ZERO
                 s[BEST + j] = s[ERR + j] if take else s[BEST + j]
                 s[SCALE + j] = s[TS + j] if take else s[SCALE + j]
+                s[BINV + j] = s[INV + j] if take else s[BINV + j]
+                s[BCUR + j] = s[CUR + j] if take else s[BCUR + j]
+                s[BESTC + j] = _ONE if take else s[BESTC + j]
                 s[CUR + j] = s[TM + j] if take else s[CUR + j]
-            for i in range(SUB):
-                for j in range(LANES):
-                    k = LANES * i + j
-                    s[CODES + k] = s[QL + k] if s[TAKE + j] != _ZERO else s[CODES + k]
+        # The chosen candidate's codes, recomputed once rather than kept after every pass.
+        for i in range(SUB):
+            for j in range(LANES):
+                k = LANES * i + j
+                q = code(s[BINV + j] * (s[XT + k] - s[BCUR + j]), nmax)
+                s[CODES + k] = q if s[BESTC + j] != _ZERO else s[CODES + k]
         for j in range(LANES):
             flat = s[FLAT + j] != _ZERO
             s[SCALE + j] = _ZERO if flat else s[SCALE + j]

@@ -145,8 +145,8 @@ def quantize(
     ``x`` is float32, float16, or uint16 holding bf16 (or fp16) bits with ``source_dtype``
     ("F32", "F16", "BF16", any case). NaN/inf raise :class:`NonFiniteError` naming row/column.
     ``imatrix`` (one importance per column, e.g. mean squared activations) weights the error
-    as ggml's ``ggml_quantize_chunk`` does with one: Q4_0 and Q6_K search their scales for it,
-    Q8_0 ignores it, as ggml does.
+    as ggml's ``ggml_quantize_chunk`` does with one: Q4_0, Q4_K, Q5_0, Q5_1, Q5_K and Q6_K
+    search their scales for it; Q8_0 and F16 ignore it, as ggml does.
     """
     k = get_kernels(qtype)
     src, kind = _as_source(x, source_dtype)
