@@ -317,9 +317,6 @@ class _Work:
             data = _to_f32(self.x, tp.source_dtype)
             if self.check_f32:
                 self.f32_nonfinite = _first_nonfinite(data.reshape(data.shape[0], -1))
-            if tp.ttype.block_bytes == 2:  # F16: rounded to nearest even, as numpy and ggml do
-                with np.errstate(over="ignore"):
-                    return data.astype(np.float16)
             return data
         x, dtype = self.x, tp.source_dtype
         if tp.requantized:
