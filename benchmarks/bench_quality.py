@@ -124,6 +124,10 @@ def variants(imatrix: Path | None) -> list[tuple[str, list[str]]]:
         ("q4_0", ["--quant-type", "q4_0"]),
         ("q4_0 + --head-type q6_k", ["--quant-type", "q4_0", *head]),
         ("q6_k", ["--quant-type", "q6_k"]),
+        ("q4_k", ["--quant-type", "q4_k"]),
+        ("q4_k_m", ["--quant-type", "q4_k_m"]),
+        ("q5_k", ["--quant-type", "q5_k"]),
+        ("f16", ["--quant-type", "f16"]),
     ]
     if imatrix is not None:
         im = ["--imatrix", str(imatrix)]
@@ -131,6 +135,8 @@ def variants(imatrix: Path | None) -> list[tuple[str, list[str]]]:
             ("q4_0 imatrix", ["--quant-type", "q4_0", *im]),
             ("q4_0 imatrix + --head-type q6_k", ["--quant-type", "q4_0", *im, *head]),
             ("q6_k imatrix", ["--quant-type", "q6_k", *im]),
+            ("q4_k imatrix", ["--quant-type", "q4_k", *im]),
+            ("q4_k_m imatrix", ["--quant-type", "q4_k_m", *im]),
         ]
     return out
 

@@ -214,7 +214,7 @@ def _read_dequantized(
     if entry.ttype is F32:
         return np.array(nf.array(entry.name), dtype=np.float32).reshape(shape)
     rows, cols = rows_cols(shape)
-    data = nf.array(entry.name).reshape(rows, -1)
+    data = nf.raw(entry.name).reshape(rows, -1)  # the stored bytes, whatever the type
     if entry.layout is not None:
         data = unpack(np.ascontiguousarray(data), entry.layout.name)
     out = dequantize(data, base_type(entry.ttype).name, (rows, cols), backend=backend)

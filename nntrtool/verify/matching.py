@@ -260,7 +260,9 @@ def _run_jobs(nf: Any, jobs: list[_Job], backend: str, progress: ProgressLike | 
         entry = job.entry
         if job.rows == 0 or job.cols == 0:
             continue
-        data = nf.array(entry.name).reshape(job.rows, -1)
+        # float32 values as they are; every other type as its stored bytes, for its dequantizer
+        read = nf.array if entry.ttype is F32 else nf.raw
+        data = read(entry.name).reshape(job.rows, -1)
         layout = entry.layout
         step = _chunk_rows(job.cols, layout.rows if layout is not None else 8)
         base = base_type(entry.ttype)
