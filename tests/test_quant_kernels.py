@@ -3,6 +3,8 @@ every backend (numba, the array code with numpy, and the public API's chunked nu
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 from ggml_oracle import ggml_dequantize, ggml_quantize, gguf_dequantize, gguf_quantize_q4_0
@@ -53,7 +55,8 @@ def make(name: str, rng: np.random.Generator, rows: int = 16, cols: int = 1024) 
     elif name == "tiny_normal":
         x = rng.standard_normal((rows, cols)) * 10.0 ** rng.uniform(-38, -30, (rows, 1))
     elif name == "fp16_overflow":
-        x = rng.standard_normal((rows, cols)) * 10.0 ** rng.uniform(4, 38, (rows, 1))
+        # up to ~1e37: past every fp16 scale, yet finite in float32 whatever the draw
+        x = rng.standard_normal((rows, cols)) * 10.0 ** rng.uniform(4, 37, (rows, 1))
     elif name == "fp16_underflow":
         x = rng.standard_normal((rows, cols)) * 10.0 ** rng.uniform(-9, -4, (rows, 1))
     elif name == "bit_patterns":
@@ -146,7 +149,7 @@ QUANTIZERS = {
 @pytest.mark.parametrize("qtype", TYPES)
 @pytest.mark.parametrize("dist", DISTRIBUTIONS)
 def test_quantize_matches_ggml(qtype, dist):
-    x = make(dist, np.random.default_rng(abs(hash(dist)) % 2**32))
+    x = make(dist, np.random.default_rng(zlib.crc32(dist.encode())))
     expected = ggml_quantize(x, qtype)
     for name, fn in QUANTIZERS.items():
         got = fn(qtype, x)
