@@ -261,3 +261,13 @@ def check_finite(x: Any, xp: Any = np, row_offset: int = 0) -> None:
     flat = int(xp.argmax((~finite).reshape(-1).view(xp.uint8)))  # first True; any xp
     row, col = divmod(flat, x2.shape[1])
     raise non_finite_error(row + row_offset, col, float(x2[row, col]))
+
+
+def signed_absmax(xb: Any, xp: Any) -> Any:
+    """Per block (the last axis of ``xb``): the signed value of largest magnitude, the first of
+    equal ones, as ggml's walk keeps it; +0.0 for an all-zero block (the walk starts there)."""
+    ax = xp.abs(xb)
+    amax = ax.max(axis=-1)
+    first = xp.argmax(ax == amax[..., None], axis=-1)
+    mx = xp.take_along_axis(xb, first[..., None], axis=-1)[..., 0]
+    return xp.where(amax == 0, xp.float32(0.0), mx)

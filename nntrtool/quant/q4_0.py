@@ -26,6 +26,7 @@ from .common import (
     join_scale_blocks,
     scaled_values,
     search_numerators,
+    signed_absmax,
     split_scale_blocks,
     weighted_block_search,
 )
@@ -36,7 +37,6 @@ HALF = QK // 2
 D_BYTES = SCALE_BYTES  # the fp16 scale in front of the codes
 assert D_BYTES + HALF == BLOCK_BYTES
 
-_F0 = np.float32(0.0)
 _MINUS8 = np.float32(-8.0)
 _BIAS = np.float32(8.5)
 
@@ -56,11 +56,7 @@ def quantize_xp(x: Any, xp: Any = np) -> Any:
     rows, cols = x.shape
     nb = cols // QK
     xb = x.reshape(rows, nb, QK)
-    ax = xp.abs(xb)
-    amax = ax.max(axis=2)
-    first = xp.argmax(ax == amax[..., None], axis=2)
-    mx = xp.take_along_axis(xb, first[..., None], axis=2)[..., 0]
-    mx = xp.where(amax == _F0, _F0, mx)  # the walk's initial +0.0 survives all-zero blocks
+    mx = signed_absmax(xb, xp)
     d = (mx / _MINUS8).astype(xp.float32)
     v = scaled_values(xb, d, xp, bias=_BIAS)
     q = xp.minimum(v.astype(xp.int32), 15).astype(xp.uint8)

@@ -25,6 +25,7 @@ from .common import (
     f16_bits,
     f16_to_f32,
     scaled_values,
+    signed_absmax,
     weighted_block_search,
 )
 
@@ -36,7 +37,6 @@ QH_OFF = SCALE_BYTES
 QS_OFF = QH_OFF + 4
 assert QS_OFF + HALF == BLOCK_BYTES
 
-_F0 = np.float32(0.0)
 _MINUS16 = np.float32(-16.0)
 _BIAS = np.float32(16.5)
 
@@ -88,11 +88,7 @@ def quantize_xp(x: Any, xp: Any = np) -> Any:
     rows, cols = x.shape
     nb = cols // QK
     xb = x.reshape(rows, nb, QK)
-    ax = xp.abs(xb)
-    amax = ax.max(axis=2)
-    first = xp.argmax(ax == amax[..., None], axis=2)
-    mx = xp.take_along_axis(xb, first[..., None], axis=2)[..., 0]
-    mx = xp.where(amax == _F0, _F0, mx)  # the walk's initial +0.0 survives all-zero blocks
+    mx = signed_absmax(xb, xp)
     d = (mx / _MINUS16).astype(xp.float32)
     v = scaled_values(xb, d, xp, bias=_BIAS)
     q = xp.minimum(v.astype(xp.int32), 31)
