@@ -86,12 +86,14 @@ class Family:
 
     #: The family's name (its module's name): ``"gemma3"``.
     name: str
-    #: Hugging Face ``model_type`` of the config this family's GGUFs are read back into.
-    model_type: str
-    #: Hugging Face class of that config's ``architectures``.
+    #: Hugging Face class of the config's ``architectures``.
     hf_class: str
-    #: llama.cpp's architecture name (``general.architecture``); GGUFs of this family carry it.
-    gguf_arch: str
+    #: Hugging Face ``model_type`` of the config this family's GGUFs are read back into
+    #: (default: the name).
+    model_type: str = ""
+    #: llama.cpp's architecture name (``general.architecture``); GGUFs of this family carry it
+    #: (default: the name).
+    gguf_arch: str = ""
     #: Other ``model_type`` / class names of the same family (``"gemma3_text"``).
     aliases: tuple[str, ...] = ()
     #: Hugging Face spellings of its tensor names (see :data:`DECODER_SPELLINGS`).
@@ -113,3 +115,8 @@ class Family:
     #: Whether GGUFs of this family are read (a family whose GGUF layout nntrtool does not
     #: undo yet is refused rather than read wrong).
     reads_gguf: bool = True
+
+    def __post_init__(self) -> None:
+        for attr in ("model_type", "gguf_arch"):
+            if not getattr(self, attr):
+                object.__setattr__(self, attr, self.name)

@@ -186,9 +186,8 @@ SPELLINGS = (
 )
 
 FAMILY = Family(
-    name="gpt_oss",
-    model_type="gpt_oss",
-    hf_class="GptOssForCausalLM",
+    "gpt_oss",
+    "GptOssForCausalLM",
     gguf_arch="gpt-oss",
     spellings=SPELLINGS,
     gguf_rules=gguf_rules,

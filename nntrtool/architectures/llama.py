@@ -3,11 +3,4 @@
 from nntrtool.architectures.base import Family
 from nntrtool.architectures.ops import unpermute_qk_rules
 
-FAMILY = Family(
-    name="llama",
-    model_type="llama",
-    hf_class="LlamaForCausalLM",
-    gguf_arch="llama",
-    gguf_rules=unpermute_qk_rules,
-    hidden_act="silu",
-)
+FAMILY = Family("llama", "LlamaForCausalLM", gguf_rules=unpermute_qk_rules, hidden_act="silu")

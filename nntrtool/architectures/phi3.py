@@ -2,7 +2,7 @@
 (``attn_qkv``, ``ffn_up`` of twice the width), so names map one to one. Partial rotary: the
 GGUF's ``rope.dimension_count`` over the head size is ``partial_rotary_factor``."""
 
-from nntrtool.architectures.base import COMMON_KEYS, Family
+from nntrtool.architectures.base import Family
 
 SPELLINGS = (
     r"model\.embed_tokens",
@@ -21,12 +21,5 @@ def _finish(cfg: dict, field) -> None:
 
 
 FAMILY = Family(
-    name="phi3",
-    model_type="phi3",
-    hf_class="Phi3ForCausalLM",
-    gguf_arch="phi3",
-    spellings=SPELLINGS,
-    config_keys=dict(COMMON_KEYS),
-    finish_config=_finish,
-    hidden_act="silu",
+    "phi3", "Phi3ForCausalLM", spellings=SPELLINGS, finish_config=_finish, hidden_act="silu"
 )

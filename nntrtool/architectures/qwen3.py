@@ -5,10 +5,5 @@ from nntrtool.architectures.base import DECODER_SPELLINGS, Family
 QK_NORM = r"model\.layers\.\d+\.self_attn\.[qk]_norm"
 
 FAMILY = Family(
-    name="qwen3",
-    model_type="qwen3",
-    hf_class="Qwen3ForCausalLM",
-    gguf_arch="qwen3",
-    spellings=(*DECODER_SPELLINGS, QK_NORM),
-    hidden_act="silu",
+    "qwen3", "Qwen3ForCausalLM", spellings=(*DECODER_SPELLINGS, QK_NORM), hidden_act="silu"
 )

@@ -41,10 +41,9 @@ def qwen3_moe_placements(config: dict) -> list[Placement]:
 
 
 FAMILY = Family(
-    name="qwen3moe",
+    "qwen3moe",
+    "Qwen3MoeForCausalLM",
     model_type="qwen3_moe",
-    hf_class="Qwen3MoeForCausalLM",
-    gguf_arch="qwen3moe",
     spellings=(*DECODER_SPELLINGS, r"model\.layers\.\d+\.self_attn\.[qk]_norm", *MOE_SPELLINGS),
     gguf_rules=lambda meta: [split_experts_rule()],
     hf_rules=qwen3_moe_rules,
