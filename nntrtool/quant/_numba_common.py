@@ -310,6 +310,17 @@ def run_quantize(
     return out
 
 
+@njit(inline="always")
+def load_u32(row, o):
+    """The little-endian uint32 at byte ``o`` of a uint8 row."""
+    return (
+        np.uint32(row[o])
+        | (np.uint32(row[o + 1]) << 8)
+        | (np.uint32(row[o + 2]) << 16)
+        | (np.uint32(row[o + 3]) << 24)
+    )
+
+
 def run_dequantize(kernel: Any, ttype: TensorType, data: np.ndarray) -> np.ndarray:
     """Run a dequantize kernel ``kernel(data, out)`` on C-contiguous ``ttype`` bytes
     ``(rows, row_bytes)``; returns the float32 ``(rows, cols)`` it fills."""
@@ -327,6 +338,7 @@ __all__ = [
     "raise_first_bad",
     "run_quantize",
     "run_dequantize",
+    "load_u32",
     "f32_bits",
     "f32_from_bits",
     "f32_to_f16_bits",

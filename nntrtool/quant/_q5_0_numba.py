@@ -21,16 +21,6 @@ _BIAS = np.float32(16.5)
 _NUMS = search_numerators(NMAX)
 
 
-@njit(inline="always")
-def _qh32(row, o):
-    return (
-        np.uint32(row[o])
-        | (np.uint32(row[o + 1]) << 8)
-        | (np.uint32(row[o + 2]) << 16)
-        | (np.uint32(row[o + 3]) << 24)
-    )
-
-
 @nc.register_jitable
 def _store(orow, o, d, codes):
     """Write one block: fp16 ``d`` then the 32 codes (int32, 0..31)."""
@@ -157,7 +147,7 @@ def _dequantize_rows(data, out):
         for b in range(nb):
             o, y = b * BLOCK_BYTES, b * QK
             d = nc.load_f16(row, o)
-            qh = _qh32(row, o + QH_OFF)
+            qh = nc.load_u32(row, o + QH_OFF)
             for j in range(HALF):
                 q = row[o + QS_OFF + j]
                 lo = np.int32(q & _U4) | np.int32(((qh >> j) & 1) << 4)

@@ -114,16 +114,6 @@ def _quantize_weighted_rows(x, src_kind, qw, out, bad):
                 )
 
 
-@njit(inline="always")
-def _qh32(row, o):
-    return (
-        np.uint32(row[o])
-        | (np.uint32(row[o + 1]) << 8)
-        | (np.uint32(row[o + 2]) << 16)
-        | (np.uint32(row[o + 3]) << 24)
-    )
-
-
 @njit(parallel=True, cache=True, nogil=True)
 def _dequantize_rows(data, out):
     nb = data.shape[1] // BLOCK_BYTES
@@ -133,7 +123,7 @@ def _dequantize_rows(data, out):
             o, y = b * BLOCK_BYTES, b * QK
             d = nc.load_f16(row, o)
             m = nc.load_f16(row, o + 2)
-            qh = _qh32(row, o + _QH_OFF)
+            qh = nc.load_u32(row, o + _QH_OFF)
             for j in range(16):
                 q = row[o + _QS_OFF + j]
                 lo = np.int32(q & _U4) | np.int32(((qh >> j) & 1) << 4)
