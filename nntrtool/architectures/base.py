@@ -13,6 +13,8 @@ architecture name llama.cpp writes into a GGUF's ``general.architecture``. It de
   router kept F32, fused experts split) and their way back into transformers' modules.
 - ``config_keys`` / ``finish_config``: GGUF metadata keys (after ``"<arch>."``) and the
   ``config.json`` keys transformers reads them into, plus what a small function must derive.
+- ``nntrainer``: where nntrainer's CausalLM application runs the family, the order and roles
+  of the tensors in its weight file (:mod:`nntrtool.architectures.nntrainer_layout`).
 """
 
 from __future__ import annotations
@@ -115,6 +117,10 @@ class Family:
     #: Whether GGUFs of this family are read (a family whose GGUF layout nntrtool does not
     #: undo yet is refused rather than read wrong).
     reads_gguf: bool = True
+    #: How nntrainer's CausalLM application reads the family's weight file
+    #: (:class:`~nntrtool.architectures.nntrainer_layout.ArchitectureLayout`); ``None``: the
+    #: runtime does not run this family.
+    nntrainer: Any = None
 
     def __post_init__(self) -> None:
         for attr in ("model_type", "gguf_arch"):

@@ -8,6 +8,17 @@ transformers holds a layer's experts fused (``gate_up_proj`` ``[E, 2 * inter, hi
 from __future__ import annotations
 
 from nntrtool.architectures.base import COMMON_KEYS, DECODER_SPELLINGS, Family
+from nntrtool.architectures.nntrainer_layout import (
+    EMBED,
+    FINAL_NORM,
+    LM_HEAD,
+    QK_NORM_ATTENTION,
+    ArchitectureLayout,
+    ConfigRule,
+    L,
+    PerExpert,
+    Role,
+)
 from nntrtool.architectures.ops import split_experts_rule
 from nntrtool.tensors.experts import expert_at, router_rule
 from nntrtool.tensors.transforms import Placement, Rule
@@ -40,6 +51,46 @@ def qwen3_moe_placements(config: dict) -> list[Placement]:
     ]
 
 
+#: Qwen3-MoE (qwen3_moe_causallm.cpp, layers/qwen_moe_layer.cpp): Qwen3's attention, then
+#: the router and, per expert, up, gate, down (res/qwen3-30b-a3b/weight_converter.py).
+NNTRAINER = ArchitectureLayout(
+    "Qwen3MoeForCausalLM",
+    head=EMBED,
+    layer=QK_NORM_ATTENTION
+    + (
+        (L + "post_attention_layernorm.weight", Role.NORM, ("D",)),
+        (L + "mlp.gate.weight", Role.ROUTER, ("E", "D")),
+        PerExpert(
+            (
+                (L + "mlp.experts.{e}.up_proj.weight", Role.LINEAR, ("M", "D")),
+                (L + "mlp.experts.{e}.gate_proj.weight", Role.LINEAR, ("M", "D")),
+                (L + "mlp.experts.{e}.down_proj.weight", Role.LINEAR, ("D", "M")),
+            )
+        ),
+    ),
+    tail=FINAL_NORM,
+    untied_tail=LM_HEAD,
+    # The slim (FSU) and cached variants build the same layers from the same file.
+    aliases=("Qwen3SlimMoeForCausalLM", "Qwen3CachedSlimMoeForCausalLM"),
+    required=("moe_intermediate_size", "num_experts_per_tok"),
+    config_keys=(("num_experts", ("num_experts", "num_local_experts")),),
+    rope_table_from_config=True,
+    rules=(
+        ConfigRule(
+            lambda c: bool(c.get("mlp_only_layers")) or int(c.get("decoder_sparse_step") or 1) != 1,
+            "the model has dense MLP layers (mlp_only_layers {mlp_only_layers}, "
+            "decoder_sparse_step {decoder_sparse_step}), but nntrainer's Qwen3-MoE builds a MoE "
+            "block in every layer",
+            refuse=True,
+        ),
+        ConfigRule(
+            lambda c: c.get("norm_topk_prob") is False,
+            "norm_topk_prob is false, but nntrainer's Qwen3-MoE always renormalizes the top-k "
+            "routing weights, so its outputs will differ from the source model's",
+        ),
+    ),
+)
+
 FAMILY = Family(
     "qwen3moe",
     "Qwen3MoeForCausalLM",
@@ -50,4 +101,5 @@ FAMILY = Family(
     placements=qwen3_moe_placements,
     config_keys={**COMMON_KEYS, **MOE_KEYS},
     hidden_act="silu",
+    nntrainer=NNTRAINER,
 )
