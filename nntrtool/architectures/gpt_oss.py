@@ -20,9 +20,6 @@ import re
 from nntrtool.architectures.base import COMMON_KEYS, DECODER_SPELLINGS, Family, GGUFMeta
 from nntrtool.architectures.gemma2 import layer_types
 from nntrtool.architectures.nntrainer_layout import (
-    EMBED,
-    FINAL_NORM,
-    LM_HEAD,
     ArchitectureLayout,
     ConfigRule,
     L,
@@ -201,7 +198,6 @@ SPELLINGS = (
 #: (res/gpt-oss-20b/weight_converter.py).
 NNTRAINER = ArchitectureLayout(
     "GptOssForCausalLM",
-    head=EMBED,
     layer=(
         (L + "input_layernorm.weight", Role.NORM, ("D",)),
         (L + "self_attn.q_proj.weight", Role.LINEAR, ("Q", "D")),
@@ -227,8 +223,6 @@ NNTRAINER = ArchitectureLayout(
             )
         ),
     ),
-    tail=FINAL_NORM,
-    untied_tail=LM_HEAD,
     aliases=("GptOssCachedSlimCausalLM",),
     required=("num_experts_per_tok", "layer_types", "sliding_window"),
     config_keys=(("num_local_experts", ("num_local_experts", "num_experts")),),

@@ -90,16 +90,49 @@ class _Missing(dict):
         return "?"
 
 
+#: The name prefix of layer ``i``.
+L = "model.layers.{i}."
+
+EMBED: tuple[Entry, ...] = (("model.embed_tokens.weight", Role.EMBEDDING, ("V", "D")),)
+FINAL_NORM: tuple[Entry, ...] = (("model.norm.weight", Role.NORM, ("D",)),)
+LM_HEAD: tuple[Entry, ...] = (("lm_head.weight", Role.LM_HEAD, ("V", "D")),)
+
+MLP: tuple[Entry, ...] = (
+    (L + "post_attention_layernorm.weight", Role.NORM, ("D",)),
+    (L + "mlp.up_proj.weight", Role.LINEAR, ("I", "D")),
+    (L + "mlp.gate_proj.weight", Role.LINEAR, ("I", "D")),
+    (L + "mlp.down_proj.weight", Role.LINEAR, ("D", "I")),
+)
+
+#: Llama's attention block: the input norm, then q, k, v, o.
+ATTENTION: tuple[Entry, ...] = (
+    (L + "input_layernorm.weight", Role.NORM, ("D",)),
+    (L + "self_attn.q_proj.weight", Role.LINEAR, ("Q", "D")),
+    (L + "self_attn.k_proj.weight", Role.LINEAR, ("K", "D")),
+    (L + "self_attn.v_proj.weight", Role.LINEAR, ("K", "D")),
+    (L + "self_attn.o_proj.weight", Role.LINEAR, ("D", "Q")),
+)
+
+#: Qwen3's attention block: Llama's with a norm after q and after k.
+QK_NORM_ATTENTION: tuple[Entry, ...] = (
+    *ATTENTION[:2],
+    (L + "self_attn.q_norm.weight", Role.NORM, ("H",)),
+    ATTENTION[2],
+    (L + "self_attn.k_norm.weight", Role.NORM, ("H",)),
+    *ATTENTION[3:],
+)
+
+
 @dataclass(frozen=True)
 class ArchitectureLayout:
     """The weight-file order of one architecture: before the layers, per layer, after them,
     and what the runtime needs of the config."""
 
     architecture: str
-    head: tuple[Entry, ...]
     layer: tuple[LayerEntry, ...]
-    tail: tuple[Entry, ...]
-    untied_tail: tuple[Entry, ...]
+    head: tuple[Entry, ...] = EMBED
+    tail: tuple[Entry, ...] = FINAL_NORM
+    untied_tail: tuple[Entry, ...] = LM_HEAD
     #: Other names the runtime registers for a model read from the same weight file.
     aliases: tuple[str, ...] = ()
     #: Config keys the runtime needs besides the common ones (checked at export).
@@ -150,41 +183,6 @@ class ArchitectureLayout:
         if not tied:
             out.extend(make(e) for e in self.untied_tail)
         return out
-
-
-#: The name prefix of layer ``i``.
-L = "model.layers.{i}."
-
-EMBED: tuple[Entry, ...] = (("model.embed_tokens.weight", Role.EMBEDDING, ("V", "D")),)
-FINAL_NORM: tuple[Entry, ...] = (("model.norm.weight", Role.NORM, ("D",)),)
-LM_HEAD: tuple[Entry, ...] = (("lm_head.weight", Role.LM_HEAD, ("V", "D")),)
-
-MLP: tuple[Entry, ...] = (
-    (L + "post_attention_layernorm.weight", Role.NORM, ("D",)),
-    (L + "mlp.up_proj.weight", Role.LINEAR, ("I", "D")),
-    (L + "mlp.gate_proj.weight", Role.LINEAR, ("I", "D")),
-    (L + "mlp.down_proj.weight", Role.LINEAR, ("D", "I")),
-)
-
-#: Llama's attention block: the input norm, then q, k, v, o.
-ATTENTION: tuple[Entry, ...] = (
-    (L + "input_layernorm.weight", Role.NORM, ("D",)),
-    (L + "self_attn.q_proj.weight", Role.LINEAR, ("Q", "D")),
-    (L + "self_attn.k_proj.weight", Role.LINEAR, ("K", "D")),
-    (L + "self_attn.v_proj.weight", Role.LINEAR, ("K", "D")),
-    (L + "self_attn.o_proj.weight", Role.LINEAR, ("D", "Q")),
-)
-
-#: Qwen3's attention block: Llama's with a norm after q and after k.
-QK_NORM_ATTENTION: tuple[Entry, ...] = (
-    (L + "input_layernorm.weight", Role.NORM, ("D",)),
-    (L + "self_attn.q_proj.weight", Role.LINEAR, ("Q", "D")),
-    (L + "self_attn.q_norm.weight", Role.NORM, ("H",)),
-    (L + "self_attn.k_proj.weight", Role.LINEAR, ("K", "D")),
-    (L + "self_attn.k_norm.weight", Role.NORM, ("H",)),
-    (L + "self_attn.v_proj.weight", Role.LINEAR, ("K", "D")),
-    (L + "self_attn.o_proj.weight", Role.LINEAR, ("D", "Q")),
-)
 
 
 def rope_param(config: dict[str, Any], key: str) -> Any:

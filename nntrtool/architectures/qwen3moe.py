@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from nntrtool.architectures.base import COMMON_KEYS, DECODER_SPELLINGS, Family
 from nntrtool.architectures.nntrainer_layout import (
-    EMBED,
-    FINAL_NORM,
-    LM_HEAD,
     QK_NORM_ATTENTION,
     ArchitectureLayout,
     ConfigRule,
@@ -55,7 +52,6 @@ def qwen3_moe_placements(config: dict) -> list[Placement]:
 #: the router and, per expert, up, gate, down (res/qwen3-30b-a3b/weight_converter.py).
 NNTRAINER = ArchitectureLayout(
     "Qwen3MoeForCausalLM",
-    head=EMBED,
     layer=QK_NORM_ATTENTION
     + (
         (L + "post_attention_layernorm.weight", Role.NORM, ("D",)),
@@ -68,8 +64,6 @@ NNTRAINER = ArchitectureLayout(
             )
         ),
     ),
-    tail=FINAL_NORM,
-    untied_tail=LM_HEAD,
     # The slim (FSU) and cached variants build the same layers from the same file.
     aliases=("Qwen3SlimMoeForCausalLM", "Qwen3CachedSlimMoeForCausalLM"),
     required=("moe_intermediate_size", "num_experts_per_tok"),
