@@ -271,3 +271,15 @@ def signed_absmax(xb: Any, xp: Any) -> Any:
     first = xp.argmax(ax == amax[..., None], axis=-1)
     mx = xp.take_along_axis(xb, first[..., None], axis=-1)[..., 0]
     return xp.where(amax == 0, xp.float32(0.0), mx)
+
+
+def signed_scale_codes(x: Any, qk: int, nmax: int, xp: Any) -> tuple[Any, Any]:
+    """Scales and codes of the types whose block scale is the signed largest value over
+    ``-nmax`` (Q4_0 and Q5_0): ``d`` per block and int32 codes ``0 .. 2 * nmax - 1`` per value,
+    as ggml rounds them (``x / d + nmax + 0.5``, truncated). Raises on NaN/inf."""
+    check_finite(x, xp)
+    rows, cols = x.shape
+    xb = x.reshape(rows, cols // qk, qk)
+    d = (signed_absmax(xb, xp) / np.float32(-nmax)).astype(xp.float32)
+    v = scaled_values(xb, d, xp, bias=np.float32(nmax + 0.5))
+    return d, xp.minimum(v.astype(xp.int32), 2 * nmax - 1)
