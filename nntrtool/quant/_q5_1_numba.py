@@ -114,22 +114,23 @@ def _quantize_weighted_rows(x, src_kind, qw, out, bad):
                 )
 
 
+@njit(inline="always")
+def _decode(row, o, orow, y):
+    d = nc.load_f16(row, o)
+    m = nc.load_f16(row, o + 2)
+    qh = nc.load_u32(row, o + _QH_OFF)
+    for j in range(16):
+        q = row[o + _QS_OFF + j]
+        lo = np.int32(q & _U4) | np.int32(((qh >> j) & 1) << 4)
+        hi = np.int32(q >> 4) | np.int32(((qh >> (j + 16)) & 1) << 4)
+        orow[y + j] = np.float32(lo) * d + m
+        orow[y + j + 16] = np.float32(hi) * d + m
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _dequantize_rows(data, out):
-    nb = data.shape[1] // BLOCK_BYTES
     for r in nc.prange(data.shape[0]):
-        row, orow = data[r], out[r]
-        for b in range(nb):
-            o, y = b * BLOCK_BYTES, b * QK
-            d = nc.load_f16(row, o)
-            m = nc.load_f16(row, o + 2)
-            qh = nc.load_u32(row, o + _QH_OFF)
-            for j in range(16):
-                q = row[o + _QS_OFF + j]
-                lo = np.int32(q & _U4) | np.int32(((qh >> j) & 1) << 4)
-                hi = np.int32(q >> 4) | np.int32(((qh >> (j + 16)) & 1) << 4)
-                orow[y + j] = np.float32(lo) * d + m
-                orow[y + j + 16] = np.float32(hi) * d + m
+        nc.decode_row(_decode, BLOCK_BYTES, QK, data[r], out[r])
 
 
 def quantize(x: np.ndarray, src_kind: int, qw: np.ndarray | None = None) -> np.ndarray:
