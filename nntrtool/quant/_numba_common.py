@@ -362,6 +362,26 @@ def _encode_row_overload(encode, block_size, block_bytes, row, src_kind, orow):
     return impl
 
 
+def run_quantize_weighted(
+    plain: Any, weighted: Any, ttype: TensorType, x: np.ndarray, src_kind: int, qw: Any
+) -> np.ndarray:
+    """:func:`run_quantize` of ``plain(x, src_kind, out, bad)``, or with an importance matrix
+    ``qw`` (one float per column) of ``weighted(x, src_kind, qw, out, bad)``."""
+    from nntrtool.errors import QuantError
+
+    x = np.ascontiguousarray(x)
+    if qw is None:
+        return run_quantize(plain, ttype, x, src_kind)
+    if np.size(qw) != x.shape[1]:
+        raise QuantError(f"{ttype.name}: {np.size(qw)} importance values for {x.shape[1]} columns")
+    weights = np.ascontiguousarray(qw, dtype=np.float32)
+
+    def kernel(x, src_kind, out, bad):
+        weighted(x, src_kind, weights, out, bad)
+
+    return run_quantize(kernel, ttype, x, src_kind)
+
+
 def run_dequantize(kernel: Any, ttype: TensorType, data: np.ndarray) -> np.ndarray:
     """Run a dequantize kernel ``kernel(data, out)`` on C-contiguous ``ttype`` bytes
     ``(rows, row_bytes)``; returns the float32 ``(rows, cols)`` it fills."""
@@ -379,6 +399,7 @@ __all__ = [
     "raise_first_bad",
     "run_quantize",
     "run_dequantize",
+    "run_quantize_weighted",
     "load_u32",
     "decode_row",
     "encode_row",

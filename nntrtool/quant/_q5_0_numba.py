@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from nntrtool.errors import QuantError
 from nntrtool.qtypes import Q5_0
 
 from . import _numba_common as nc
@@ -160,17 +159,7 @@ def _dequantize_rows(data, out):
 def quantize(x: np.ndarray, src_kind: int, qw: np.ndarray | None = None) -> np.ndarray:
     """Q5_0 bytes of a C-contiguous 2-D float32 array (or uint16 fp16/bf16 bits per
     ``src_kind``), weighted by importance ``qw`` (one per column) when given."""
-    x = np.ascontiguousarray(x)
-    if qw is None:
-        return nc.run_quantize(_quantize_rows, Q5_0, x, src_kind)
-    if np.size(qw) != x.shape[1]:
-        raise QuantError(f"q5_0: {np.size(qw)} importance values for {x.shape[1]} columns")
-    weights = np.ascontiguousarray(qw, dtype=np.float32)
-
-    def kernel(x, src_kind, out, bad):
-        _quantize_weighted_rows(x, src_kind, weights, out, bad)
-
-    return nc.run_quantize(kernel, Q5_0, x, src_kind)
+    return nc.run_quantize_weighted(_quantize_rows, _quantize_weighted_rows, Q5_0, x, src_kind, qw)
 
 
 def dequantize(data: np.ndarray) -> np.ndarray:
