@@ -53,7 +53,9 @@ def build_config(
         cfg.setdefault("num_key_value_heads", cfg["num_attention_heads"])
         if "hidden_size" in cfg and "head_dim" not in cfg and cfg["num_attention_heads"]:
             cfg["head_dim"] = cfg["hidden_size"] // cfg["num_attention_heads"]
-    if "vocab_size" not in cfg:
+    if "vocab_size" not in cfg or (vocab_rows is not None and cfg["vocab_size"] < vocab_rows):
+        # The embedding's rows, as a checkpoint's vocab_size counts them: a stated vocabulary
+        # shorter than the rows is the tokenizer's, the rows beyond it padding.
         vocab = vocab_rows if vocab_rows is not None else token_count
         if vocab is not None:
             cfg["vocab_size"] = int(vocab)

@@ -24,6 +24,7 @@ from nntrtool.errors import SourceError
 from nntrtool.names import check_architecture, hf_name
 from nntrtool.sources.base import ModelSource
 from nntrtool.sources.consistency import check_config
+from nntrtool.sources.gguf_checks import check_gguf, config_messages
 from nntrtool.sources.gguf_config import build_config
 from nntrtool.sources.gguf_file import GGUFFile
 from nntrtool.tensors.transforms import apply_rules
@@ -60,6 +61,8 @@ def _assemble(gf: GGUFFile, origin: dict[str, Any], raw_names: bool = False) -> 
             f"{gf.path}: the GGUF names no architecture (general.architecture); it cannot be "
             "converted"
         )
+    # Metadata that contradicts the tensors is refused before any rule reads it.
+    check_gguf(gf.path, arch, gf.field, gf.tensors, gf.count("tokenizer.ggml.tokens"))
     if raw_names:
         return _assemble_raw(gf, origin, arch)
     family = _family(gf, arch)
@@ -103,7 +106,11 @@ def _assemble(gf: GGUFFile, origin: dict[str, Any], raw_names: bool = False) -> 
     tensors = apply_rules(tensors, rules_for(config))
     # The metadata must describe the tensors it came with (sizes, layers, experts), as a
     # config.json must: a contradiction is refused before anything is written.
-    check_config(config, tensors)
+    check_config(
+        config,
+        tensors,
+        **config_messages(gf.path, arch, family.config_keys, lambda key: key in gf.fields, names),
+    )
     origin = {
         **origin,
         "kind": "gguf",
