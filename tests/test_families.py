@@ -122,7 +122,26 @@ CASES = {
         ),
         extra_files={"tokenizer.json": {"model": {"vocab": {}}, "added_tokens": []}},
     ),
-    "phi3": Case("phi3", dict(SMALL), (*BASE_KEYS, "rms_norm_eps", "rope_parameters")),
+    "phi3": Case(
+        "phi3",
+        dict(SMALL),
+        (*BASE_KEYS, "rms_norm_eps", "rope_parameters", "original_max_position_embeddings"),
+    ),
+    # Phi-3 128k: LongRoPE factors (multiples of 1/64, exact in float32), which llama.cpp
+    # stores as tensors, back in rope_parameters.
+    "phi3_longrope": Case(
+        "phi3",
+        dict(
+            SMALL,
+            original_max_position_embeddings=64,
+            rope_scaling={
+                "type": "longrope",
+                "long_factor": [1 + i / 64 for i in range(8)],
+                "short_factor": [1 - i / 64 for i in range(8)],
+            },
+        ),
+        (*BASE_KEYS, "rms_norm_eps", "rope_parameters", "original_max_position_embeddings"),
+    ),
     "starcoder2": Case("starcoder2", dict(SMALL), (*BASE_KEYS, "norm_epsilon")),
     "gpt_oss": Case(
         "gpt_oss",
@@ -142,6 +161,7 @@ CASES = {
             "num_experts_per_tok",
             "sliding_window",
             "layer_types",
+            "rope_parameters",
         ),
         transformers_reads=False,  # transformers 5's GGUF loader fails on its expert tensors
     ),
@@ -237,7 +257,10 @@ def test_gguf_reads_back_as_its_checkpoint(name, outtype, built):
         assert config["model_type"] == for_gguf(got.origin["gguf_architecture"]).model_type
         for key in CASES[name].keys:
             if key in hf_config:
-                assert config.get(key) == hf_config[key], key
+                want = hf_config[key]
+                if key == "rope_parameters":  # "type": the legacy spelling of rope_type
+                    want = {k: v for k, v in want.items() if k != "type"}
+                assert config.get(key) == want, key
 
 
 def _convert(src: Path, out: Path) -> None:

@@ -222,3 +222,26 @@ def test_raw_names_are_checked_too(tmp_path):
     path = _write(tmp_path / "m.gguf", tokens=ROWS + 1)
     with pytest.raises(SourceError, match="tokenizer.ggml.tokens"):
         open_source(path, gguf_raw_names=True)
+
+
+@pytest.mark.parametrize("tensors", [("long",), ("long", "short")])
+def test_longrope_factor_tensors_that_do_not_pair_up(tensors, tmp_path):
+    """Phi-3's LongRoPE factors go into the config: one alone, or two of unequal length, is
+    one line (a well-formed pair is tested the real way round in test_families.py)."""
+    import gguf
+
+    path = tmp_path / "phi3.gguf"
+    w = gguf.GGUFWriter(str(path), "phi3")
+    w.add_block_count(0)
+    w.add_embedding_length(HIDDEN)
+    w.add_head_count(4)
+    w.add_tensor("token_embd.weight", np.zeros((ROWS, HIDDEN), np.float32))
+    for i, which in enumerate(tensors):
+        w.add_tensor(f"rope_factors_{which}.weight", np.ones(8 + i, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(SourceError, match="LongRoPE factor tensors do not pair up") as err:
+        open_source(path)
+    assert "\n" not in str(err.value) and "long_factor of 8" in str(err.value)

@@ -28,12 +28,14 @@ def build_config(
     vocab_rows: int | None,
     has_output: bool,
     token_count: int | None,
+    rope_factors: dict[str, list[float]] | None = None,
 ) -> dict[str, Any]:
     """The config of a GGUF model: ``field(key)`` reads metadata (None when absent).
 
     ``vocab_rows`` is the token embedding's row count, ``has_output`` whether the file holds an
     ``output.weight`` (its absence means tied embeddings), ``token_count`` the length of the
-    tokenizer's vocabulary, if any.
+    tokenizer's vocabulary, if any; ``rope_factors`` the LongRoPE factors read from the
+    :data:`ROPE_FACTORS` tensors (``{"long_factor": [...], "short_factor": [...]}``).
     """
     family = for_gguf(arch)
     cfg: dict[str, Any] = {}
@@ -64,6 +66,8 @@ def build_config(
         if "rope_theta" in cfg:
             rope["rope_theta"] = cfg["rope_theta"]
         rope.update(_rope_scaling(arch, field) or {})
+        if rope_factors:
+            rope.update(_longrope(arch, field, rope_factors))
         cfg["rope_parameters"] = rope  # transformers 5's spelling; rope_theta for older readers
     cfg["tie_word_embeddings"] = not has_output
     for key, name in _TOKEN_IDS.items():
@@ -98,12 +102,51 @@ def _number(key: str, value: Any, real: bool) -> int | float:
     return value
 
 
+#: YaRN's parameters beyond the factor: ``{GGUF key under "<arch>.rope.scaling.": rope key}``.
+_YARN_KEYS = {
+    "yarn_beta_fast": "beta_fast",
+    "yarn_beta_slow": "beta_slow",
+    "yarn_attn_factor": "attention_factor",
+}
+#: The LongRoPE factors llama.cpp stores as tensors (Phi-3 128k); they go back into the config.
+ROPE_FACTORS = {
+    "rope_factors_long.weight": "long_factor",
+    "rope_factors_short.weight": "short_factor",
+}
+
+
 def _rope_scaling(arch: str, field: Callable[[str], Any]) -> dict[str, Any] | None:
     kind = field(f"{arch}.rope.scaling.type")
     factor = field(f"{arch}.rope.scaling.factor")
     if kind in (None, "none") or factor is None:
         return None
     out: dict[str, Any] = {"rope_type": kind, "factor": factor}
+    original = field(f"{arch}.rope.scaling.original_context_length")
+    if original is not None:
+        out["original_max_position_embeddings"] = original
+    if kind == "yarn":
+        for suffix, name in _YARN_KEYS.items():
+            value = field(f"{arch}.rope.scaling.{suffix}")
+            if value is not None:
+                out[name] = _number(f"{arch}.rope.scaling.{suffix}", value, True)
+    return out
+
+
+def _longrope(
+    arch: str, field: Callable[[str], Any], factors: dict[str, list[float]]
+) -> dict[str, Any]:
+    """LongRoPE's parameters from llama.cpp's factor tensors (both or neither, equally long)."""
+    from nntrtool.errors import SourceError
+
+    long, short = factors.get("long_factor"), factors.get("short_factor")
+    if long is None or short is None or len(long) != len(short):
+        have = ", ".join(f"{k} of {len(v)}" for k, v in sorted(factors.items()))
+        raise SourceError(
+            f"the GGUF's LongRoPE factor tensors do not pair up ({have}; rope_factors_long and "
+            "rope_factors_short must both be there, equally long); download or convert the "
+            "GGUF again"
+        )
+    out: dict[str, Any] = {"rope_type": "longrope", "long_factor": long, "short_factor": short}
     original = field(f"{arch}.rope.scaling.original_context_length")
     if original is not None:
         out["original_max_position_embeddings"] = original
