@@ -27,7 +27,6 @@ def gguf_tokenizer_files(gguf_path: Path) -> tuple[list[Path], str | None]:
     The files lie in a temporary folder removed when the process ends.
     """
     try:
-        from transformers import AutoTokenizer
         from transformers.utils import logging as tf_logging
     except ImportError:
         return [], (
@@ -40,10 +39,7 @@ def gguf_tokenizer_files(gguf_path: Path) -> tuple[list[Path], str | None]:
     verbosity = tf_logging.get_verbosity()
     tf_logging.set_verbosity_error()
     try:
-        tok = _by_model_type(gguf_path)
-        if tok is None:
-            tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        tok.save_pretrained(str(folder))
+        load_gguf_tokenizer(gguf_path).save_pretrained(str(folder))
     except Exception as exc:  # transformers raises many kinds; one line for the user
         first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         return [], (
@@ -56,6 +52,16 @@ def gguf_tokenizer_files(gguf_path: Path) -> tuple[list[Path], str | None]:
     if not any(p.name == "tokenizer.json" for p in files):
         return [], f"{gguf_path.name}'s tokenizer has no fast form; pass --tokenizer DIR"
     return files, None
+
+
+def load_gguf_tokenizer(gguf_path: Path):
+    """The transformers tokenizer of ``gguf_path`` (needs transformers; raises what it raises)."""
+    tok = _by_model_type(gguf_path)
+    if tok is None:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    return tok
 
 
 def _model_type(gguf_path: Path) -> str | None:
