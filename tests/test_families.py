@@ -182,7 +182,9 @@ def test_every_family_module_has_a_case_or_is_refused():
 
 
 @pytest.fixture(scope="session")
-def llama_cpp():
+def hf_to_gguf():
+    """The folder of llama.cpp's ``convert_hf_to_gguf.py`` (not conftest's ``llama_cpp``, the
+    built tools)."""
     import llama_cpp_converter
 
     try:
@@ -219,7 +221,7 @@ def _make_model(case: Case, folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, llama_cpp):
+def built(tmp_path_factory, hf_to_gguf):
     """``built(family, outtype) -> (hf folder, gguf path)``, each made once."""
     import llama_cpp_converter
 
@@ -230,7 +232,7 @@ def built(tmp_path_factory, llama_cpp):
             root = tmp_path_factory.mktemp(name)
             hf = _make_model(CASES[name], root / "hf")
             gguf_path = root / f"{name}-{outtype}.gguf"
-            llama_cpp_converter.convert_hf(llama_cpp, hf, gguf_path, outtype)
+            llama_cpp_converter.convert_hf(hf_to_gguf, hf, gguf_path, outtype)
             made[name, outtype] = hf, gguf_path
         return made[name, outtype]
 
@@ -365,7 +367,7 @@ def test_q8_0_gguf_reads_back_within_q8_0_and_verifies_exactly(name, built, tmp_
     assert all(r.max_abs_err == 0 for r in report.tensors if r.max_abs_err is not None)
 
 
-def test_mxfp4_gpt_oss_gguf_converts_to_the_checkpoints_bytes(llama_cpp, tmp_path):
+def test_mxfp4_gpt_oss_gguf_converts_to_the_checkpoints_bytes(hf_to_gguf, tmp_path):
     """A GPT-OSS checkpoint packed in MXFP4: llama.cpp repacks its experts as ggml MXFP4 blocks;
     read back, they are the checkpoint's blocks again, stored as the same exact Q8_0 blocks."""
     import llama_cpp_converter
@@ -376,7 +378,7 @@ def test_mxfp4_gpt_oss_gguf_converts_to_the_checkpoints_bytes(llama_cpp, tmp_pat
     hf = make_synthetic_moe(
         tmp_path / "hf", moe_shape("gpt_oss", 1e6, experts=4, hidden=64, inter=64, mxfp4=True)
     )
-    gguf_path = llama_cpp_converter.convert_hf(llama_cpp, hf, tmp_path / "oss.gguf")
+    gguf_path = llama_cpp_converter.convert_hf(hf_to_gguf, hf, tmp_path / "oss.gguf")
     with open_source(gguf_path) as got:
         experts = [t for t in got.tensors if ".experts." in t.name and t.name.endswith("weight")]
         assert experts and all(t.inputs[0].dtype == "MXFP4" for t in experts)
