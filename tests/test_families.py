@@ -46,6 +46,13 @@ BASE_KEYS = (
     "tie_word_embeddings",
 )
 GEMMA = dict(SMALL, head_dim=16, query_pre_attn_scalar=16)
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,26 @@ class Case:
 
 CASES = {
     "llama": Case("llama", dict(SMALL, head_dim=16), (*BASE_KEYS, "rms_norm_eps", "head_dim")),
+    # Llama 3.1's RoPE scaling, which llama.cpp stores as a rope_freqs tensor: the published
+    # parameters, and others read off the tensor's values (a head size of 64 gives enough).
+    "llama3": Case(
+        "llama",
+        dict(SMALL, head_dim=16, rope_theta=500000.0, rope_scaling=LLAMA3_ROPE),
+        (*BASE_KEYS, "rope_parameters"),
+    ),
+    "llama3_fitted": Case(
+        "llama",
+        dict(
+            SMALL,
+            hidden_size=128,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=64,
+            rope_theta=500000.0,
+            rope_scaling=dict(LLAMA3_ROPE, factor=16.0, original_max_position_embeddings=4096),
+        ),
+        (*BASE_KEYS, "rope_parameters"),
+    ),
     "mistral": Case("mistral", dict(SMALL, head_dim=16), (*BASE_KEYS, "rms_norm_eps")),
     "qwen2": Case("qwen2", dict(SMALL), (*BASE_KEYS, "rms_norm_eps")),
     # transformers 5 reads neither expert size from a qwen2moe GGUF: its model is built at the

@@ -31,6 +31,7 @@ def _write(
     stacked: int = 4,
     used: int = 2,
     layers: int = 1,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> Path:
     import gguf
 
@@ -62,6 +63,8 @@ def _write(
         w.add_expert_feed_forward_length(32)
     w.add_tensor("token_embd.weight", f32(ROWS, HIDDEN))
     w.add_tensor("output_norm.weight", f32(HIDDEN))
+    for name, value in (extra or {}).items():
+        w.add_tensor(name, value)
     for i in range(layers):
         blk = f"blk.{i}"
         w.add_tensor(f"{blk}.attn_norm.weight", f32(HIDDEN))
@@ -245,3 +248,16 @@ def test_longrope_factor_tensors_that_do_not_pair_up(tensors, tmp_path):
     with pytest.raises(SourceError, match="LongRoPE factor tensors do not pair up") as err:
         open_source(path)
     assert "\n" not in str(err.value) and "long_factor of 8" in str(err.value)
+
+
+def test_rope_freqs_that_are_no_llama3_scaling_are_refused(tmp_path):
+    """llama.cpp's rope_freqs tensor goes back into the config as Llama 3's RoPE scaling (the
+    real way round in test_families.py); values no such scaling gives are one line."""
+    head = HIDDEN // 4
+    odd = np.linspace(1, 3, head // 2).astype(np.float32)[::-1].copy()  # falls, not rises
+    with pytest.raises(SourceError, match="rope_freqs.weight matches no Llama 3") as err:
+        open_source(_write(tmp_path / "m.gguf", extra={"rope_freqs.weight": odd}))
+    assert "\n" not in str(err.value)
+    short = np.ones(3, np.float32)
+    with pytest.raises(SourceError, match="not Llama 3's RoPE scaling for a head size of 16"):
+        open_source(_write(tmp_path / "s.gguf", extra={"rope_freqs.weight": short}))

@@ -66,8 +66,12 @@ def build_config(
         if "rope_theta" in cfg:
             rope["rope_theta"] = cfg["rope_theta"]
         rope.update(_rope_scaling(arch, field) or {})
-        if rope_factors:
-            rope.update(_longrope(arch, field, rope_factors))
+        factors = dict(rope_factors or {})
+        freqs = factors.pop("rope_freqs", None)
+        if factors:
+            rope.update(_longrope(arch, field, factors))
+        if freqs is not None:
+            rope.update(_llama3(cfg, freqs))
         cfg["rope_parameters"] = rope  # transformers 5's spelling; rope_theta for older readers
     cfg["tie_word_embeddings"] = not has_output
     for key, name in _TOKEN_IDS.items():
@@ -108,11 +112,16 @@ _YARN_KEYS = {
     "yarn_beta_slow": "beta_slow",
     "yarn_attn_factor": "attention_factor",
 }
-#: The LongRoPE factors llama.cpp stores as tensors (Phi-3 128k); they go back into the config.
+#: RoPE factors llama.cpp computes from the config and stores as tensors (Phi-3 128k's
+#: LongRoPE factors, Llama 3.1's ``llama3`` frequency factors); they go back into the config.
 ROPE_FACTORS = {
     "rope_factors_long.weight": "long_factor",
     "rope_factors_short.weight": "short_factor",
+    "rope_freqs.weight": "rope_freqs",
 }
+#: ``(low_freq_factor, high_freq_factor, original_max_position_embeddings)`` of every published
+#: Llama 3.x checkpoint (3.1, 3.2, 3.3), tried first.
+_LLAMA3_KNOWN = ((1.0, 4.0, 8192),)
 
 
 def _rope_scaling(arch: str, field: Callable[[str], Any]) -> dict[str, Any] | None:
@@ -151,6 +160,62 @@ def _longrope(
     if original is not None:
         out["original_max_position_embeddings"] = original
     return out
+
+
+def _llama3_factors(head: int, theta: float, factor: float, low: float, high: float, old: int):
+    """llama.cpp's ``rope_freqs`` for Llama 3's RoPE scaling (float64)."""
+    import numpy as np
+
+    freqs = 1.0 / theta ** (np.arange(0, head, 2, dtype=np.float64) / head)
+    wavelen = 2 * np.pi / freqs
+    smooth = (old / wavelen - low) / (high - low)
+    out = 1 / ((1 - smooth) / factor + smooth)
+    out[wavelen < old / high] = 1.0
+    out[wavelen > old / low] = factor
+    return out
+
+
+def _llama3(cfg: dict[str, Any], values: list[float]) -> dict[str, Any]:
+    """Llama 3's RoPE parameters from llama.cpp's ``rope_freqs`` tensor: the factor is its
+    largest value; the other three are the published ones, or (low_freq_factor 1, as every
+    Llama 3 has) fitted to the values between 1 and the factor; either must give the tensor
+    back (to float32 precision) or the file is refused."""
+    import numpy as np
+
+    from nntrtool.errors import SourceError
+
+    head, theta = cfg.get("head_dim"), cfg.get("rope_theta", 10000.0)
+    v = np.asarray(values, np.float64)
+    if not isinstance(head, int) or len(v) != head // 2 or not np.all(v >= 1):
+        raise SourceError(
+            f"the GGUF's rope_freqs.weight ({len(v)} values) is not Llama 3's RoPE scaling for "
+            f"a head size of {head}; convert the original model, or pass --gguf-raw-names"
+        )
+    factor = float(np.float32(v.max()))
+    candidates = list(_LLAMA3_KNOWN)
+    if factor > 1:
+        wavelen = 2 * np.pi * theta ** (np.arange(0, head, 2, dtype=np.float64) / head)
+        mid = (v > 1 + 1e-6) & (v < factor * (1 - 1e-6))
+        if mid.sum() >= 2:  # smooth = old / (high - 1) / wavelen - 1 / (high - 1)
+            smooth = (1 / v[mid] - 1 / factor) / (1 - 1 / factor)
+            slope, intercept = np.polyfit(1 / wavelen[mid], smooth, 1)
+            if intercept < 0:
+                high = round(1 - 1 / intercept, 3)
+                candidates.append((1.0, high, int(round(slope * (high - 1)))))
+    for low, high, old in candidates:
+        if np.allclose(_llama3_factors(head, theta, factor, low, high, old), v, rtol=2e-6):
+            return {
+                "rope_type": "llama3",
+                "factor": factor,
+                "low_freq_factor": low,
+                "high_freq_factor": high,
+                "original_max_position_embeddings": old,
+            }
+    raise SourceError(
+        "the GGUF's rope_freqs.weight matches no Llama 3 RoPE scaling nntrtool can rebuild "
+        f"(factor {factor:g}; low_freq_factor 1 assumed); convert the original model, or pass "
+        "--gguf-raw-names"
+    )
 
 
 def _plain(value: Any) -> Any:

@@ -72,7 +72,7 @@ def _assemble(gf: GGUFFile, origin: dict[str, Any], raw_names: bool = False) -> 
     notes: list[str] = []
     names: dict[str, str] = {}
     unknown: list[str] = []
-    # Tensors llama.cpp made from the config (LongRoPE factors) go back into it.
+    # Tensors llama.cpp made from the config (RoPE factors) go back into it.
     rope_factors = _rope_factors(gf)
     weights = [t for t in gf.tensors if t.name not in ROPE_FACTORS]
     for t in weights:
@@ -130,14 +130,14 @@ def _assemble(gf: GGUFFile, origin: dict[str, Any], raw_names: bool = False) -> 
 
 
 def _rope_factors(gf: GGUFFile) -> dict[str, list[float]]:
-    """The LongRoPE factor tensors' values by config key (a few dozen numbers each)."""
+    """The RoPE factor tensors' values by config key (a few dozen numbers each)."""
     out = {}
     for t in gf.tensors:
         if t.name in ROPE_FACTORS:
             if len(t.shape) != 1 or t.shape[0] > 1 << 16:
                 raise SourceError(
                     f"{gf.path.name}: tensor {t.name} has shape {list(t.shape)}, not a short "
-                    "vector of LongRoPE factors; download or convert the GGUF again"
+                    "vector of RoPE factors; download or convert the GGUF again"
                 )
             out[ROPE_FACTORS[t.name]] = [float(v) for v in t.read_f32().reshape(-1)]
     return out
