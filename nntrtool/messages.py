@@ -90,3 +90,22 @@ def internal_error(err: BaseException) -> str:
         f"internal error ({type(err).__name__}: {first}); this is a bug in nntrtool: run the "
         "same command with --debug and report its traceback"
     )
+
+
+def gguf_mismatch(
+    path: Path, label: str, value: int, tensor: str, shape: Sequence[int], detail: str = ""
+) -> str:
+    why = f" ({detail})" if detail else ""
+    return (
+        f"{path.name}: metadata {label} = {value} but tensor {tensor} has shape {list(shape)}"
+        f"{why}: the GGUF's metadata does not describe its tensors; download or convert the "
+        "GGUF again, or give the original Hugging Face model instead"
+    )
+
+
+def gguf_count_mismatch(path: Path, label: str, value: int, found: str) -> str:
+    return (
+        f"{path.name}: metadata {label} = {value} but the tensors hold {found}: the GGUF's "
+        "metadata does not describe its tensors; download or convert the GGUF again, or give "
+        "the original Hugging Face model instead"
+    )

@@ -184,6 +184,11 @@ def gguf_rules(meta: GGUFMeta) -> list[Rule]:
 
 def _finish(cfg: dict, field) -> None:
     layer_types(cfg, 2)  # sliding-window and full attention alternate
+    rope = cfg.get("rope_parameters", {})
+    if rope.get("rope_type") == "yarn":
+        # GPT-OSS's YaRN does not truncate its correction range (every checkpoint's config and
+        # GptOssConfig say so); the GGUF does not store it.
+        rope.setdefault("truncate", False)
 
 
 SPELLINGS = (

@@ -79,7 +79,12 @@ def load_source_model(
     """The source model in float32 (adapters merged) and the names of its stored tensors."""
     torch, transformers = import_torch()
     with SourceRequest.of(source).open() as src:
-        return load_model(src, torch, transformers), {t.name for t in src.tensors}
+        model = load_model(src, torch, transformers)
+        if src.origin.get("gguf_raw_names"):  # GGUF names: the parameters they stand for
+            from nntrtool.verify.raw_names import raw_source_names
+
+            return model, raw_source_names(src, model.state_dict())
+        return model, {t.name for t in src.tensors}
 
 
 def state_slot(name: str, state: dict, placements: list[Any]) -> tuple[str, tuple, bool] | None:

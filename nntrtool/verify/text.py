@@ -255,8 +255,19 @@ def compare_text_files(
                 if bar is not None:
                     bar.advance(per_chunk, current=f"chunk {c + 1}/{n_chunks}")
 
+        # A GGUF read with its own names holds the GGUF's values, not the model's: put back
+        # the model's own instead.
+        kept = (
+            {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if source.gguf_raw_names and len(file_paths) > 1
+            else None
+        )
         for i, file_path in enumerate(file_paths):
-            if i > 0:
+            if i > 0 and kept is not None:
+                with torch.no_grad():
+                    for k, v in model.state_dict().items():
+                        v.copy_(kept[k])
+            elif i > 0:
                 _restore_source_weights(model, source, torch)
             replaced, not_replaced, unused = load_file_weights(
                 model, file_path, source_names, backend=backend, progress=progress
