@@ -75,6 +75,9 @@ def install_signal_handlers() -> None:
                 signal.signal(sig, _raise_interrupted)
         except (ValueError, OSError):  # not the main thread, or not settable here
             pass
+    from nntrtool import lease
+
+    lease.enable()  # mapped sources are leased: a writer makes this run stop (SIGIO), not die
 
 
 def exit_status(err: BaseException | None = None) -> int:

@@ -2,13 +2,15 @@
 outputs that cannot be written, values a type cannot hold. Each case checks the exit status,
 the one line printed, that nothing is left behind and that the inputs are unchanged.
 
-``NNTRTOOL_FAULTS_RANDOM=N`` adds N randomized signal cases (random command, signal, moment).
+``NNTRTOOL_FAULTS_RANDOM=N`` adds N randomized signal cases (random command, signal, moment)
+and the remaining command / change pairs for memory-mapped sources.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import subprocess
 import time
@@ -491,6 +493,100 @@ def test_checkpoint_source_changed_before_a_read(tmp_path):
     with pytest.raises(SourceError, match="changed while being read") as err:
         w.read(2, 4)
     assert str(path) in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def slow_bin(slow_model, tmp_path_factory) -> Path:
+    """``slow_model`` as a PyTorch checkpoint folder (``pytorch_model.bin``, mapped by torch)."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path_factory.mktemp("bin") / "m"
+    folder.mkdir()
+    state: dict = {}
+    for shard in sorted(slow_model.glob("*.safetensors")):
+        state.update(load_file(shard))
+    torch.save(state, folder / "pytorch_model.bin")
+    (folder / "config.json").write_bytes((slow_model / "config.json").read_bytes())
+    return folder
+
+
+def _mapped_case(command: str, slow_nntr: Path, slow_bin: Path, tmp_path: Path):
+    """``(argv, source, output)`` for a run of ``command`` over a copy of a mapped source."""
+    out = tmp_path / "out" / ("o" if command == "export" else "o.nntr")
+    if command == "convert-bin":
+        model = _copy_model(slow_bin, tmp_path / "m")
+        return _convert_argv(model, out), model / "pytorch_model.bin", out
+    src = tmp_path / "m.nntr"
+    src.write_bytes(slow_nntr.read_bytes())
+    if command == "repack":
+        return cli("repack", src, out, "--format", "q4_0_8"), src, out
+    return cli("export", src, out), src, out
+
+
+@pytest.mark.parametrize(
+    ("command", "how"),
+    [("repack", "truncate"), ("export", "rewrite"), ("convert-bin", "truncate")]
+    + (
+        [("repack", "rewrite"), ("export", "truncate"), ("convert-bin", "rewrite")]
+        if _RANDOM
+        else []
+    ),
+)
+def test_mapped_source_cut_mid_run(slow_nntr, slow_bin, tmp_path, command, how):
+    """NNTR files and PyTorch checkpoints are read through a memory map: a truncation or an
+    in-place write from another process mid-run is one line and exit 2, never SIGBUS."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    argv, source, out = _mapped_case(command, slow_nntr, slow_bin, tmp_path)
+    argv.append("--quiet")  # stderr stays empty until the run says why it stopped
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and not listing(out_dir):
+            time.sleep(0.002)
+        assert proc.poll() is None, "the run ended before its source could change"
+        # the run holds a read lease: this waits until it has stopped reading
+        if how == "truncate":
+            os.truncate(source, 4096)
+        else:
+            with open(source, "r+b") as fh:
+                fh.seek(-64, os.SEEK_END)
+                fh.write(b"\x55" * 64)
+        # ... so by now the run has stopped and said why (without the lease it would still be
+        # reading, and a page past the new end would kill it with SIGBUS)
+        said, _, _ = select.select([proc.stderr], [], [], 0)
+        assert said, "the source changed while the run was still reading it"
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    if proc.returncode == 0:  # it had named its complete output before the change came
+        assert listing(out_dir) == [out.name]
+        return
+    assert proc.returncode == 2, stderr  # never a signal death (negative status)
+    line = one_line(stderr)
+    assert str(source) in line and "changed while being read" in line, line
+    assert listing(out_dir) == []
+
+
+@pytest.mark.parametrize("command", ["repack"] + (["convert-bin"] if _RANDOM else []))
+def test_mapped_source_open_for_writing_elsewhere_still_reads(
+    slow_nntr, slow_bin, tmp_path, command
+):
+    """A file some process holds open for writing cannot be leased; the run goes on, checked
+    between reads as before, and an unchanged source converts as usual."""
+    (tmp_path / "out").mkdir()
+    argv, source, out = _mapped_case(command, slow_nntr, slow_bin, tmp_path)
+    before = snapshot(source)
+    with open(source, "r+b"):
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert listing(tmp_path / "out") == [out.name]
+    assert snapshot(source) == before
 
 
 def test_dequantized_gguf_values_out_of_range(tmp_path):

@@ -39,6 +39,7 @@ from nntrtool.format.binary import (
     tensor_problem,
 )
 from nntrtool.qtypes import TYPES_BY_ID, RepackLayout, TensorType, layout_for
+from nntrtool import lease
 
 #: Bytes hashed per step when checking a tensor, so huge tensors report progress and stay responsive.
 CHECK_CHUNK = 64 << 20
@@ -262,6 +263,7 @@ class NntrFile:
         self.path = Path(path)
         self._mmap: mmap.mmap | None = None
         self._data: np.ndarray | None = None
+        self._lease: lease.ReadLease | None = None
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
@@ -292,6 +294,8 @@ class NntrFile:
             self.close()
             raise FormatError(f"{self.path}: {err}") from None
         self._data = np.frombuffer(self._mmap, dtype=np.uint8)
+        # no process may cut the mapped file short while it is read (SIGBUS): see nntrtool/lease.py
+        self._lease = lease.take(self.path)
         self.version = directory.version
         self.config = directory.config
         self.data_start = directory.data_start
@@ -302,6 +306,9 @@ class NntrFile:
     def close(self) -> None:
         """Release the mapping (views still referenced keep it alive until they go)."""
         self._data = None
+        held, self._lease = getattr(self, "_lease", None), None
+        if held is not None:
+            held.release()
         if self._mmap is not None:
             try:
                 self._mmap.close()
@@ -353,6 +360,8 @@ class NntrFile:
         from nntrtool.errors import SourceError
         from nntrtool.messages import source_changed
 
+        if self._lease is not None:
+            self._lease.check()
         try:
             st = os.stat(self.path)
         except OSError:
