@@ -142,6 +142,54 @@ def test_values_too_large_for_a_type_are_stored_as_f32_or_refused(
         assert nf.tensor(name).ttype.name == qtype
 
 
+@pytest.mark.parametrize(
+    ("qtype", "big", "fits"),
+    [
+        ("q4_0", 1e6, 5e5),
+        ("q8_0", 1e8, 8e6),
+        ("q6_k", 1e10, 2e8),
+        ("q4_k", 1e9, 1e5),
+        ("q5_0", 1e9, 2e5),
+        ("q5_k", 1e9, 1e5),
+        ("q5_1", 1e9, 1e5),
+        ("f16", 1e5, 6e4),
+    ],
+)
+def test_dry_run_names_the_range_fallbacks_the_conversion_makes(
+    small_model, tmp_path, qtype, big, fits
+):
+    """The dry run reads the values and plans exactly what the conversion then does."""
+    from nntrtool.convert import ConvertOptions, convert
+    from nntrtool.errors import NonFiniteError
+
+    model = _copy_model(small_model, tmp_path / "m")
+    name = _poke_bf16(model, "mlp.down_proj", big, index=3)
+    _poke_bf16(model, "self_attn.o_proj", fits, index=5)  # large, but within the type
+    opts = dict(quant_type=qtype, backend="numpy")
+    dry = convert(model, None, ConvertOptions(dry_run=True, **opts)).plan
+    real = convert(model, tmp_path / "o.nntr", ConvertOptions(**opts)).plan
+    assert [(t.name, t.ttype.name) for t in dry.tensors] == [
+        (t.name, t.ttype.name) for t in real.tensors
+    ]
+    assert dry.fallbacks == real.fallbacks and [n for n, _ in dry.fallbacks] == [name]
+    with pytest.raises(NonFiniteError, match="too large for"):
+        convert(model, None, ConvertOptions(dry_run=True, strict=True, **opts))
+
+
+def test_dry_run_prints_the_range_fallbacks(small_model, tmp_path):
+    model = _copy_model(small_model, tmp_path / "m")
+    name = _poke_bf16(model, "mlp.down_proj", 1e6)
+    before = snapshot(model)
+    proc = run_cli("convert", model, "--dry-run", "--quant-type", "q4_0", "--backend", "numpy")
+    assert proc.returncode == 0, proc.stderr
+    fallbacks = proc.stdout.split("fallbacks (1):", 1)[1].splitlines()[1]
+    assert name in fallbacks and "overflow q4_0" in fallbacks and "stored as f32" in fallbacks
+    proc = run_cli("convert", model, "--dry-run", "--quant-type", "q4_0", "--strict")
+    assert proc.returncode == 2
+    assert name in one_line(proc.stderr) and "too large for q4_0" in proc.stderr
+    assert listing(tmp_path) == ["m"] and snapshot(model) == before
+
+
 # ----------------------------------------------------------------------------------------------
 # signals
 
