@@ -84,6 +84,14 @@ def out_of_range_reason(value: float, row: int, qtype: str) -> str:
     )
 
 
+def lora_expert_count(adapter: str, where: str, adapter_experts: int, model_experts: int) -> str:
+    return (
+        f"adapter {adapter} adapts {adapter_experts} experts of {where} but the model has "
+        f"{model_experts}: it was made for another model; use it with the model it was "
+        "trained on"
+    )
+
+
 def internal_error(err: BaseException) -> str:
     first = (str(err).splitlines() or [""])[0]
     return (

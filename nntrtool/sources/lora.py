@@ -416,6 +416,7 @@ def _merge(
             target = targets[name] = _Target(new)  # earlier updates are replaced with it
             target.notes.append(f"replaced by lora {ad.name} ({what})")
             replaced += 1
+        _check_experts(ad, by_name)
         for module, pair in ad.pairs.items():
             name = f"{module}.weight"
             if tied is not None and name == tied[0]:
@@ -459,6 +460,38 @@ def _merge(
     return out, records
 
 
+_EXPERT = re.compile(r"^(?P<head>.*\.experts)\.(?P<index>\d+)\.(?P<tail>.+)$")
+
+
+def _experts_by_group(names: Any) -> dict[tuple[str, str], set[int]]:
+    """``{(".. .experts", "gate_proj"): expert indices}`` of names of per-expert modules."""
+    groups: dict[tuple[str, str], set[int]] = {}
+    for name in names:
+        hit = _EXPERT.match(name)
+        if hit:
+            key = (hit["head"], hit["tail"])
+            groups.setdefault(key, set()).add(int(hit["index"]))
+    return groups
+
+
+def _check_experts(ad: Adapter, by_name: dict[str, SourceTensor]) -> None:
+    """An adapter of a mixture of experts covers each adapted projection's experts as the model
+    has them: more experts than the model, or fewer under a target_modules list (which PEFT
+    applies to every expert), means it was made for another model."""
+    from nntrtool.messages import lora_expert_count
+
+    model = _experts_by_group(n.removesuffix(".weight") for n in by_name if n.endswith(".weight"))
+    subset_ok = isinstance(ad.config.get("target_modules"), str)  # a regex may pick experts
+    for (head, tail), indices in sorted(_experts_by_group(ad.pairs).items()):
+        have = model.get((head, tail))
+        if not have:
+            continue  # the model has no such module: refused below, naming it
+        if max(indices) >= len(have) or (len(indices) != len(have) and not subset_ok):
+            raise SourceError(
+                lora_expert_count(ad.name, f"{head}.*.{tail}", max(indices) + 1, len(have))
+            )
+
+
 def _tied_pair(source: ModelSource) -> tuple[str, str] | None:
     """(head, embeddings) when the model stores its output head as the embeddings."""
     from nntrtool.sources.tied import detect_tied
@@ -500,8 +533,8 @@ def _check_shapes(
         layout = " (fan_in_fan_out)" if transposed and not pair.embedding else ""
         raise SourceError(
             f"adapter {ad.name}: lora_A {list(a.shape)} and lora_B {list(b.shape)} of {module} "
-            f"do not fit the model's weight {list(base.shape)}{layout}; the adapter was made for "
-            "another model"
+            f"do not fit the model's weight {list(base.shape)}{layout}: the adapter was made for "
+            "another model; use it with the model it was trained on"
         )
     if a.shape[0] != r:
         raise SourceError(
