@@ -263,6 +263,96 @@ def test_export_signal_leaves_nothing(slow_nntr, tmp_path, sig):
     assert snapshot(slow_nntr) == before
 
 
+@pytest.fixture(scope="module")
+def text_case(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(NNTR file, its source with a tokenizer, an English text) for verify --text."""
+    import importlib.resources
+
+    from models import add_tokenizer, make_hf_model
+
+    root = tmp_path_factory.mktemp("text")
+    model = make_hf_model(root / "m", "llama")
+    add_tokenizer(model, 512)
+    nntr = root / "m.nntr"
+    proc = run_cli("convert", model, nntr, "--quiet", "--quant-type", "q8_0")
+    assert proc.returncode == 0, proc.stderr
+    topics = importlib.resources.files("pydoc_data").joinpath("topics.py").read_text()
+    text = root / "eval.txt"
+    text.write_text(topics[-60_000:], encoding="utf-8")
+    return nntr, model, text
+
+
+def _verify_text_argv(text_case: tuple[Path, Path, Path]) -> list[str]:
+    nntr, model, text = text_case
+    return cli("verify", nntr, model, "--logits", "--text", text, "--ctx", "64")
+
+
+def _session_processes(sid: int) -> list[int]:
+    """Processes still alive in session ``sid`` (zombies, already dead, do not count)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        state, session = fields[0], int(fields[3])
+        if session == sid and state != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize(("sig", "delay"), [(signal.SIGINT, 0.0), (signal.SIGTERM, 0.3)])
+def test_verify_text_signal_leaves_no_process_and_no_temporary(text_case, tmp_path, sig, delay):
+    """verify --text spills the source's logits to TMPDIR and runs torch: a signal ends it with
+    the one line and 128 + signal, and neither the spill nor any process of its own outlives it."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen(
+        _verify_text_argv(text_case),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp)},
+        start_new_session=True,  # its session id is its pid: every process it starts shares it
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not listing(tmp):
+            time.sleep(0.005)
+        time.sleep(delay)
+        assert proc.poll() is None, "verify ended before the signal"
+        os.kill(proc.pid, sig)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == expected_status(sig), stderr
+    assert one_line(stderr) == INTERRUPTED
+    assert _session_processes(proc.pid) == []
+    assert listing(tmp) == []
+
+
+def test_verify_text_with_a_full_tmpdir(text_case, small_fs):
+    """The spill of the source's logits is reserved up front: a full TMPDIR is one line and
+    exit 2, not a SIGBUS when a mapped page cannot be written."""
+    (small_fs / "filler").write_bytes(b"\0" * (400 << 10))
+    proc = subprocess.run(
+        _verify_text_argv(text_case),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(small_fs)},
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    line = one_line(proc.stderr)
+    assert "TMPDIR" in line and "temporary file" in line, line
+    assert listing(small_fs) == ["filler"]
+
+
 def test_stale_temporary_from_a_killed_run_is_removed(slow_model, tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()

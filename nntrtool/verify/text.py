@@ -15,7 +15,9 @@ Only per-position scalars (NLL, probability of the right token, KL, agreement) a
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from nntrtool.errors import NntrError, UsageError
+from nntrtool.errors import DiskFullError, NntrError, UsageError
 from nntrtool.progress import ProgressFactory, token_progress
 from nntrtool.sources.request import SourceRequest
 from nntrtool.sources.text_chunks import TextChunks
@@ -225,14 +227,14 @@ def compare_text_files(
 
     with tempfile.TemporaryDirectory(prefix="nntrtool-text-") as tmp:
         try:
+            spill_path = Path(tmp) / "source_logits.npy"
             spill = np.lib.format.open_memmap(
-                Path(tmp) / "source_logits.npy",
-                mode="w+",
-                dtype=np.float32,
-                shape=(n_chunks, per_chunk, vocab),
+                spill_path, mode="w+", dtype=np.float32, shape=(n_chunks, per_chunk, vocab)
             )
+            _reserve(spill_path)
         except OSError as err:
-            raise NntrError(
+            kind = DiskFullError if err.errno == errno.ENOSPC else UsageError
+            raise kind(
                 f"--text: cannot make the {_gib(total * vocab * 4)} temporary file for the "
                 f"source's logits in {tmp}: {err.strerror or err}; "
                 "set TMPDIR to a folder with room, or use fewer --chunks"
@@ -282,6 +284,23 @@ def compare_text_files(
             reports.append(report)
         del spill
     return reports
+
+
+def _reserve(path: Path) -> None:
+    """Give the (sparse) spill file its blocks now: a full disk is then an OSError here, not a
+    SIGBUS when a page of the map is first written."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here: go on
+                raise
+    finally:
+        os.close(fd)
 
 
 def _restore_source_weights(model: Any, source: SourceRequest, torch: Any) -> None:
