@@ -120,7 +120,10 @@ def read_imatrix(path: str | Path) -> Imatrix:
     if not p.exists():
         raise ImatrixError(f"importance matrix {str(p)!r} not found: check the path")
     if not p.is_file():
-        raise ImatrixError(f"importance matrix {str(p)!r} is not a file")
+        raise ImatrixError(
+            f"importance matrix {str(p)!r} is not a file; give the imatrix file itself "
+            "(GGUF or legacy .dat)"
+        )
     with open(p, "rb") as fh:
         magic = fh.read(4)
     if magic == _GGUF_MAGIC:
@@ -128,7 +131,10 @@ def read_imatrix(path: str | Path) -> Imatrix:
     else:
         imx = _read_dat(p)
     if not imx.entries:
-        raise ImatrixError(f"importance matrix {str(p)!r} holds no entries")
+        raise ImatrixError(
+            f"importance matrix {str(p)!r} holds no entries; make it again (nntrtool imatrix "
+            "or llama-imatrix)"
+        )
     for entry in imx.entries.values():
         _check_values(p, entry)
     imx.sha256 = file_sha256(p)

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from nntrtool.errors import SourceError
 from nntrtool import lease
+from nntrtool.errors import SourceError
 from nntrtool.sources.base import SourceTensor
 
 TORCH_EXTRA_HINT = "pip install 'nntrtool[torch]'"

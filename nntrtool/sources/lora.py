@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from nntrtool.errors import SourceError, UsageError
+from nntrtool.messages import adapter_does_not_fit
 from nntrtool.sources.base import ModelSource, SourceTensor
 from nntrtool.sources.lora_merge import BiasUpdate, LowRankUpdate, merged_tensor, replaced_tensor
 from nntrtool.tensors.transforms import DerivedTensor
@@ -180,7 +181,7 @@ def open_adapter(spec: AdapterSpec) -> Adapter:
     if weights is None:
         raise SourceError(
             f"adapter {spec.source}: no {' or '.join(WEIGHT_NAMES)} in {folder}; the adapter's "
-            "weights are missing"
+            "weights are missing: give the folder PEFT's save_pretrained wrote"
         )
     opened: Any
     if weights.suffix == ".safetensors":
@@ -333,10 +334,12 @@ def _parse_tensors(
             missing = "A" if pair.a is None else "B"
             raise SourceError(
                 f"adapter {name}: module {module} has no lora_{missing} tensor; the adapter file "
-                "is incomplete"
+                "is incomplete: save it again with PEFT"
             )
     if not pairs and not replacements:
-        raise SourceError(f"adapter {name}: the weights file holds no tensors")
+        raise SourceError(
+            f"adapter {name}: the weights file holds no tensors; save the adapter again with PEFT"
+        )
     return pairs, replacements, whole_modules
 
 
@@ -406,8 +409,11 @@ def _merge(
             base = _model_tensor(by_name, name, ad)
             if tuple(new.shape) != tuple(base.shape):
                 raise SourceError(
-                    f"adapter {ad.name}: {name} is {list(new.shape)} in the adapter but "
-                    f"{list(base.shape)} in the model (a resized vocabulary?); it does not fit"
+                    adapter_does_not_fit(
+                        ad.name,
+                        f"{name} is {list(new.shape)} in the adapter but {list(base.shape)} in "
+                        "the model (a resized vocabulary?)",
+                    )
                 )
             if not new.supported:
                 raise SourceError(
@@ -433,14 +439,18 @@ def _merge(
                 bname = f"{module}.bias"
                 if bname not in by_name:
                     raise SourceError(
-                        f"adapter {ad.name} has a lora_B bias for {module}, which has no bias in "
-                        "the model; it does not fit"
+                        adapter_does_not_fit(
+                            ad.name, f"a lora_B bias for {module}, which has no bias in the model"
+                        )
                     )
                 bias = by_name[bname]
                 if tuple(pair.bias.shape) != tuple(bias.shape):
                     raise SourceError(
-                        f"adapter {ad.name}: lora_B bias of {module} is {list(pair.bias.shape)}, "
-                        f"the model's bias {list(bias.shape)}; it does not fit"
+                        adapter_does_not_fit(
+                            ad.name,
+                            f"lora_B bias of {module} is {list(pair.bias.shape)}, the model's "
+                            f"bias {list(bias.shape)}",
+                        )
                     )
                 btarget = targets.setdefault(bname, _Target(bias))
                 btarget.updates.append(BiasUpdate(pair.bias, scaling))
@@ -532,14 +542,17 @@ def _check_shapes(
     if a.shape[1] != in_dim or b.shape[0] != out_dim or a.shape[0] != b.shape[1]:
         layout = " (fan_in_fan_out)" if transposed and not pair.embedding else ""
         raise SourceError(
-            f"adapter {ad.name}: lora_A {list(a.shape)} and lora_B {list(b.shape)} of {module} "
-            f"do not fit the model's weight {list(base.shape)}{layout}: the adapter was made for "
-            "another model; use it with the model it was trained on"
+            adapter_does_not_fit(
+                ad.name,
+                f"lora_A {list(a.shape)} and lora_B {list(b.shape)} of {module} do not fit the "
+                f"model's weight {list(base.shape)}{layout}",
+            )
         )
     if a.shape[0] != r:
         raise SourceError(
             f"adapter {ad.name}: {module} has rank {a.shape[0]} in its weights but {r} in "
-            f"{CONFIG_NAME} (r / rank_pattern); the adapter is inconsistent"
+            f"{CONFIG_NAME} (r / rank_pattern); the adapter is inconsistent: save it again "
+            "with PEFT"
         )
     for t in (a, b):
         if not t.supported:
