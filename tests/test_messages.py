@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 
 import pytest
@@ -100,7 +101,20 @@ def test_lines_at_their_call_sites(tmp_path):
             ["bad regular expression 'a('", "fix the pattern"],
         ),
         (["convert", tmp_path / "nope", "--dry-run"], ["no such file or folder", "check the path"]),
+        (
+            ["convert", tmp_path / "bad" / "model.safetensors", "--dry-run"],
+            ["model.safetensors", "download or save it again"],
+        ),
+        (["convert", tmp_path / "shards", "--dry-run"], ["model-2.safetensors", "download the"]),
     ]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "model.safetensors").write_bytes((1000).to_bytes(8, "little") + b"{}")
+    (tmp_path / "bad" / "config.json").write_text('{"model_type": "llama"}')
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "config.json").write_text('{"model_type": "llama"}')
+    index = {"weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors"}}
+    (tmp_path / "shards" / "model.safetensors.index.json").write_text(json.dumps(index))
+    (tmp_path / "shards" / "model-1.safetensors").write_bytes(b"")
     (tmp_path / "cut.nntr").write_bytes(b"NNTR\x01")  # shorter than the fixed header
     for argv, words in cases:
         proc = run_cli(*argv)
