@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from nntrtool.errors import SourceError
 
@@ -139,6 +140,18 @@ def take(path: str | os.PathLike[str]) -> ReadLease | None:
             _broken[fd] = _held.pop(fd)
             raise _changed(path)
     return ReadLease(path, fd)
+
+
+#: Leases kept until this process exits (files a library maps for as long as it runs).
+_kept: list[ReadLease] = []
+
+
+def hold(paths: Any) -> int:
+    """Lease every file of ``paths`` until this process exits: for files another library maps
+    (transformers keeps a model's parameters in the mapped safetensors file). How many."""
+    taken = [held for held in (take(p) for p in paths) if held is not None]
+    _kept.extend(taken)
+    return len(taken)
 
 
 def broken_paths() -> list[Path]:

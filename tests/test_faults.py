@@ -335,6 +335,42 @@ def test_verify_text_signal_leaves_no_process_and_no_temporary(text_case, tmp_pa
     assert listing(tmp) == []
 
 
+def test_verify_text_source_cut_mid_run(text_case, tmp_path):
+    """transformers runs the source model on parameters mapped from its safetensors file: a
+    truncation mid-run waits for verify to stop with one line (exit 2), never SIGBUS."""
+    nntr, model, text = text_case
+    model = _copy_model(model, tmp_path / "m")
+    weights = model / "model.safetensors"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    argv = cli("verify", nntr, model, "--logits", "--text", text, "--ctx", "64", "-q")
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp)},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not listing(tmp):
+            time.sleep(0.005)
+        assert proc.poll() is None, "verify ended before its source could change"
+        os.truncate(weights, 4096)  # waits while verify holds its lease
+        said, _, _ = select.select([proc.stderr], [], [], 0)
+        assert said, "the source changed while verify was still reading it"
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, stderr
+    line = one_line(stderr)
+    assert str(weights) in line and "changed while being read" in line, line
+    assert listing(tmp) == []
+
+
 def test_verify_text_with_a_full_tmpdir(text_case, small_fs):
     """The spill of the source's logits is reserved up front: a full TMPDIR is one line and
     exit 2, not a SIGBUS when a mapped page cannot be written."""

@@ -15,10 +15,14 @@ Only per-position scalars (NLL, probability of the right token, KL, agreement) a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
+import secrets
+import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,7 +229,7 @@ def compare_text_files(
     rows = np.arange(per_chunk)
     reports = []
 
-    with tempfile.TemporaryDirectory(prefix="nntrtool-text-") as tmp:
+    with _scratch_dir() as tmp:
         try:
             spill_path = Path(tmp) / "source_logits.npy"
             spill = np.lib.format.open_memmap(
@@ -284,6 +288,28 @@ def compare_text_files(
             reports.append(report)
         del spill
     return reports
+
+
+@contextlib.contextmanager
+def _scratch_dir() -> Iterator[Path]:
+    """A new folder in TMPDIR, removed afterwards. Its name is registered with the run's
+    temporary outputs before it is made, so a signal at any moment leaves nothing behind."""
+    from nntrtool import outputs
+
+    path = Path(tempfile.gettempdir()) / f"nntrtool-text-{os.getpid()}-{secrets.token_hex(4)}"
+    outputs.register(path)
+    try:
+        try:
+            path.mkdir()
+        except OSError as err:
+            raise UsageError(
+                f"--text: cannot make a temporary folder in {path.parent}: "
+                f"{err.strerror or err}; set TMPDIR to a folder you can write to"
+            ) from None
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        outputs.forget(path)
 
 
 def _reserve(path: Path) -> None:
