@@ -127,7 +127,14 @@ def read_imatrix(path: str | Path) -> Imatrix:
     with open(p, "rb") as fh:
         magic = fh.read(4)
     if magic == _GGUF_MAGIC:
-        imx = _read_gguf(p)
+        from nntrtool import lease
+
+        held = lease.take(p)  # the gguf package maps the file: no one may cut it meanwhile
+        try:
+            imx = _read_gguf(p)
+        finally:
+            if held is not None:
+                held.release()
     else:
         imx = _read_dat(p)
     if not imx.entries:
