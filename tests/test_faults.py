@@ -40,6 +40,8 @@ from nntrtool.synthetic import make_synthetic_model
 SMALL = dict(hidden=256, intermediate=512, vocab=512, layers=2, kv_heads=4)
 #: Big enough that a conversion runs for a second or so on the numpy backend.
 SLOW = dict(hidden=512, intermediate=1536, vocab=4096, layers=6, kv_heads=8)
+#: ``NNTRTOOL_FAULTS_RANDOM=N``: N randomized signal cases and the longer lists of cases.
+_RANDOM = int(os.environ.get("NNTRTOOL_FAULTS_RANDOM", "0") or 0)
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +304,10 @@ def _session_processes(sid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
-@pytest.mark.parametrize(("sig", "delay"), [(signal.SIGINT, 0.0), (signal.SIGTERM, 0.3)])
+@pytest.mark.parametrize(
+    ("sig", "delay"),
+    [(signal.SIGINT, 0.0)] + ([(signal.SIGTERM, 0.3), (signal.SIGHUP, 1.0)] if _RANDOM else []),
+)
 def test_verify_text_signal_leaves_no_process_and_no_temporary(text_case, tmp_path, sig, delay):
     """verify --text spills the source's logits to TMPDIR and runs torch: a signal ends it with
     the one line and 128 + signal, and neither the spill nor any process of its own outlives it."""
@@ -424,8 +429,6 @@ def test_force_replaces_only_our_outputs(small_model, tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # randomized mode (local runs)
-
-_RANDOM = int(os.environ.get("NNTRTOOL_FAULTS_RANDOM", "0") or 0)
 
 
 @pytest.mark.skipif(not _RANDOM, reason="set NNTRTOOL_FAULTS_RANDOM=N for N randomized cases")
