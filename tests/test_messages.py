@@ -122,3 +122,11 @@ def test_lines_at_their_call_sites(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert all(w in lines[0] for w in words), (argv, lines[0])
+
+
+def test_option_lines_say_what_to_do():
+    from nntrtool.errors import UsageError
+    from nntrtool.verify import parse_thresholds
+
+    with pytest.raises(UsageError, match=r"--max-rel-err '-1'.*give a number >= 0"):
+        parse_thresholds(["-1"])

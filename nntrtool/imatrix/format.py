@@ -197,10 +197,14 @@ def _read_gguf(path: Path) -> Imatrix:
     except Exception as err:  # gguf raises ValueError, IndexError, struct errors ...
         raise _corrupt(path, f"{type(err).__name__}: {err}") from None
     if general_type is not None and general_type != "imatrix":
-        raise ImatrixError(f"{str(path)!r} is a GGUF {general_type} file, not an importance matrix")
+        raise ImatrixError(
+            f"{str(path)!r} is a GGUF {general_type} file, not an importance matrix; give the "
+            "file llama-imatrix or nntrtool imatrix wrote"
+        )
     if not sums:
         raise ImatrixError(
-            f"{str(path)!r} holds no importance data (no <tensor>.in_sum2): is it an imatrix file?"
+            f"{str(path)!r} holds no importance data (no <tensor>.in_sum2); give the file "
+            "llama-imatrix or nntrtool imatrix wrote"
         )
     entries = {}
     for name in sorted(set(sums) | set(counts)):
@@ -252,7 +256,8 @@ def _read_dat(path: Path) -> Imatrix:
     if n_entries < 1 or n_entries > len(data) // 12:
         raise ImatrixError(
             f"{str(path)!r} is neither a GGUF nor a legacy .dat importance matrix "
-            f"(it would hold {n_entries} entries)"
+            f"(it would hold {n_entries} entries); give the file llama-imatrix or nntrtool "
+            "imatrix wrote"
         )
     entries: dict[str, ImatrixEntry] = {}
     for i in range(n_entries):

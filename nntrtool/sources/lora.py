@@ -138,12 +138,12 @@ class Adapter:
         if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
             raise SourceError(
                 f"adapter {self.name}: rank {r!r} for {module} (r / rank_pattern in "
-                f"{CONFIG_NAME}) is not a positive integer"
+                f"{CONFIG_NAME}) is not a positive integer; fix it there"
             )
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
             raise SourceError(
                 f"adapter {self.name}: lora_alpha {alpha!r} for {module} (lora_alpha / "
-                f"alpha_pattern in {CONFIG_NAME}) is not a positive number"
+                f"alpha_pattern in {CONFIG_NAME}) is not a positive number; fix it there"
             )
         return r, float(alpha)
 
@@ -157,7 +157,8 @@ class Adapter:
                 hit = re.match(rf"(.*\.)?({pattern})$", module)
             except re.error:
                 raise SourceError(
-                    f"adapter {self.name}: {key} key {pattern!r} is not a regular expression"
+                    f"adapter {self.name}: {key} key {pattern!r} is not a regular expression; "
+                    f"fix it in {CONFIG_NAME}"
                 ) from None
             if hit:
                 return value
@@ -287,7 +288,8 @@ def _refuse_unsupported(cfg: dict[str, Any], name: str) -> None:
         value = cfg.get(key, 8)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise SourceError(
-                f"adapter {name}: {CONFIG_NAME} has {key} {value!r}, not a positive number"
+                f"adapter {name}: {CONFIG_NAME} has {key} {value!r}, not a positive number; fix "
+                "it there"
             )
 
 
@@ -536,7 +538,7 @@ def _check_shapes(
         raise SourceError(
             f"adapter {ad.name}: {module} is not a 2-D weight with 2-D lora_A/lora_B "
             f"(lora_A {list(a.shape)}, lora_B {list(b.shape)}, weight {list(base.shape)}); "
-            "LoRA on convolutions is not supported"
+            "LoRA on convolutions is not supported: merge it with PEFT first"
         )
     out_dim, in_dim = (base.shape[1], base.shape[0]) if transposed else base.shape
     if a.shape[1] != in_dim or b.shape[0] != out_dim or a.shape[0] != b.shape[1]:

@@ -95,7 +95,7 @@ def open_source(
         if config_path is not None:
             raise UsageError(
                 f"--config applies to bare weight files; {gguf_path.name} is a GGUF, whose "
-                "config is rebuilt from its own metadata"
+                "config is rebuilt from its own metadata: drop --config"
             )
 
         return open_gguf(
@@ -179,7 +179,7 @@ def _select_tensors(opened: list[Any], weights: WeightSet) -> list[SourceTensor]
             if absent:
                 raise SourceError(
                     f"{weights.index}: maps tensor {absent[0]!r} to {shard}, which does not "
-                    "hold it; the index and the shards disagree"
+                    "hold it; the index and the shards disagree: download the model again"
                 )
             tensors.extend(t for t in f.tensors if t.name in wanted[shard])
         return tensors

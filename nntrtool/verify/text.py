@@ -388,7 +388,7 @@ def _check_ids(chunks: TextChunks, vocab: int) -> None:
     if high >= vocab:
         raise UsageError(
             f"--text: the tokenizer gives id {high}, outside the model's vocabulary ({vocab}); "
-            "the tokenizer does not belong to this model"
+            "the tokenizer does not belong to this model: give the model folder with its own"
         )
 
 
