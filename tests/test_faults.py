@@ -808,10 +808,14 @@ def test_dequantized_gguf_values_out_of_range(tmp_path):
     w.write_tensors_to_file()
     w.close()
     before = snapshot(path)
+    dry = run_cli("convert", path, "--dry-run", "--quant-type", "q4_0", "--backend", "numpy")
+    assert dry.returncode == 0, dry.stderr
     out = tmp_path / "o.nntr"
     proc = run_cli("convert", path, out, "--quant-type", "q4_0", "--backend", "numpy")
     assert proc.returncode == 0, proc.stderr
     assert "overflow q4_0" in proc.stdout
+    fallbacks = proc.stdout.split("fallbacks (1):", 1)[1].splitlines()[1]
+    assert fallbacks in dry.stdout.splitlines()  # the dry run named it in advance
     with NntrFile(out) as nf:
         for e in nf.tensors:
             values = (
