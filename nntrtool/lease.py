@@ -152,8 +152,3 @@ def hold(paths: Any) -> int:
     taken = [held for held in (take(p) for p in paths) if held is not None]
     _kept.extend(taken)
     return len(taken)
-
-
-def broken_paths() -> list[Path]:
-    """The files whose lease another process has started to break, in this process."""
-    return list(_broken.values())
