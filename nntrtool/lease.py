@@ -152,3 +152,8 @@ def hold(paths: Any) -> int:
     taken = [held for held in (take(p) for p in paths) if held is not None]
     _kept.extend(taken)
     return len(taken)
+
+
+def breaking() -> bool:
+    """Whether another process has begun to break one of this process's leases."""
+    return bool(_broken)

@@ -845,3 +845,35 @@ def test_leftovers_are_removed_whatever_ends_the_run(tmp_path):
     outputs.forget(kept)  # renamed into place, say: no longer ours to remove
     outputs.remove_leftovers()
     assert kept.is_dir()
+
+
+def test_reports_of_a_worker_cut_short_by_the_ending_run_are_dropped(capsys):
+    """A signal handler's exception can land inside Thread.start, and the worker then reports an
+    ignored exception: once the run is ending (a signal, a source that changes) that report is
+    dropped so the one line stays alone; before, it is shown as Python shows it."""
+    import sys
+
+    from nntrtool import lease, outputs
+
+    saved = (sys.unraisablehook, outputs.received)
+    sys.unraisablehook = sys.__unraisablehook__  # as in a run of the command line
+    try:
+        outputs.install_signal_handlers()
+        assert sys.unraisablehook is outputs._quiet_while_ending
+
+        class Unraisable:  # raises where Python can only report it, as such a worker does
+            def __del__(self):
+                raise KeyError("worker")
+
+        Unraisable()
+        assert "KeyError: 'worker'" in capsys.readouterr().err
+        outputs.received = int(signal.SIGTERM)
+        Unraisable()
+        assert capsys.readouterr().err == ""
+    finally:
+        sys.unraisablehook, outputs.received = saved
+        lease._enabled["on"] = False  # in-process tests change their files without leases
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(
+                sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            )
