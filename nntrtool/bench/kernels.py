@@ -70,7 +70,7 @@ def select_backends(options: BenchOptions) -> tuple[list[str], str]:
         name = resolve_backend("auto") if b == "auto" else b
         if name not in avail:
             raise UsageError(
-                f"--backend {b}: not available on this machine; available: {', '.join(avail)}"
+                f"--backend {b}: not available on this machine; choose one of {', '.join(avail)}"
             )
         if name not in chosen:
             chosen.append(name)
@@ -86,7 +86,8 @@ def set_threads(threads: int | None) -> None:
         numba.set_num_threads(int(threads))
     except ValueError:
         raise UsageError(
-            f"--threads {threads}: numba allows at most {numba.config.NUMBA_NUM_THREADS} here"
+            f"--threads {threads}: numba allows at most {numba.config.NUMBA_NUM_THREADS} here; "
+            "give fewer"
         ) from None
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import typer
 
+from nntrtool import messages
 from nntrtool.cli import options as opts
 from nntrtool.cli.display import human_count, progress_factory
 from nntrtool.errors import NntrError, UsageError
@@ -115,9 +116,9 @@ def verify_command(
     limits = v.parse_thresholds(max_rel_err)
     token_ids = v.parse_tokens(tokens) if tokens is not None else None
     if (token_ids is not None or max_kl is not None or text is not None) and not logits:
-        raise UsageError("--tokens, --text and --max-kl only apply with --logits")
+        raise UsageError(messages.option_needs("--tokens, --text and --max-kl", "--logits"))
     if text is None and (chunks is not None or max_ppl_ratio is not None):
-        raise UsageError("--chunks and --max-ppl-ratio only apply with --text")
+        raise UsageError(messages.option_needs("--chunks and --max-ppl-ratio", "--text"))
     if text is not None and token_ids is not None:
         raise UsageError("give either --tokens or --text, not both")
     if max_kl is not None and not max_kl >= 0:

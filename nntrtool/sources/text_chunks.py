@@ -57,7 +57,9 @@ def read_text(path: str | Path) -> str:
     except OSError as err:
         raise UsageError(f"--text {path}: cannot read it: {err.strerror or err}") from None
     if not text.strip():
-        raise UsageError(f"--text {path}: the file is empty")
+        from nntrtool.messages import text_file_empty
+
+        raise UsageError(text_file_empty(path))
     return text
 
 

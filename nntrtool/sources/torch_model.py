@@ -34,6 +34,11 @@ def load_model(src: Any, torch: Any, transformers: Any) -> Any:
     tf_logging.disable_progress_bar()
     tf_logging.set_verbosity_error()
     gguf_path = Path(src.files[0]) if getattr(src, "gguf", None) is not None else None
+    from nntrtool import lease
+
+    # transformers keeps the parameters in the mapped weight files: nothing may cut them short
+    # while the model runs (SIGBUS); see nntrtool/lease.py
+    lease.hold(src.files)
     try:
         if gguf_path is not None:  # transformers' own GGUF loading is the reference
             model = transformers.AutoModelForCausalLM.from_pretrained(
