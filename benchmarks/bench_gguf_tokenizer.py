@@ -5,7 +5,7 @@ vocabulary is what is measured, see ``bench_gguf.py --vocab``), then, each in a 
 
 - ``auto``: ``AutoTokenizer.from_pretrained(folder, gguf_file=...)`` and ``save_pretrained``
   (what ``nntrtool export`` did before the tokenizer class was picked from the family);
-- ``nntrtool``: :func:`nntrtool.export.gguf_tokenizer.gguf_tokenizer_files`.
+- ``nntrtool``: :func:`nntrtool.sources.gguf_tokenizer.gguf_tokenizer_files`.
 
 Both write the same files (tests/test_gguf_tokenizer.py). Seconds include importing
 transformers; peak RSS is the process's.
@@ -35,7 +35,7 @@ if sys.argv[1] == "auto":
     out = tempfile.mkdtemp()
     AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(out)
 else:
-    from nntrtool.export.gguf_tokenizer import gguf_tokenizer_files
+    from nntrtool.sources.gguf_tokenizer import gguf_tokenizer_files
     files, problem = gguf_tokenizer_files(path)
     assert problem is None, problem
 seconds = time.perf_counter() - start

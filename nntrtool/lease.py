@@ -154,6 +154,25 @@ def hold(paths: Any) -> int:
     return len(taken)
 
 
+def reset() -> None:
+    """Give every lease back and take no more: the end of a command-line run in a process that
+    goes on afterwards (a program or test calling the command line's ``main``)."""
+    with _lock:
+        fds = [*_held, *_broken]
+        _held.clear()
+        _broken.clear()
+        _kept.clear()
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _enabled["on"] = False
+    if _SIGIO is not None and threading.current_thread() is threading.main_thread():
+        if signal.getsignal(_SIGIO) is _on_sigio:
+            signal.signal(_SIGIO, signal.SIG_DFL)
+
+
 def breaking() -> bool:
     """Whether another process has begun to break one of this process's leases."""
     return bool(_broken)

@@ -20,6 +20,16 @@ from models import make_hf_model  # noqa: E402
 EXAMPLE_DIR = _TESTS.parent / "examples" / "tiny-llama"
 
 
+@pytest.fixture(autouse=True)
+def _no_lease_outlives_a_test():
+    """A test that ran the command line in this process leaves no read lease behind (a later
+    test that rewrites its own files would otherwise wait on one)."""
+    yield
+    lease = sys.modules.get("nntrtool.lease")
+    if lease is not None:
+        lease.reset()
+
+
 @pytest.fixture(scope="session")
 def hf_model(tmp_path_factory):
     """``hf_model(arch="llama", **kwargs) -> Path``: a model folder built by

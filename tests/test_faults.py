@@ -728,6 +728,17 @@ def test_mapped_source_cut_mid_run(slow_nntr, slow_bin, tmp_path, command, how):
     assert listing(out_dir) == []
 
 
+def _leased(path: Path) -> bool:
+    """Whether some process holds a lease on ``path`` (``/proc/locks``)."""
+    st = os.stat(path)
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        locks = Path("/proc/locks").read_text()
+    except OSError:
+        return True  # cannot tell: go on as soon as the output exists
+    return any("LEASE" in line and dev in line for line in locks.splitlines())
+
+
 def _cut_mapped_source(command, how, slow_nntr, slow_bin, case: Path):
     """Run ``command``, change its source mid-run; ``None`` when it was done first."""
     out_dir = case / "out"
@@ -741,6 +752,8 @@ def _cut_mapped_source(command, how, slow_nntr, slow_bin, case: Path):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None and not listing(out_dir):
             time.sleep(0.002)
+        while time.monotonic() < deadline and proc.poll() is None and not _leased(source):
+            time.sleep(0.002)  # the output can appear before the source is opened
         if proc.poll() is not None:
             proc.communicate()
             return None
@@ -872,7 +885,7 @@ def test_reports_of_a_worker_cut_short_by_the_ending_run_are_dropped(capsys):
         assert capsys.readouterr().err == ""
     finally:
         sys.unraisablehook, outputs.received = saved
-        lease._enabled["on"] = False  # in-process tests change their files without leases
+        lease.reset()  # in-process tests change their files without leases
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(
                 sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL

@@ -94,7 +94,7 @@ def _files(folder_files: list[Path]) -> dict[str, bytes]:
 def test_files_are_what_autotokenizer_writes(arch, style, tmp_path):
     from transformers import AutoTokenizer
 
-    from nntrtool.export.gguf_tokenizer import _by_model_type, gguf_tokenizer_files
+    from nntrtool.sources.gguf_tokenizer import _by_model_type, gguf_tokenizer_files
 
     path = _write(tmp_path / f"{arch}.gguf", arch, style)
     assert _by_model_type(path) is not None  # the quick way applies to these families
@@ -117,7 +117,7 @@ def test_files_are_what_autotokenizer_writes(arch, style, tmp_path):
 def test_gemma_1_gets_the_tokenizer_gemma_3_gets(tmp_path):
     """transformers' GGUF config does not read Gemma (1), so AutoTokenizer cannot load such a
     file; its tokenizer is Gemma 3's (the same class over the same vocabulary)."""
-    from nntrtool.export.gguf_tokenizer import gguf_tokenizer_files
+    from nntrtool.sources.gguf_tokenizer import gguf_tokenizer_files
 
     (tmp_path / "1").mkdir()
     (tmp_path / "3").mkdir()
@@ -128,7 +128,7 @@ def test_gemma_1_gets_the_tokenizer_gemma_3_gets(tmp_path):
 
 
 def test_what_the_family_does_not_settle_goes_through_autotokenizer(tmp_path):
-    from nntrtool.export.gguf_tokenizer import _by_model_type, gguf_tokenizer_files
+    from nntrtool.sources.gguf_tokenizer import _by_model_type, gguf_tokenizer_files
 
     mistral = _write(tmp_path / "m.gguf", "llama", "spm", name="Mistral 7B Instruct")
     assert _by_model_type(mistral) is None

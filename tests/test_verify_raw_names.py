@@ -62,7 +62,7 @@ def test_text_runs_on_the_raw_file(raw_file, tmp_path, capsys):
 
 
 def test_the_raw_names_table_maps_qwen2_names():
-    from nntrtool.verify.raw_names import gguf_names
+    from nntrtool.sources.raw_names import gguf_names
 
     keys = ["model.layers.1.self_attn.q_proj.weight", "model.embed_tokens.weight", "lm_head.weight"]
     got = gguf_names("qwen2", keys, ["blk.0.attn_q.weight", "blk.1.attn_q.weight"])

@@ -96,6 +96,15 @@ def error_line(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the tool; exits with the command's status (0 ok, 1 failure, 2 bad input, 130 Ctrl-C)."""
+    from nntrtool import lease
+
+    try:
+        _run(argv)
+    finally:  # the run has said what it had to: its sources are free again
+        lease.reset()
+
+
+def _run(argv: list[str] | None) -> None:
     from nntrtool import outputs
     from nntrtool.outputs import exit_status, install_signal_handlers
 

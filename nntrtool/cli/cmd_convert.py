@@ -213,7 +213,7 @@ def _type_table(report: Any, title: str) -> Any:
 
 
 def _render_notes(console: Any, report: Any) -> None:
-    from nntrtool.sources.lora import changed_tensor_lines, describe_adapters
+    from nntrtool.sources.lora_records import changed_tensor_lines, describe_adapters
 
     plan = report.plan
     for line in describe_adapters(plan.origin.get("adapters") or []):

@@ -148,7 +148,7 @@ def verify_command(
 
     if not report.passed and not adapters:
         from nntrtool.format import NntrFile
-        from nntrtool.sources.lora import verify_hint
+        from nntrtool.sources.lora_records import verify_hint
 
         with NntrFile(file) as nf:
             hint = verify_hint(nf.config)

@@ -15,66 +15,34 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nntrtool.convert.chunks import (
+    NonFiniteChunk,
+    OutOfRangeChunk,
+    Work,
+    chunks,
+    encoded_rows,
+    fetch,
+    first_nonfinite,
+    to_f32,
+)
 from nntrtool.convert.report import ConversionReport
-from nntrtool.errors import DiskFullError, NonFiniteError, UsageError
+from nntrtool.errors import DiskFullError, UsageError
 from nntrtool.memory import prefault, release_pages
 from nntrtool.plan.options import ConvertOptions
-from nntrtool.plan.tensors import ConversionPlan, TensorPlan, make_plan
+from nntrtool.plan.tensors import ConversionPlan, make_plan
 from nntrtool.progress import ProgressFactory
-from nntrtool.quant.range_check import first_overflow, largest_magnitude
 
 #: Chunks queued beyond one per worker: enough to overlap, few enough to bound memory.
 _QUEUE_DEPTH = 2
 #: Most worker threads; on machines with more cores each worker's kernels use several threads.
 _MAX_WORKERS = 4
-
-
-class _NonFiniteChunk(Exception):
-    """A chunk held NaN or inf; carries the tensor name and the position in the whole tensor."""
-
-    def __init__(self, name: str, row: int, col: int, value: float):
-        super().__init__(name)
-        self.name, self.row, self.col, self.value = name, row, col, value
-
-    def user_error(self) -> NonFiniteError:
-        what = "NaN" if math.isnan(self.value) else f"{self.value}"
-        return NonFiniteError(
-            f"tensor {self.name!r} holds {what} at row {self.row}, column {self.col}: "
-            f"fix the weights, or pass --allow-nonfinite to store such tensors as f32",
-            self.row,
-            self.col,
-            self.value,
-        )
-
-
-class _OutOfRangeChunk(Exception):
-    """A chunk's values do not fit its type: a block scale came out inf from finite input."""
-
-    def __init__(self, name: str, quant_name: str, row: int, value: float):
-        super().__init__(name)
-        self.name, self.quant_name, self.row, self.value = name, quant_name, row, value
-
-    def reason(self) -> str:
-        from nntrtool.messages import out_of_range_reason
-
-        return out_of_range_reason(self.value, self.row, self.quant_name)
-
-    def user_error(self) -> NonFiniteError:
-        from nntrtool.messages import out_of_range
-
-        return NonFiniteError(
-            out_of_range(self.name, self.value, self.row, self.quant_name),
-            self.row,
-            -1,
-            self.value,
-        )
 
 
 def check_output(out_path: str | Path, force: bool) -> Path:
@@ -151,12 +119,12 @@ def convert(
                     plan, by_name, out, options, backend, threads, progress, stages,
                     src.check_unchanged,
                 )  # fmt: skip
-            except _OutOfRangeChunk as big:
+            except OutOfRangeChunk as big:
                 if options.strict:
                     raise big.user_error() from None
                 plan = plan.store_f32({big.name: big.reason()})
                 continue
-            except _NonFiniteChunk as bad:
+            except NonFiniteChunk as bad:
                 if not options.allow_nonfinite:
                     raise bad.user_error() from None
                 # Sizes are fixed in the directory before data is written, so the plan is
@@ -248,117 +216,6 @@ def _kernel_uses(plan: ConversionPlan) -> list[Any]:
             if tp.layout is not None:
                 uses.append(repack_use(tp.numel))
     return uses
-
-
-def _chunk_rows(tp: TensorPlan, row_bytes: int, budget: int) -> int:
-    """Rows per chunk: the budget's worth, a multiple of 8 so repack groups are never split."""
-    rows = tp.rows
-    per = max(1, budget // max(1, row_bytes))
-    if per >= rows:
-        return rows
-    return max(8, per // 8 * 8)
-
-
-def _chunks(tp: TensorPlan, src_tensor: Any, budget: int) -> Iterator[tuple[int, int]]:
-    rows = tp.rows
-    if rows == 0 or tp.numel == 0:
-        return
-    row_bytes = max(1, int(src_tensor.nbytes) // max(1, rows))
-    if getattr(src_tensor, "blocked", False) and not tp.copy_blocks:
-        row_bytes = max(row_bytes, tp.cols * 4)  # blocks are dequantized to float32 first
-    step = _chunk_rows(tp, row_bytes, budget)
-    for begin in range(0, rows, step):
-        yield begin, min(rows, begin + step)
-
-
-def _to_f32(x: np.ndarray, dtype: str) -> np.ndarray:
-    from nntrtool.quant.common import source_kind, to_f32
-    from nntrtool.sources.base import BLOCK_DTYPES, decode_blocks
-
-    block = BLOCK_DTYPES.get(dtype)
-    if block is not None:  # GGUF blocks: dequantized to their exact float32 values
-        return decode_blocks(x, dtype, x.shape[1] // block[1] * block[0])
-    return to_f32(x, source_kind(dtype))
-
-
-def _first_nonfinite(x: np.ndarray) -> tuple[int, int, float] | None:
-    bad = ~np.isfinite(x)
-    if not bad.any():
-        return None
-    row, col = np.unravel_index(int(np.argmax(bad)), bad.shape)
-    return int(row), int(col), float(x[row, col])
-
-
-class _Work:
-    """One chunk's job, run on the worker thread: wait for its pages, convert, quantize, repack."""
-
-    def __init__(
-        self,
-        tp: TensorPlan,
-        x: np.ndarray | None,
-        begin: int,
-        backend: str,
-        check_f32: bool,
-        prefetched: Future[Any] | None,
-        imatrix: np.ndarray | None = None,
-        encoded: bool = False,
-    ):
-        self.tp, self.x, self.begin, self.backend = tp, x, begin, backend
-        self.imatrix = imatrix
-        #: ``x`` holds the rows already as ``tp``'s blocks, straight from the source.
-        self.encoded = encoded
-        self.check_f32 = check_f32
-        self.prefetched = prefetched
-        self.f32_nonfinite: tuple[int, int, float] | None = None
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self) -> np.ndarray:
-        t0 = time.perf_counter()
-        if self.prefetched is not None:
-            fetched = self.prefetched.result()
-            if self.x is None:
-                self.x = fetched
-        t1 = time.perf_counter()
-        self.seconds["prefetch_wait"] = t1 - t0
-        try:
-            return self._run()
-        finally:
-            self.seconds["quantize"] = time.perf_counter() - t1
-
-    def _run(self) -> np.ndarray:
-        from nntrtool.quant import quantize, repack
-
-        tp = self.tp
-        if tp.copy_blocks or self.encoded:  # the bytes as they are: the source's own blocks,
-            q = np.ascontiguousarray(self.x)  # or blocks a transform encoded exactly
-            return repack(q, tp.layout.name, backend=self.backend) if tp.layout is not None else q
-        if not tp.encoded:
-            data = _to_f32(self.x, tp.source_dtype)
-            if self.check_f32:
-                self.f32_nonfinite = _first_nonfinite(data.reshape(data.shape[0], -1))
-            return data
-        x, dtype = self.x, tp.source_dtype
-        if tp.requantized:
-            x, dtype = _to_f32(x, dtype), "F32"
-        try:
-            q = quantize(
-                x,
-                tp.quant_name,
-                backend=self.backend,
-                source_dtype=dtype,
-                imatrix=self.imatrix,
-            )
-        except NonFiniteError as err:
-            raise _NonFiniteChunk(
-                tp.name, self.begin + max(err.row, 0), max(err.col, 0), err.value
-            ) from None
-        row = first_overflow(q, tp.quant_name)
-        if row is not None:
-            xf = x if dtype == "F32" else _to_f32(x, dtype)
-            raise _OutOfRangeChunk(tp.name, tp.quant_name, self.begin + row, largest_magnitude(xf))
-        if tp.layout is not None:
-            q = repack(q, tp.layout.name, backend=self.backend)
-        return q
 
 
 def _prepare_kernels(plan: ConversionPlan, backend: str, prog: Any) -> None:
@@ -469,7 +326,7 @@ def _write(
         workers, thread_name_prefix="nntr-quant", initializer=_worker_init(backend, per_worker)
     )
     fetcher = ThreadPoolExecutor(1, thread_name_prefix="nntr-prefetch")
-    pending: deque[tuple[_Work, Future[np.ndarray]]] = deque()
+    pending: deque[tuple[Work, Future[np.ndarray]]] = deque()
     try:
         with (
             NntrWriter(out, plan.file_config(), plan.specs, force=options.force) as writer,
@@ -485,7 +342,7 @@ def _write(
                 if work.f32_nonfinite is not None:
                     row, col, value = work.f32_nonfinite
                     if not options.allow_nonfinite:
-                        raise _NonFiniteChunk(work.tp.name, work.begin + row, col, value)
+                        raise NonFiniteChunk(work.tp.name, work.begin + row, col, value)
                     if not any(n == work.tp.name for n, _ in stored_nonfinite):
                         what = "NaN" if math.isnan(value) else str(value)
                         stored_nonfinite.append(
@@ -512,16 +369,16 @@ def _write(
 
             for tp in plan.tensors:
                 st = by_name[tp.name]
-                for begin, stop in _chunks(tp, st, options.chunk_bytes):
-                    encoded = _encoded_rows(st, tp, begin, stop)
+                for begin, stop in chunks(tp, st, options.chunk_bytes):
+                    encoded = encoded_rows(st, tp, begin, stop)
                     # the rows are read on the prefetch thread, overlapping the kernels
                     x = encoded
                     pre = (
-                        fetcher.submit(_fetch, st, begin, stop)
+                        fetcher.submit(fetch, st, begin, stop)
                         if x is None
                         else fetcher.submit(prefault, x)
                     )
-                    work = _Work(
+                    work = Work(
                         tp, x, begin, backend, True, pre, plan.importance.get(tp.name),
                         encoded=encoded is not None,
                     )  # fmt: skip
@@ -541,21 +398,6 @@ def _write(
     return stored_nonfinite
 
 
-def _fetch(st: Any, begin: int, stop: int) -> np.ndarray:
-    """Rows ``begin:stop`` of a source tensor, with their pages in memory."""
-    x = st.read(begin, stop)
-    prefault(x)
-    return x
-
-
-def _encoded_rows(st: Any, tp: TensorPlan, begin: int, stop: int) -> np.ndarray | None:
-    """The rows as ``tp``'s blocks when the source holds them exactly so (MXFP4 in Q8_0)."""
-    encode = getattr(st, "encoded_rows", None)
-    if encode is None or not tp.quantized:
-        return None
-    return encode(tp.quant_name, begin, stop)
-
-
 def _scan_nonfinite(plan: ConversionPlan, by_name: dict[str, Any]) -> dict[str, str]:
     """Every quantized tensor of the plan holding NaN/inf, with the reason it goes to f32."""
     found: dict[str, str] = {}
@@ -563,9 +405,9 @@ def _scan_nonfinite(plan: ConversionPlan, by_name: dict[str, Any]) -> dict[str, 
         if not tp.encoded:
             continue
         st = by_name[tp.name]
-        for begin, stop in _chunks(tp, st, 8 << 20):
+        for begin, stop in chunks(tp, st, 8 << 20):
             x = st.read(begin, stop)
-            hit = _first_nonfinite(_to_f32(x, tp.source_dtype))
+            hit = first_nonfinite(to_f32(x, tp.source_dtype))
             release_pages(x)
             if hit is not None:
                 found[tp.name] = _nonfinite_reason(begin + hit[0], hit[1], hit[2])

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from nntrtool.convert.chunks import OutOfRangeChunk, Work, chunks, encoded_rows, to_f32
 from nntrtool.memory import release_pages
 from nntrtool.plan.tensors import ConversionPlan, TensorPlan
 from nntrtool.quant.range_check import SAFE_MAGNITUDE
@@ -45,8 +46,6 @@ def scan_ranges(
 ) -> dict[str, Any]:
     """``{tensor name: the conversion's out-of-range exception}`` for every tensor of ``plan``
     that would not fit its type; ``advance(values, name)`` after each chunk read."""
-    from nntrtool.convert.pipeline import _chunks, _encoded_rows, _OutOfRangeChunk, _to_f32, _Work
-
     found: dict[str, Any] = {}
     for tp in plan.tensors:
         if not _checked(tp):
@@ -54,19 +53,19 @@ def scan_ranges(
                 advance(tp.numel, tp.name)
             continue
         st, done = by_name[tp.name], 0
-        for begin, stop in _chunks(tp, st, chunk_bytes):
-            if _encoded_rows(st, tp, begin, stop) is not None:  # exact blocks, no kernel
+        for begin, stop in chunks(tp, st, chunk_bytes):
+            if encoded_rows(st, tp, begin, stop) is not None:  # exact blocks, no kernel
                 break
             x = st.read(begin, stop)
-            xf = _to_f32(x, tp.source_dtype)
+            xf = to_f32(x, tp.source_dtype)
             big = _largest_finite(xf) > SAFE_MAGNITUDE
             if big and np.isfinite(xf).all():
-                work = _Work(
+                work = Work(
                     tp, x, begin, "numpy", False, None, plan.importance.get(tp.name)
                 )  # the conversion's own step, on the reference kernels
                 try:
                     work()
-                except _OutOfRangeChunk as err:
+                except OutOfRangeChunk as err:
                     found[tp.name] = err
             release_pages(x)
             if advance is not None:

@@ -351,7 +351,7 @@ def tokenizer_sources_for(
     )
     gguf = gguf_source(config) if source_dir is None else None
     if gguf is not None and not any(p.name == "tokenizer.json" for p in tokenizer_sources):
-        from nntrtool.export.gguf_tokenizer import gguf_tokenizer_files
+        from nntrtool.sources.gguf_tokenizer import gguf_tokenizer_files
 
         made, problem = gguf_tokenizer_files(gguf)
         tokenizer_sources = made or tokenizer_sources

@@ -84,7 +84,7 @@ def load_tokenizer(src: Any, transformers: Any) -> Any:
 
 def _gguf_tokenizer(path: Path, transformers: Any) -> Any:
     """The GGUF's own tokenizer (its vocabulary, through transformers)."""
-    from nntrtool.export.gguf_tokenizer import load_gguf_tokenizer
+    from nntrtool.sources.gguf_tokenizer import load_gguf_tokenizer
 
     with quiet_transformers(transformers):
         try:

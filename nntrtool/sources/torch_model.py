@@ -71,7 +71,7 @@ def load_model(src: Any, torch: Any, transformers: Any) -> Any:
         if bar_was_on:
             tf_logging.enable_progress_bar()
         tf_logging.set_verbosity(verbosity)
-    from nntrtool.sources.lora import apply_merged_weights
+    from nntrtool.sources.lora_records import apply_merged_weights
 
     apply_merged_weights(model, src)  # with adapters, the reference is the merged model
     model.eval()
@@ -86,7 +86,7 @@ def load_source_model(
     with SourceRequest.of(source).open() as src:
         model = load_model(src, torch, transformers)
         if src.origin.get("gguf_raw_names"):  # GGUF names: the parameters they stand for
-            from nntrtool.verify.raw_names import raw_source_names
+            from nntrtool.sources.raw_names import raw_source_names
 
             return model, raw_source_names(src, model.state_dict())
         return model, {t.name for t in src.tensors}

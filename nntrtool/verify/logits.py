@@ -185,7 +185,7 @@ def _replace_weights(
 
     from nntrtool.architectures import placements_for
     from nntrtool.quant import dequantize, unpack
-    from nntrtool.verify.raw_names import raw_placements
+    from nntrtool.sources.raw_names import raw_placements
 
     placements = placements_for(nf.config)
     placements += raw_placements(nf.config, state, (e.name for e in nf.tensors))

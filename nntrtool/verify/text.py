@@ -230,19 +230,7 @@ def compare_text_files(
     reports = []
 
     with _scratch_dir() as tmp:
-        try:
-            spill_path = Path(tmp) / "source_logits.npy"
-            spill = np.lib.format.open_memmap(
-                spill_path, mode="w+", dtype=np.float32, shape=(n_chunks, per_chunk, vocab)
-            )
-            _reserve(spill_path)
-        except OSError as err:
-            kind = DiskFullError if err.errno == errno.ENOSPC else UsageError
-            raise kind(
-                f"--text: cannot make the {_gib(total * vocab * 4)} temporary file for the "
-                f"source's logits in {tmp}: {err.strerror or err}; "
-                "set TMPDIR to a folder with room, or use fewer --chunks"
-            ) from None
+        spill = _open_spill(Path(tmp), (n_chunks, per_chunk, vocab))
         with token_progress(progress, total, "source on text") as bar:
             for c, logits in enumerate(_chunk_logits(model, chunks, torch)):
                 lo, hi = c * per_chunk, (c + 1) * per_chunk
@@ -269,12 +257,8 @@ def compare_text_files(
             else None
         )
         for i, file_path in enumerate(file_paths):
-            if i > 0 and kept is not None:
-                with torch.no_grad():
-                    for k, v in model.state_dict().items():
-                        v.copy_(kept[k])
-            elif i > 0:
-                _restore_source_weights(model, source, torch)
+            if i > 0:
+                _put_back_source(model, source, kept, torch)
             replaced, not_replaced, unused = load_file_weights(
                 model, file_path, source_names, backend=backend, progress=progress
             )
@@ -299,6 +283,34 @@ def compare_text_files(
             reports.append(report)
         del spill
     return reports
+
+
+def _open_spill(tmp: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """The temporary float32 file of the source's logits, its space reserved up front (a full
+    TMPDIR is one line now, not a SIGBUS when a page is first written)."""
+    spill_path = tmp / "source_logits.npy"
+    try:
+        spill = np.lib.format.open_memmap(spill_path, mode="w+", dtype=np.float32, shape=shape)
+        _reserve(spill_path)
+    except OSError as err:
+        kind = DiskFullError if err.errno == errno.ENOSPC else UsageError
+        raise kind(
+            f"--text: cannot make the {_gib(int(np.prod(shape)) * 4)} temporary file for the "
+            f"source's logits in {tmp}: {err.strerror or err}; "
+            "set TMPDIR to a folder with room, or use fewer --chunks"
+        ) from None
+    return spill
+
+
+def _put_back_source(model: Any, source: SourceRequest, kept: dict | None, torch: Any) -> None:
+    """The source's own weights back into ``model`` after a file's (from ``kept`` where the
+    source is a GGUF read with its own names, whose values are not the model's)."""
+    if kept is None:
+        _restore_source_weights(model, source, torch)
+        return
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            v.copy_(kept[k])
 
 
 @contextlib.contextmanager
