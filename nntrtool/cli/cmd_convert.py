@@ -30,7 +30,8 @@ def convert_command(
         "auto",
         "--quant-type",
         help="Type of the weight matrices: q4_0, q6_k, q8_0, f32, or keep (GGUF blocks as they "
-        "are, other types to q6_k/q8_0, floats to f32). auto: keep for GGUF sources, else q4_0.",
+        "are, other types to q6_k/q8_0, floats to f32). auto: keep for GGUF sources, else q4_0 "
+        "(with --target nntrainer --isa x86: q4_k where every linear layer fits it).",
     ),
     repack_format: str = typer.Option(
         "none",

@@ -21,6 +21,7 @@ from nntrtool.export.nntrainer import (
     check_output,
     check_target,
     conversion_for,
+    default_linear_type,
     export_nntr,
     nntrainer_type_overrides,
 )
@@ -58,6 +59,8 @@ def convert_and_export(
         quant_type = options.quant_type
         if quant_type == "auto":
             quant_type = default_quant_type(src)
+            if quant_type == "q4_0" and linear_type is None:
+                quant_type = default_linear_type(config, isa)
     # With ``keep`` the blocks stay as they are and export says what it cannot run.
     if linear_type is None:
         quant_type, linear_type = conversion_for(quant_type)
