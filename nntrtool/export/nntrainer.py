@@ -63,8 +63,9 @@ _Q4_K_BLOCK = (256, 144)
 #: What a folder with FP16 linear layers needs of the runtime.
 FP16_BUILD_NOTE = (
     "FP16 linear layers run only in an nntrainer built with -Denable-fp16=true (a stock build "
-    "refuses the folder: 'enable-fp16 is not enabled'); the embedding stays {emb}, as the "
-    "runtime's FP16 embedding does not work"
+    "refuses the folder: 'enable-fp16 is not enabled'; on x86 its CausalLM app needs two source "
+    "fixes to build and run, see nntrtool's docs/RUNTIME_CHECK.md); the embedding stays {emb}, "
+    "as the runtime's FP16 embedding does not work"
 )
 
 
