@@ -306,6 +306,18 @@ def test_convert_target_nntrainer_makes_q4_k_by_default_where_it_fits(sources, t
     ).read_bytes()
 
 
+@pytest.mark.parametrize(("isa", "linear"), [("x86", "q4_k"), ("arm", "q4_0")])
+def test_convert_target_nntrainer_dry_run_shows_the_folder_s_types(sources, capsys, isa, linear):
+    from test_export import _run_cli
+
+    src = str(sources["llama_untied"])
+    assert _run_cli(["convert", src, "--target", "nntrainer", "--isa", isa, "--dry-run"]) == 0
+    cells = [[c.strip() for c in line.split("│")] for line in capsys.readouterr().out.splitlines()]
+    types = {c[1]: c[4] for c in cells if len(c) == 8}  # tensor -> type column of the plan
+    assert types["model.embed_tokens.weight"] == "q6_k"
+    assert types["lm_head.weight"] == types["model.layers.1.mlp.down_proj.weight"] == linear
+
+
 def test_convert_target_nntrainer_keeps_q4_0_where_q4_k_does_not_fit(tmp_path):
     from models import Q6K, make_hf_model
     from test_export import _run_cli

@@ -161,6 +161,12 @@ def convert_command(
             render_report(report, temporary=True)
             render_summary(result)
         return
+    if target is not None:  # --dry-run: the plan of the conversion the runtime's folder needs
+        from nntrtool.export import check_target
+        from nntrtool.export.shortcut import nntrainer_conversion
+
+        check_target(target)
+        options, _ = nntrainer_conversion(src, options, isa=isa, linear_type=linear_type)
     report = convert(src, out, options, progress=progress)
     for note in report.plan.notes:
         _warn(note)
