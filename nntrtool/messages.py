@@ -84,9 +84,79 @@ def out_of_range_reason(value: float, row: int, qtype: str) -> str:
     )
 
 
+def no_such_input(path: str | Path, what: str = "file") -> str:
+    return f"no such {what}: {path}; check the path"
+
+
+def input_is_folder(path: str | Path, wanted: str = "an NNTR file") -> str:
+    return f"{path} is a folder, not {wanted}; give the file itself"
+
+
+def not_regular_file(path: str | Path) -> str:
+    return f"{path} is not a regular file (a device, a pipe?); give a file on disk"
+
+
+def damaged_nntr(path: str | Path, problem: str) -> str:
+    if "version" in problem or "newer nntrtool" in problem:  # written by another release
+        return f"{path}: {problem}: read it with the nntrtool that wrote it, or convert again"
+    return (
+        f"{path}: {problem}; the file is damaged, cut short or not an NNTR file: convert the "
+        "model again"
+    )
+
+
+def option_needs(options: str, needed: str) -> str:
+    return f"{options} only apply with {needed}: add {needed}, or drop them"
+
+
+def bad_pattern(option: str, pattern: str, err: str) -> str:
+    return (
+        f"{option}: bad regular expression {pattern!r} ({err}); fix the pattern (quote it so "
+        "the shell leaves it alone)"
+    )
+
+
+def text_file_empty(path: str | Path) -> str:
+    return f"--text {path}: the file is empty; give a file that holds some text"
+
+
+def adapter_does_not_fit(adapter: str, what: str) -> str:
+    return (
+        f"adapter {adapter}: {what}; it was made for another model: use it with the model it "
+        "was trained on"
+    )
+
+
+def lora_expert_count(adapter: str, where: str, adapter_experts: int, model_experts: int) -> str:
+    return (
+        f"adapter {adapter} adapts {adapter_experts} experts of {where} but the model has "
+        f"{model_experts}: it was made for another model; use it with the model it was "
+        "trained on"
+    )
+
+
 def internal_error(err: BaseException) -> str:
     first = (str(err).splitlines() or [""])[0]
     return (
         f"internal error ({type(err).__name__}: {first}); this is a bug in nntrtool: run the "
         "same command with --debug and report its traceback"
+    )
+
+
+def gguf_mismatch(
+    path: Path, label: str, value: int, tensor: str, shape: Sequence[int], detail: str = ""
+) -> str:
+    why = f" ({detail})" if detail else ""
+    return (
+        f"{path.name}: metadata {label} = {value} but tensor {tensor} has shape {list(shape)}"
+        f"{why}: the GGUF's metadata does not describe its tensors; download or convert the "
+        "GGUF again, or give the original Hugging Face model instead"
+    )
+
+
+def gguf_count_mismatch(path: Path, label: str, value: int, found: str) -> str:
+    return (
+        f"{path.name}: metadata {label} = {value} but the tensors hold {found}: the GGUF's "
+        "metadata does not describe its tensors; download or convert the GGUF again, or give "
+        "the original Hugging Face model instead"
     )

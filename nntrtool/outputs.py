@@ -22,7 +22,9 @@ import re
 import secrets
 import shutil
 import signal
+import sys
 from pathlib import Path
+from typing import Any
 
 from nntrtool import messages
 from nntrtool.errors import OutputExistsError, UsageError
@@ -75,6 +77,23 @@ def install_signal_handlers() -> None:
                 signal.signal(sig, _raise_interrupted)
         except (ValueError, OSError):  # not the main thread, or not settable here
             pass
+    from nntrtool import lease
+
+    lease.enable()  # mapped sources are leased: a writer makes this run stop (SIGIO), not die
+    if sys.unraisablehook is sys.__unraisablehook__:
+        sys.unraisablehook = _quiet_while_ending
+
+
+def _quiet_while_ending(args: Any) -> None:
+    """``sys.unraisablehook`` of the command line. An exception a signal handler raises in the
+    main thread (an interruption, a source that changes) can land inside ``Thread.start``; the
+    worker it was starting then reports an ignored exception. The run is ending and says why in
+    one line, so such reports are dropped then; any other is shown as usual."""
+    from nntrtool import lease
+
+    if received is not None or lease.breaking():
+        return
+    sys.__unraisablehook__(args)
 
 
 def exit_status(err: BaseException | None = None) -> int:

@@ -41,6 +41,10 @@ class TensorType:
     max_rel_err: float = 0.0
     #: The plain type whose blocks a layout type interleaves (itself for every other type).
     plain_name: str | None = None
+    #: Byte offsets in a block of its float16 fields (scales, mins; for F16 the value itself):
+    #: finite input whose field would pass 65504 decodes to inf, so such a tensor is stored in
+    #: another type (nntrtool/quant/range_check.py).
+    fp16_fields: tuple[int, ...] = ()
 
     @property
     def plain(self) -> TensorType:
@@ -91,6 +95,7 @@ Q4_0 = TensorType(
     target=True,
     fallback="f32",
     max_rel_err=0.18,
+    fp16_fields=(0,),
 )
 Q4_0_REPACKED = TensorType(
     "q4_0_repacked",
@@ -116,6 +121,7 @@ Q6_K = TensorType(
     target=True,
     fallback="q8_0",
     max_rel_err=0.04,
+    fp16_fields=(208,),
 )
 Q8_0 = TensorType(
     "q8_0",
@@ -130,6 +136,7 @@ Q8_0 = TensorType(
     target=True,
     fallback="f32",
     max_rel_err=0.012,
+    fp16_fields=(0,),
 )
 
 Q4_K = TensorType(
@@ -146,6 +153,7 @@ Q4_K = TensorType(
     target=True,
     fallback="q5_0",
     max_rel_err=0.15,
+    fp16_fields=(0, 2),
 )
 Q5_K = TensorType(
     "q5_k",
@@ -161,6 +169,7 @@ Q5_K = TensorType(
     target=True,
     fallback="q5_1",
     max_rel_err=0.075,
+    fp16_fields=(0, 2),
 )
 Q5_0 = TensorType(
     "q5_0",
@@ -176,6 +185,7 @@ Q5_0 = TensorType(
     target=True,
     fallback="f32",
     max_rel_err=0.09,
+    fp16_fields=(0,),
 )
 Q5_1 = TensorType(
     "q5_1",
@@ -191,6 +201,7 @@ Q5_1 = TensorType(
     target=True,
     fallback="f32",
     max_rel_err=0.08,
+    fp16_fields=(0, 2),
 )
 F16 = TensorType(
     "f16",
@@ -204,6 +215,7 @@ F16 = TensorType(
     numba_kernels="nntrtool.quant._f16_numba",
     target=True,
     max_rel_err=0.0005,
+    fp16_fields=(0,),
 )
 
 TYPES: tuple[TensorType, ...] = (Q4_0_REPACKED, Q4_0, Q6_K, F32, Q8_0, Q4_K, Q5_K, Q5_0, Q5_1, F16)

@@ -220,7 +220,10 @@ def repack_file(
             )
             and new_config == nf.config
         ):
-            raise UsageError(f"{src_path} is already in layout {fmt_name}: nothing to do")
+            raise UsageError(
+                f"{src_path} is already in layout {fmt_name}: nothing to do (give another "
+                "--format to change it)"
+            )
         specs = [
             TensorSpec(
                 d.entry.name,

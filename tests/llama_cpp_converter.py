@@ -2,9 +2,10 @@
 
 The converter comes from the llama-cpp-python source distribution on PyPI, which vendors a full
 llama.cpp tree (``vendor/llama.cpp``: ``convert_hf_to_gguf.py``, its ``conversion`` package and
-its own ``gguf-py``). Version 0.3.36 carries llama.cpp commit 0c1e57098; the archive's SHA-256 is
-checked. Where ``tools/llama_cpp/build.sh`` has already unpacked the same tree
-(``llama_cpp_tools.find()``), that tree is used; otherwise only those three parts are unpacked,
+its own ``gguf-py``), fetched by ``llama_cpp_sdist.py`` (version and SHA-256 pinned in
+``tools/llama_cpp/build.sh``; 0.3.36 carries llama.cpp commit 0c1e57098). Where
+``tools/llama_cpp/build.sh`` has already unpacked the same tree (``llama_cpp_tools.find()``),
+that tree is used; otherwise only those three parts are unpacked,
 into a cache folder outside the repository (``~/.cache/nntrtool-tests/llama.cpp-0.3.36-converter``,
 or ``NNTRTOOL_LLAMA_CPP_CONVERTER_DIR``), once; nothing is installed into the environment.
 
@@ -16,7 +17,6 @@ and a stand-in vocabulary, so that a tiny random model needs no tokenizer files.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import subprocess
 import sys
@@ -24,10 +24,10 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-VERSION = "0.3.36"
-LLAMA_CPP_COMMIT = "0c1e57098"
-SDIST = f"llama_cpp_python-{VERSION}.tar.gz"
-SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+import llama_cpp_sdist
+
+VERSION = llama_cpp_sdist.VERSION
+LLAMA_CPP_COMMIT = llama_cpp_sdist.LLAMA_CPP_COMMIT
 #: What is unpacked from the archive (under ``vendor/llama.cpp/``).
 PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 RUNNER = Path(__file__).resolve().parent / "convert_hf_to_gguf_run.py"
@@ -36,31 +36,7 @@ RUNNER = Path(__file__).resolve().parent / "convert_hf_to_gguf_run.py"
 def cache_dir() -> Path:
     if os.environ.get("NNTRTOOL_LLAMA_CPP_CONVERTER_DIR"):
         return Path(os.environ["NNTRTOOL_LLAMA_CPP_CONVERTER_DIR"])
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "nntrtool-tests" / f"llama.cpp-{VERSION}-converter"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _download(into: Path) -> Path:
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
-         ":all:", f"llama-cpp-python=={VERSION}", "-d", str(into)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    sdist = into / SDIST
-    if done.returncode != 0 or not sdist.is_file():
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"pip download llama-cpp-python=={VERSION} failed: {tail}")
-    if _sha256(sdist) != SDIST_SHA256:
-        raise RuntimeError(f"{SDIST} does not have the pinned SHA-256 {SDIST_SHA256}")
-    return sdist
+    return llama_cpp_sdist.cache_dir() / f"llama.cpp-{VERSION}-converter"
 
 
 def _unpack(sdist: Path, dest: Path) -> None:
@@ -96,8 +72,7 @@ def converter() -> Path:
         if ready.is_file():
             return ready.parent
         with tempfile.TemporaryDirectory(dir=root) as tmp:
-            sdist = _download(Path(tmp))
-            _unpack(sdist, Path(tmp) / "llama.cpp")
+            _unpack(llama_cpp_sdist.sdist(), Path(tmp) / "llama.cpp")
             os.replace(Path(tmp) / "llama.cpp", root / "llama.cpp")
     return ready.parent
 

@@ -1,9 +1,9 @@
 """llama.cpp's own tools as the oracle: ``convert_hf_to_gguf.py``, ``llama-quantize``,
 ``llama-imatrix``.
 
-``tools/llama_cpp/build.sh`` downloads the pinned llama-cpp-python source distribution from
-PyPI (it vendors a full llama.cpp tree), builds the two tools into a cache folder outside the
-repository and installs the converter's extra requirement (sentencepiece) beside them. This
+``tools/llama_cpp/build.sh`` unpacks the pinned llama-cpp-python source distribution (it vendors
+a full llama.cpp tree; fetched by ``llama_cpp_sdist.py``, shared with the converter), builds the
+two tools into a cache folder outside the repository and installs the converter's extra requirement (sentencepiece) beside them. This
 module finds that folder (:func:`find`), builds it on request (:func:`build`) and runs the tools
 (:class:`LlamaCpp`). The ``llama_cpp`` fixture in ``conftest.py`` skips when nothing is built and
 ``NNTRTOOL_BUILD_LLAMA_CPP=1`` is not set.
@@ -12,11 +12,12 @@ module finds that folder (:func:`find`), builds it on request (:func:`build`) an
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import llama_cpp_sdist
 
 BUILD_SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "llama_cpp" / "build.sh"
 #: Set to 1 to let the tests build the tools (about 3 minutes on 2 cores) when they are missing.
@@ -43,9 +44,7 @@ open(sys.argv[1], "wb").write(out.getvalue())
 
 def version() -> str:
     """The pinned llama-cpp-python version, read from the build script."""
-    m = re.search(r"^VERSION=(\S+)$", BUILD_SCRIPT.read_text(), re.MULTILINE)
-    assert m, f"no VERSION= line in {BUILD_SCRIPT}"
-    return m.group(1)
+    return llama_cpp_sdist.VERSION
 
 
 def cache_root() -> Path:
@@ -127,7 +126,11 @@ def find() -> LlamaCpp | None:
 
 def build() -> LlamaCpp:
     """Run the build script (idempotent; it waits for a build already under way)."""
-    done = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False)
+    # The archive comes from the tests' shared download (the script would fetch its own).
+    env = dict(os.environ, NNTRTOOL_LLAMA_CPP_SDIST=str(llama_cpp_sdist.sdist()))
+    done = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, env=env, check=False
+    )
     if done.returncode != 0:
         tail = "\n".join(done.stderr.splitlines()[-30:])
         raise RuntimeError(f"{BUILD_SCRIPT} failed ({done.returncode}):\n{tail}")

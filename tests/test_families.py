@@ -46,6 +46,13 @@ BASE_KEYS = (
     "tie_word_embeddings",
 )
 GEMMA = dict(SMALL, head_dim=16, query_pre_attn_scalar=16)
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,26 @@ class Case:
 
 CASES = {
     "llama": Case("llama", dict(SMALL, head_dim=16), (*BASE_KEYS, "rms_norm_eps", "head_dim")),
+    # Llama 3.1's RoPE scaling, which llama.cpp stores as a rope_freqs tensor: the published
+    # parameters, and others read off the tensor's values (a head size of 64 gives enough).
+    "llama3": Case(
+        "llama",
+        dict(SMALL, head_dim=16, rope_theta=500000.0, rope_scaling=LLAMA3_ROPE),
+        (*BASE_KEYS, "rope_parameters"),
+    ),
+    "llama3_fitted": Case(
+        "llama",
+        dict(
+            SMALL,
+            hidden_size=128,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=64,
+            rope_theta=500000.0,
+            rope_scaling=dict(LLAMA3_ROPE, factor=16.0, original_max_position_embeddings=4096),
+        ),
+        (*BASE_KEYS, "rope_parameters"),
+    ),
     "mistral": Case("mistral", dict(SMALL, head_dim=16), (*BASE_KEYS, "rms_norm_eps")),
     "qwen2": Case("qwen2", dict(SMALL), (*BASE_KEYS, "rms_norm_eps")),
     # transformers 5 reads neither expert size from a qwen2moe GGUF: its model is built at the
@@ -122,7 +149,26 @@ CASES = {
         ),
         extra_files={"tokenizer.json": {"model": {"vocab": {}}, "added_tokens": []}},
     ),
-    "phi3": Case("phi3", dict(SMALL), (*BASE_KEYS, "rms_norm_eps", "rope_parameters")),
+    "phi3": Case(
+        "phi3",
+        dict(SMALL),
+        (*BASE_KEYS, "rms_norm_eps", "rope_parameters", "original_max_position_embeddings"),
+    ),
+    # Phi-3 128k: LongRoPE factors (multiples of 1/64, exact in float32), which llama.cpp
+    # stores as tensors, back in rope_parameters.
+    "phi3_longrope": Case(
+        "phi3",
+        dict(
+            SMALL,
+            original_max_position_embeddings=64,
+            rope_scaling={
+                "type": "longrope",
+                "long_factor": [1 + i / 64 for i in range(8)],
+                "short_factor": [1 - i / 64 for i in range(8)],
+            },
+        ),
+        (*BASE_KEYS, "rms_norm_eps", "rope_parameters", "original_max_position_embeddings"),
+    ),
     "starcoder2": Case("starcoder2", dict(SMALL), (*BASE_KEYS, "norm_epsilon")),
     "gpt_oss": Case(
         "gpt_oss",
@@ -142,6 +188,7 @@ CASES = {
             "num_experts_per_tok",
             "sliding_window",
             "layer_types",
+            "rope_parameters",
         ),
         transformers_reads=False,  # transformers 5's GGUF loader fails on its expert tensors
     ),
@@ -162,7 +209,9 @@ def test_every_family_module_has_a_case_or_is_refused():
 
 
 @pytest.fixture(scope="session")
-def llama_cpp():
+def hf_to_gguf():
+    """The folder of llama.cpp's ``convert_hf_to_gguf.py`` (not conftest's ``llama_cpp``, the
+    built tools)."""
     import llama_cpp_converter
 
     try:
@@ -199,7 +248,7 @@ def _make_model(case: Case, folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, llama_cpp):
+def built(tmp_path_factory, hf_to_gguf):
     """``built(family, outtype) -> (hf folder, gguf path)``, each made once."""
     import llama_cpp_converter
 
@@ -210,7 +259,7 @@ def built(tmp_path_factory, llama_cpp):
             root = tmp_path_factory.mktemp(name)
             hf = _make_model(CASES[name], root / "hf")
             gguf_path = root / f"{name}-{outtype}.gguf"
-            llama_cpp_converter.convert_hf(llama_cpp, hf, gguf_path, outtype)
+            llama_cpp_converter.convert_hf(hf_to_gguf, hf, gguf_path, outtype)
             made[name, outtype] = hf, gguf_path
         return made[name, outtype]
 
@@ -237,7 +286,10 @@ def test_gguf_reads_back_as_its_checkpoint(name, outtype, built):
         assert config["model_type"] == for_gguf(got.origin["gguf_architecture"]).model_type
         for key in CASES[name].keys:
             if key in hf_config:
-                assert config.get(key) == hf_config[key], key
+                want = hf_config[key]
+                if key == "rope_parameters":  # "type": the legacy spelling of rope_type
+                    want = {k: v for k, v in want.items() if k != "type"}
+                assert config.get(key) == want, key
 
 
 def _convert(src: Path, out: Path) -> None:
@@ -342,7 +394,7 @@ def test_q8_0_gguf_reads_back_within_q8_0_and_verifies_exactly(name, built, tmp_
     assert all(r.max_abs_err == 0 for r in report.tensors if r.max_abs_err is not None)
 
 
-def test_mxfp4_gpt_oss_gguf_converts_to_the_checkpoints_bytes(llama_cpp, tmp_path):
+def test_mxfp4_gpt_oss_gguf_converts_to_the_checkpoints_bytes(hf_to_gguf, tmp_path):
     """A GPT-OSS checkpoint packed in MXFP4: llama.cpp repacks its experts as ggml MXFP4 blocks;
     read back, they are the checkpoint's blocks again, stored as the same exact Q8_0 blocks."""
     import llama_cpp_converter
@@ -353,7 +405,7 @@ def test_mxfp4_gpt_oss_gguf_converts_to_the_checkpoints_bytes(llama_cpp, tmp_pat
     hf = make_synthetic_moe(
         tmp_path / "hf", moe_shape("gpt_oss", 1e6, experts=4, hidden=64, inter=64, mxfp4=True)
     )
-    gguf_path = llama_cpp_converter.convert_hf(llama_cpp, hf, tmp_path / "oss.gguf")
+    gguf_path = llama_cpp_converter.convert_hf(hf_to_gguf, hf, tmp_path / "oss.gguf")
     with open_source(gguf_path) as got:
         experts = [t for t in got.tensors if ".experts." in t.name and t.name.endswith("weight")]
         assert experts and all(t.inputs[0].dtype == "MXFP4" for t in experts)

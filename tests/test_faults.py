@@ -2,13 +2,15 @@
 outputs that cannot be written, values a type cannot hold. Each case checks the exit status,
 the one line printed, that nothing is left behind and that the inputs are unchanged.
 
-``NNTRTOOL_FAULTS_RANDOM=N`` adds N randomized signal cases (random command, signal, moment).
+``NNTRTOOL_FAULTS_RANDOM=N`` adds N randomized signal cases (random command, signal, moment)
+and the remaining command / change pairs for memory-mapped sources.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import subprocess
 import time
@@ -38,6 +40,8 @@ from nntrtool.synthetic import make_synthetic_model
 SMALL = dict(hidden=256, intermediate=512, vocab=512, layers=2, kv_heads=4)
 #: Big enough that a conversion runs for a second or so on the numpy backend.
 SLOW = dict(hidden=512, intermediate=1536, vocab=4096, layers=6, kv_heads=8)
+#: ``NNTRTOOL_FAULTS_RANDOM=N``: N randomized signal cases and the longer lists of cases.
+_RANDOM = int(os.environ.get("NNTRTOOL_FAULTS_RANDOM", "0") or 0)
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +144,54 @@ def test_values_too_large_for_a_type_are_stored_as_f32_or_refused(
         assert nf.tensor(name).ttype.name == qtype
 
 
+@pytest.mark.parametrize(
+    ("qtype", "big", "fits"),
+    [
+        ("q4_0", 1e6, 5e5),
+        ("q8_0", 1e8, 8e6),
+        ("q6_k", 1e10, 2e8),
+        ("q4_k", 1e9, 1e5),
+        ("q5_0", 1e9, 2e5),
+        ("q5_k", 1e9, 1e5),
+        ("q5_1", 1e9, 1e5),
+        ("f16", 1e5, 6e4),
+    ],
+)
+def test_dry_run_names_the_range_fallbacks_the_conversion_makes(
+    small_model, tmp_path, qtype, big, fits
+):
+    """The dry run reads the values and plans exactly what the conversion then does."""
+    from nntrtool.convert import ConvertOptions, convert
+    from nntrtool.errors import NonFiniteError
+
+    model = _copy_model(small_model, tmp_path / "m")
+    name = _poke_bf16(model, "mlp.down_proj", big, index=3)
+    _poke_bf16(model, "self_attn.o_proj", fits, index=5)  # large, but within the type
+    opts = dict(quant_type=qtype, backend="numpy")
+    dry = convert(model, None, ConvertOptions(dry_run=True, **opts)).plan
+    real = convert(model, tmp_path / "o.nntr", ConvertOptions(**opts)).plan
+    assert [(t.name, t.ttype.name) for t in dry.tensors] == [
+        (t.name, t.ttype.name) for t in real.tensors
+    ]
+    assert dry.fallbacks == real.fallbacks and [n for n, _ in dry.fallbacks] == [name]
+    with pytest.raises(NonFiniteError, match="too large for"):
+        convert(model, None, ConvertOptions(dry_run=True, strict=True, **opts))
+
+
+def test_dry_run_prints_the_range_fallbacks(small_model, tmp_path):
+    model = _copy_model(small_model, tmp_path / "m")
+    name = _poke_bf16(model, "mlp.down_proj", 1e6)
+    before = snapshot(model)
+    proc = run_cli("convert", model, "--dry-run", "--quant-type", "q4_0", "--backend", "numpy")
+    assert proc.returncode == 0, proc.stderr
+    fallbacks = proc.stdout.split("fallbacks (1):", 1)[1].splitlines()[1]
+    assert name in fallbacks and "overflow q4_0" in fallbacks and "stored as f32" in fallbacks
+    proc = run_cli("convert", model, "--dry-run", "--quant-type", "q4_0", "--strict")
+    assert proc.returncode == 2
+    assert name in one_line(proc.stderr) and "too large for q4_0" in proc.stderr
+    assert listing(tmp_path) == ["m"] and snapshot(model) == before
+
+
 # ----------------------------------------------------------------------------------------------
 # signals
 
@@ -213,6 +265,135 @@ def test_export_signal_leaves_nothing(slow_nntr, tmp_path, sig):
     assert snapshot(slow_nntr) == before
 
 
+@pytest.fixture(scope="module")
+def text_case(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(NNTR file, its source with a tokenizer, an English text) for verify --text."""
+    import importlib.resources
+
+    from models import add_tokenizer, make_hf_model
+
+    root = tmp_path_factory.mktemp("text")
+    model = make_hf_model(root / "m", "llama")
+    add_tokenizer(model, 512)
+    nntr = root / "m.nntr"
+    proc = run_cli("convert", model, nntr, "--quiet", "--quant-type", "q8_0")
+    assert proc.returncode == 0, proc.stderr
+    topics = importlib.resources.files("pydoc_data").joinpath("topics.py").read_text()
+    text = root / "eval.txt"
+    text.write_text(topics[-60_000:], encoding="utf-8")
+    return nntr, model, text
+
+
+def _verify_text_argv(text_case: tuple[Path, Path, Path]) -> list[str]:
+    nntr, model, text = text_case
+    return cli("verify", nntr, model, "--logits", "--text", text, "--ctx", "64")
+
+
+def _session_processes(sid: int) -> list[int]:
+    """Processes still alive in session ``sid`` (zombies, already dead, do not count)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        state, session = fields[0], int(fields[3])
+        if session == sid and state != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize(
+    ("sig", "delay"),
+    [(signal.SIGINT, 0.0)] + ([(signal.SIGTERM, 0.3), (signal.SIGHUP, 1.0)] if _RANDOM else []),
+)
+def test_verify_text_signal_leaves_no_process_and_no_temporary(text_case, tmp_path, sig, delay):
+    """verify --text spills the source's logits to TMPDIR and runs torch: a signal ends it with
+    the one line and 128 + signal, and neither the spill nor any process of its own outlives it."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen(
+        _verify_text_argv(text_case),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp)},
+        start_new_session=True,  # its session id is its pid: every process it starts shares it
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not listing(tmp):
+            time.sleep(0.005)
+        time.sleep(delay)
+        assert proc.poll() is None, "verify ended before the signal"
+        os.kill(proc.pid, sig)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == expected_status(sig), stderr
+    assert one_line(stderr) == INTERRUPTED
+    assert _session_processes(proc.pid) == []
+    assert listing(tmp) == []
+
+
+def test_verify_text_source_cut_mid_run(text_case, tmp_path):
+    """transformers runs the source model on parameters mapped from its safetensors file: a
+    truncation mid-run waits for verify to stop with one line (exit 2), never SIGBUS."""
+    nntr, model, text = text_case
+    model = _copy_model(model, tmp_path / "m")
+    weights = model / "model.safetensors"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    argv = cli("verify", nntr, model, "--logits", "--text", text, "--ctx", "64", "-q")
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp)},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not listing(tmp):
+            time.sleep(0.005)
+        assert proc.poll() is None, "verify ended before its source could change"
+        os.truncate(weights, 4096)  # waits while verify holds its lease
+        said, _, _ = select.select([proc.stderr], [], [], 0)
+        assert said, "the source changed while verify was still reading it"
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, stderr
+    line = one_line(stderr)
+    assert str(weights) in line and "changed while being read" in line, line
+    assert listing(tmp) == []
+
+
+def test_verify_text_with_a_full_tmpdir(text_case, small_fs):
+    """The spill of the source's logits is reserved up front: a full TMPDIR is one line and
+    exit 2, not a SIGBUS when a mapped page cannot be written."""
+    (small_fs / "filler").write_bytes(b"\0" * (400 << 10))
+    proc = subprocess.run(
+        _verify_text_argv(text_case),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(small_fs)},
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    line = one_line(proc.stderr)
+    assert "TMPDIR" in line and "temporary file" in line, line
+    assert listing(small_fs) == ["filler"]
+
+
 def test_stale_temporary_from_a_killed_run_is_removed(slow_model, tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -248,8 +429,6 @@ def test_force_replaces_only_our_outputs(small_model, tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # randomized mode (local runs)
-
-_RANDOM = int(os.environ.get("NNTRTOOL_FAULTS_RANDOM", "0") or 0)
 
 
 @pytest.mark.skipif(not _RANDOM, reason="set NNTRTOOL_FAULTS_RANDOM=N for N randomized cases")
@@ -493,6 +672,116 @@ def test_checkpoint_source_changed_before_a_read(tmp_path):
     assert str(path) in str(err.value)
 
 
+@pytest.fixture(scope="module")
+def slow_bin(slow_model, tmp_path_factory) -> Path:
+    """``slow_model`` as a PyTorch checkpoint folder (``pytorch_model.bin``, mapped by torch)."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path_factory.mktemp("bin") / "m"
+    folder.mkdir()
+    state: dict = {}
+    for shard in sorted(slow_model.glob("*.safetensors")):
+        state.update(load_file(shard))
+    torch.save(state, folder / "pytorch_model.bin")
+    (folder / "config.json").write_bytes((slow_model / "config.json").read_bytes())
+    return folder
+
+
+def _mapped_case(command: str, slow_nntr: Path, slow_bin: Path, tmp_path: Path):
+    """``(argv, source, output)`` for a run of ``command`` over a copy of a mapped source."""
+    out = tmp_path / "out" / ("o" if command == "export" else "o.nntr")
+    if command == "convert-bin":
+        model = _copy_model(slow_bin, tmp_path / "m")
+        return _convert_argv(model, out), model / "pytorch_model.bin", out
+    src = tmp_path / "m.nntr"
+    src.write_bytes(slow_nntr.read_bytes())
+    if command == "repack":
+        return cli("repack", src, out, "--format", "q4_0_8"), src, out
+    return cli("export", src, out), src, out
+
+
+@pytest.mark.parametrize(
+    ("command", "how"),
+    [("repack", "truncate"), ("export", "rewrite"), ("convert-bin", "truncate")]
+    + (
+        [("repack", "rewrite"), ("export", "truncate"), ("convert-bin", "rewrite")]
+        if _RANDOM
+        else []
+    ),
+)
+def test_mapped_source_cut_mid_run(slow_nntr, slow_bin, tmp_path, command, how):
+    """NNTR files and PyTorch checkpoints are read through a memory map: a truncation or an
+    in-place write from another process mid-run is one line and exit 2, never SIGBUS."""
+    for attempt in range(3):  # on a busy machine the run may finish before the change lands
+        case = tmp_path / str(attempt)
+        case.mkdir()
+        result = _cut_mapped_source(command, how, slow_nntr, slow_bin, case)
+        if result is not None:
+            break
+    else:
+        pytest.fail("three runs ended before their source could change")
+    (returncode, stderr), source, out_dir = result
+    assert returncode == 2, stderr  # never a signal death (negative status)
+    line = one_line(stderr)
+    assert str(source) in line and "changed while being read" in line, line
+    assert listing(out_dir) == []
+
+
+def _cut_mapped_source(command, how, slow_nntr, slow_bin, case: Path):
+    """Run ``command``, change its source mid-run; ``None`` when it was done first."""
+    out_dir = case / "out"
+    out_dir.mkdir()
+    argv, source, out = _mapped_case(command, slow_nntr, slow_bin, case)
+    argv.append("--quiet")  # stderr stays empty until the run says why it stopped
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and not listing(out_dir):
+            time.sleep(0.002)
+        if proc.poll() is not None:
+            proc.communicate()
+            return None
+        # the run holds a read lease: this waits until it has stopped reading
+        if how == "truncate":
+            os.truncate(source, 4096)
+        else:
+            with open(source, "r+b") as fh:
+                fh.seek(-64, os.SEEK_END)
+                fh.write(b"\x55" * 64)
+        # ... so by now the run has stopped and said why (without the lease it would still be
+        # reading, and a page past the new end would kill it with SIGBUS)
+        said, _, _ = select.select([proc.stderr], [], [], 0)
+        assert said, "the source changed while the run was still reading it"
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    if proc.returncode == 0:  # it had named its complete output before the change came
+        assert listing(out_dir) == [out.name]
+        return None
+    return (proc.returncode, stderr), source, out_dir
+
+
+@pytest.mark.parametrize("command", ["repack"] + (["convert-bin"] if _RANDOM else []))
+def test_mapped_source_open_for_writing_elsewhere_still_reads(
+    slow_nntr, slow_bin, tmp_path, command
+):
+    """A file some process holds open for writing cannot be leased; the run goes on, checked
+    between reads as before, and an unchanged source converts as usual."""
+    (tmp_path / "out").mkdir()
+    argv, source, out = _mapped_case(command, slow_nntr, slow_bin, tmp_path)
+    before = snapshot(source)
+    with open(source, "r+b"):
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert listing(tmp_path / "out") == [out.name]
+    assert snapshot(source) == before
+
+
 def test_dequantized_gguf_values_out_of_range(tmp_path):
     """Q8_0 blocks of a GGUF that hold 1e6 (fine in Q8_0) are too large for Q4_0's scale once
     dequantized and quantized again: stored as f32, or refused under --strict."""
@@ -519,10 +808,14 @@ def test_dequantized_gguf_values_out_of_range(tmp_path):
     w.write_tensors_to_file()
     w.close()
     before = snapshot(path)
+    dry = run_cli("convert", path, "--dry-run", "--quant-type", "q4_0", "--backend", "numpy")
+    assert dry.returncode == 0, dry.stderr
     out = tmp_path / "o.nntr"
     proc = run_cli("convert", path, out, "--quant-type", "q4_0", "--backend", "numpy")
     assert proc.returncode == 0, proc.stderr
     assert "overflow q4_0" in proc.stdout
+    fallbacks = proc.stdout.split("fallbacks (1):", 1)[1].splitlines()[1]
+    assert fallbacks in dry.stdout.splitlines()  # the dry run named it in advance
     with NntrFile(out) as nf:
         for e in nf.tensors:
             values = (
@@ -552,3 +845,35 @@ def test_leftovers_are_removed_whatever_ends_the_run(tmp_path):
     outputs.forget(kept)  # renamed into place, say: no longer ours to remove
     outputs.remove_leftovers()
     assert kept.is_dir()
+
+
+def test_reports_of_a_worker_cut_short_by_the_ending_run_are_dropped(capsys):
+    """A signal handler's exception can land inside Thread.start, and the worker then reports an
+    ignored exception: once the run is ending (a signal, a source that changes) that report is
+    dropped so the one line stays alone; before, it is shown as Python shows it."""
+    import sys
+
+    from nntrtool import lease, outputs
+
+    saved = (sys.unraisablehook, outputs.received)
+    sys.unraisablehook = sys.__unraisablehook__  # as in a run of the command line
+    try:
+        outputs.install_signal_handlers()
+        assert sys.unraisablehook is outputs._quiet_while_ending
+
+        class Unraisable:  # raises where Python can only report it, as such a worker does
+            def __del__(self):
+                raise KeyError("worker")
+
+        Unraisable()
+        assert "KeyError: 'worker'" in capsys.readouterr().err
+        outputs.received = int(signal.SIGTERM)
+        Unraisable()
+        assert capsys.readouterr().err == ""
+    finally:
+        sys.unraisablehook, outputs.received = saved
+        lease._enabled["on"] = False  # in-process tests change their files without leases
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(
+                sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            )

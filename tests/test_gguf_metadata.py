@@ -60,7 +60,8 @@ def _write(path: Path, extra=None, tokens=TOKENS) -> Path:
     w.add_token_merges(["a b", "ab c"])
     for key, value in (extra or {}).items():
         w.add_string(key, value)
-    w.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
+    # one embedding row per token: a longer vocabulary contradicts the tensors
+    w.add_tensor("token_embd.weight", np.zeros((len(tokens), 32), np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -434,6 +434,62 @@ def test_bad_adapters_are_one_line_exit_2_no_output(llama, adapter, tmp_path, ca
         open_source(llama, adapters=[AdapterSpec(str(bad))])
 
 
+@pytest.fixture(scope="module")
+def moe(tmp_path_factory) -> Path:
+    from moe_models import save_qwen3_moe
+
+    return save_qwen3_moe(tmp_path_factory.mktemp("moe") / "m", experts=4)
+
+
+def _expert_adapter(folder: Path, experts: list[int], target: object, rows: int = 64) -> Path:
+    """A LoRA adapter (PEFT's files) of layer 0's expert gate projections ``experts``."""
+    from safetensors.numpy import save_file
+
+    folder.mkdir()
+    cfg = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": target}
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for e in experts:
+        key = f"base_model.model.model.layers.0.mlp.experts.{e}.gate_proj"
+        tensors[f"{key}.lora_A.weight"] = rng.standard_normal((2, 64)).astype(np.float32)
+        tensors[f"{key}.lora_B.weight"] = rng.standard_normal((rows, 2)).astype(np.float32)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "experts,target,words",
+    [
+        (list(range(8)), ["gate_proj"], "adapts 8 experts of model.layers.0.mlp.experts.*"),
+        ([0, 1], ["gate_proj"], "adapts 2 experts of model.layers.0.mlp.experts.*.gate_proj"),
+        ([0, 1, 2, 3], ["gate_proj"], None),
+        ([0, 1], r".*experts\.[01]\.gate_proj", None),  # a pattern may pick some experts
+    ],
+)
+def test_adapter_expert_count_must_match_the_model(moe, tmp_path, capsys, experts, target, words):
+    ad = _expert_adapter(tmp_path / "ad", experts, target)
+    out = tmp_path / "o.nntr"
+    code, _, err = run(["convert", moe, out, "--lora", ad, "--quant-type", "f32"], capsys)
+    if words is None:
+        assert code == 0, err
+        return
+    line = error_line(err)
+    assert code == 2 and words in line and "but the model has 4" in line, line
+    assert str(ad) in line and "use it with the model it was trained on" in line
+    assert not out.exists()
+
+
+def test_adapter_shapes_that_do_not_fit_an_expert(moe, tmp_path, capsys):
+    ad = _expert_adapter(tmp_path / "ad", [0, 1, 2, 3], ["gate_proj"], rows=96)
+    code, _, err = run(["convert", moe, tmp_path / "o.nntr", "--lora", ad], capsys)
+    line = error_line(err)
+    assert code == 2 and str(ad) in line and "[96, 2]" in line and "[64, 64]" in line, line
+    assert "model.layers.0.mlp.experts.0.gate_proj" in line
+    assert "use it with the model it was trained on" in line
+    assert not (tmp_path / "o.nntr").exists()
+
+
 def test_lora_scale_needs_one_per_adapter(llama, adapter, tmp_path, capsys):
     code, _, err = run(
         [

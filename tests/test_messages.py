@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,20 @@ SAMPLES = {
     "row": 3,
     "qtype": "q4_0",
     "err": ValueError("boom"),
+    "problem": "truncated file: data starts at 4096, the file is 100 bytes",
+    "options": "--chunks and --max-ppl-ratio",
+    "needed": "--text",
+    "option": "--keep-f32",
+    "pattern": "q_[proj",
+    "adapter": "./my-adapter",
+    "where": "model.layers.0.mlp.experts.*.gate_proj",
+    "adapter_experts": 8,
+    "model_experts": 4,
 }
-ACTIONS = ("pass ", "choose", "create", "remove", "free ", "fix ", "give", "wait", "run ", "drop")
+ACTIONS = (
+    *("pass ", "choose", "create", "remove", "free ", "fix ", "give", "wait", "run ", "drop"),
+    *("use ", "check ", "add ", "convert ", "read it with"),
+)
 
 
 def _messages() -> list[tuple[str, str]]:
@@ -62,3 +75,58 @@ def test_debug_shows_the_traceback_otherwise_one_line(tmp_path):
     assert "Traceback" in debug.stderr and debug.stderr.strip().splitlines()[-1].startswith(
         "error:"
     )
+
+
+def test_damaged_or_newer_nntr_files_say_what_to_do():
+    damaged = messages.damaged_nntr(SAMPLES["final"], "the file is empty")
+    assert str(SAMPLES["final"]) in damaged and "convert the model again" in damaged
+    newer = messages.damaged_nntr(SAMPLES["final"], "unsupported NNTR version 9")
+    assert "read it with the nntrtool that wrote it" in newer
+
+
+def test_lines_at_their_call_sites(tmp_path):
+    """The command line prints these messages where the fault is met."""
+    missing = tmp_path / "missing.nntr"
+    cases = [
+        (["inspect", missing], [str(missing), "check the path"]),
+        (["inspect", tmp_path], [str(tmp_path), "is a folder", "give the file itself"]),
+        (
+            ["repack", tmp_path / "cut.nntr", tmp_path / "o.nntr", "--format", "q4_0_8"],
+            ["convert the model again"],
+        ),
+        (["verify", missing, tmp_path, "--text", missing], ["add --logits, or drop them"]),
+        (["verify", missing, tmp_path, "--chunks", "2"], ["add --text, or drop them"]),
+        (
+            ["convert", tmp_path, "--dry-run", "--keep-f32", "a("],
+            ["bad regular expression 'a('", "fix the pattern"],
+        ),
+        (["convert", tmp_path / "nope", "--dry-run"], ["no such file or folder", "check the path"]),
+        (
+            ["convert", tmp_path / "bad" / "model.safetensors", "--dry-run"],
+            ["model.safetensors", "download or save it again"],
+        ),
+        (["convert", tmp_path / "shards", "--dry-run"], ["model-2.safetensors", "download the"]),
+    ]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "model.safetensors").write_bytes((1000).to_bytes(8, "little") + b"{}")
+    (tmp_path / "bad" / "config.json").write_text('{"model_type": "llama"}')
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "config.json").write_text('{"model_type": "llama"}')
+    index = {"weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors"}}
+    (tmp_path / "shards" / "model.safetensors.index.json").write_text(json.dumps(index))
+    (tmp_path / "shards" / "model-1.safetensors").write_bytes(b"")
+    (tmp_path / "cut.nntr").write_bytes(b"NNTR\x01")  # shorter than the fixed header
+    for argv, words in cases:
+        proc = run_cli(*argv)
+        assert proc.returncode == 2, (argv, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert all(w in lines[0] for w in words), (argv, lines[0])
+
+
+def test_option_lines_say_what_to_do():
+    from nntrtool.errors import UsageError
+    from nntrtool.verify import parse_thresholds
+
+    with pytest.raises(UsageError, match=r"--max-rel-err '-1'.*give a number >= 0"):
+        parse_thresholds(["-1"])

@@ -2,7 +2,7 @@
 
 Each module (``llama``, ``gemma3`` ...) holds one :class:`~nntrtool.architectures.base.Family`
 named ``FAMILY``: tensor names, value transforms with their inverses, GGUF metadata keys and
-config keys. The rest of nntrtool asks this registry, never a family by name:
+config keys, and the layout of nntrainer's weight file where that runtime runs the family. The rest of nntrtool asks this registry, never a family by name:
 
     family = for_gguf("gemma3")            # a GGUF's general.architecture
     family = for_config(config)            # a Hugging Face config.json

@@ -13,6 +13,8 @@ architecture name llama.cpp writes into a GGUF's ``general.architecture``. It de
   router kept F32, fused experts split) and their way back into transformers' modules.
 - ``config_keys`` / ``finish_config``: GGUF metadata keys (after ``"<arch>."``) and the
   ``config.json`` keys transformers reads them into, plus what a small function must derive.
+- ``nntrainer``: where nntrainer's CausalLM application runs the family, the order and roles
+  of the tensors in its weight file (:mod:`nntrtool.architectures.nntrainer_layout`).
 """
 
 from __future__ import annotations
@@ -86,12 +88,14 @@ class Family:
 
     #: The family's name (its module's name): ``"gemma3"``.
     name: str
-    #: Hugging Face ``model_type`` of the config this family's GGUFs are read back into.
-    model_type: str
-    #: Hugging Face class of that config's ``architectures``.
+    #: Hugging Face class of the config's ``architectures``.
     hf_class: str
-    #: llama.cpp's architecture name (``general.architecture``); GGUFs of this family carry it.
-    gguf_arch: str
+    #: Hugging Face ``model_type`` of the config this family's GGUFs are read back into
+    #: (default: the name).
+    model_type: str = ""
+    #: llama.cpp's architecture name (``general.architecture``); GGUFs of this family carry it
+    #: (default: the name).
+    gguf_arch: str = ""
     #: Other ``model_type`` / class names of the same family (``"gemma3_text"``).
     aliases: tuple[str, ...] = ()
     #: Hugging Face spellings of its tensor names (see :data:`DECODER_SPELLINGS`).
@@ -113,3 +117,12 @@ class Family:
     #: Whether GGUFs of this family are read (a family whose GGUF layout nntrtool does not
     #: undo yet is refused rather than read wrong).
     reads_gguf: bool = True
+    #: How nntrainer's CausalLM application reads the family's weight file
+    #: (:class:`~nntrtool.architectures.nntrainer_layout.ArchitectureLayout`); ``None``: the
+    #: runtime does not run this family.
+    nntrainer: Any = None
+
+    def __post_init__(self) -> None:
+        for attr in ("model_type", "gguf_arch"):
+            if not getattr(self, attr):
+                object.__setattr__(self, attr, self.name)

@@ -2,7 +2,7 @@
 again (every ``*norm.weight``, as transformers' GGUF loader does). Embeddings are tied.
 """
 
-from nntrtool.architectures.base import COMMON_KEYS, DECODER_SPELLINGS, Family, GGUFMeta
+from nntrtool.architectures.base import Family, GGUFMeta
 from nntrtool.architectures.ops import norm_offset_rule
 from nntrtool.tensors.transforms import Rule
 
@@ -33,13 +33,5 @@ def query_scale(cfg: dict, layers_27b: int) -> None:
 
 
 FAMILY = Family(
-    name="gemma",
-    model_type="gemma",
-    hf_class="GemmaForCausalLM",
-    gguf_arch="gemma",
-    spellings=DECODER_SPELLINGS,
-    gguf_rules=norm_rules,
-    config_keys=dict(COMMON_KEYS),
-    finish_config=default_rope,
-    hidden_act=GELU,
+    "gemma", "GemmaForCausalLM", gguf_rules=norm_rules, finish_config=default_rope, hidden_act=GELU
 )

@@ -26,10 +26,8 @@ def _finish(cfg: dict, field) -> None:
 
 
 FAMILY = Family(
-    name="gemma2",
-    model_type="gemma2",
-    hf_class="Gemma2ForCausalLM",
-    gguf_arch="gemma2",
+    "gemma2",
+    "Gemma2ForCausalLM",
     spellings=(*DECODER_SPELLINGS, SANDWICH_NORMS),
     gguf_rules=norm_rules,
     config_keys={

@@ -33,10 +33,9 @@ def _finish(cfg: dict, field) -> None:
 
 
 FAMILY = Family(
-    name="gemma3",
+    "gemma3",
+    "Gemma3ForCausalLM",
     model_type="gemma3_text",
-    hf_class="Gemma3ForCausalLM",
-    gguf_arch="gemma3",
     aliases=("gemma3",),
     spellings=(*DECODER_SPELLINGS, SANDWICH_NORMS, QK_NORM),
     gguf_rules=norm_rules,
@@ -46,5 +45,5 @@ FAMILY = Family(
         "final_logit_softcapping": "final_logit_softcapping",
     },
     finish_config=_finish,
-    rope=False,  # per layer kind, in _finish
+    rope=False,
 )

@@ -66,10 +66,8 @@ def _finish(cfg: dict, field) -> None:
 
 
 FAMILY = Family(
-    name="gpt2",
-    model_type="gpt2",
-    hf_class="GPT2LMHeadModel",
-    gguf_arch="gpt2",
+    "gpt2",
+    "GPT2LMHeadModel",
     spellings=SPELLINGS,
     gguf_rules=gguf_rules,
     config_keys=KEYS,

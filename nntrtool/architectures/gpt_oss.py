@@ -19,6 +19,14 @@ import re
 
 from nntrtool.architectures.base import COMMON_KEYS, DECODER_SPELLINGS, Family, GGUFMeta
 from nntrtool.architectures.gemma2 import layer_types
+from nntrtool.architectures.nntrainer_layout import (
+    ArchitectureLayout,
+    ConfigRule,
+    L,
+    PerExpert,
+    Role,
+    rope_param,
+)
 from nntrtool.errors import SourceError
 from nntrtool.tensors.base import SourceTensor
 from nntrtool.tensors.experts import EVEN, ODD, bias_row, expert_at, experts_of, router_rule
@@ -176,6 +184,11 @@ def gguf_rules(meta: GGUFMeta) -> list[Rule]:
 
 def _finish(cfg: dict, field) -> None:
     layer_types(cfg, 2)  # sliding-window and full attention alternate
+    rope = cfg.get("rope_parameters", {})
+    if rope.get("rope_type") == "yarn":
+        # GPT-OSS's YaRN does not truncate its correction range (every checkpoint's config and
+        # GptOssConfig say so); the GGUF does not store it.
+        rope.setdefault("truncate", False)
 
 
 SPELLINGS = (
@@ -185,10 +198,68 @@ SPELLINGS = (
     r"model\.layers\.\d+\.self_attn\.sinks",
 )
 
+#: GPT-OSS (gptoss_causallm.cpp, layers/gpt_oss_moe_layer.cpp): attention with biases and
+#: sinks, then the router with its bias and, per expert, up, gate, down with their biases
+#: (res/gpt-oss-20b/weight_converter.py).
+NNTRAINER = ArchitectureLayout(
+    "GptOssForCausalLM",
+    layer=(
+        (L + "input_layernorm.weight", Role.NORM, ("D",)),
+        (L + "self_attn.q_proj.weight", Role.LINEAR, ("Q", "D")),
+        (L + "self_attn.q_proj.bias", Role.VECTOR, ("Q",)),
+        (L + "self_attn.k_proj.weight", Role.LINEAR, ("K", "D")),
+        (L + "self_attn.k_proj.bias", Role.VECTOR, ("K",)),
+        (L + "self_attn.v_proj.weight", Role.LINEAR, ("K", "D")),
+        (L + "self_attn.v_proj.bias", Role.VECTOR, ("K",)),
+        (L + "self_attn.sinks", Role.VECTOR, ("N",)),
+        (L + "self_attn.o_proj.weight", Role.LINEAR, ("D", "Q")),
+        (L + "self_attn.o_proj.bias", Role.VECTOR, ("D",)),
+        (L + "post_attention_layernorm.weight", Role.NORM, ("D",)),
+        (L + "mlp.router.weight", Role.ROUTER, ("E", "D")),
+        (L + "mlp.router.bias", Role.VECTOR, ("E",)),
+        PerExpert(
+            (
+                (L + "mlp.experts.{e}.up_proj.weight", Role.LINEAR, ("M", "D")),
+                (L + "mlp.experts.{e}.up_proj.bias", Role.VECTOR, ("M",)),
+                (L + "mlp.experts.{e}.gate_proj.weight", Role.LINEAR, ("M", "D")),
+                (L + "mlp.experts.{e}.gate_proj.bias", Role.VECTOR, ("M",)),
+                (L + "mlp.experts.{e}.down_proj.weight", Role.LINEAR, ("D", "M")),
+                (L + "mlp.experts.{e}.down_proj.bias", Role.VECTOR, ("D",)),
+            )
+        ),
+    ),
+    aliases=("GptOssCachedSlimCausalLM",),
+    required=("num_experts_per_tok", "layer_types", "sliding_window"),
+    config_keys=(("num_local_experts", ("num_local_experts", "num_experts")),),
+    rope_scaling=frozenset({"yarn"}),
+    rope_table_from_config=True,
+    rules=(
+        ConfigRule(
+            lambda c: (c.get("architectures") or [None])[0] == "GptOssCachedSlimCausalLM",
+            "nntrainer's GptOssCachedSlimCausalLM does not add the router bias, so its expert "
+            "choices differ from the source model's; GptOssForCausalLM adds it",
+        ),
+        ConfigRule(
+            lambda c: True,
+            "nntrainer's GPT-OSS prefill is wrong for prompts longer than sliding_window "
+            "({sliding_window} tokens): keep prompts shorter",
+        ),
+        ConfigRule(
+            lambda c: True,
+            "nntrainer's GPT-OSS does not clamp the SwiGLU inputs (swiglu_limit {swiglu_limit}), "
+            "so activations beyond it differ from the source model's",
+        ),
+        ConfigRule(
+            lambda c: rope_param(c, "original_max_position_embeddings") not in (None, 4096),
+            "nntrainer's GPT-OSS takes YaRN's original context as 4096 tokens, but the config "
+            "says {original_max_position_embeddings}; its outputs will differ",
+        ),
+    ),
+)
+
 FAMILY = Family(
-    name="gpt_oss",
-    model_type="gpt_oss",
-    hf_class="GptOssForCausalLM",
+    "gpt_oss",
+    "GptOssForCausalLM",
     gguf_arch="gpt-oss",
     spellings=SPELLINGS,
     gguf_rules=gguf_rules,
@@ -202,4 +273,5 @@ FAMILY = Family(
     },
     finish_config=_finish,
     hidden_act="silu",
+    nntrainer=NNTRAINER,
 )

@@ -5,9 +5,8 @@ from nntrtool.architectures.base import Family
 from nntrtool.architectures.ops import unpermute_qk_rules
 
 FAMILY = Family(
-    name="mistral",
-    model_type="mistral",
-    hf_class="MistralForCausalLM",
+    "mistral",
+    "MistralForCausalLM",
     gguf_arch="llama",
     gguf_rules=unpermute_qk_rules,
     hidden_act="silu",

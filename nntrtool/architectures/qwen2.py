@@ -2,10 +2,4 @@
 
 from nntrtool.architectures.base import Family
 
-FAMILY = Family(
-    name="qwen2",
-    model_type="qwen2",
-    hf_class="Qwen2ForCausalLM",
-    gguf_arch="qwen2",
-    hidden_act="silu",
-)
+FAMILY = Family("qwen2", "Qwen2ForCausalLM", hidden_act="silu")

@@ -28,10 +28,9 @@ def hf_rules(config: dict) -> list[Rule]:
 
 
 FAMILY = Family(
-    name="qwen2moe",
+    "qwen2moe",
+    "Qwen2MoeForCausalLM",
     model_type="qwen2_moe",
-    hf_class="Qwen2MoeForCausalLM",
-    gguf_arch="qwen2moe",
     spellings=(*DECODER_SPELLINGS, *MOE_SPELLINGS, *SHARED),
     gguf_rules=gguf_rules,
     hf_rules=hf_rules,

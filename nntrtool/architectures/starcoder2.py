@@ -20,10 +20,8 @@ def _finish(cfg: dict, field) -> None:
 
 
 FAMILY = Family(
-    name="starcoder2",
-    model_type="starcoder2",
-    hf_class="Starcoder2ForCausalLM",
-    gguf_arch="starcoder2",
+    "starcoder2",
+    "Starcoder2ForCausalLM",
     spellings=SPELLINGS,
     config_keys=KEYS,
     finish_config=_finish,

@@ -70,7 +70,7 @@ def select_backends(options: BenchOptions) -> tuple[list[str], str]:
         name = resolve_backend("auto") if b == "auto" else b
         if name not in avail:
             raise UsageError(
-                f"--backend {b}: not available on this machine; available: {', '.join(avail)}"
+                f"--backend {b}: not available on this machine; choose one of {', '.join(avail)}"
             )
         if name not in chosen:
             chosen.append(name)
@@ -86,7 +86,8 @@ def set_threads(threads: int | None) -> None:
         numba.set_num_threads(int(threads))
     except ValueError:
         raise UsageError(
-            f"--threads {threads}: numba allows at most {numba.config.NUMBA_NUM_THREADS} here"
+            f"--threads {threads}: numba allows at most {numba.config.NUMBA_NUM_THREADS} here; "
+            "give fewer"
         ) from None
 
 
@@ -247,6 +248,13 @@ def _imatrix_case(
     runner.group(g, ref_fns, impls)
 
 
+def _layout_impls(fn: Any, data: np.ndarray, tiny: np.ndarray, layout: str, cpu: list[str]):
+    """``{backend: (fn on data, fn on tiny)}`` for a repack or unpack to ``layout``."""
+    return {
+        b: (partial(fn, data, layout, backend=b), partial(fn, tiny, layout, backend=b)) for b in cpu
+    }
+
+
 def _repack_cases(
     runner: _Runner, refs: References, backends: Sequence[str], data: np.ndarray,
     rows: int, cols: int,
@@ -260,19 +268,11 @@ def _repack_cases(
         common = {"params": rows * cols, "bytes_in": data.nbytes, "bytes_out": data.nbytes,
                   "qtype": Q4_0.name, "layout": layout, "shape": [rows, cols]}  # fmt: skip
         ref_fns = {REF_GGML: partial(refs.ggml.repack, data, layout)} if refs.ggml else {}
-        impls = {
-            b: (partial(quant.repack, data, layout, backend=b),
-                partial(quant.repack, tiny, layout, backend=b))
-            for b in cpu
-        }  # fmt: skip
+        impls = _layout_impls(quant.repack, data, tiny, layout, cpu)
         g = _Group(f"repack {layout} {size_text(rows, cols)}", "repack", **common)
         packed = next(iter(runner.group(g, ref_fns, impls).values()))
         tiny_packed = np.ascontiguousarray(packed[:ROW_MULTIPLE])
-        impls = {
-            b: (partial(quant.unpack, packed, layout, backend=b),
-                partial(quant.unpack, tiny_packed, layout, backend=b))
-            for b in cpu
-        }  # fmt: skip
+        impls = _layout_impls(quant.unpack, packed, tiny_packed, layout, cpu)
         g = _Group(f"unpack {layout} {size_text(rows, cols)}", "unpack", **common)
         # unpacking has no outside reference: the plain Q4_0 that was packed is its check
         start = len(runner.report.cases)

@@ -7,6 +7,7 @@ Exit status: 0 when every tensor passes, 1 when any fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import typer
 
+from nntrtool import messages
 from nntrtool.cli import options as opts
 from nntrtool.cli.display import human_count, progress_factory
-from nntrtool.errors import UsageError
+from nntrtool.errors import NntrError, UsageError
 from nntrtool.qtypes import LAYOUTS, Q4_0_REPACKED
 
 #: The type whose limits a repack layout (``q4_0_8`` ...) is held to.
@@ -84,6 +86,12 @@ def verify_command(
         "(PEFT folder or hub id; repeatable, in the convert order): compare with the merged weights.",
     ),
     lora_scale: list[float] = opts.LORA_SCALE,
+    gguf_raw_names: bool = typer.Option(
+        False,
+        "--gguf-raw-names",
+        help="Read a GGUF source with its own tensor names and values, as convert "
+        "--gguf-raw-names did (implied when FILE was converted so).",
+    ),
 ) -> None:
     """Compare FILE with the model it was converted from: per-tensor error, checksums, verdict."""
     from nntrtool import verify as v
@@ -91,15 +99,26 @@ def verify_command(
     from nntrtool.sources.lora import adapter_specs
 
     adapters = adapter_specs(lora, lora_scale)
+    if not gguf_raw_names and Path(file).is_file():
+        from nntrtool.format import NntrFile
+        from nntrtool.verify.matching import converted_raw
+
+        with contextlib.suppress(NntrError), NntrFile(file) as nf:
+            gguf_raw_names = converted_raw(nf)  # --logits and --text read the GGUF so too
     request = SourceRequest.of(
-        source, revision=revision, config=config, gguf_file=gguf_file, adapters=adapters
+        source,
+        revision=revision,
+        config=config,
+        gguf_file=gguf_file,
+        adapters=adapters,
+        gguf_raw_names=gguf_raw_names,
     )
     limits = v.parse_thresholds(max_rel_err)
     token_ids = v.parse_tokens(tokens) if tokens is not None else None
     if (token_ids is not None or max_kl is not None or text is not None) and not logits:
-        raise UsageError("--tokens, --text and --max-kl only apply with --logits")
+        raise UsageError(messages.option_needs("--tokens, --text and --max-kl", "--logits"))
     if text is None and (chunks is not None or max_ppl_ratio is not None):
-        raise UsageError("--chunks and --max-ppl-ratio only apply with --text")
+        raise UsageError(messages.option_needs("--chunks and --max-ppl-ratio", "--text"))
     if text is not None and token_ids is not None:
         raise UsageError("give either --tokens or --text, not both")
     if max_kl is not None and not max_kl >= 0:

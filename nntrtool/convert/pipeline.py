@@ -131,6 +131,7 @@ def convert(
     with open_for(source_spec, options) as src:
         plan = make_plan(src, options)
         if options.dry_run:
+            plan = _plan_range_fallbacks(plan, src, options, progress)
             return ConversionReport(plan, None, True, seconds=time.perf_counter() - start)
         assert out is not None
         # A plan of copied blocks and float tensors runs no kernel: numba is not even imported.
@@ -181,6 +182,24 @@ def convert(
         nonfinite=list(nonfinite.items()),
         stages=stages,
     )
+
+
+def _plan_range_fallbacks(
+    plan: ConversionPlan, src: Any, options: ConvertOptions, progress: ProgressFactory | None
+) -> ConversionPlan:
+    """The dry run's plan with the tensors the conversion would find out of their type's
+    range stored as f32, as it would (refused under ``--strict``); reads every tensor once."""
+    from nntrtool.convert.range_scan import scan_ranges
+
+    by_name = {t.name: t for t in src.tensors}
+    bar = progress(plan.params, "checking value ranges") if progress else None
+    with bar if bar is not None else contextlib.nullcontext(None) as prog:
+        advance = (lambda n, name: prog.advance(n, current=name)) if prog is not None else None
+        found = scan_ranges(plan, by_name, options.chunk_bytes, advance)
+    src.check_unchanged()
+    if found and options.strict:
+        raise next(iter(found.values())).user_error() from None
+    return plan.store_f32({name: big.reason() for name, big in found.items()})
 
 
 def _nonfinite_reason(row: int, col: int, value: float) -> str:

@@ -6,9 +6,10 @@ writes the folder. Everything a command does is reachable from here.
 
 from __future__ import annotations
 
+from nntrtool.architectures.nntrainer_layout import ArchitectureLayout, Role, Slot
 from nntrtool.export.export_plan import ExportPlan, ExportResult, TensorExport
 from nntrtool.export.folder_writer import ISA_LAYOUTS, check_output, write_export
-from nntrtool.export.layouts import ARCHITECTURES, ArchitectureLayout, Role, Slot
+from nntrtool.export.layouts import ARCHITECTURES
 from nntrtool.export.nntrainer import (
     TARGETS,
     RuntimeOptions,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nntrtool.export.layouts import Slot
+from nntrtool.architectures.nntrainer_layout import Slot
 from nntrtool.qtypes import RepackLayout, TensorType
 
 

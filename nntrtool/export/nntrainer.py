@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nntrtool.architectures.nntrainer_layout import ArchitectureLayout, Role, Slot
 from nntrtool.errors import UsageError
 from nntrtool.export.export_plan import ExportPlan, ExportResult, TensorExport
 from nntrtool.export.folder_writer import (
@@ -28,7 +29,7 @@ from nntrtool.export.folder_writer import (
     check_output,
     write_export,
 )
-from nntrtool.export.layouts import ArchitectureLayout, Role, Slot, layout_for_config
+from nntrtool.export.layouts import layout_for_config
 from nntrtool.export.runtime_config import (
     RUNTIME_DTYPES,
     TOKENIZER_FILES,

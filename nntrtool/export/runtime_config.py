@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nntrtool.architectures.nntrainer_layout import ArchitectureLayout
 from nntrtool.errors import UsageError
-from nntrtool.export.layouts import ArchitectureLayout, architecture_of
+from nntrtool.export.layouts import architecture_of
 from nntrtool.model_config import ModelConfig
 
 #: nntrainer's name of each type it runs, by nntrtool name.

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from nntrtool import lease, messages
 from nntrtool.errors import FormatError, TensorNotFoundError, UsageError
 from nntrtool.format.binary import (
     ALIGNMENT,
@@ -262,24 +263,25 @@ class NntrFile:
         self.path = Path(path)
         self._mmap: mmap.mmap | None = None
         self._data: np.ndarray | None = None
+        self._lease: lease.ReadLease | None = None
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            raise UsageError(f"no such file: {self.path}") from None
+            raise UsageError(messages.no_such_input(self.path)) from None
         except IsADirectoryError:
-            raise UsageError(f"{self.path} is a folder, not an NNTR file") from None
+            raise UsageError(messages.input_is_folder(self.path)) from None
         except OSError as err:
             raise UsageError(f"cannot open {self.path}: {err.strerror or err}") from None
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
-                raise UsageError(f"{self.path} is a folder, not an NNTR file")
+                raise UsageError(messages.input_is_folder(self.path))
             if not stat.S_ISREG(st.st_mode):
-                raise UsageError(f"{self.path} is not a regular file")
+                raise UsageError(messages.not_regular_file(self.path))
             self.file_size = st.st_size
             self._ident = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
             if self.file_size == 0:
-                raise FormatError(f"{self.path}: the file is empty, not an NNTR file")
+                raise FormatError(messages.damaged_nntr(self.path, "the file is empty"))
             try:
                 self._mmap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
             except (OSError, ValueError) as err:
@@ -290,8 +292,10 @@ class NntrFile:
             directory = read_directory(self._mmap, self.file_size)
         except FormatError as err:
             self.close()
-            raise FormatError(f"{self.path}: {err}") from None
+            raise FormatError(messages.damaged_nntr(self.path, str(err))) from None
         self._data = np.frombuffer(self._mmap, dtype=np.uint8)
+        # no process may cut the mapped file short while it is read (SIGBUS): see nntrtool/lease.py
+        self._lease = lease.take(self.path)
         self.version = directory.version
         self.config = directory.config
         self.data_start = directory.data_start
@@ -302,6 +306,9 @@ class NntrFile:
     def close(self) -> None:
         """Release the mapping (views still referenced keep it alive until they go)."""
         self._data = None
+        held, self._lease = getattr(self, "_lease", None), None
+        if held is not None:
+            held.release()
         if self._mmap is not None:
             try:
                 self._mmap.close()
@@ -353,6 +360,8 @@ class NntrFile:
         from nntrtool.errors import SourceError
         from nntrtool.messages import source_changed
 
+        if self._lease is not None:
+            self._lease.check()
         try:
             st = os.stat(self.path)
         except OSError:

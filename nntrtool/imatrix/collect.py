@@ -263,13 +263,13 @@ def compute_imatrix(
     if high >= vocab:
         raise UsageError(
             f"--text: the tokenizer gives id {high}, outside the model's vocabulary ({vocab}); "
-            "the tokenizer does not belong to this model"
+            "the tokenizer does not belong to this model: give the model folder with its own"
         )
     collector = ImatrixCollector(model)
     if not collector.stats:
         raise UsageError(
             f"{source}: no linear layer of a known decoder layout (model.layers.N...) "
-            "to collect statistics from"
+            "to collect statistics from; give a decoder-only causal language model"
         )
     n = len(text.chunks)
     try:

@@ -120,15 +120,28 @@ def read_imatrix(path: str | Path) -> Imatrix:
     if not p.exists():
         raise ImatrixError(f"importance matrix {str(p)!r} not found: check the path")
     if not p.is_file():
-        raise ImatrixError(f"importance matrix {str(p)!r} is not a file")
+        raise ImatrixError(
+            f"importance matrix {str(p)!r} is not a file; give the imatrix file itself "
+            "(GGUF or legacy .dat)"
+        )
     with open(p, "rb") as fh:
         magic = fh.read(4)
     if magic == _GGUF_MAGIC:
-        imx = _read_gguf(p)
+        from nntrtool import lease
+
+        held = lease.take(p)  # the gguf package maps the file: no one may cut it meanwhile
+        try:
+            imx = _read_gguf(p)
+        finally:
+            if held is not None:
+                held.release()
     else:
         imx = _read_dat(p)
     if not imx.entries:
-        raise ImatrixError(f"importance matrix {str(p)!r} holds no entries")
+        raise ImatrixError(
+            f"importance matrix {str(p)!r} holds no entries; make it again (nntrtool imatrix "
+            "or llama-imatrix)"
+        )
     for entry in imx.entries.values():
         _check_values(p, entry)
     imx.sha256 = file_sha256(p)
@@ -184,10 +197,14 @@ def _read_gguf(path: Path) -> Imatrix:
     except Exception as err:  # gguf raises ValueError, IndexError, struct errors ...
         raise _corrupt(path, f"{type(err).__name__}: {err}") from None
     if general_type is not None and general_type != "imatrix":
-        raise ImatrixError(f"{str(path)!r} is a GGUF {general_type} file, not an importance matrix")
+        raise ImatrixError(
+            f"{str(path)!r} is a GGUF {general_type} file, not an importance matrix; give the "
+            "file llama-imatrix or nntrtool imatrix wrote"
+        )
     if not sums:
         raise ImatrixError(
-            f"{str(path)!r} holds no importance data (no <tensor>.in_sum2): is it an imatrix file?"
+            f"{str(path)!r} holds no importance data (no <tensor>.in_sum2); give the file "
+            "llama-imatrix or nntrtool imatrix wrote"
         )
     entries = {}
     for name in sorted(set(sums) | set(counts)):
@@ -239,7 +256,8 @@ def _read_dat(path: Path) -> Imatrix:
     if n_entries < 1 or n_entries > len(data) // 12:
         raise ImatrixError(
             f"{str(path)!r} is neither a GGUF nor a legacy .dat importance matrix "
-            f"(it would hold {n_entries} entries)"
+            f"(it would hold {n_entries} entries); give the file llama-imatrix or nntrtool "
+            "imatrix wrote"
         )
     entries: dict[str, ImatrixEntry] = {}
     for i in range(n_entries):

@@ -16,6 +16,11 @@ import numpy as np
 
 from nntrtool.imatrix.format import Imatrix, ImatrixError
 
+#: The end of every line refusing a matrix made for another model.
+_OTHER_MODEL = (
+    "the importance matrix was made for another model; make one for this model (nntrtool imatrix)"
+)
+
 
 @dataclass(frozen=True)
 class TensorImportance:
@@ -71,7 +76,7 @@ def match_imatrix(
                 want = f"expert {expert} of a matrix with " if expert is not None else ""
                 raise ImatrixError(
                     f"{where}: entry {key!r} holds {have}, but {name!r} is {want}{cols} "
-                    "columns: the importance matrix was made for another model"
+                    f"columns: {_OTHER_MODEL}"
                 )
             if key not in importance_of:
                 importance_of[key] = entry.importance().reshape(n_mat, n_cols)
@@ -85,18 +90,17 @@ def match_imatrix(
         if n_mat != len(seen):
             raise ImatrixError(
                 f"{where}: entry {key!r} holds {n_mat} experts, but the model has {len(seen)} "
-                "there: the importance matrix was made for another model"
+                f"there: {_OTHER_MODEL}"
             )
     stray = sorted(set(imx.entries) - claimed)
     if stray and not claimed:
         raise ImatrixError(
             f"{where}: none of its {len(stray)} entries (e.g. {stray[0]!r}) names a tensor of "
-            "this model: the importance matrix was made for another model"
+            f"this model: {_OTHER_MODEL}"
         )
     if stray:
         more = f" (and {len(stray) - 1} more)" if len(stray) > 1 else ""
         raise ImatrixError(
-            f"{where}: entry {stray[0]!r}{more} matches no tensor of this model: the "
-            "importance matrix was made for another model"
+            f"{where}: entry {stray[0]!r}{more} matches no tensor of this model: {_OTHER_MODEL}"
         )
     return found

@@ -54,7 +54,9 @@ def _compile(pattern: str, what: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
     except re.error as err:
-        raise UsageError(f"{what}: bad regular expression {pattern!r}: {err}") from None
+        from nntrtool.messages import bad_pattern
+
+        raise UsageError(bad_pattern(what, pattern, str(err))) from None
 
 
 def _one_of(value: Any, choices: tuple[str, ...], option: str, more: str = "") -> str:

@@ -14,19 +14,20 @@ from ._numba_common import njit
 _U4 = np.uint8(0x0F)
 
 
+@njit(inline="always")
+def _decode_q4_1(row, o, orow, y):
+    d = nc.load_f16(row, o)
+    m = nc.load_f16(row, o + 2)
+    for j in range(16):
+        q = row[o + 4 + j]
+        orow[y + j] = d * np.float32(q & _U4) + m
+        orow[y + j + 16] = d * np.float32(q >> 4) + m
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _q4_1(data, out):
-    nb = data.shape[1] // 20
     for r in nc.prange(data.shape[0]):
-        row, orow = data[r], out[r]
-        for b in range(nb):
-            o, y = b * 20, b * 32
-            d = nc.load_f16(row, o)
-            m = nc.load_f16(row, o + 2)
-            for j in range(16):
-                q = row[o + 4 + j]
-                orow[y + j] = d * np.float32(q & _U4) + m
-                orow[y + j + 16] = d * np.float32(q >> 4) + m
+        nc.decode_row(_decode_q4_1, 20, 32, data[r], out[r])
 
 
 #: ``{ggml type name: (kernel, values per block, bytes per block)}``.

@@ -310,6 +310,78 @@ def run_quantize(
     return out
 
 
+@njit(inline="always")
+def load_u32(row, o):
+    """The little-endian uint32 at byte ``o`` of a uint8 row."""
+    return (
+        np.uint32(row[o])
+        | (np.uint32(row[o + 1]) << 8)
+        | (np.uint32(row[o + 2]) << 16)
+        | (np.uint32(row[o + 3]) << 24)
+    )
+
+
+def decode_row(decode, block_bytes, block_size, row, orow):
+    raise NotImplementedError  # replaced by the overload below inside jitted code
+
+
+@overload(decode_row, inline="always")
+def _decode_row_overload(decode, block_bytes, block_size, row, orow):
+    """The block loop of every block dequantizer: each block of ``row`` written to ``orow`` by
+    the type's ``decode(row, byte_offset, out_row, value_offset)``. ``decode`` is called as the
+    function itself so that it is inlined (through the argument it would be an indirect call
+    per block, at half the speed); the row loop stays in the caller's ``prange`` for the same
+    reason."""
+    fn = decode.dispatcher
+
+    def impl(decode, block_bytes, block_size, row, orow):
+        for b in range(row.shape[0] // block_bytes):
+            fn(row, b * block_bytes, orow, b * block_size)
+
+    return impl
+
+
+def encode_row(encode, block_size, block_bytes, row, src_kind, orow):
+    raise NotImplementedError  # replaced by the overload below inside jitted code
+
+
+@overload(encode_row, inline="always")
+def _encode_row_overload(encode, block_size, block_bytes, row, src_kind, orow):
+    """The block loop of a block quantizer: each block of source ``row`` encoded into ``orow``
+    by the type's ``encode(row, value_offset, src_kind, out_row, byte_offset)``, which returns
+    False for a block holding NaN or inf. Returns the offset of that block (the row stops
+    there), else -1. ``encode`` is called as the function itself, as in :func:`decode_row`."""
+    fn = encode.dispatcher
+
+    def impl(encode, block_size, block_bytes, row, src_kind, orow):
+        for b in range(row.shape[0] // block_size):
+            if not fn(row, b * block_size, src_kind, orow, b * block_bytes):
+                return b * block_size
+        return -1
+
+    return impl
+
+
+def run_quantize_weighted(
+    plain: Any, weighted: Any, ttype: TensorType, x: np.ndarray, src_kind: int, qw: Any
+) -> np.ndarray:
+    """:func:`run_quantize` of ``plain(x, src_kind, out, bad)``, or with an importance matrix
+    ``qw`` (one float per column) of ``weighted(x, src_kind, qw, out, bad)``."""
+    from nntrtool.errors import QuantError
+
+    x = np.ascontiguousarray(x)
+    if qw is None:
+        return run_quantize(plain, ttype, x, src_kind)
+    if np.size(qw) != x.shape[1]:
+        raise QuantError(f"{ttype.name}: {np.size(qw)} importance values for {x.shape[1]} columns")
+    weights = np.ascontiguousarray(qw, dtype=np.float32)
+
+    def kernel(x, src_kind, out, bad):
+        weighted(x, src_kind, weights, out, bad)
+
+    return run_quantize(kernel, ttype, x, src_kind)
+
+
 def run_dequantize(kernel: Any, ttype: TensorType, data: np.ndarray) -> np.ndarray:
     """Run a dequantize kernel ``kernel(data, out)`` on C-contiguous ``ttype`` bytes
     ``(rows, row_bytes)``; returns the float32 ``(rows, cols)`` it fills."""
@@ -327,6 +399,10 @@ __all__ = [
     "raise_first_bad",
     "run_quantize",
     "run_dequantize",
+    "run_quantize_weighted",
+    "load_u32",
+    "decode_row",
+    "encode_row",
     "f32_bits",
     "f32_from_bits",
     "f32_to_f16_bits",

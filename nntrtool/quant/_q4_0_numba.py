@@ -24,16 +24,15 @@ _MINUS8 = np.float32(-8.0)
 _BIAS = np.float32(8.5)
 
 
+# The block loop is written out here rather than taken from ``nc.encode_row`` (as Q8_0 does):
+# through it, the bf16-source kernel measured about 1.4x slower (4096 x 4096, best of 30).
 @njit(parallel=True, cache=True, nogil=True)
 def _quantize_rows(x, src_kind, out, bad):
-    rows = x.shape[0]
     nb = x.shape[1] // QK
-    for r in nc.prange(rows):
-        row = x[r]
-        orow = out[r]
+    for r in nc.prange(x.shape[0]):
+        row, orow = x[r], out[r]
         for b in range(nb):
-            base = b * QK
-            o = b * BLOCK_BYTES
+            base, o = b * QK, b * BLOCK_BYTES
             mbits = _absmax_bits(row, base, src_kind)
             if mbits >= _NON_FINITE:
                 bad[r] = base
@@ -51,16 +50,15 @@ def _quantize_rows(x, src_kind, out, bad):
                 _pack(row, base, src_kind, inv, orow, o + D_BYTES)
 
 
+@njit(inline="always")
+def _decode(row, o, orow, y):
+    _unpack(row, o + D_BYTES, nc.load_f16(row, o), orow, y)
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _dequantize_rows(data, out):
-    rows = data.shape[0]
-    nb = data.shape[1] // BLOCK_BYTES
-    for r in nc.prange(rows):
-        drow = data[r]
-        orow = out[r]
-        for b in range(nb):
-            o = b * BLOCK_BYTES
-            _unpack(drow, o + D_BYTES, nc.load_f16(drow, o), orow, b * QK)
+    for r in nc.prange(data.shape[0]):
+        nc.decode_row(_decode, BLOCK_BYTES, QK, data[r], out[r])
 
 
 def quantize(x: np.ndarray, src_kind: int, qw: np.ndarray | None = None) -> np.ndarray:

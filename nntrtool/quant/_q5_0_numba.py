@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from nntrtool.errors import QuantError
 from nntrtool.qtypes import Q5_0
 
 from . import _numba_common as nc
@@ -19,16 +18,6 @@ _F1 = np.float32(1.0)
 _MINUS16 = np.float32(-16.0)
 _BIAS = np.float32(16.5)
 _NUMS = search_numerators(NMAX)
-
-
-@njit(inline="always")
-def _qh32(row, o):
-    return (
-        np.uint32(row[o])
-        | (np.uint32(row[o + 1]) << 8)
-        | (np.uint32(row[o + 2]) << 16)
-        | (np.uint32(row[o + 3]) << 24)
-    )
 
 
 @nc.register_jitable
@@ -149,37 +138,28 @@ def _quantize_weighted_rows(x, src_kind, qw, out, bad):
             _store(orow, b * BLOCK_BYTES, scale, codes)
 
 
+@njit(inline="always")
+def _decode(row, o, orow, y):
+    d = nc.load_f16(row, o)
+    qh = nc.load_u32(row, o + QH_OFF)
+    for j in range(HALF):
+        q = row[o + QS_OFF + j]
+        lo = np.int32(q & _U4) | np.int32(((qh >> j) & 1) << 4)
+        hi = np.int32(q >> 4) | np.int32(((qh >> (j + HALF)) & 1) << 4)
+        orow[y + j] = np.float32(lo - 16) * d
+        orow[y + j + HALF] = np.float32(hi - 16) * d
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _dequantize_rows(data, out):
-    nb = data.shape[1] // BLOCK_BYTES
     for r in nc.prange(data.shape[0]):
-        row, orow = data[r], out[r]
-        for b in range(nb):
-            o, y = b * BLOCK_BYTES, b * QK
-            d = nc.load_f16(row, o)
-            qh = _qh32(row, o + QH_OFF)
-            for j in range(HALF):
-                q = row[o + QS_OFF + j]
-                lo = np.int32(q & _U4) | np.int32(((qh >> j) & 1) << 4)
-                hi = np.int32(q >> 4) | np.int32(((qh >> (j + HALF)) & 1) << 4)
-                orow[y + j] = np.float32(lo - 16) * d
-                orow[y + j + HALF] = np.float32(hi - 16) * d
+        nc.decode_row(_decode, BLOCK_BYTES, QK, data[r], out[r])
 
 
 def quantize(x: np.ndarray, src_kind: int, qw: np.ndarray | None = None) -> np.ndarray:
     """Q5_0 bytes of a C-contiguous 2-D float32 array (or uint16 fp16/bf16 bits per
     ``src_kind``), weighted by importance ``qw`` (one per column) when given."""
-    x = np.ascontiguousarray(x)
-    if qw is None:
-        return nc.run_quantize(_quantize_rows, Q5_0, x, src_kind)
-    if np.size(qw) != x.shape[1]:
-        raise QuantError(f"q5_0: {np.size(qw)} importance values for {x.shape[1]} columns")
-    weights = np.ascontiguousarray(qw, dtype=np.float32)
-
-    def kernel(x, src_kind, out, bad):
-        _quantize_weighted_rows(x, src_kind, weights, out, bad)
-
-    return nc.run_quantize(kernel, Q5_0, x, src_kind)
+    return nc.run_quantize_weighted(_quantize_rows, _quantize_weighted_rows, Q5_0, x, src_kind, qw)
 
 
 def dequantize(data: np.ndarray) -> np.ndarray:

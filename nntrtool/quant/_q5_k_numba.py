@@ -16,28 +16,29 @@ from .q5_k import BLOCK_BYTES, NMAX, QH_OFF, QK, QS_OFF
 _U4 = np.uint8(0x0F)
 
 
+@njit(inline="always")
+def _decode(row, o, orow, y):
+    d = nc.load_f16(row, o)
+    dmin = nc.load_f16(row, o + 2)
+    for g in range(4):
+        sc0, m0 = kn.scale_min(row, o + 4, 2 * g)
+        sc1, m1 = kn.scale_min(row, o + 4, 2 * g + 1)
+        d0, dm0 = d * sc0, dmin * m0
+        d1, dm1 = d * sc1, dmin * m1
+        q = o + QS_OFF + g * 32
+        for lane in range(32):
+            v = row[q + lane]
+            h = row[o + QH_OFF + lane]
+            lo = (v & _U4) | (((h >> (2 * g)) & 1) << 4)
+            hi = (v >> 4) | (((h >> (2 * g + 1)) & 1) << 4)
+            orow[y + g * 64 + lane] = d0 * np.float32(lo) - dm0
+            orow[y + g * 64 + 32 + lane] = d1 * np.float32(hi) - dm1
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _dequantize_rows(data, out):
-    nb = data.shape[1] // BLOCK_BYTES
     for r in nc.prange(data.shape[0]):
-        row, orow = data[r], out[r]
-        for b in range(nb):
-            o, y = b * BLOCK_BYTES, b * QK
-            d = nc.load_f16(row, o)
-            dmin = nc.load_f16(row, o + 2)
-            for g in range(4):
-                sc0, m0 = kn.scale_min(row, o + 4, 2 * g)
-                sc1, m1 = kn.scale_min(row, o + 4, 2 * g + 1)
-                d0, dm0 = d * sc0, dmin * m0
-                d1, dm1 = d * sc1, dmin * m1
-                q = o + QS_OFF + g * 32
-                for lane in range(32):
-                    v = row[q + lane]
-                    h = row[o + QH_OFF + lane]
-                    lo = (v & _U4) | (((h >> (2 * g)) & 1) << 4)
-                    hi = (v >> 4) | (((h >> (2 * g + 1)) & 1) << 4)
-                    orow[y + g * 64 + lane] = d0 * np.float32(lo) - dm0
-                    orow[y + g * 64 + 32 + lane] = d1 * np.float32(hi) - dm1
+        nc.decode_row(_decode, BLOCK_BYTES, QK, data[r], out[r])
 
 
 def quantize(x: np.ndarray, src_kind: int, qw: np.ndarray | None = None) -> np.ndarray:

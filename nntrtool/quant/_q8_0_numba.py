@@ -22,39 +22,36 @@ _F1 = np.float32(1.0)
 _QMAX = np.float32(127.0)
 
 
+@njit(inline="always")
+def _encode(row, base, src_kind, orow, o):
+    mbits = _absmax_bits(row, base, src_kind)
+    if mbits >= _NON_FINITE:
+        return False
+    d = nc.f32_from_bits(mbits) / _QMAX
+    inv = _F1 / d if d != _F0 else _F0
+    nc.store_f16_bits(orow, o, nc.f32_to_f16_bits(d))
+    if np.isinf(inv):
+        orow[o + D_BYTES : o + BLOCK_BYTES] = 0
+    else:
+        _pack(row, base, src_kind, inv, orow, o + D_BYTES)
+    return True
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _quantize_rows(x, src_kind, out, bad):
-    rows = x.shape[0]
-    nb = x.shape[1] // QK
-    for r in nc.prange(rows):
-        row = x[r]
-        orow = out[r]
-        for b in range(nb):
-            base = b * QK
-            o = b * BLOCK_BYTES
-            mbits = _absmax_bits(row, base, src_kind)
-            if mbits >= _NON_FINITE:
-                bad[r] = base
-                break
-            d = nc.f32_from_bits(mbits) / _QMAX
-            inv = _F1 / d if d != _F0 else _F0
-            nc.store_f16_bits(orow, o, nc.f32_to_f16_bits(d))
-            if np.isinf(inv):
-                orow[o + D_BYTES : o + BLOCK_BYTES] = 0
-            else:
-                _pack(row, base, src_kind, inv, orow, o + D_BYTES)
+    for r in nc.prange(x.shape[0]):
+        bad[r] = nc.encode_row(_encode, QK, BLOCK_BYTES, x[r], src_kind, out[r])
+
+
+@njit(inline="always")
+def _decode(row, o, orow, y):
+    _unpack(row, o + D_BYTES, nc.load_f16(row, o), orow, y)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _dequantize_rows(data, out):
-    rows = data.shape[0]
-    nb = data.shape[1] // BLOCK_BYTES
-    for r in nc.prange(rows):
-        drow = data[r]
-        orow = out[r]
-        for b in range(nb):
-            o = b * BLOCK_BYTES
-            _unpack(drow, o + D_BYTES, nc.load_f16(drow, o), orow, b * QK)
+    for r in nc.prange(data.shape[0]):
+        nc.decode_row(_decode, BLOCK_BYTES, QK, data[r], out[r])
 
 
 def quantize(x: np.ndarray, src_kind: int, qw: np.ndarray | None = None) -> np.ndarray:

@@ -208,13 +208,7 @@ def weighted_block_search(x: Any, qw: Any, qk: int, nmax: int, xp: Any = np) -> 
         # Position-major (qk, m): row i holds value i of every block.
         xt = xp.ascontiguousarray(x.reshape(m, qk).T)
         wt = xp.ascontiguousarray(w.reshape(m, qk).T)
-        amax = xp.zeros(m, dtype=xp.float32)
-        vmax = xp.zeros(m, dtype=xp.float32)
-        for i in range(qk):
-            ax = xp.abs(xt[i])
-            take = ax > amax  # strict: the first of equal magnitudes wins
-            amax = xp.where(take, ax, amax)
-            vmax = xp.where(take, xt[i], vmax)
+        amax, vmax = column_signed_max(xt, xp)
         tiny = amax < GROUP_MAX_EPS
         vmax = xp.where(tiny, _F1, vmax)  # keeps the search finite; masked below
         scale, best_c = qx_scale_search(xt, wt, wt * xt, vmax, nmax, xp)
@@ -271,3 +265,30 @@ def signed_absmax(xb: Any, xp: Any) -> Any:
     first = xp.argmax(ax == amax[..., None], axis=-1)
     mx = xp.take_along_axis(xb, first[..., None], axis=-1)[..., 0]
     return xp.where(amax == 0, xp.float32(0.0), mx)
+
+
+def column_signed_max(xt: Any, xp: Any) -> tuple[Any, Any]:
+    """Per column of position-major blocks ``xt`` (row ``i`` holds value ``i`` of every
+    block): the largest magnitude and the signed value that has it, walking the values in
+    order as ggml does (strictly larger only, so the first of equal magnitudes wins; a block
+    of zeros gives 0 and +0.0)."""
+    amax = xp.zeros(xt.shape[1], dtype=xp.float32)
+    vmax = xp.zeros(xt.shape[1], dtype=xp.float32)
+    for i in range(xt.shape[0]):
+        ax = xp.abs(xt[i])
+        take = ax > amax
+        amax = xp.where(take, ax, amax)
+        vmax = xp.where(take, xt[i], vmax)
+    return amax, vmax
+
+
+def signed_scale_codes(x: Any, qk: int, nmax: int, xp: Any) -> tuple[Any, Any]:
+    """Scales and codes of the types whose block scale is the signed largest value over
+    ``-nmax`` (Q4_0 and Q5_0): ``d`` per block and int32 codes ``0 .. 2 * nmax - 1`` per value,
+    as ggml rounds them (``x / d + nmax + 0.5``, truncated). Raises on NaN/inf."""
+    check_finite(x, xp)
+    rows, cols = x.shape
+    xb = x.reshape(rows, cols // qk, qk)
+    d = (signed_absmax(xb, xp) / np.float32(-nmax)).astype(xp.float32)
+    v = scaled_values(xb, d, xp, bias=np.float32(nmax + 0.5))
+    return d, xp.minimum(v.astype(xp.int32), 2 * nmax - 1)

@@ -307,6 +307,22 @@ def quantize_blocks(blocks: Any, nmax: int, qw_blocks: Any, xp: Any) -> tuple[An
     return head, xp.ascontiguousarray(codes.T).reshape(n, QK)
 
 
+def row_quantizers(name: str, nmax: int, block_bytes: int, pack: Any) -> tuple[Any, Any]:
+    """A K-quant type's ``quantize_xp(x, xp)`` and ``quantize_imatrix_xp(x, qw, xp)``: its bytes
+    ``(rows, cols // 256 * block_bytes)`` of float32 ``(rows, cols)``, plain and weighted by
+    importance ``qw`` (float32, one per column)."""
+
+    def quantize_xp(x: Any, xp: Any = np) -> Any:
+        return quantize_rows(x, None, xp, name, nmax, block_bytes, pack)
+
+    def quantize_imatrix_xp(x: Any, qw: Any, xp: Any = np) -> Any:
+        return quantize_rows(x, qw, xp, name, nmax, block_bytes, pack)
+
+    quantize_xp.__doc__ = f"{name} bytes of float32 ``(rows, cols)`` with ``xp``."
+    quantize_imatrix_xp.__doc__ = f"{name} bytes weighted by importance ``qw``."
+    return quantize_xp, quantize_imatrix_xp
+
+
 def quantize_rows(
     x: Any, qw: Any, xp: Any, name: str, nmax: int, block_bytes: int, pack: Any
 ) -> Any:

@@ -22,11 +22,9 @@ from nntrtool.qtypes import Q4_0
 
 from .common import (
     SCALE_BYTES,
-    check_finite,
     join_scale_blocks,
-    scaled_values,
     search_numerators,
-    signed_absmax,
+    signed_scale_codes,
     split_scale_blocks,
     weighted_block_search,
 )
@@ -37,8 +35,6 @@ HALF = QK // 2
 D_BYTES = SCALE_BYTES  # the fp16 scale in front of the codes
 assert D_BYTES + HALF == BLOCK_BYTES
 
-_MINUS8 = np.float32(-8.0)
-_BIAS = np.float32(8.5)
 
 #: make_qx_quants' nmax for Q4_0: codes l + 8 with l in [-8, 7].
 NMAX = 8
@@ -52,14 +48,8 @@ SEARCH_NUMERATORS = search_numerators(NMAX)
 
 def quantize_xp(x: Any, xp: Any = np) -> Any:
     """Q4_0 bytes (rows, row_bytes) of a 2-D float32 array; raises on NaN/inf."""
-    check_finite(x, xp)
-    rows, cols = x.shape
-    nb = cols // QK
-    xb = x.reshape(rows, nb, QK)
-    mx = signed_absmax(xb, xp)
-    d = (mx / _MINUS8).astype(xp.float32)
-    v = scaled_values(xb, d, xp, bias=_BIAS)
-    q = xp.minimum(v.astype(xp.int32), 15).astype(xp.uint8)
+    d, q = signed_scale_codes(x, QK, NMAX, xp)
+    q = q.astype(xp.uint8)
     return join_scale_blocks(d, q[..., :HALF] | (q[..., HALF:] << 4), xp)
 
 

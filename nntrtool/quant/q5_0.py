@@ -21,11 +21,9 @@ from nntrtool.qtypes import Q5_0
 
 from .common import (
     SCALE_BYTES,
-    check_finite,
     f16_bits,
     f16_to_f32,
-    scaled_values,
-    signed_absmax,
+    signed_scale_codes,
     weighted_block_search,
 )
 
@@ -36,9 +34,6 @@ NMAX = 16
 QH_OFF = SCALE_BYTES
 QS_OFF = QH_OFF + 4
 assert QS_OFF + HALF == BLOCK_BYTES
-
-_MINUS16 = np.float32(-16.0)
-_BIAS = np.float32(16.5)
 
 
 def pack(d: Any, codes: Any, xp: Any, m: Any = None) -> Any:
@@ -84,15 +79,7 @@ def unpack(data: Any, block_bytes: int, xp: Any) -> tuple[Any, Any, Any]:
 
 def quantize_xp(x: Any, xp: Any = np) -> Any:
     """Q5_0 bytes (rows, row_bytes) of a 2-D float32 array; raises on NaN/inf."""
-    check_finite(x, xp)
-    rows, cols = x.shape
-    nb = cols // QK
-    xb = x.reshape(rows, nb, QK)
-    mx = signed_absmax(xb, xp)
-    d = (mx / _MINUS16).astype(xp.float32)
-    v = scaled_values(xb, d, xp, bias=_BIAS)
-    q = xp.minimum(v.astype(xp.int32), 31)
-    return pack(d, q, xp)
+    return pack(*signed_scale_codes(x, QK, NMAX, xp), xp)
 
 
 def quantize_imatrix_xp(x: Any, qw: Any, xp: Any = np) -> Any:

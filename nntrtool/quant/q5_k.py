@@ -41,14 +41,7 @@ def _pack(head: Any, codes: Any, xp: Any) -> Any:
     return out
 
 
-def quantize_xp(x: Any, xp: Any = np) -> Any:
-    """Q5_K bytes ``(rows, cols // 256 * 176)`` of float32 ``(rows, cols)`` with ``xp``."""
-    return kq.quantize_rows(x, None, xp, "q5_k", NMAX, BLOCK_BYTES, _pack)
-
-
-def quantize_imatrix_xp(x: Any, qw: Any, xp: Any = np) -> Any:
-    """Q5_K bytes weighted by importance ``qw`` (float32, one per column)."""
-    return kq.quantize_rows(x, qw, xp, "q5_k", NMAX, BLOCK_BYTES, _pack)
+quantize_xp, quantize_imatrix_xp = kq.row_quantizers("q5_k", NMAX, BLOCK_BYTES, _pack)
 
 
 def dequantize_xp(data: Any, xp: Any = np) -> Any:

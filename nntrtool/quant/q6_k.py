@@ -30,6 +30,7 @@ from nntrtool.qtypes import Q6_K
 from nntrtool.quant.common import (
     NEAREST_INT_BIAS,
     check_finite,
+    column_signed_max,
     f16_bits,
     f16_to_f32,
     nearest_int,
@@ -121,13 +122,7 @@ def _quantize_blocks(blocks: Any, xp: Any, qw_blocks: Any = None) -> Any:
     # per-sub-block loop is one vector operation across all sub-blocks.
     xt = xp.ascontiguousarray(blocks.reshape(m, SUB).T)
 
-    amax = xp.zeros(m, dtype=xp.float32)
-    vmax = xp.zeros(m, dtype=xp.float32)
-    for i in range(SUB):
-        ax = xp.abs(xt[i])
-        take = ax > amax  # strict: the first of equal magnitudes wins
-        amax = xp.where(take, ax, amax)
-        vmax = xp.where(take, xt[i], vmax)
+    amax, vmax = column_signed_max(xt, xp)
     tiny = amax < GROUP_MAX_EPS
     vmax = xp.where(tiny, _ONE, vmax)  # keep the search finite there; the result is masked
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from nntrtool import lease
 from nntrtool.errors import SourceError
 from nntrtool.sources.base import SourceTensor
 
@@ -98,6 +99,16 @@ class CheckpointFile:
         self.path = Path(path)
         torch = import_torch(self.path)
         self._ident = _identity(self.path)
+        # torch maps the file: no process may cut it short while it is read (see nntrtool/lease.py)
+        self._lease = lease.take(self.path)
+        self.tensors: list[CheckpointTensor] = []
+        try:
+            self._read_state(torch)
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_state(self, torch: Any) -> None:
         obj = self._load(torch)
         state = _find_state_dict(obj, torch)
         if state is None:
@@ -105,7 +116,6 @@ class CheckpointFile:
                 f"{self.path}: holds no state dict of tensors; expected a checkpoint saved "
                 "with torch.save(model.state_dict())"
             )
-        self.tensors: list[CheckpointTensor] = []
         for name, value in state.items():
             if not isinstance(value, torch.Tensor):
                 continue
@@ -128,6 +138,8 @@ class CheckpointFile:
         """Raise SourceError if the file is no longer the one loaded (size, time, inode)."""
         from nntrtool.messages import source_changed
 
+        if self._lease is not None:
+            self._lease.check()
         now = _identity(self.path)
         if now != self._ident:
             detail = (
@@ -173,9 +185,12 @@ class CheckpointFile:
         ) from None
 
     def close(self) -> None:
-        """Drop the tensors (their maps go with the last reference)."""
-        for t in self.tensors:
+        """Drop the tensors (their maps go with the last reference) and the lease."""
+        for t in getattr(self, "tensors", ()):
             t.release()
+        held, self._lease = self._lease, None
+        if held is not None:
+            held.release()
 
 
 def _find_state_dict(obj: Any, torch: Any) -> dict | None:

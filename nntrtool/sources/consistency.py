@@ -133,9 +133,16 @@ _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 _EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.")
 
 
-def check_config(cfg: Config, tensors: Sequence[Any]) -> None:
+def check_config(
+    cfg: Config,
+    tensors: Sequence[Any],
+    *,
+    mismatch: Callable[[str, int, str, Sequence[int]], str] = _mismatch,
+    count_mismatch: Callable[[str, int, str], str] = config_count_mismatch,
+) -> None:
     """Raise one :class:`SourceError` line for the first contradiction between ``cfg`` and
-    ``tensors`` (objects with ``name`` and ``shape``)."""
+    ``tensors`` (objects with ``name`` and ``shape``); ``mismatch`` and ``count_mismatch``
+    phrase it (a GGUF's config is its metadata, not a config.json)."""
     by_name = {t.name: t for t in tensors}
     dims = COMMON + FAMILIES.get(str(cfg.get("model_type", "")), ())
     for d in dims:
@@ -144,14 +151,14 @@ def check_config(cfg: Config, tensors: Sequence[Any]) -> None:
         if t is None or want is None or len(t.shape) <= d.axis:
             continue
         if int(t.shape[d.axis]) != want:
-            raise SourceError(_mismatch(d.label, want, t.name, t.shape))
+            raise SourceError(mismatch(d.label, want, t.name, t.shape))
 
     layers = key("num_hidden_layers", "n_layer")(cfg)
     seen = sorted({int(m.group(1)) for n in by_name if (m := _LAYER.match(n))})
     if layers is not None and seen and (len(seen) != layers or seen[-1] != layers - 1):
         have = len(seen)
         raise SourceError(
-            config_count_mismatch(
+            count_mismatch(
                 "num_hidden_layers",
                 layers,
                 f"{have} layer{'s' if have != 1 else ''} (model.layers.{seen[0]}..{seen[-1]})",
@@ -168,7 +175,7 @@ def check_config(cfg: Config, tensors: Sequence[Any]) -> None:
         for layer, ids in sorted(per_layer.items()):
             if sorted(ids) != list(range(experts)):
                 raise SourceError(
-                    config_count_mismatch(
+                    count_mismatch(
                         "num_experts",
                         experts,
                         f"{len(ids)} in layer {layer} "

@@ -61,7 +61,9 @@ def read_config(path: Path) -> dict[str, Any]:
     """A ``config.json`` as a dict; SourceError if it cannot be read or is not a JSON object."""
     data = read_json(path)
     if not isinstance(data, dict):
-        raise SourceError(f"{path}: not a model config (the JSON is not an object)")
+        raise SourceError(
+            f"{path}: not a model config (the JSON is not an object); give the model's config.json"
+        )
     return data
 
 
@@ -73,7 +75,9 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SourceError(f"{path}: not valid JSON ({exc})") from None
+        raise SourceError(
+            f"{path}: not valid JSON ({exc}); fix or download the file again"
+        ) from None
 
 
 def read_index(index: Path) -> WeightSet:
@@ -84,7 +88,9 @@ def read_index(index: Path) -> WeightSet:
         or not weight_map
         or not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())
     ):
-        raise SourceError(f"{index}: no weight_map of tensor names to shard files")
+        raise SourceError(
+            f"{index}: no weight_map of tensor names to shard files; download the index again"
+        )
     folder = index.parent
     shards = sorted(set(weight_map.values()))
     for shard in shards:
@@ -94,6 +100,9 @@ def read_index(index: Path) -> WeightSet:
     missing = [s for s in shards if not (folder / s).is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise SourceError(f"{index.name} names shard {missing[0]}{more}, missing from {folder}")
+        raise SourceError(
+            f"{index.name} names shard {missing[0]}{more}, missing from {folder}; download the "
+            "missing shards"
+        )
     kind = "checkpoint" if shards[0].lower().endswith(CHECKPOINT_SUFFIXES) else "safetensors"
     return WeightSet(kind, [folder / s for s in shards], index, dict(weight_map))

@@ -24,7 +24,8 @@ from nntrtool.errors import SourceError
 from nntrtool.names import check_architecture, hf_name
 from nntrtool.sources.base import ModelSource
 from nntrtool.sources.consistency import check_config
-from nntrtool.sources.gguf_config import build_config
+from nntrtool.sources.gguf_checks import check_gguf, config_messages
+from nntrtool.sources.gguf_config import ROPE_FACTORS, build_config
 from nntrtool.sources.gguf_file import GGUFFile
 from nntrtool.tensors.transforms import apply_rules
 
@@ -60,6 +61,8 @@ def _assemble(gf: GGUFFile, origin: dict[str, Any], raw_names: bool = False) -> 
             f"{gf.path}: the GGUF names no architecture (general.architecture); it cannot be "
             "converted"
         )
+    # Metadata that contradicts the tensors is refused before any rule reads it.
+    check_gguf(gf.path, arch, gf.field, gf.tensors, gf.count("tokenizer.ggml.tokens"))
     if raw_names:
         return _assemble_raw(gf, origin, arch)
     family = _family(gf, arch)
@@ -69,7 +72,10 @@ def _assemble(gf: GGUFFile, origin: dict[str, Any], raw_names: bool = False) -> 
     notes: list[str] = []
     names: dict[str, str] = {}
     unknown: list[str] = []
-    for t in gf.tensors:
+    # Tensors llama.cpp made from the config (RoPE factors) go back into it.
+    rope_factors = _rope_factors(gf)
+    weights = [t for t in gf.tensors if t.name not in ROPE_FACTORS]
+    for t in weights:
         mapped = hf_name(t.name, arch, n_blocks, family.spellings)
         if not mapped.known:
             unknown.append(t.name)
@@ -90,7 +96,7 @@ def _assemble(gf: GGUFFile, origin: dict[str, Any], raw_names: bool = False) -> 
             "GGUF's own names and values"
         )
     meta = GGUFMeta(arch, gf.field, str(gf.path))
-    tensors = sorted(apply_rules(gf.tensors, family.gguf_rules(meta)), key=lambda t: t.name)
+    tensors = sorted(apply_rules(weights, family.gguf_rules(meta)), key=lambda t: t.name)
     embed = next((t for t in tensors if t.name == "model.embed_tokens.weight"), None)
     config = build_config(
         arch,
@@ -98,12 +104,17 @@ def _assemble(gf: GGUFFile, origin: dict[str, Any], raw_names: bool = False) -> 
         vocab_rows=embed.shape[0] if embed is not None and embed.ndim == 2 else None,
         has_output=any(t.name == "lm_head.weight" for t in tensors),
         token_count=gf.count("tokenizer.ggml.tokens"),  # the vocabulary stays unread
+        rope_factors=rope_factors,
     )
     # The Hugging Face architecture's own rules too (a MoE router prefers F32), as for folders.
     tensors = apply_rules(tensors, rules_for(config))
     # The metadata must describe the tensors it came with (sizes, layers, experts), as a
     # config.json must: a contradiction is refused before anything is written.
-    check_config(config, tensors)
+    check_config(
+        config,
+        tensors,
+        **config_messages(gf.path, arch, family.config_keys, lambda key: key in gf.fields, names),
+    )
     origin = {
         **origin,
         "kind": "gguf",
@@ -116,6 +127,20 @@ def _assemble(gf: GGUFFile, origin: dict[str, Any], raw_names: bool = False) -> 
     source = ModelSource(config, origin, None, tensors, [gf.path], closers=[gf], notes=notes)
     source.gguf = gf
     return source
+
+
+def _rope_factors(gf: GGUFFile) -> dict[str, list[float]]:
+    """The RoPE factor tensors' values by config key (a few dozen numbers each)."""
+    out = {}
+    for t in gf.tensors:
+        if t.name in ROPE_FACTORS:
+            if len(t.shape) != 1 or t.shape[0] > 1 << 16:
+                raise SourceError(
+                    f"{gf.path.name}: tensor {t.name} has shape {list(t.shape)}, not a short "
+                    "vector of RoPE factors; download or convert the GGUF again"
+                )
+            out[ROPE_FACTORS[t.name]] = [float(v) for v in t.read_f32().reshape(-1)]
+    return out
 
 
 _BLOCK = re.compile(r"blk\.(\d+)\.")

@@ -139,7 +139,10 @@ def resolve_hub(
     folder, commit = _download(repo_id, revision, cache, patterns)
     missing = is_complete(folder)
     if missing:
-        raise SourceError(f"{repo_id} (revision {ref}) was downloaded but is incomplete: {missing}")
+        raise SourceError(
+            f"{repo_id} (revision {ref}) was downloaded but is incomplete: {missing}; run again "
+            "to fetch the rest, or remove it from the Hugging Face cache"
+        )
     return folder, _origin(repo_id, ref, commit, folder)
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from nntrtool.errors import SourceError, UsageError
+from nntrtool.messages import adapter_does_not_fit
 from nntrtool.sources.base import ModelSource, SourceTensor
 from nntrtool.sources.lora_merge import BiasUpdate, LowRankUpdate, merged_tensor, replaced_tensor
 from nntrtool.tensors.transforms import DerivedTensor
@@ -137,12 +138,12 @@ class Adapter:
         if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
             raise SourceError(
                 f"adapter {self.name}: rank {r!r} for {module} (r / rank_pattern in "
-                f"{CONFIG_NAME}) is not a positive integer"
+                f"{CONFIG_NAME}) is not a positive integer; fix it there"
             )
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
             raise SourceError(
                 f"adapter {self.name}: lora_alpha {alpha!r} for {module} (lora_alpha / "
-                f"alpha_pattern in {CONFIG_NAME}) is not a positive number"
+                f"alpha_pattern in {CONFIG_NAME}) is not a positive number; fix it there"
             )
         return r, float(alpha)
 
@@ -156,7 +157,8 @@ class Adapter:
                 hit = re.match(rf"(.*\.)?({pattern})$", module)
             except re.error:
                 raise SourceError(
-                    f"adapter {self.name}: {key} key {pattern!r} is not a regular expression"
+                    f"adapter {self.name}: {key} key {pattern!r} is not a regular expression; "
+                    f"fix it in {CONFIG_NAME}"
                 ) from None
             if hit:
                 return value
@@ -180,7 +182,7 @@ def open_adapter(spec: AdapterSpec) -> Adapter:
     if weights is None:
         raise SourceError(
             f"adapter {spec.source}: no {' or '.join(WEIGHT_NAMES)} in {folder}; the adapter's "
-            "weights are missing"
+            "weights are missing: give the folder PEFT's save_pretrained wrote"
         )
     opened: Any
     if weights.suffix == ".safetensors":
@@ -286,7 +288,8 @@ def _refuse_unsupported(cfg: dict[str, Any], name: str) -> None:
         value = cfg.get(key, 8)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise SourceError(
-                f"adapter {name}: {CONFIG_NAME} has {key} {value!r}, not a positive number"
+                f"adapter {name}: {CONFIG_NAME} has {key} {value!r}, not a positive number; fix "
+                "it there"
             )
 
 
@@ -333,10 +336,12 @@ def _parse_tensors(
             missing = "A" if pair.a is None else "B"
             raise SourceError(
                 f"adapter {name}: module {module} has no lora_{missing} tensor; the adapter file "
-                "is incomplete"
+                "is incomplete: save it again with PEFT"
             )
     if not pairs and not replacements:
-        raise SourceError(f"adapter {name}: the weights file holds no tensors")
+        raise SourceError(
+            f"adapter {name}: the weights file holds no tensors; save the adapter again with PEFT"
+        )
     return pairs, replacements, whole_modules
 
 
@@ -406,8 +411,11 @@ def _merge(
             base = _model_tensor(by_name, name, ad)
             if tuple(new.shape) != tuple(base.shape):
                 raise SourceError(
-                    f"adapter {ad.name}: {name} is {list(new.shape)} in the adapter but "
-                    f"{list(base.shape)} in the model (a resized vocabulary?); it does not fit"
+                    adapter_does_not_fit(
+                        ad.name,
+                        f"{name} is {list(new.shape)} in the adapter but {list(base.shape)} in "
+                        "the model (a resized vocabulary?)",
+                    )
                 )
             if not new.supported:
                 raise SourceError(
@@ -416,6 +424,7 @@ def _merge(
             target = targets[name] = _Target(new)  # earlier updates are replaced with it
             target.notes.append(f"replaced by lora {ad.name} ({what})")
             replaced += 1
+        _check_experts(ad, by_name)
         for module, pair in ad.pairs.items():
             name = f"{module}.weight"
             if tied is not None and name == tied[0]:
@@ -432,14 +441,18 @@ def _merge(
                 bname = f"{module}.bias"
                 if bname not in by_name:
                     raise SourceError(
-                        f"adapter {ad.name} has a lora_B bias for {module}, which has no bias in "
-                        "the model; it does not fit"
+                        adapter_does_not_fit(
+                            ad.name, f"a lora_B bias for {module}, which has no bias in the model"
+                        )
                     )
                 bias = by_name[bname]
                 if tuple(pair.bias.shape) != tuple(bias.shape):
                     raise SourceError(
-                        f"adapter {ad.name}: lora_B bias of {module} is {list(pair.bias.shape)}, "
-                        f"the model's bias {list(bias.shape)}; it does not fit"
+                        adapter_does_not_fit(
+                            ad.name,
+                            f"lora_B bias of {module} is {list(pair.bias.shape)}, the model's "
+                            f"bias {list(bias.shape)}",
+                        )
                     )
                 btarget = targets.setdefault(bname, _Target(bias))
                 btarget.updates.append(BiasUpdate(pair.bias, scaling))
@@ -457,6 +470,38 @@ def _merge(
         else:
             out.append(replaced_tensor(t, target.base, note))
     return out, records
+
+
+_EXPERT = re.compile(r"^(?P<head>.*\.experts)\.(?P<index>\d+)\.(?P<tail>.+)$")
+
+
+def _experts_by_group(names: Any) -> dict[tuple[str, str], set[int]]:
+    """``{(".. .experts", "gate_proj"): expert indices}`` of names of per-expert modules."""
+    groups: dict[tuple[str, str], set[int]] = {}
+    for name in names:
+        hit = _EXPERT.match(name)
+        if hit:
+            key = (hit["head"], hit["tail"])
+            groups.setdefault(key, set()).add(int(hit["index"]))
+    return groups
+
+
+def _check_experts(ad: Adapter, by_name: dict[str, SourceTensor]) -> None:
+    """An adapter of a mixture of experts covers each adapted projection's experts as the model
+    has them: more experts than the model, or fewer under a target_modules list (which PEFT
+    applies to every expert), means it was made for another model."""
+    from nntrtool.messages import lora_expert_count
+
+    model = _experts_by_group(n.removesuffix(".weight") for n in by_name if n.endswith(".weight"))
+    subset_ok = isinstance(ad.config.get("target_modules"), str)  # a regex may pick experts
+    for (head, tail), indices in sorted(_experts_by_group(ad.pairs).items()):
+        have = model.get((head, tail))
+        if not have:
+            continue  # the model has no such module: refused below, naming it
+        if max(indices) >= len(have) or (len(indices) != len(have) and not subset_ok):
+            raise SourceError(
+                lora_expert_count(ad.name, f"{head}.*.{tail}", max(indices) + 1, len(have))
+            )
 
 
 def _tied_pair(source: ModelSource) -> tuple[str, str] | None:
@@ -493,20 +538,23 @@ def _check_shapes(
         raise SourceError(
             f"adapter {ad.name}: {module} is not a 2-D weight with 2-D lora_A/lora_B "
             f"(lora_A {list(a.shape)}, lora_B {list(b.shape)}, weight {list(base.shape)}); "
-            "LoRA on convolutions is not supported"
+            "LoRA on convolutions is not supported: merge it with PEFT first"
         )
     out_dim, in_dim = (base.shape[1], base.shape[0]) if transposed else base.shape
     if a.shape[1] != in_dim or b.shape[0] != out_dim or a.shape[0] != b.shape[1]:
         layout = " (fan_in_fan_out)" if transposed and not pair.embedding else ""
         raise SourceError(
-            f"adapter {ad.name}: lora_A {list(a.shape)} and lora_B {list(b.shape)} of {module} "
-            f"do not fit the model's weight {list(base.shape)}{layout}; the adapter was made for "
-            "another model"
+            adapter_does_not_fit(
+                ad.name,
+                f"lora_A {list(a.shape)} and lora_B {list(b.shape)} of {module} do not fit the "
+                f"model's weight {list(base.shape)}{layout}",
+            )
         )
     if a.shape[0] != r:
         raise SourceError(
             f"adapter {ad.name}: {module} has rank {a.shape[0]} in its weights but {r} in "
-            f"{CONFIG_NAME} (r / rank_pattern); the adapter is inconsistent"
+            f"{CONFIG_NAME} (r / rank_pattern); the adapter is inconsistent: save it again "
+            "with PEFT"
         )
     for t in (a, b):
         if not t.supported:

@@ -38,7 +38,8 @@ class MappedFile:
                 self.size = st.st_size
                 if self.size < self.min_size:
                     raise SourceError(
-                        f"{self.path}: not {self.what} ({self.size} bytes, too short for a header)"
+                        f"{self.path}: not {self.what} ({self.size} bytes, too short for a "
+                        "header); the file is cut short: download or save it again"
                     )
                 self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         except OSError as exc:

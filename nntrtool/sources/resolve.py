@@ -63,7 +63,7 @@ def open_source(
         )
     config_path = Path(config).expanduser() if config is not None else None
     if config_path is not None and not config_path.is_file():
-        raise SourceError(f"config file not found: {config}")
+        raise SourceError(f"config file not found: {config}; check the --config path")
     if (
         isinstance(spec, str)
         and not os.path.exists(os.path.expanduser(spec))
@@ -76,10 +76,15 @@ def open_source(
         folder, origin = resolve_hub(spec, revision, folder_missing)
         return _open_folder(folder, config_path, origin)
     if revision is not None:
-        raise UsageError(f"--revision applies to Hugging Face ids only, and {spec} is a local path")
+        raise UsageError(
+            f"--revision applies to Hugging Face ids only, and {spec} is a local path; drop "
+            "--revision"
+        )
     path = Path(spec).expanduser()
     if not path.exists():
-        raise SourceError(f"no such file or folder: {spec}")
+        raise SourceError(
+            f"no such file or folder: {spec}; check the path, or give a Hugging Face id (org/name)"
+        )
     origin: dict[str, Any] = {"path": str(path.resolve()), "repo_id": None, "revision": None}
     from nntrtool.sources.gguf_pick import pick_gguf
 
@@ -90,7 +95,7 @@ def open_source(
         if config_path is not None:
             raise UsageError(
                 f"--config applies to bare weight files; {gguf_path.name} is a GGUF, whose "
-                "config is rebuilt from its own metadata"
+                "config is rebuilt from its own metadata: drop --config"
             )
 
         return open_gguf(
@@ -174,7 +179,7 @@ def _select_tensors(opened: list[Any], weights: WeightSet) -> list[SourceTensor]
             if absent:
                 raise SourceError(
                     f"{weights.index}: maps tensor {absent[0]!r} to {shard}, which does not "
-                    "hold it; the index and the shards disagree"
+                    "hold it; the index and the shards disagree: download the model again"
                 )
             tensors.extend(t for t in f.tensors if t.name in wanted[shard])
         return tensors

@@ -22,6 +22,9 @@ from nntrtool.sources.mapped import MappedFile
 #: Headers larger than this are refused (safetensors' own reader uses the same bound).
 MAX_HEADER_BYTES = 100_000_000
 
+#: What to do about a damaged file, at the end of each line refusing one.
+_AGAIN = ": download or save it again"
+
 
 class SafetensorsTensor(SourceTensor):
     """A tensor whose bytes are a slice of a memory-mapped safetensors file."""
@@ -57,13 +60,13 @@ class SafetensorsFile(MappedFile):
             self.close()
             raise SourceError(
                 f"{self.path}: header length {header_len} runs past the end of the file "
-                f"({size} bytes); the file is truncated or not safetensors"
+                f"({size} bytes); the file is truncated or not safetensors{_AGAIN}"
             )
         if header_len > MAX_HEADER_BYTES:
             self.close()
             raise SourceError(
                 f"{self.path}: header of {header_len} bytes is larger than the "
-                f"{MAX_HEADER_BYTES} allowed; the file is corrupt or not safetensors"
+                f"{MAX_HEADER_BYTES} allowed; the file is corrupt or not safetensors{_AGAIN}"
             )
         self.data_start = 8 + header_len
         try:
@@ -80,10 +83,11 @@ class SafetensorsFile(MappedFile):
             header = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SourceError(
-                f"{where}: header is not valid JSON ({exc}); the file is corrupt or not safetensors"
+                f"{where}: header is not valid JSON ({exc}); the file is corrupt or not "
+                f"safetensors{_AGAIN}"
             ) from None
         if not isinstance(header, dict):
-            raise SourceError(f"{where}: header is not a JSON object; the file is corrupt")
+            raise SourceError(f"{where}: header is not a JSON object; the file is corrupt{_AGAIN}")
         meta = header.pop("__metadata__", None)
         if isinstance(meta, dict):
             self.metadata = {str(k): str(v) for k, v in meta.items()}
@@ -101,7 +105,7 @@ class SafetensorsFile(MappedFile):
                     f"{where}: tensors {prev.name!r} (bytes {prev.begin - self.data_start}-"
                     f"{prev.end - self.data_start}) and {t.name!r} (bytes "
                     f"{t.begin - self.data_start}-{t.end - self.data_start}) overlap; "
-                    "the file is corrupt"
+                    f"the file is corrupt{_AGAIN}"
                 )
             prev = t
         return tensors
@@ -109,12 +113,16 @@ class SafetensorsFile(MappedFile):
     def _parse_entry(self, name: str, info: object, data_size: int) -> SafetensorsTensor:
         where = f"{self.path}: tensor {name!r}"
         if not isinstance(info, dict):
-            raise SourceError(f"{where}: header entry is not a JSON object; the file is corrupt")
+            raise SourceError(
+                f"{where}: header entry is not a JSON object; the file is corrupt{_AGAIN}"
+            )
         dtype = info.get("dtype")
         shape = info.get("shape")
         offsets = info.get("data_offsets")
         if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
-            raise SourceError(f"{where}: unknown dtype {dtype!r}; the file is corrupt or too new")
+            raise SourceError(
+                f"{where}: unknown dtype {dtype!r}; the file is corrupt or too new{_AGAIN}"
+            )
         if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
             raise SourceError(f"{where}: shape {shape!r} is not a list of non-negative integers")
         if (
@@ -132,12 +140,12 @@ class SafetensorsFile(MappedFile):
         if end - begin != expected:
             raise SourceError(
                 f"{where}: {dtype} x {shape} needs {expected} bytes but data_offsets "
-                f"[{begin}, {end}] hold {end - begin}; the file is corrupt"
+                f"[{begin}, {end}] hold {end - begin}; the file is corrupt{_AGAIN}"
             )
         if end > data_size:
             raise SourceError(
                 f"{where}: data ends at byte {end} of the data section but the file holds only "
-                f"{data_size} bytes after the header; the file is truncated"
+                f"{data_size} bytes after the header; the file is truncated{_AGAIN}"
             )
         return SafetensorsTensor(
             self, name, dtype, tuple(shape), self.data_start + begin, self.data_start + end

@@ -57,14 +57,19 @@ def read_text(path: str | Path) -> str:
     except OSError as err:
         raise UsageError(f"--text {path}: cannot read it: {err.strerror or err}") from None
     if not text.strip():
-        raise UsageError(f"--text {path}: the file is empty")
+        from nntrtool.messages import text_file_empty
+
+        raise UsageError(text_file_empty(path))
     return text
 
 
 def load_tokenizer(src: Any, transformers: Any) -> Any:
     """The source's Hugging Face tokenizer; ``UsageError`` when the source has none."""
     root = getattr(src, "root", None)
-    if root is None or not any((Path(root) / n).is_file() for n in TOKENIZER_FILES):
+    has_files = root is not None and any((Path(root) / n).is_file() for n in TOKENIZER_FILES)
+    if getattr(src, "gguf", None) is not None and not has_files:
+        return _gguf_tokenizer(Path(src.files[0]), transformers)
+    if not has_files:
         where = f" in {root}" if root is not None else ""
         raise UsageError(
             f"no tokenizer found{where} (tokenizer.json, tokenizer.model or vocab.json); "
@@ -75,6 +80,20 @@ def load_tokenizer(src: Any, transformers: Any) -> Any:
             return transformers.AutoTokenizer.from_pretrained(str(root), local_files_only=True)
         except Exception as err:  # transformers raises many kinds; the user needs one line
             raise UsageError(f"cannot load the tokenizer in {root}: {first_line(err)}") from None
+
+
+def _gguf_tokenizer(path: Path, transformers: Any) -> Any:
+    """The GGUF's own tokenizer (its vocabulary, through transformers)."""
+    from nntrtool.export.gguf_tokenizer import load_gguf_tokenizer
+
+    with quiet_transformers(transformers):
+        try:
+            return load_gguf_tokenizer(path)
+        except Exception as err:  # transformers raises many kinds; the user needs one line
+            raise UsageError(
+                f"cannot make a tokenizer from {path.name}'s vocabulary: {first_line(err)}; "
+                "give the model folder that has its tokenizer files"
+            ) from None
 
 
 def tokenize_chunks(

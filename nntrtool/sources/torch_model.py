@@ -34,6 +34,11 @@ def load_model(src: Any, torch: Any, transformers: Any) -> Any:
     tf_logging.disable_progress_bar()
     tf_logging.set_verbosity_error()
     gguf_path = Path(src.files[0]) if getattr(src, "gguf", None) is not None else None
+    from nntrtool import lease
+
+    # transformers keeps the parameters in the mapped weight files: nothing may cut them short
+    # while the model runs (SIGBUS); see nntrtool/lease.py
+    lease.hold(src.files)
     try:
         if gguf_path is not None:  # transformers' own GGUF loading is the reference
             model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -79,7 +84,12 @@ def load_source_model(
     """The source model in float32 (adapters merged) and the names of its stored tensors."""
     torch, transformers = import_torch()
     with SourceRequest.of(source).open() as src:
-        return load_model(src, torch, transformers), {t.name for t in src.tensors}
+        model = load_model(src, torch, transformers)
+        if src.origin.get("gguf_raw_names"):  # GGUF names: the parameters they stand for
+            from nntrtool.verify.raw_names import raw_source_names
+
+            return model, raw_source_names(src, model.state_dict())
+        return model, {t.name for t in src.tensors}
 
 
 def state_slot(name: str, state: dict, placements: list[Any]) -> tuple[str, tuple, bool] | None:

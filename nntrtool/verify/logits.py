@@ -103,7 +103,10 @@ def compare_logits(
     ids = list(tokens) if tokens else default_tokens(vocab)
     bad = [t for t in ids if t >= vocab]
     if bad:
-        raise UsageError(f"--tokens: id {bad[0]} is outside the vocabulary (size {vocab})")
+        raise UsageError(
+            f"--tokens: id {bad[0]} is outside the vocabulary (size {vocab}); give ids below "
+            f"{vocab}"
+        )
     input_ids = torch.tensor([ids], dtype=torch.long)
     with torch.no_grad():
         ref = model(input_ids=input_ids).logits[0].double().numpy()
@@ -182,8 +185,10 @@ def _replace_weights(
 
     from nntrtool.architectures import placements_for
     from nntrtool.quant import dequantize, unpack
+    from nntrtool.verify.raw_names import raw_placements
 
     placements = placements_for(nf.config)
+    placements += raw_placements(nf.config, state, (e.name for e in nf.tensors))
     for entry in nf.tensors:
         slot = state_slot(entry.name, state, placements)
         if slot is None:
@@ -195,7 +200,8 @@ def _replace_weights(
         if tuple(target.shape) != (tuple(reversed(shape)) if transpose else shape):
             raise NntrError(
                 f"--logits: {entry.name} is {list(shape)} in the file but "
-                f"{list(target.shape)} in the model"
+                f"{list(target.shape)} in the model; verify the file against the model it was "
+                "converted from"
             )
         value = _read_dequantized(nf, entry, dequantize, unpack, backend)
         value = np.ascontiguousarray(value.T if transpose else value)

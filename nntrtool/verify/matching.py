@@ -107,7 +107,8 @@ def verify(
     _set_threads(threads)
     with contextlib.ExitStack() as opened:
         nf = opened.enter_context(NntrFile(file_path))
-        raw = converted_raw(nf)  # a file converted with --gguf-raw-names: its GGUF read so again
+        # a file converted with --gguf-raw-names: its GGUF read so again
+        raw = source.gguf_raw_names or converted_raw(nf)
         src = opened.enter_context(SourceRequest.of(source, gguf_raw_names=raw).open())
         results, jobs = _match(nf, src, limits)
         backend = choose_backend(requested, _kernel_uses(jobs))

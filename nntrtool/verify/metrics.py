@@ -41,7 +41,10 @@ def parse_thresholds(values: list[str] | None) -> dict[str, float]:
                 f"--max-rel-err {raw!r}: expected a number (0.1) or TYPE=NUMBER (q4_0=0.1)"
             ) from None
         if not limit >= 0.0:
-            raise UsageError(f"--max-rel-err {raw!r}: the limit must be a number >= 0")
+            raise UsageError(
+                f"--max-rel-err {raw!r}: no error is below a negative or NaN limit; give a "
+                "number >= 0, e.g. 0.1"
+            )
         if sep:
             key = name.strip().lower()
             if key not in limits:

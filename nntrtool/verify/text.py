@@ -15,15 +15,21 @@ Only per-position scalars (NLL, probability of the right token, KL, agreement) a
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
+import os
+import secrets
+import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nntrtool.errors import NntrError, UsageError
+from nntrtool.errors import DiskFullError, NntrError, UsageError
 from nntrtool.progress import ProgressFactory, token_progress
 from nntrtool.sources.request import SourceRequest
 from nntrtool.sources.text_chunks import TextChunks
@@ -223,16 +229,16 @@ def compare_text_files(
     rows = np.arange(per_chunk)
     reports = []
 
-    with tempfile.TemporaryDirectory(prefix="nntrtool-text-") as tmp:
+    with _scratch_dir() as tmp:
         try:
+            spill_path = Path(tmp) / "source_logits.npy"
             spill = np.lib.format.open_memmap(
-                Path(tmp) / "source_logits.npy",
-                mode="w+",
-                dtype=np.float32,
-                shape=(n_chunks, per_chunk, vocab),
+                spill_path, mode="w+", dtype=np.float32, shape=(n_chunks, per_chunk, vocab)
             )
+            _reserve(spill_path)
         except OSError as err:
-            raise NntrError(
+            kind = DiskFullError if err.errno == errno.ENOSPC else UsageError
+            raise kind(
                 f"--text: cannot make the {_gib(total * vocab * 4)} temporary file for the "
                 f"source's logits in {tmp}: {err.strerror or err}; "
                 "set TMPDIR to a folder with room, or use fewer --chunks"
@@ -255,8 +261,19 @@ def compare_text_files(
                 if bar is not None:
                     bar.advance(per_chunk, current=f"chunk {c + 1}/{n_chunks}")
 
+        # A GGUF read with its own names holds the GGUF's values, not the model's: put back
+        # the model's own instead.
+        kept = (
+            {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if source.gguf_raw_names and len(file_paths) > 1
+            else None
+        )
         for i, file_path in enumerate(file_paths):
-            if i > 0:
+            if i > 0 and kept is not None:
+                with torch.no_grad():
+                    for k, v in model.state_dict().items():
+                        v.copy_(kept[k])
+            elif i > 0:
                 _restore_source_weights(model, source, torch)
             replaced, not_replaced, unused = load_file_weights(
                 model, file_path, source_names, backend=backend, progress=progress
@@ -282,6 +299,45 @@ def compare_text_files(
             reports.append(report)
         del spill
     return reports
+
+
+@contextlib.contextmanager
+def _scratch_dir() -> Iterator[Path]:
+    """A new folder in TMPDIR, removed afterwards. Its name is registered with the run's
+    temporary outputs before it is made, so a signal at any moment leaves nothing behind."""
+    from nntrtool import outputs
+
+    path = Path(tempfile.gettempdir()) / f"nntrtool-text-{os.getpid()}-{secrets.token_hex(4)}"
+    outputs.register(path)
+    try:
+        try:
+            path.mkdir()
+        except OSError as err:
+            raise UsageError(
+                f"--text: cannot make a temporary folder in {path.parent}: "
+                f"{err.strerror or err}; set TMPDIR to a folder you can write to"
+            ) from None
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        outputs.forget(path)
+
+
+def _reserve(path: Path) -> None:
+    """Give the (sparse) spill file its blocks now: a full disk is then an OSError here, not a
+    SIGBUS when a page of the map is first written."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here: go on
+                raise
+    finally:
+        os.close(fd)
 
 
 def _restore_source_weights(model: Any, source: SourceRequest, torch: Any) -> None:
@@ -343,7 +399,7 @@ def _check_ids(chunks: TextChunks, vocab: int) -> None:
     if high >= vocab:
         raise UsageError(
             f"--text: the tokenizer gives id {high}, outside the model's vocabulary ({vocab}); "
-            "the tokenizer does not belong to this model"
+            "the tokenizer does not belong to this model: give the model folder with its own"
         )
 
 

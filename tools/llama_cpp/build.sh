@@ -15,6 +15,7 @@
 # Environment:
 #   NNTRTOOL_LLAMA_CPP_DIR   the cache folder (default ~/.cache/nntrtool-tests/llama.cpp-VERSION)
 #   NNTRTOOL_LLAMA_CPP_JOBS  parallel compile jobs (default 2)
+#   NNTRTOOL_LLAMA_CPP_SDIST the source distribution, already downloaded (its SHA-256 is checked)
 #   PYTHON                   the Python whose pip downloads (default python3)
 set -euo pipefail
 
@@ -43,7 +44,7 @@ if [[ -f .built ]]; then
 fi
 
 if [[ ! -d src/vendor/llama.cpp ]]; then
-    sdist="llama_cpp_python-$VERSION.tar.gz"
+    sdist="${NNTRTOOL_LLAMA_CPP_SDIST:-llama_cpp_python-$VERSION.tar.gz}"
     if [[ ! -f "$sdist" ]]; then
         echo "downloading llama-cpp-python $VERSION (source distribution) from PyPI" >&2
         rm -rf dl
