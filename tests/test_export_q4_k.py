@@ -152,7 +152,9 @@ def test_f16_from_f32_keeps_the_embedding_f32(sources, tmp_path):
         "FP32",
         "FP16",
     )
-    assert any("-Denable-fp16=true" in n and "stays FP32" in n for n in result.plan.notes)
+    assert any(
+        "-Denable-fp16=true" in n and "on x86" in n and "stays FP32" in n for n in result.plan.notes
+    )
     # the half values are written transposed, [in, out], with no prefix
     q = next(t for t in result.plan.tensors if t.slot.name.endswith("q_proj.weight"))
     assert (q.out_type, q.transposed, q.prefix) == ("f16", True, 0)
@@ -286,6 +288,64 @@ def test_convert_target_nntrainer_q4_k_and_f16(sources, tmp_path, capsys, qtype)
     w = load_file(str(src / "model.safetensors"))["model.layers.1.mlp.down_proj.weight"]
     want = _q4_k_values(w) if qtype == "q4_k" else w.astype(np.float16).astype(np.float32)
     np.testing.assert_array_equal(got["model.layers.1.mlp.down_proj.weight"], want)
+
+
+def test_convert_target_nntrainer_makes_q4_k_by_default_where_it_fits(sources, tmp_path):
+    """Without --quant-type, `convert --target nntrainer` writes what --quant-type q4_k writes."""
+    from test_export import _run_cli
+
+    src = sources["llama_untied"]
+    default, explicit = tmp_path / "default", tmp_path / "explicit"
+    assert _run_cli(["convert", str(src), str(default), "--target", "nntrainer", "-q"]) == 0
+    args = ["convert", str(src), str(explicit), "--target", "nntrainer", "--quant-type", "q4_k"]
+    assert _run_cli([*args, "-q"]) == 0
+    a, b = (json.loads((d / "nntr_config.json").read_text()) for d in (default, explicit))
+    assert a["model_tensor_type"] == "Q4_K-FP32" and a["embedding_dtype"] == "Q6_K"
+    assert (default / a["model_file_name"]).read_bytes() == (
+        explicit / b["model_file_name"]
+    ).read_bytes()
+
+
+@pytest.mark.parametrize(("isa", "linear"), [("x86", "q4_k"), ("arm", "q4_0")])
+def test_convert_target_nntrainer_dry_run_shows_the_folder_s_types(sources, capsys, isa, linear):
+    from test_export import _run_cli
+
+    src = str(sources["llama_untied"])
+    assert _run_cli(["convert", src, "--target", "nntrainer", "--isa", isa, "--dry-run"]) == 0
+    cells = [[c.strip() for c in line.split("│")] for line in capsys.readouterr().out.splitlines()]
+    types = {c[1]: c[4] for c in cells if len(c) == 8}  # tensor -> type column of the plan
+    assert types["model.embed_tokens.weight"] == "q6_k"
+    assert types["lm_head.weight"] == types["model.layers.1.mlp.down_proj.weight"] == linear
+
+
+def test_convert_target_nntrainer_keeps_q4_0_where_q4_k_does_not_fit(tmp_path):
+    from models import Q6K, make_hf_model
+    from test_export import _run_cli
+
+    src = make_hf_model(tmp_path / "hf", "llama", **dict(Q6K, intermediate=320))
+    out = tmp_path / "out"
+    assert _run_cli(["convert", str(src), str(out), "--target", "nntrainer", "-q"]) == 0
+    cfg = json.loads((out / "nntr_config.json").read_text())
+    assert cfg["model_tensor_type"] == "Q4_0-FP32" and cfg["embedding_dtype"] == "Q6_K"
+
+
+@pytest.mark.parametrize(
+    ("change", "isa", "want"),
+    [
+        ({}, "x86", "q4_k"),
+        ({}, "arm", "q4_0"),  # Q4_K not run on ARM
+        ({"intermediate_size": 320}, "x86", "q4_0"),  # down_proj: 320 input features
+        ({"vocab_size": 500, "tie_word_embeddings": False}, "x86", "q4_0"),  # head: 500 rows
+        ({"vocab_size": 500, "tie_word_embeddings": True}, "x86", "q4_k"),  # no head of its own
+        ({"num_experts": 8}, "x86", "q4_0"),  # MoE experts in Q4_K not run
+        ({"architectures": ["GemmaForCausalLM"], "model_type": "gemma"}, "x86", "q4_0"),
+    ],
+)
+def test_default_linear_type(sources, change, isa, want):
+    from nntrtool.export.nntrainer import default_linear_type
+
+    config = json.loads((sources["llama_untied"] / "config.json").read_text())
+    assert default_linear_type({**config, **change}, isa) == want
 
 
 def test_a_q4_0_folder_that_fits_q4_k_says_so(sources, tmp_path):

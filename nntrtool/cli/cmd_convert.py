@@ -30,7 +30,8 @@ def convert_command(
         "auto",
         "--quant-type",
         help="Type of the weight matrices: q4_0, q6_k, q8_0, f32, or keep (GGUF blocks as they "
-        "are, other types to q6_k/q8_0, floats to f32). auto: keep for GGUF sources, else q4_0.",
+        "are, other types to q6_k/q8_0, floats to f32). auto: keep for GGUF sources, else q4_0 "
+        "(with --target nntrainer --isa x86: q4_k where every linear layer fits it).",
     ),
     repack_format: str = typer.Option(
         "none",
@@ -160,6 +161,12 @@ def convert_command(
             render_report(report, temporary=True)
             render_summary(result)
         return
+    if target is not None:  # --dry-run: the plan of the conversion the runtime's folder needs
+        from nntrtool.export import check_target
+        from nntrtool.export.shortcut import nntrainer_conversion
+
+        check_target(target)
+        options, _ = nntrainer_conversion(src, options, isa=isa, linear_type=linear_type)
     report = convert(src, out, options, progress=progress)
     for note in report.plan.notes:
         _warn(note)

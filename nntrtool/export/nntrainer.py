@@ -64,8 +64,9 @@ _Q4_K_BLOCK = (256, 144)
 #: What a folder with FP16 linear layers needs of the runtime.
 FP16_BUILD_NOTE = (
     "FP16 linear layers run only in an nntrainer built with -Denable-fp16=true (a stock build "
-    "refuses the folder: 'enable-fp16 is not enabled'); the embedding stays {emb}, as the "
-    "runtime's FP16 embedding does not work"
+    "refuses the folder: 'enable-fp16 is not enabled'; on x86 its CausalLM app needs two source "
+    "fixes to build and run, see nntrtool's docs/RUNTIME_CHECK.md); the embedding stays {emb}, "
+    "as the runtime's FP16 embedding does not work"
 )
 
 
@@ -282,9 +283,9 @@ def _notes(tensors: list[TensorExport], fc: str, emb: str) -> list[str]:
 #: The trade-off of Q4_0 against Q4_K, measured in nntrainer (docs/NNTRAINER.md).
 Q4_K_OFFER = (
     "every linear layer also fits Q4_K (--linear-type q4_k, or convert --quant-type q4_k): the "
-    "same 4.5 bits per weight with about half Q4_0's error; nntrainer's Q4_K layers ran "
-    "between 0.6x and 1.2x Q4_0's tokens/s on a loaded 2-core x86 machine, so Q4_0 stays the "
-    "default"
+    "same 4.5 bits per weight with about half Q4_0's error, and nntrainer's x86 Q4_K layers "
+    "generated 1.13x (1 thread) and 1.15x (2 threads) Q4_0's tokens/s; convert --target "
+    "nntrainer makes such x86 folders Q4_K by default"
 )
 
 
@@ -314,6 +315,28 @@ def nntrainer_type_overrides(quant_type: str, config: dict[str, Any]) -> tuple[s
     hidden = config.get("hidden_size")
     emb = Q6_K.name if isinstance(hidden, int) and Q6_K.fits(hidden) else F32.name
     return (f"embed_tokens={emb}",) + _expert_override(conversion_for(qt)[0], config)
+
+
+def default_linear_type(config: dict[str, Any], isa: str) -> str:
+    """The linear type ``convert --target nntrainer`` picks for a source without one of its own
+    (``--quant-type auto``, not a GGUF): Q4_K where every linear layer and an untied head fit it,
+    else Q4_0.
+
+    Q4_K costs Q4_0's 4.5 bits per weight with about half its error, and nntrainer's x86 Q4_K
+    layers generated tokens faster than its Q4_0 ones (docs/NNTRAINER.md). ARM and
+    mixture-of-experts folders stay Q4_0: their Q4_K layers have not been run in the runtime.
+    """
+    if isa.lower() != "x86" or config.get("num_experts") or config.get("num_local_experts"):
+        return Q4_0.name
+    try:
+        layout = layout_for_config(config)
+        slots = layout.slots(config, bool(ModelConfig.of(config).tied))
+    except UsageError:  # the export names what is wrong with the model
+        return Q4_0.name
+    linear = [s for s in slots if s.role in (Role.LINEAR, Role.LM_HEAD)]
+    if not linear or any(_q4_k_misfit(s.shape) for s in linear):
+        return Q4_0.name
+    return "q4_k"
 
 
 def conversion_for(quant_type: str) -> tuple[str, str | None]:

@@ -21,6 +21,7 @@ from nntrtool.export.nntrainer import (
     check_output,
     check_target,
     conversion_for,
+    default_linear_type,
     export_nntr,
     nntrainer_type_overrides,
 )
@@ -46,27 +47,13 @@ def convert_and_export(
     Returns the conversion report and the export result. ``progress`` is a factory
     ``(total, description) -> Progress`` as for :func:`nntrtool.convert.convert`.
     """
-    from nntrtool.convert import ConvertOptions, convert
+    from nntrtool.convert import convert
 
     check_target(target)
     out = Path(os.path.abspath(os.fspath(out_dir)))
     check_output(out, options.force)
-    from nntrtool.plan.tensors import default_quant_type
-
-    with options.source(source_spec).without_adapters().open() as src:
-        config, root = src.config, src.root
-        quant_type = options.quant_type
-        if quant_type == "auto":
-            quant_type = default_quant_type(src)
-    # With ``keep`` the blocks stay as they are and export says what it cannot run.
-    if linear_type is None:
-        quant_type, linear_type = conversion_for(quant_type)
-    wanted = linear_type or quant_type
-    extra = () if quant_type == "keep" else nntrainer_type_overrides(wanted, config)
-    overrides = tuple(options.type_overrides) + extra
-    conv_options: ConvertOptions = dataclasses.replace(
-        options, quant_type=quant_type, type_overrides=overrides, force=True, dry_run=False
-    )
+    conv_options, linear_type, root = _nntrainer_conversion(source_spec, options, isa, linear_type)
+    conv_options = dataclasses.replace(conv_options, force=True, dry_run=False)
     # A private folder beside the output, so the NNTR file can carry the output's name (the
     # weight file is named after it) without clashing with anything of the user's.
     from nntrtool.outputs import forget, make_temp_dir
@@ -96,3 +83,39 @@ def convert_and_export(
         shutil.rmtree(tmp_dir, ignore_errors=True)
         forget(tmp_dir)
     return report, result
+
+
+def nntrainer_conversion(
+    source_spec: str | os.PathLike[str],
+    options: Any,
+    *,
+    isa: str = "x86",
+    linear_type: str | None = None,
+) -> tuple[Any, str | None]:
+    """The conversion options ``convert --target nntrainer`` converts with (``--quant-type
+    auto`` resolved, the runtime's type overrides added after the user's) and the linear type
+    the export then encodes; what ``--dry-run`` shows."""
+    conv_options, linear_type, _ = _nntrainer_conversion(source_spec, options, isa, linear_type)
+    return conv_options, linear_type
+
+
+def _nntrainer_conversion(
+    source_spec: str | os.PathLike[str], options: Any, isa: str, linear_type: str | None
+) -> tuple[Any, str | None, Any]:
+    from nntrtool.plan.tensors import default_quant_type
+
+    with options.source(source_spec).without_adapters().open() as src:
+        config, root = src.config, src.root
+        quant_type = options.quant_type
+        if quant_type == "auto":
+            quant_type = default_quant_type(src)
+            if quant_type == "q4_0" and linear_type is None:
+                quant_type = default_linear_type(config, isa)
+    # With ``keep`` the blocks stay as they are and export says what it cannot run.
+    if linear_type is None:
+        quant_type, linear_type = conversion_for(quant_type)
+    wanted = linear_type or quant_type
+    extra = () if quant_type == "keep" else nntrainer_type_overrides(wanted, config)
+    overrides = tuple(options.type_overrides) + extra
+    conv_options = dataclasses.replace(options, quant_type=quant_type, type_overrides=overrides)
+    return conv_options, linear_type, root
