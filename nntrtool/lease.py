@@ -16,8 +16,10 @@ a file it has open through nntrtool (which a lease would make wait).
 
 A lease cannot be taken everywhere: not on another user's file (without CAP_LEASE), not while
 some process holds the file open for writing, not on every file system, not outside Linux.
-:func:`take` then returns ``None`` and the file is only checked unchanged between reads, as
-before; a file replaced by rename (a new inode) never faults a map and is caught by that check.
+:func:`take` then returns ``None``, and the command line reads such a file without a map
+(:func:`wanted`): NNTR tensors with ``pread`` into copies, a PyTorch checkpoint loaded whole, a
+transformers model's parameters copied out of their map. A file replaced by rename (a new
+inode) never faults a map and is caught by the checks between reads.
 """
 
 from __future__ import annotations
@@ -103,6 +105,12 @@ _enabled = {"on": False}
 def enable() -> None:
     """Take leases from now on in this process (the command-line tool calls this at start)."""
     _enabled["on"] = True
+
+
+def wanted() -> bool:
+    """Whether this process guards its mapped sources (the command line does): where a lease
+    cannot be taken, readers then read copies instead of mapping the file."""
+    return _enabled["on"]
 
 
 def _handler_ready() -> bool:

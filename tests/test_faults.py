@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import random
 import select
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -793,6 +795,64 @@ def test_mapped_source_open_for_writing_elsewhere_still_reads(
     assert proc.returncode == 0, proc.stderr
     assert listing(tmp_path / "out") == [out.name]
     assert snapshot(source) == before
+
+
+@pytest.mark.parametrize("command", ["repack", "export", "convert-bin"])
+def test_unleased_source_cut_mid_run(slow_nntr, slow_bin, tmp_path, command):
+    """Where no lease can be had (here: the file is open for writing elsewhere), the command
+    line reads without a map, so a source cut mid-run is one line and exit 2, never SIGBUS."""
+    (tmp_path / "out").mkdir()
+    argv, source, out = _mapped_case(command, slow_nntr, slow_bin, tmp_path)
+    argv.append("--quiet")
+    with open(source, "r+b") as held:  # no lease while a writer has the file open
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while (
+                time.monotonic() < deadline
+                and proc.poll() is None
+                and not listing(tmp_path / "out")
+            ):
+                time.sleep(0.002)
+            os.ftruncate(held.fileno(), 4096)
+            _, stderr = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    if proc.returncode == 0:  # it had finished before the cut
+        assert listing(tmp_path / "out") == [out.name]
+        return
+    assert proc.returncode == 2, stderr  # never a signal death (negative status)
+    line = one_line(stderr)
+    assert str(source) in line and "changed while being read" in line, line
+    assert listing(tmp_path / "out") == []
+
+
+def test_unleased_nntr_tensor_survives_a_cut(slow_nntr, tmp_path):
+    """Without a lease, the command line's NNTR reads are copies: bytes already read stay
+    readable after the file is cut short (a view into the map would end the process with
+    SIGBUS as soon as it is touched)."""
+    source = tmp_path / "m.nntr"
+    shutil.copyfile(slow_nntr, source)
+    code = (
+        "import os, sys\n"
+        "from nntrtool import lease\n"
+        "from nntrtool.format.reader import NntrFile\n"
+        "lease.enable()\n"
+        "held = os.open(sys.argv[1], os.O_RDWR)  # a writer: no lease can be taken\n"
+        "nf = NntrFile(sys.argv[1])\n"
+        "raw = nf.raw(max(nf.tensors, key=lambda t: t.nbytes).name)\n"
+        "os.ftruncate(held, 0)\n"
+        "print(int(raw.astype('uint64').sum()))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(source)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    assert int(proc.stdout) > 0
 
 
 def test_dequantized_gguf_values_out_of_range(tmp_path):

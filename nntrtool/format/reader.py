@@ -39,6 +39,7 @@ from nntrtool.format.binary import (
     quote_name,
     tensor_problem,
 )
+from nntrtool.guarded import GuardedFile
 from nntrtool.qtypes import TYPES_BY_ID, RepackLayout, TensorType, layout_for
 
 #: Bytes hashed per step when checking a tensor, so huge tensors report progress and stay responsive.
@@ -296,6 +297,9 @@ class NntrFile:
         self._data = np.frombuffer(self._mmap, dtype=np.uint8)
         # no process may cut the mapped file short while it is read (SIGBUS): see nntrtool/lease.py
         self._lease = lease.take(self.path)
+        # no lease to be had (another user's file, one open for writing elsewhere ...): the
+        # command line reads copies with pread, which a cut file turns into one error line
+        self._copies = GuardedFile(self.path) if self._lease is None and lease.wanted() else None
         self.version = directory.version
         self.config = directory.config
         self.data_start = directory.data_start
@@ -306,6 +310,9 @@ class NntrFile:
     def close(self) -> None:
         """Release the mapping (views still referenced keep it alive until they go)."""
         self._data = None
+        copies, self._copies = getattr(self, "_copies", None), None
+        if copies is not None:
+            copies.close()
         held, self._lease = getattr(self, "_lease", None), None
         if held is not None:
             held.release()
@@ -376,10 +383,13 @@ class NntrFile:
             raise SourceError(source_changed(self.path, detail))
 
     def raw(self, name: str) -> np.ndarray:
-        """The tensor's bytes: a read-only 1-D uint8 view into the mapping (no copy).
-        The file is checked unchanged first (see :meth:`check_unchanged`)."""
+        """The tensor's bytes: a read-only 1-D uint8 view into the mapping (no copy), or a
+        copy read with ``pread`` where the command line could not lease the file. The file is
+        checked unchanged first (see :meth:`check_unchanged`)."""
         entry = self.tensor(name)
         self.check_unchanged()
+        if self._copies is not None:
+            return self._copies.read(entry.offset, entry.end - entry.offset)
         return self._buffer()[entry.offset : entry.end]
 
     def array(self, name: str) -> np.ndarray:

@@ -150,6 +150,13 @@ class CheckpointFile:
             raise SourceError(source_changed(self.path, detail))
 
     def _load(self, torch: Any) -> Any:
+        if self._lease is None and lease.wanted():
+            # no lease to be had: the command line loads the file whole rather than map it, so
+            # a file cut short while it is read is an error line, not SIGBUS
+            try:
+                return torch.load(self.path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                self._raise_load_error(torch, exc)
         try:
             return torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:  # torch raises many types for a bad file

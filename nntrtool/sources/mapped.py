@@ -3,7 +3,7 @@
 
 Opening checks the file can be read and maps it whole (:meth:`MappedFile.buffer` views the
 header without copying). Tensor bytes come from :meth:`MappedFile.read_bytes`, through
-:class:`~nntrtool.sources.guarded.GuardedFile`: a file truncated, rewritten or replaced while it
+:class:`~nntrtool.guarded.GuardedFile`: a file truncated, rewritten or replaced while it
 is read is one :class:`SourceError` naming it, never a SIGBUS death
 (:meth:`MappedFile.check_unchanged` asks the same at any time).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from nntrtool.errors import SourceError
-from nntrtool.sources.guarded import GuardedFile, changed_error
+from nntrtool.guarded import GuardedFile, changed_error
 
 
 class MappedFile:

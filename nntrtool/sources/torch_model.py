@@ -38,7 +38,7 @@ def load_model(src: Any, torch: Any, transformers: Any) -> Any:
 
     # transformers keeps the parameters in the mapped weight files: nothing may cut them short
     # while the model runs (SIGBUS); see nntrtool/lease.py
-    lease.hold(src.files)
+    unleased = lease.wanted() and lease.hold(src.files) < len(src.files)
     try:
         if gguf_path is not None:  # transformers' own GGUF loading is the reference
             model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -74,6 +74,10 @@ def load_model(src: Any, torch: Any, transformers: Any) -> Any:
     from nntrtool.sources.lora_records import apply_merged_weights
 
     apply_merged_weights(model, src)  # with adapters, the reference is the merged model
+    if unleased:  # a weight file could not be leased: the parameters leave its map
+        with torch.no_grad():
+            for t in (*model.parameters(), *model.buffers()):
+                t.data = t.data.clone()
     model.eval()
     return model
 
