@@ -204,7 +204,8 @@ def _encode_name(name: str) -> bytes:
         raise FormatError(f"tensor name {name!r} is not valid UTF-8") from None
     if len(data) > MAX_NAME_BYTES:
         raise FormatError(
-            f"tensor name '{name[:60]}...' is {len(data)} bytes, at most {MAX_NAME_BYTES}"
+            f"tensor name '{name[:60]}...' is {len(data)} bytes, more than the {MAX_NAME_BYTES} "
+            "an NNTR file holds: give the tensor a shorter name in the source"
         )
     return data
 
