@@ -159,9 +159,17 @@ def test_source_layout_refusals_say_what_to_do():
         expert_matrix(flat, "e0", 0)
 
 
-def test_format_error_for_a_long_name_is_one_line():
+@pytest.mark.parametrize(
+    ("name", "action"),
+    [
+        ("n" * 70000, "give the tensor a shorter name in the source"),
+        ("", "give the tensor a name in the source"),
+        ("bad\ud800", "rename the tensor in the source"),
+    ],
+)
+def test_tensor_names_an_nntr_file_cannot_hold(name, action):
     from nntrtool.format.binary import plan_file
 
     with pytest.raises(FormatError) as err:
-        plan_file({}, [TensorSpec("n" * 70000, F32, (1,))])
-    assert len(str(err.value).splitlines()) == 1
+        plan_file({}, [TensorSpec(name, F32, (1,))])
+    assert len(str(err.value).splitlines()) == 1 and action in str(err.value)
