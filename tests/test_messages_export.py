@@ -173,3 +173,13 @@ def test_tensor_names_an_nntr_file_cannot_hold(name, action):
     with pytest.raises(FormatError) as err:
         plan_file({}, [TensorSpec(name, F32, (1,))])
     assert len(str(err.value).splitlines()) == 1 and action in str(err.value)
+
+
+def test_a_type_override_that_does_not_fit_says_what_to_do(hf_model, tmp_path):
+    model = hf_model("llama")  # 128 intermediate features: not whole 256-value q6_k blocks
+    _refused(
+        ["convert", model, tmp_path / "o.nntr", "--type", "down_proj=q6_k"],
+        "does not fit tensor 'model.layers.0.mlp.down_proj.weight'",
+        "choose a type that fits (f16 fits any) or a pattern that leaves this tensor out",
+    )
+    assert list(tmp_path.iterdir()) == []
