@@ -160,3 +160,17 @@ def gguf_count_mismatch(path: Path, label: str, value: int, found: str) -> str:
         "metadata does not describe its tensors; download or convert the GGUF again, or give "
         "the original Hugging Face model instead"
     )
+
+
+def gguf_unreadable(path: str | Path, problem: str) -> str:
+    return (
+        f"{Path(path).name}: {problem}; the GGUF is damaged or not as its architecture expects: "
+        "download or convert the GGUF again, or give the original Hugging Face model instead"
+    )
+
+
+def checkpoint_unreadable(where: str, problem: str) -> str:
+    return (
+        f"{where}: {problem}; the checkpoint is not the layout its config names: use the "
+        "original files, or check config.json's model_type and architectures"
+    )

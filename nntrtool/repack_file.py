@@ -211,7 +211,10 @@ def repack_file(
     src_path, out_path = Path(path), Path(out)
     with NntrFile(src_path) as nf:
         if not any(e.ttype.plain is Q4_0 for e in nf.tensors):
-            raise UsageError(f"{src_path} has no Q4_0 tensors: there is nothing to repack")
+            raise UsageError(
+                f"{src_path} has no Q4_0 tensors: there is nothing to repack; convert with "
+                "--quant-type q4_0 to make a file that has some"
+            )
         decisions, new_config = plan_repack(nf.tensors, nf.config, target)
         if (
             all(

@@ -382,7 +382,7 @@ def test_refuses_a_rope_table_too_short_for_any_run(sources, tmp_path):
         config["max_position_embeddings"] = 1
 
     nntr, _ = nntr_from_source(tmp_path, sources["qwen3_tied"], {}, mutate=one_position)
-    _refused(tmp_path, nntr, "max_position_embeddings 1 leaves no room")
+    _refused(tmp_path, nntr, "max_position_embeddings 1, which leaves no room")
 
 
 # --------------------------------------------------------------------------------------------

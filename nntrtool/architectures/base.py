@@ -66,15 +66,20 @@ class GGUFMeta:
         """The count ``"<arch>.<suffix>"``; SourceError when absent (without default) or not a
         non-negative integer."""
         from nntrtool.errors import SourceError
+        from nntrtool.messages import gguf_unreadable
 
         key = f"{self.arch}.{suffix}"
         value = self.field(key)
         if value is None:
             if default is None:
-                raise SourceError(f"{self.path}: the GGUF lacks the metadata {key!r}")
+                raise SourceError(
+                    gguf_unreadable(self.path, f"the GGUF lacks the metadata {key!r}")
+                )
             return default
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise SourceError(f"{self.path}: metadata {key!r} is {value!r}, not a count")
+            raise SourceError(
+                gguf_unreadable(self.path, f"metadata {key!r} is {value!r}, not a count")
+            )
         return value
 
 

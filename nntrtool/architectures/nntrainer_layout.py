@@ -224,7 +224,8 @@ def model_dims(config: dict[str, Any]) -> dict[str, int]:
     kv_heads = config.get("num_key_value_heads") or heads
     if heads % kv_heads:
         raise UsageError(
-            f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
+            f"the file's config has num_attention_heads {heads}, not a multiple of "
+            f"num_key_value_heads {kv_heads}: fix config.json and convert again"
         )
     dims = {
         "V": config["vocab_size"],

@@ -20,6 +20,7 @@ import numpy as np
 
 from nntrtool.architectures.base import GGUFMeta
 from nntrtool.errors import SourceError
+from nntrtool.messages import gguf_unreadable
 from nntrtool.tensors.base import SourceTensor
 from nntrtool.tensors.transforms import (
     DerivedTensor,
@@ -108,7 +109,11 @@ def _unpermute(n_head: int):
                 return np.ascontiguousarray(inputs[0].read(start, stop)[:, order])
 
             return [DerivedTensor(t.name, t.dtype, t.shape, [t], read, QK_NOTE)]
-        raise SourceError(f"tensor {t.name!r} {list(t.shape)} is not an attention weight or bias")
+        raise SourceError(
+            gguf_unreadable(
+                t.file, f"tensor {t.name!r} {list(t.shape)} is not an attention weight or bias"
+            )
+        )
 
     return expand
 
@@ -182,7 +187,11 @@ def reshape_rule(pattern: str, shape_of) -> Rule:
         if shape == t.shape:
             return [t]
         if int(np.prod(shape)) != t.numel or shape[-1] != t.cols or t.blocked:
-            raise SourceError(f"tensor {t.name!r} {list(t.shape)} cannot be read as {list(shape)}")
+            raise SourceError(
+                gguf_unreadable(
+                    t.file, f"tensor {t.name!r} {list(t.shape)} cannot be read as {list(shape)}"
+                )
+            )
 
         def read(inputs: Sequence[SourceTensor], start: int, stop: int) -> np.ndarray:
             return inputs[0].read(start, stop)

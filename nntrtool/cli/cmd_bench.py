@@ -324,7 +324,9 @@ def bench_command(
         try:
             output.write_text(text + "\n")
         except OSError as err:
-            raise UsageError(f"--output {output}: cannot write ({err.strerror})") from None
+            raise UsageError(
+                f"--output {output}: cannot write ({err.strerror}); choose a file you can write to"
+            ) from None
     if json_out:
         sys.stdout.write(text + "\n")
     else:

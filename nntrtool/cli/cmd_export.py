@@ -22,7 +22,8 @@ def _parse_ids(text: str, option: str) -> list[int]:
             ids.append(int(part))
         except ValueError:
             raise UsageError(
-                f"{option} takes token ids separated by commas, got {part!r}"
+                f"{option} takes token ids separated by commas, got {part!r}: give e.g. "
+                f"{option} 0,5"
             ) from None
     return ids
 

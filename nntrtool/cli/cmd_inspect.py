@@ -41,7 +41,7 @@ def inspect_command(
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise NntrError(
-            f"{len(bad)} of {info['tensor_count']} tensors fail their checksum ({shown}); "
+            f"{file}: {len(bad)} of {info['tensor_count']} tensors fail their checksum ({shown}); "
             "the file is corrupt, convert it again"
         )
 

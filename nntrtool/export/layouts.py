@@ -26,8 +26,8 @@ def architecture_of(config: dict[str, Any]) -> str:
     archs = ModelConfig.of(config).architectures
     if not archs:
         raise UsageError(
-            "the file's config names no architecture ('architectures' is missing); "
-            f"nntrainer export supports {', '.join(ARCHITECTURES)}"
+            "the file's config names no architecture ('architectures' is missing): add it to "
+            f"config.json and convert again; nntrainer export supports {', '.join(ARCHITECTURES)}"
         )
     return str(archs[0])
 
@@ -40,5 +40,5 @@ def layout_for_config(config: dict[str, Any]) -> ArchitectureLayout:
     except KeyError:
         raise UsageError(
             f"nntrainer's CausalLM runtime has no layout for architecture {arch}; "
-            f"supported: {', '.join(ARCHITECTURES)}"
+            f"it cannot be exported; export a model of one of {', '.join(ARCHITECTURES)}"
         ) from None

@@ -256,7 +256,10 @@ def _check_q4_0_fits(slot: Slot, shape: tuple[int, ...], isa: str) -> None:
             + f"keep it in f32 (--keep-f32 '{slot.short}' if all linear layers agree)"
         )
     if cols % Q4_0.block_size:
-        raise UsageError(f"{slot.name}: {cols} input features do not divide by {Q4_0.block_size}")
+        raise UsageError(
+            f"{slot.name}: {cols} input features do not divide by {Q4_0.block_size}, which "
+            "Q4_0 needs; export with --linear-type f16 or f32"
+        )
 
 
 def _notes(tensors: list[TensorExport], fc: str, emb: str) -> list[str]:
@@ -370,12 +373,14 @@ def _match_slots(
         raise UsageError(
             f"{layout.architecture} needs tensor {missing[0]}{more}, which the file lacks"
             + ("; the model is untied but has no lm_head" if missing[0] == "lm_head.weight" else "")
+            + ": convert the complete model again (all of its weight files)"
         )
     if extra:
         more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
         raise UsageError(
             f"the file has tensor {extra[0]}{more} that nntrainer's {layout.architecture} "
-            "does not load (biases, tied heads stored twice, or another architecture)"
+            "does not load (biases, tied heads stored twice, or another architecture): the "
+            "file cannot be exported for nntrainer; use it with nntrtool's other commands"
         )
     pairs = [(s, entries[s.name]) for s in slots]
     for slot, entry in pairs:
@@ -383,7 +388,8 @@ def _match_slots(
         if shape != slot.shape:
             raise UsageError(
                 f"{slot.name} has shape {list(shape)}, but the config implies "
-                f"{list(slot.shape)}; the runtime builds its layers from config.json"
+                f"{list(slot.shape)}; the runtime builds its layers from config.json: convert "
+                "again with the config.json that describes these weights"
             )
     return pairs
 

@@ -82,15 +82,21 @@ class RuntimeOptions:
         if self.max_seq_len < self.init_seq_len:
             raise UsageError(
                 f"--max-seq-len {self.max_seq_len} is below --init-seq-len {self.init_seq_len}; "
-                "the runtime needs max_seq_len >= init_seq_len"
+                "the runtime needs max_seq_len >= init_seq_len: raise --max-seq-len or lower "
+                "--init-seq-len"
             )
         if self.num_to_generate >= self.max_seq_len:
             raise UsageError(
                 f"--num-to-generate {self.num_to_generate} leaves no room for the prompt in "
-                f"--max-seq-len {self.max_seq_len}"
+                f"--max-seq-len {self.max_seq_len}: lower --num-to-generate or raise "
+                "--max-seq-len"
             )
-        if any(int(i) < 0 for i in self.bad_word_ids):
-            raise UsageError("--bad-word-ids takes token ids (non-negative integers)")
+        negative = [int(i) for i in self.bad_word_ids if int(i) < 0]
+        if negative:
+            raise UsageError(
+                f"--bad-word-ids {negative[0]} is not a token id: give token ids of 0 or more, "
+                "e.g. --bad-word-ids 0,5"
+            )
         if self.model_file_name is not None and (
             not self.model_file_name
             or os.sep in self.model_file_name
@@ -100,7 +106,7 @@ class RuntimeOptions:
         ):
             raise UsageError(
                 f"--model-file-name {self.model_file_name!r} must be a plain file name "
-                "(no folder, not a .json or tokenizer file)"
+                "(no folder, not a .json or tokenizer file): give one such as model.bin"
             )
 
 
@@ -135,7 +141,10 @@ def _rope_theta(
         return 10000
     value = float(theta)
     if not math.isfinite(value) or value <= 0:
-        raise UsageError(f"the config's rope_theta {theta!r} is not a positive number")
+        raise UsageError(
+            f"the file's config has rope_theta {theta!r}, not a positive number: fix rope_theta "
+            "in config.json and convert again"
+        )
     if value != round(value):
         warnings.append(
             f"rope_theta {theta} rounded to {round(value)} (the runtime reads an integer)"
@@ -317,7 +326,8 @@ def fit_positions(
     limit = int(limit)
     if limit < 2:
         raise UsageError(
-            f"max_position_embeddings {limit} leaves no room for a prompt and a generated token"
+            f"the file's config has max_position_embeddings {limit}, which leaves no room for a "
+            "prompt and a generated token: fix it in config.json and convert again"
         )
     lowered = [f"max_seq_len {total} to {limit}"]
     total = limit
@@ -341,7 +351,9 @@ def tokenizer_sources_for(
     when the source was one); a warning when the runtime would find none."""
     source_path = Path(source_dir).expanduser() if source_dir is not None else None
     if source_path is not None and not source_path.is_dir():
-        raise UsageError(f"--tokenizer {source_path} is not a folder")
+        raise UsageError(
+            f"--tokenizer {source_path} is not a folder: give the folder that holds tokenizer.json"
+        )
     if source_path is None:
         source_path = source_from_metadata(config)
     tokenizer_sources = (

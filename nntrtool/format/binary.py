@@ -197,14 +197,19 @@ def encode_config(config: dict) -> bytes:
 
 def _encode_name(name: str) -> bytes:
     if not isinstance(name, str) or not name:
-        raise FormatError(f"tensor name {name!r} must be a non-empty string")
+        raise FormatError(
+            f"tensor name {name!r} must be a non-empty string: give the tensor a name in the source"
+        )
     try:
         data = name.encode("utf-8")
     except UnicodeEncodeError:
-        raise FormatError(f"tensor name {name!r} is not valid UTF-8") from None
+        raise FormatError(
+            f"tensor name {name!r} is not valid UTF-8: rename the tensor in the source"
+        ) from None
     if len(data) > MAX_NAME_BYTES:
         raise FormatError(
-            f"tensor name '{name[:60]}...' is {len(data)} bytes, at most {MAX_NAME_BYTES}"
+            f"tensor name '{name[:60]}...' is {len(data)} bytes, more than the {MAX_NAME_BYTES} "
+            "an NNTR file holds: give the tensor a shorter name in the source"
         )
     return data
 

@@ -79,7 +79,8 @@ class NntrWriter:
             free += self.path.stat().st_size  # replaced only at the end, but freed then
         if free < self.file_size:
             raise DiskFullError(
-                f"not enough disk space for {self.path}: need {self.file_size} bytes, {free} free"
+                f"not enough disk space for {self.path}: need {self.file_size} bytes, {free} "
+                "free; nothing was written: free some space or write elsewhere"
             )
 
     def __enter__(self) -> NntrWriter:
@@ -117,7 +118,10 @@ class NntrWriter:
                     f"disk full while writing {self.path} ({self.file_size} bytes needed); "
                     "free some space or write elsewhere"
                 ) from None
-            raise NntrError(f"cannot write {self.tmp_path}: {err.strerror or err}") from None
+            raise NntrError(
+                f"cannot write {self.path}: {err.strerror or err}; nothing was written: check "
+                "the disk that holds it, or write elsewhere"
+            ) from None
 
     def _pad_to(self, target: int, pos: int) -> None:
         while pos < target:

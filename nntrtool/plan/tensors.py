@@ -464,7 +464,8 @@ def _rule_type_override(q: TensorQuestion) -> TypeChoice | None:
             raise UsageError(
                 f"--type {o.text!r} does not fit tensor {q.tensor.name!r} {list(q.shape)}: its "
                 f"last dimension {q.cols} is not a multiple of {ttype.name}'s block size "
-                f"{ttype.block_size}"
+                f"{ttype.block_size}: choose a type that fits (f16 fits any) or a pattern "
+                "that leaves this tensor out"
             )
         return TypeChoice(ttype, f"--type {o.text!r}")
     return None

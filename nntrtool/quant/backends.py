@@ -79,7 +79,9 @@ def backend_choice(name: str | None = "auto") -> str:
     Checks the name only: nothing is imported."""
     choice = (name or "auto").strip().lower()
     if choice not in BACKEND_CHOICES:
-        raise UsageError(f"unknown backend {name!r}: use one of {', '.join(BACKEND_CHOICES)}")
+        raise UsageError(
+            f"--backend {name!r} is not known; choose one of {', '.join(BACKEND_CHOICES)}"
+        )
     return choice
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from nntrtool.errors import SourceError
+from nntrtool.messages import checkpoint_unreadable
 from nntrtool.tensors.base import SourceTensor
 from nntrtool.tensors.transforms import DerivedTensor, Rule, TensorLookup, prefer_type
 
@@ -35,8 +36,11 @@ def experts_of(t: SourceTensor, ndim: int) -> int:
     """The expert count of a fused ``ndim``-D expert tensor; SourceError for another shape."""
     if t.ndim != ndim:
         raise SourceError(
-            f"tensor {t.name!r} {list(t.shape)} is not the {ndim}-D fused expert tensor "
-            "GPT-OSS checkpoints hold"
+            checkpoint_unreadable(
+                t.file.name,
+                f"tensor {t.name!r} {list(t.shape)} is not the {ndim}-D fused expert tensor "
+                "GPT-OSS checkpoints hold",
+            )
         )
     return t.shape[0]
 

@@ -122,7 +122,9 @@ def mxfp4_matrix(
         or blocks.numel != scales.numel * half
     ):
         raise ValueError(
-            f"MXFP4 blocks {list(blocks.shape)} and scales {list(scales.shape)} do not match"
+            f"MXFP4 blocks {list(blocks.shape)} and scales {list(scales.shape)} do not match; "
+            "the checkpoint is not GPT-OSS's MXFP4 layout: use the original files or an unpacked "
+            "(bf16) copy"
         )
     n_exp, packed_rows, groups = scales.shape
     per_row = blocks.rows // (n_exp * packed_rows)  # rows of the blocks' 2-D view per matrix row

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nntrtool.errors import SourceError
+from nntrtool.messages import checkpoint_unreadable
 from nntrtool.tensors.base import SourceTensor
 
 #: Reads rows ``start:stop`` of a derived tensor from its inputs.
@@ -123,7 +124,10 @@ class TensorLookup:
         """The tensor ``name``, marked as consumed; SourceError when the source lacks it."""
         t = self._by_name.get(name)
         if t is None:
-            raise SourceError(f"the model has no tensor {name!r}, which a transform needs")
+            raise SourceError(
+                f"the model has no tensor {name!r}, which reading its neighbours needs: the "
+                "model's files are incomplete; download them again (all of them)"
+            )
         self.taken.add(name)
         return t
 
@@ -241,7 +245,8 @@ def llama_qk_order(rows: int, n_head: int) -> np.ndarray:
     if n_head <= 0 or rows % (2 * n_head):
         raise SourceError(
             f"cannot undo the Q/K row permutation: {rows} rows do not split into {n_head} heads "
-            "of an even size"
+            "of an even size; the head count and the Q/K tensors disagree: download or convert "
+            "the GGUF again, or give the original Hugging Face model instead"
         )
     half = rows // n_head // 2
     # GGUF row index, laid out as (head, j, pair) -> checkpoint layout (head, pair, j).
@@ -266,7 +271,12 @@ def expert_matrix(
     of it are read, so each source page is read once (the memory is one expert's matrix).
     """
     if base.ndim != 3:
-        raise SourceError(f"tensor {base.name!r} {list(base.shape)} is not a 3-D expert tensor")
+        raise SourceError(
+            checkpoint_unreadable(
+                base.file.name,
+                f"tensor {base.name!r} {list(base.shape)} is not a 3-D expert tensor",
+            )
+        )
     n_exp, a, b = base.shape
     if not 0 <= expert < n_exp:
         raise ValueError(f"expert {expert} out of range for {base.name!r} ({n_exp} experts)")
