@@ -55,18 +55,24 @@ def source_changed(path: Path, detail: str) -> str:
     )
 
 
+_FIX_CONFIG = (
+    "the config does not describe these weights; fix config.json or give the right one with "
+    "--config"
+)
+_FIX_GGUF = (
+    "the GGUF's metadata does not describe its tensors; download or convert the GGUF again, or "
+    "give the original Hugging Face model instead"
+)
+
+
 def config_mismatch(label: str, value: int, tensor: str, shape: Sequence[int]) -> str:
     return (
-        f"config says {label} = {value} but tensor {tensor} has shape {list(shape)}: the config "
-        "does not describe these weights; fix config.json or give the right one with --config"
+        f"config says {label} = {value} but tensor {tensor} has shape {list(shape)}: {_FIX_CONFIG}"
     )
 
 
 def config_count_mismatch(what: str, value: int, found: str) -> str:
-    return (
-        f"config says {what} = {value} but the weights hold {found}: the config does not "
-        "describe these weights; fix config.json or give the right one with --config"
-    )
+    return f"config says {what} = {value} but the weights hold {found}: {_FIX_CONFIG}"
 
 
 def out_of_range(tensor: str, value: float, row: int, qtype: str) -> str:
@@ -149,17 +155,12 @@ def gguf_mismatch(
     why = f" ({detail})" if detail else ""
     return (
         f"{path.name}: metadata {label} = {value} but tensor {tensor} has shape {list(shape)}"
-        f"{why}: the GGUF's metadata does not describe its tensors; download or convert the "
-        "GGUF again, or give the original Hugging Face model instead"
+        f"{why}: {_FIX_GGUF}"
     )
 
 
 def gguf_count_mismatch(path: Path, label: str, value: int, found: str) -> str:
-    return (
-        f"{path.name}: metadata {label} = {value} but the tensors hold {found}: the GGUF's "
-        "metadata does not describe its tensors; download or convert the GGUF again, or give "
-        "the original Hugging Face model instead"
-    )
+    return f"{path.name}: metadata {label} = {value} but the tensors hold {found}: {_FIX_GGUF}"
 
 
 def gguf_unreadable(path: str | Path, problem: str) -> str:

@@ -97,15 +97,7 @@ def _assemble(gf: GGUFFile, origin: dict[str, Any], raw_names: bool = False) -> 
         )
     meta = GGUFMeta(arch, gf.field, str(gf.path))
     tensors = sorted(apply_rules(weights, family.gguf_rules(meta)), key=lambda t: t.name)
-    embed = next((t for t in tensors if t.name == "model.embed_tokens.weight"), None)
-    config = build_config(
-        arch,
-        gf.field,
-        vocab_rows=embed.shape[0] if embed is not None and embed.ndim == 2 else None,
-        has_output=any(t.name == "lm_head.weight" for t in tensors),
-        token_count=gf.count("tokenizer.ggml.tokens"),  # the vocabulary stays unread
-        rope_factors=rope_factors,
-    )
+    config = _config(gf, arch, tensors, "model.embed_tokens.weight", "lm_head.weight", rope_factors)
     # The Hugging Face architecture's own rules too (a MoE router prefers F32), as for folders.
     tensors = apply_rules(tensors, rules_for(config))
     # The metadata must describe the tensors it came with (sizes, layers, experts), as a
@@ -151,17 +143,26 @@ def _count_blocks(gf: GGUFFile) -> int:
     return max(found) + 1 if found else 0
 
 
-def _assemble_raw(gf: GGUFFile, origin: dict[str, Any], arch: str) -> ModelSource:
-    """The GGUF's tensors as they are: GGUF names, GGUF values, a config of the generic keys."""
-    tensors = sorted(gf.tensors, key=lambda t: t.name)
-    embed = next((t for t in tensors if t.name == "token_embd.weight"), None)
-    config = build_config(
+def _config(
+    gf: GGUFFile, arch: str, tensors: list, embed_name: str, head_name: str, rope_factors=None
+) -> dict[str, Any]:
+    """The config rebuilt from the metadata, sized by the tensors named ``embed_name`` (its
+    rows) and ``head_name`` (whether there is an output head)."""
+    embed = next((t for t in tensors if t.name == embed_name), None)
+    return build_config(
         arch,
         gf.field,
         vocab_rows=embed.shape[0] if embed is not None and embed.ndim == 2 else None,
-        has_output=any(t.name == "output.weight" for t in tensors),
+        has_output=any(t.name == head_name for t in tensors),
         token_count=gf.count("tokenizer.ggml.tokens"),  # the vocabulary stays unread
+        rope_factors=rope_factors,
     )
+
+
+def _assemble_raw(gf: GGUFFile, origin: dict[str, Any], arch: str) -> ModelSource:
+    """The GGUF's tensors as they are: GGUF names, GGUF values, a config of the generic keys."""
+    tensors = sorted(gf.tensors, key=lambda t: t.name)
+    config = _config(gf, arch, tensors, "token_embd.weight", "output.weight")
     notes = [
         f"{RAW_NAMES_OPTION}: tensors keep the GGUF's own names and values ({arch}); no "
         "family transform was applied, so they are not a Hugging Face checkpoint's"
