@@ -222,7 +222,10 @@ def output_error(final: Path, err: OSError) -> UsageError:
         return UsageError(messages.not_writable(folder, err.strerror or "permission denied"))
     if err.errno == errno.ENOENT:
         return UsageError(messages.folder_missing(final, folder))
-    return UsageError(f"cannot write {final}: {err.strerror or err}")
+    return UsageError(
+        f"cannot write {final}: {err.strerror or err}; nothing was written: check the folder "
+        "and the file system, or write the output elsewhere"
+    )
 
 
 # ----------------------------------------------------------------------------------------------

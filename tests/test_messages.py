@@ -130,3 +130,17 @@ def test_option_lines_say_what_to_do():
 
     with pytest.raises(UsageError, match=r"--max-rel-err '-1'.*give a number >= 0"):
         parse_thresholds(["-1"])
+
+
+def test_an_unexpected_write_error_says_what_to_do(tmp_path):
+    """An OSError the output code has no line of its own for (here EIO) still names the output
+    and says what to do, in one line."""
+    import errno
+
+    from nntrtool.outputs import output_error
+
+    err = output_error(tmp_path / "out.nntr", OSError(errno.EIO, "Input/output error"))
+    text = str(err)
+    assert "\n" not in text
+    assert str(tmp_path / "out.nntr") in text and "Input/output error" in text
+    assert "nothing was written" in text and "write the output elsewhere" in text
