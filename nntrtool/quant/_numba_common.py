@@ -310,6 +310,22 @@ def run_quantize(
     return out
 
 
+@register_jitable
+def store_5bit_codes(orow, qh_at, qs_at, codes, c0, stride):
+    """The 32 five-bit codes ``codes[c0 + stride * j]`` (0..31) of a Q5_0 / Q5_1 block: low
+    nibbles paired (value j with j + 16) from byte ``qs_at``, the 32 fifth bits as one
+    little-endian uint32 at ``qh_at``."""
+    qh = np.uint32(0)
+    for j in range(16):
+        a = np.int32(codes[c0 + stride * j])
+        b = np.int32(codes[c0 + stride * (j + 16)])
+        orow[qs_at + j] = np.uint8((a & 15) | ((b & 15) << 4))
+        qh |= np.uint32((a >> 4) & 1) << np.uint32(j)
+        qh |= np.uint32((b >> 4) & 1) << np.uint32(j + 16)
+    for k in range(4):
+        orow[qh_at + k] = np.uint8((qh >> np.uint32(8 * k)) & np.uint32(0xFF))
+
+
 @njit(inline="always")
 def load_u32(row, o):
     """The little-endian uint32 at byte ``o`` of a uint8 row."""
@@ -401,6 +417,7 @@ __all__ = [
     "run_dequantize",
     "run_quantize_weighted",
     "load_u32",
+    "store_5bit_codes",
     "decode_row",
     "encode_row",
     "f32_bits",

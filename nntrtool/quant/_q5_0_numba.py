@@ -24,15 +24,7 @@ _NUMS = search_numerators(NMAX)
 def _store(orow, o, d, codes):
     """Write one block: fp16 ``d`` then the 32 codes (int32, 0..31)."""
     nc.store_f16_bits(orow, o, nc.f32_to_f16_bits(d))
-    qh = np.uint32(0)
-    for j in range(HALF):
-        c0 = codes[j]
-        c1 = codes[j + HALF]
-        orow[o + QS_OFF + j] = np.uint8((c0 & 15) | ((c1 & 15) << 4))
-        qh |= np.uint32((c0 >> 4) & 1) << np.uint32(j)
-        qh |= np.uint32((c1 >> 4) & 1) << np.uint32(j + HALF)
-    for k in range(4):
-        orow[o + QH_OFF + k] = np.uint8((qh >> np.uint32(8 * k)) & np.uint32(0xFF))
+    nc.store_5bit_codes(orow, o + QH_OFF, o + QS_OFF, codes, 0, 1)
 
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")

@@ -30,15 +30,7 @@ def _store(orow, o, d, m, codes, c0, stride):
     """Write one block: fp16 ``d`` and ``m``, then codes ``codes[c0 + stride*j]`` (0..31)."""
     nc.store_f16_bits(orow, o, nc.f32_to_f16_bits(d))
     nc.store_f16_bits(orow, o + 2, nc.f32_to_f16_bits(m))
-    qh = np.uint32(0)
-    for j in range(16):
-        a = np.int32(codes[c0 + stride * j])
-        b = np.int32(codes[c0 + stride * (j + 16)])
-        orow[o + _QS_OFF + j] = np.uint8((a & 15) | ((b & 15) << 4))
-        qh |= np.uint32((a >> 4) & 1) << np.uint32(j)
-        qh |= np.uint32((b >> 4) & 1) << np.uint32(j + 16)
-    for k in range(4):
-        orow[o + _QH_OFF + k] = np.uint8((qh >> np.uint32(8 * k)) & np.uint32(0xFF))
+    nc.store_5bit_codes(orow, o + _QH_OFF, o + _QS_OFF, codes, c0, stride)
 
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
