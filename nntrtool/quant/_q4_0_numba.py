@@ -62,8 +62,7 @@ def _dequantize_rows(data, out):
 
 
 def quantize(x: np.ndarray, src_kind: int, qw: np.ndarray | None = None) -> np.ndarray:
-    """Q4_0 bytes of a C-contiguous 2-D float32 array (or uint16 fp16/bf16 bits per ``src_kind``),
-    weighted by importance ``qw`` (one per column) when given."""
+    """Q4_0 bytes of ``x`` (the numba contract: :mod:`nntrtool.quant.registry`)."""
     if qw is not None:
         from ._q4_0_imatrix_numba import quantize as quantize_weighted
 
@@ -72,5 +71,5 @@ def quantize(x: np.ndarray, src_kind: int, qw: np.ndarray | None = None) -> np.n
 
 
 def dequantize(data: np.ndarray) -> np.ndarray:
-    """float32 (rows, cols) of a C-contiguous Q4_0 array (rows, row_bytes)."""
+    """float32 values of Q4_0 bytes (the numba contract: :mod:`nntrtool.quant.registry`)."""
     return nc.run_dequantize(_dequantize_rows, Q4_0, data)

@@ -149,11 +149,10 @@ def _dequantize_rows(data, out):
 
 
 def quantize(x: np.ndarray, src_kind: int, qw: np.ndarray | None = None) -> np.ndarray:
-    """Q5_0 bytes of a C-contiguous 2-D float32 array (or uint16 fp16/bf16 bits per
-    ``src_kind``), weighted by importance ``qw`` (one per column) when given."""
+    """Q5_0 bytes of ``x`` (the numba contract: :mod:`nntrtool.quant.registry`)."""
     return nc.run_quantize_weighted(_quantize_rows, _quantize_weighted_rows, Q5_0, x, src_kind, qw)
 
 
 def dequantize(data: np.ndarray) -> np.ndarray:
-    """float32 (rows, cols) of a C-contiguous Q5_0 array (rows, row_bytes)."""
+    """float32 values of Q5_0 bytes (the numba contract: :mod:`nntrtool.quant.registry`)."""
     return nc.run_dequantize(_dequantize_rows, Q5_0, np.ascontiguousarray(data))

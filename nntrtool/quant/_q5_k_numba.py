@@ -42,11 +42,10 @@ def _dequantize_rows(data, out):
 
 
 def quantize(x: np.ndarray, src_kind: int, qw: np.ndarray | None = None) -> np.ndarray:
-    """Q5_K bytes of a C-contiguous 2-D float32 array (or uint16 fp16/bf16 bits per
-    ``src_kind``), weighted by importance ``qw`` (one per column) when given."""
+    """Q5_K bytes of ``x`` (the numba contract: :mod:`nntrtool.quant.registry`)."""
     return kn.quantize("q5_k", Q5_K, NMAX, x, src_kind, qw)
 
 
 def dequantize(data: np.ndarray) -> np.ndarray:
-    """float32 (rows, cols) of a C-contiguous Q5_K array (rows, row_bytes)."""
+    """float32 values of Q5_K bytes (the numba contract: :mod:`nntrtool.quant.registry`)."""
     return nc.run_dequantize(_dequantize_rows, Q5_K, np.ascontiguousarray(data))

@@ -3,7 +3,10 @@
 A type's :mod:`nntrtool.qtypes` entry names two modules. Its array module exposes
 ``quantize_xp(x, xp)`` and ``dequantize_xp(data, xp)`` (numpy or cupy), plus
 ``quantize_imatrix_xp(x, qw, xp)`` when an importance matrix changes its bytes; its numba
-module exposes ``quantize(x, src_kind, qw=None)`` and ``dequantize(data)``. Both are imported
+module exposes ``quantize(x, src_kind, qw=None)``, the type's bytes ``(rows, row_bytes)`` of a
+C-contiguous 2-D float32 array (or uint16 fp16 / bf16 bits, per ``src_kind``) weighted by the
+importance ``qw`` (float32, one per column) when given, and ``dequantize(data)``, float32
+``(rows, cols)`` of C-contiguous bytes ``(rows, row_bytes)``. Both are imported
 on first use, so looking a type up costs nothing, and generic code never branches on a type's
 name.
 """
