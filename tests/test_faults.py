@@ -95,18 +95,21 @@ def _as_bf16(value: float) -> float:
 # ----------------------------------------------------------------------------------------------
 # values out of a type's range
 
+#: (type, a value its fp16 block scale cannot hold, one just inside), per fp16-scaled type.
+_OUT_OF_RANGE = [
+    ("q4_0", 1e6, 5e5),
+    ("q8_0", 1e8, 8e6),
+    ("q6_k", 1e10, 2e8),
+    ("q4_k", 1e9, 1e5),
+    ("q5_0", 1e9, 2e5),
+    ("q5_k", 1e9, 1e5),
+    ("q5_1", 1e9, 1e5),
+]
+
 
 @pytest.mark.parametrize(
     ("qtype", "big", "fits"),
-    [
-        ("q4_0", 1e6, 5e5),
-        ("q8_0", 1e8, 8e6),
-        ("q6_k", 1e10, 2e8),
-        ("q4_k", 1e9, 1e5),
-        ("q5_0", 1e9, 2e5),
-        ("q5_k", 1e9, 1e5),
-        ("q5_1", 1e9, 1e5),
-    ],
+    _OUT_OF_RANGE,
 )
 def test_values_too_large_for_a_type_are_stored_as_f32_or_refused(
     small_model, tmp_path, qtype, big, fits
@@ -148,16 +151,7 @@ def test_values_too_large_for_a_type_are_stored_as_f32_or_refused(
 
 @pytest.mark.parametrize(
     ("qtype", "big", "fits"),
-    [
-        ("q4_0", 1e6, 5e5),
-        ("q8_0", 1e8, 8e6),
-        ("q6_k", 1e10, 2e8),
-        ("q4_k", 1e9, 1e5),
-        ("q5_0", 1e9, 2e5),
-        ("q5_k", 1e9, 1e5),
-        ("q5_1", 1e9, 1e5),
-        ("f16", 1e5, 6e4),
-    ],
+    [*_OUT_OF_RANGE, ("f16", 1e5, 6e4)],
 )
 def test_dry_run_names_the_range_fallbacks_the_conversion_makes(
     small_model, tmp_path, qtype, big, fits
