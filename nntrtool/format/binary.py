@@ -14,6 +14,7 @@ from typing import Any
 
 from nntrtool.errors import FormatError
 from nntrtool.qtypes import RepackLayout, TensorType, display_name, layout_for
+from nntrtool.shapes import Shaped
 
 MAGIC = b"NNTR"
 VERSION = 1
@@ -49,8 +50,21 @@ def align_up(n: int, alignment: int = ALIGNMENT) -> int:
     return -(-n // alignment) * alignment
 
 
+class Stored(Shaped):
+    """Sizes and display name of a tensor stored as ``ttype`` in ``layout``."""
+
+    __slots__ = ()
+    ttype: TensorType
+    layout: RepackLayout | None
+
+    @property
+    def display_type(self) -> str:
+        """``q4_0_8`` for repacked tensors, else the type's name (``q6_k``, ``f32`` ...)."""
+        return display_name(self.ttype, self.layout)
+
+
 @dataclass(frozen=True)
-class TensorSpec:
+class TensorSpec(Stored):
     """A tensor to be written: its name, stored type, shape (source order) and repack layout."""
 
     name: str
@@ -62,11 +76,6 @@ class TensorSpec:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
 
     @property
-    def numel(self) -> int:
-        """Number of values."""
-        return math.prod(self.shape)
-
-    @property
     def nbytes(self) -> int:
         """Bytes of the stored data (raises ``FormatError`` if the shape does not fit the type)."""
         problem = tensor_problem(self.ttype, self.shape, self.layout)
@@ -74,14 +83,9 @@ class TensorSpec:
             raise FormatError(f"tensor '{self.name}': {problem}")
         return self.ttype.nbytes(self.shape)
 
-    @property
-    def display_type(self) -> str:
-        """``q4_0_8`` for repacked tensors, else the type's name."""
-        return display_name(self.ttype, self.layout)
-
 
 @dataclass(frozen=True)
-class TensorEntry:
+class TensorEntry(Stored):
     """One tensor of an open file, as its directory entry describes it."""
 
     name: str
@@ -92,21 +96,6 @@ class TensorEntry:
     nbytes: int
     checksum: int
     flags: int = field(default=0, compare=False)
-
-    @property
-    def numel(self) -> int:
-        """Number of values."""
-        return math.prod(self.shape)
-
-    @property
-    def display_type(self) -> str:
-        """``q4_0_8`` for repacked tensors, else the type's name (``q6_k``, ``f32`` ...)."""
-        return display_name(self.ttype, self.layout)
-
-    @property
-    def rows(self) -> int:
-        """Rows of the 2-D view: the product of every dimension but the last."""
-        return math.prod(self.shape[:-1])
 
     @property
     def row_bytes(self) -> int:

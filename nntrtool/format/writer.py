@@ -8,6 +8,7 @@ target and renamed onto it only when every tensor is complete; any error or Ctrl
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -227,15 +228,11 @@ class NntrWriter:
         """Drop the temporary file; nothing at ``path`` changes."""
         f, self._file = self._file, None
         if f is not None:
-            try:
+            with contextlib.suppress(OSError):
                 f.close()
-            except OSError:
-                pass
         if self.tmp_path is not None and not self._done:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.tmp_path)
-            except FileNotFoundError:
-                pass
             _forget(self.tmp_path)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

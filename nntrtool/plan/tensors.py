@@ -17,7 +17,7 @@ import numpy as np
 
 from nntrtool import __version__
 from nntrtool.errors import SourceError, UsageError
-from nntrtool.format import TensorSpec, predict_file_size
+from nntrtool.format import Stored, TensorSpec, predict_file_size
 from nntrtool.model_config import ModelConfig
 from nntrtool.plan.mixes import MIXES, MixModel, mix_type
 from nntrtool.plan.options import ConvertOptions
@@ -30,7 +30,6 @@ from nntrtool.qtypes import (
     TYPES_BY_NAME,
     RepackLayout,
     TensorType,
-    display_name,
     fitting_type,
     get_layout,
     get_type,
@@ -58,7 +57,7 @@ class _Tensor(Protocol):
 
 
 @dataclass(frozen=True)
-class TensorPlan:
+class TensorPlan(Stored):
     """How one source tensor is stored: target type, repack layout, and the reason for both."""
 
     name: str
@@ -79,24 +78,6 @@ class TensorPlan:
     copy_blocks: bool = False
     #: The source is block-quantized in another type: dequantized, then quantized again.
     requantized: bool = False
-
-    @property
-    def display_type(self) -> str:
-        """``q4_0_8`` for repacked tensors, else the type's name."""
-        return display_name(self.ttype, self.layout)
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def rows(self) -> int:
-        """Rows of the stored 2-D view: every dimension but the last (1 for 0-D and 1-D)."""
-        return math.prod(self.shape[:-1]) if len(self.shape) > 1 else 1
-
-    @property
-    def cols(self) -> int:
-        return self.shape[-1] if self.shape else 1
 
     @property
     def quantized(self) -> bool:

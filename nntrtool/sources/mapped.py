@@ -10,6 +10,7 @@ is read is one :class:`SourceError` naming it, never a SIGBUS death
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from pathlib import Path
@@ -86,11 +87,9 @@ class MappedFile:
             f.close()
         mm, self._map = self._map, None
         if mm is not None:
-            try:
+            # Views handed out earlier may still use the map; it is unmapped when they go.
+            with contextlib.suppress(BufferError):
                 mm.close()
-            except BufferError:
-                # Views handed out earlier still use the map; it is unmapped when they go.
-                pass
 
     def __enter__(self) -> MappedFile:
         return self

@@ -7,7 +7,6 @@ safetensors names them (``"F32"``, ``"BF16"``, ``"I8"`` ...), whatever the file 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from nntrtool.errors import SourceError
 from nntrtool.quant.common import bf16_to_f32
+from nntrtool.shapes import Shaped
 
 #: Bits per element of every dtype safetensors knows (sub-byte float types pack along the data).
 DTYPE_BITS: dict[str, int] = {
@@ -83,7 +83,7 @@ def dtype_nbytes(dtype: str, numel: int) -> int:
     return (numel * DTYPE_BITS[dtype] + 7) // 8
 
 
-class SourceTensor:
+class SourceTensor(Shaped):
     """One tensor of a model source, read as a 2-D ``(rows, cols)`` matrix by row ranges.
 
     ``rows`` is the product of all dimensions but the last (1 for 0-D and 1-D tensors) and
@@ -104,24 +104,9 @@ class SourceTensor:
         return len(self.shape)
 
     @property
-    def numel(self) -> int:
-        """Number of elements."""
-        return math.prod(self.shape)
-
-    @property
     def nbytes(self) -> int:
         """Bytes the tensor takes in its source."""
         return dtype_nbytes(self.dtype, self.numel)
-
-    @property
-    def rows(self) -> int:
-        """Rows of the 2-D view: product of all dimensions but the last (1 for 0-D and 1-D)."""
-        return math.prod(self.shape[:-1]) if len(self.shape) >= 2 else 1
-
-    @property
-    def cols(self) -> int:
-        """Columns of the 2-D view: the last dimension (1 for a 0-D tensor)."""
-        return self.shape[-1] if self.shape else 1
 
     @property
     def supported(self) -> bool:
