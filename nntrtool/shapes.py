@@ -5,6 +5,7 @@ of all the others."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 
 class Shaped:
@@ -27,3 +28,20 @@ class Shaped:
     def cols(self) -> int:
         """Columns of the 2-D view: the last dimension (1 for a 0-D tensor)."""
         return self.shape[-1] if self.shape else 1
+
+
+class TensorTotals:
+    """Totals over a collection's ``tensors`` (a source, a conversion plan, an export plan)."""
+
+    __slots__ = ()
+    tensors: Sequence[Shaped]
+
+    @property
+    def params(self) -> int:
+        """Values over all tensors."""
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes over all tensors, as this collection holds them (in its source, its file)."""
+        return sum(t.nbytes for t in self.tensors)

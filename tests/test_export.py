@@ -229,7 +229,7 @@ def test_qwen3_tied_f32_exact(sources, tmp_path):
         ("bad_word_ids", []),
     ):
         assert nntr_cfg[key] == value
-    assert (out / nntr_cfg["model_file_name"]).stat().st_size == result.plan.weight_bytes
+    assert (out / nntr_cfg["model_file_name"]).stat().st_size == result.plan.nbytes
 
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["rope_theta"] == 1000000 and isinstance(cfg["rope_theta"], int)

@@ -74,7 +74,7 @@ def test_reads_f32_f16_bf16_rows_exactly(tmp_path):
         assert c.read(3, 4).dtype == np.uint16
         np.testing.assert_array_equal(c.read(), bf)
         np.testing.assert_array_equal(norm.read(), np.ones((1, 40), np.float32))
-        assert src.total_params == 960 + 384 + 768 + 40
+        assert src.params == 960 + 384 + 768 + 40
 
 
 def test_reads_are_read_only_and_hold_only_their_rows(tmp_path):

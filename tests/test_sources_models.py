@@ -125,7 +125,7 @@ def test_synthetic_model_layout_and_values(tmp_path, dtype):
     )  # fmt: skip
     cfg = json.loads((folder / "config.json").read_text())
     with open_source(folder) as src:
-        assert abs(src.total_params - 3_000_000) / 3_000_000 < 0.15
+        assert abs(src.params - 3_000_000) / 3_000_000 < 0.15
         expect = LlamaShape(hidden=256, intermediate=1024, vocab=1024, layers=cfg["num_hidden_layers"],
                             heads=4, kv_heads=4).tensors()  # fmt: skip
         assert [(t.name, t.shape) for t in src.tensors] == expect
@@ -183,7 +183,7 @@ def test_example_is_small_and_fits_every_layout(example_model):
     assert (EXAMPLE / "model.safetensors").stat().st_size < 1_000_000
     with open_source(EXAMPLE) as src:
         assert src.config["model_type"] == "llama"
-        assert 100_000 < src.total_params < 500_000
+        assert 100_000 < src.params < 500_000
         mats = [t for t in src.tensors if t.ndim == 2]
         assert all(t.dtype == "BF16" for t in src.tensors)
         assert all(t.cols % 256 == 0 and t.rows % 8 == 0 for t in mats)
@@ -211,4 +211,4 @@ def test_example_loads_in_transformers_without_missing_weights():
     assert logits.shape == (1, 3, 256) and torch.isfinite(logits).all()
     n = sum(math.prod(p.shape) for p in model.parameters())
     with open_source(EXAMPLE) as src:
-        assert n == src.total_params
+        assert n == src.params

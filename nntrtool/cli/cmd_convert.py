@@ -207,12 +207,12 @@ def _type_table(report: Any, title: str) -> Any:
         bpw = 8.0 * nbytes / params if params else 0.0
         table.add_row(name, str(n), human_count(params), human_bytes(nbytes), f"{bpw:.2f}")
     plan = report.plan
-    total_bpw = 8.0 * plan.tensor_bytes / plan.params if plan.params else 0.0
+    total_bpw = 8.0 * plan.nbytes / plan.params if plan.params else 0.0
     table.add_row(
         "total",
         str(len(plan.tensors)),
         human_count(plan.params),
-        human_bytes(plan.tensor_bytes),
+        human_bytes(plan.nbytes),
         f"{total_bpw:.2f}",
         style="bold",
     )

@@ -166,7 +166,7 @@ def _render_totals(console, plan) -> None:
     head = "tied to the embedding" if plan.tied else f"{plan.lmhead_dtype}"
     console.print(
         f"{plan.architecture}, {len(plan.tensors)} tensors, {human_count(plan.params)} params, "
-        f"weights {human_bytes(plan.weight_bytes)}; linear {plan.fc_dtype}, embedding "
+        f"weights {human_bytes(plan.nbytes)}; linear {plan.fc_dtype}, embedding "
         f"{plan.embedding_dtype}, output head {head}; isa {plan.isa}"
     )
     for kind, nbytes in sorted(plan.bytes_by_type().items()):

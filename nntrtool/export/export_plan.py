@@ -12,6 +12,7 @@ from typing import Any
 
 from nntrtool.architectures.nntrainer_layout import Slot
 from nntrtool.qtypes import RepackLayout, TensorType
+from nntrtool.shapes import TensorTotals
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,12 @@ class TensorExport:
     prefix: int = 0
 
     @property
-    def params(self) -> int:
+    def numel(self) -> int:
         return math.prod(self.slot.shape)
 
 
 @dataclass
-class ExportPlan:
+class ExportPlan(TensorTotals):
     """Everything an export will write, decided and checked before any byte is written."""
 
     source: Path | None  # the NNTR file
@@ -55,14 +56,6 @@ class ExportPlan:
     warnings: list[str]
     #: What the folder is (lossy steps, the runtime build it needs), for the summary.
     notes: list[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def weight_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
-
-    @property
-    def params(self) -> int:
-        return sum(t.params for t in self.tensors)
 
     @property
     def model_file_name(self) -> str:

@@ -101,9 +101,9 @@ def _relayout_backend(plan: ExportPlan) -> str:
     uses = []
     for t in plan.tensors:
         if t.out_type in ISA_LAYOUTS.values() and not _same_layout(t):
-            uses.append(repack_use(t.params))
+            uses.append(repack_use(t.numel))
             if t.source_layout is not None:
-                uses.append(repack_use(t.params, unpack=True))
+                uses.append(repack_use(t.numel, unpack=True))
     return choose_backend("auto", uses)
 
 
@@ -169,7 +169,7 @@ def _write_tensor(
                 progress.advance(chunk.shape[0] * cols, name)
         return
     flat = raw.reshape(-1)
-    per_byte = t.params / max(1, t.nbytes)
+    per_byte = t.numel / max(1, t.nbytes)
     for b0 in range(0, flat.size, budget):
         part = flat[b0 : b0 + budget]
         w.write(part, offset + b0, after=lambda p=part: release_pages(p))
@@ -296,7 +296,7 @@ def write_export(
     inputs = tuple(plan.tokenizer_sources) + ((plan.source,) if plan.source else ())
     check_output(out_dir, force, inputs)
     extra = sum(p.stat().st_size for p in plan.tokenizer_sources) + (1 << 20)
-    _check_space(out_dir.parent, plan.weight_bytes + extra)
+    _check_space(out_dir.parent, plan.nbytes + extra)
 
     from nntrtool.outputs import forget, make_temp_dir, mark_completed, output_error, temp_path
 
@@ -325,8 +325,8 @@ def write_export(
         if check is not None:  # the source must still be what was read, before any rename
             check()
         written = (tmp / plan.model_file_name).stat().st_size
-        if written != plan.weight_bytes:  # a bug, not a user error: never ship a bad file
-            raise RuntimeError(f"wrote {written} bytes, planned {plan.weight_bytes}")
+        if written != plan.nbytes:  # a bug, not a user error: never ship a bad file
+            raise RuntimeError(f"wrote {written} bytes, planned {plan.nbytes}")
         for name, obj in (
             ("config.json", plan.config),
             ("generation_config.json", plan.generation_config),

@@ -34,6 +34,7 @@ from nntrtool.qtypes import (
     get_layout,
     get_type,
 )
+from nntrtool.shapes import TensorTotals
 from nntrtool.sources.tied import TiedEmbeddings, detect_tied
 
 #: Source dtypes the converter reads (safetensors names).
@@ -108,7 +109,7 @@ class TensorPlan(Stored):
 
 
 @dataclass
-class ConversionPlan:
+class ConversionPlan(TensorTotals):
     """The plan for a whole model: the stored tensors in source order plus everything decided."""
 
     tensors: list[TensorPlan]
@@ -150,16 +151,8 @@ class ConversionPlan:
         ]
 
     @property
-    def params(self) -> int:
-        return sum(t.numel for t in self.tensors)
-
-    @property
     def source_bytes(self) -> int:
         return sum(t.source_nbytes for t in self.tensors)
-
-    @property
-    def tensor_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
 
     def tensor(self, name: str) -> TensorPlan:
         for t in self.tensors:

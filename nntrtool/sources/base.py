@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nntrtool.errors import SourceError
+from nntrtool.shapes import TensorTotals
 from nntrtool.tensors.base import (  # noqa: F401  (handed on: sources read tensors of these kinds)
     BLOCK_DTYPES,
     DTYPE_BITS,
@@ -24,7 +25,7 @@ from nntrtool.tensors.base import (  # noqa: F401  (handed on: sources read tens
 )
 
 
-class ModelSource:
+class ModelSource(TensorTotals):
     """A model opened for reading: its config, where it came from, and its tensors in order.
 
     Use as a context manager, or call :meth:`close`; arrays read from a closed source stay
@@ -70,16 +71,6 @@ class ModelSource:
     def names(self) -> list[str]:
         """Tensor names in order."""
         return [t.name for t in self.tensors]
-
-    @property
-    def total_params(self) -> int:
-        """Elements over all tensors."""
-        return sum(t.numel for t in self.tensors)
-
-    @property
-    def total_nbytes(self) -> int:
-        """Bytes over all tensors, as stored in the source."""
-        return sum(t.nbytes for t in self.tensors)
 
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
