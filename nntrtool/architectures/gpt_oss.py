@@ -26,6 +26,7 @@ from nntrtool.architectures.nntrainer_layout import (
     PerExpert,
     Role,
     rope_param,
+    with_bias,
 )
 from nntrtool.errors import SourceError
 from nntrtool.tensors.base import SourceTensor
@@ -205,26 +206,18 @@ NNTRAINER = ArchitectureLayout(
     "GptOssForCausalLM",
     layer=(
         (L + "input_layernorm.weight", Role.NORM, ("D",)),
-        (L + "self_attn.q_proj.weight", Role.LINEAR, ("Q", "D")),
-        (L + "self_attn.q_proj.bias", Role.VECTOR, ("Q",)),
-        (L + "self_attn.k_proj.weight", Role.LINEAR, ("K", "D")),
-        (L + "self_attn.k_proj.bias", Role.VECTOR, ("K",)),
-        (L + "self_attn.v_proj.weight", Role.LINEAR, ("K", "D")),
-        (L + "self_attn.v_proj.bias", Role.VECTOR, ("K",)),
+        *with_bias(L + "self_attn.q_proj", Role.LINEAR, ("Q", "D")),
+        *with_bias(L + "self_attn.k_proj", Role.LINEAR, ("K", "D")),
+        *with_bias(L + "self_attn.v_proj", Role.LINEAR, ("K", "D")),
         (L + "self_attn.sinks", Role.VECTOR, ("N",)),
-        (L + "self_attn.o_proj.weight", Role.LINEAR, ("D", "Q")),
-        (L + "self_attn.o_proj.bias", Role.VECTOR, ("D",)),
+        *with_bias(L + "self_attn.o_proj", Role.LINEAR, ("D", "Q")),
         (L + "post_attention_layernorm.weight", Role.NORM, ("D",)),
-        (L + "mlp.router.weight", Role.ROUTER, ("E", "D")),
-        (L + "mlp.router.bias", Role.VECTOR, ("E",)),
+        *with_bias(L + "mlp.router", Role.ROUTER, ("E", "D")),
         PerExpert(
             (
-                (L + "mlp.experts.{e}.up_proj.weight", Role.LINEAR, ("M", "D")),
-                (L + "mlp.experts.{e}.up_proj.bias", Role.VECTOR, ("M",)),
-                (L + "mlp.experts.{e}.gate_proj.weight", Role.LINEAR, ("M", "D")),
-                (L + "mlp.experts.{e}.gate_proj.bias", Role.VECTOR, ("M",)),
-                (L + "mlp.experts.{e}.down_proj.weight", Role.LINEAR, ("D", "M")),
-                (L + "mlp.experts.{e}.down_proj.bias", Role.VECTOR, ("D",)),
+                *with_bias(L + "mlp.experts.{e}.up_proj", Role.LINEAR, ("M", "D")),
+                *with_bias(L + "mlp.experts.{e}.gate_proj", Role.LINEAR, ("M", "D")),
+                *with_bias(L + "mlp.experts.{e}.down_proj", Role.LINEAR, ("D", "M")),
             )
         ),
     ),

@@ -66,6 +66,11 @@ class PerExpert:
 LayerEntry = Entry | PerExpert
 
 
+def with_bias(stem: str, role: Role, dims: tuple[str, ...]) -> tuple[Entry, Entry]:
+    """A layer's ``stem.weight`` and, after it, its ``stem.bias`` (one value per output row)."""
+    return (stem + ".weight", role, dims), (stem + ".bias", Role.VECTOR, dims[:1])
+
+
 @dataclass(frozen=True)
 class ConfigRule:
     """Something the runtime does with configs where ``applies(config)``: ``message`` (formatted
