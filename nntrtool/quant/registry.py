@@ -24,15 +24,14 @@ from nntrtool.qtypes import TYPES, TensorType
 
 @dataclass(frozen=True)
 class QuantKernels:
-    """The kernels of one quantized type, living in ``module``."""
+    """The kernels of one quantized type, in the modules its type table entry names."""
 
     ttype: TensorType
-    module: str
 
     @property
     def impl(self) -> ModuleType:
-        """The kernel module (imported on first use)."""
-        return importlib.import_module(self.module)
+        """The array kernel module (imported on first use)."""
+        return importlib.import_module(str(self.ttype.kernels))
 
     def quantize_xp(self, x: Any, xp: Any) -> Any:
         """Bytes (rows, row_bytes) of a 2-D float32 ``xp`` array."""
@@ -79,7 +78,7 @@ class QuantKernels:
 
 
 KERNELS: dict[str, QuantKernels] = {
-    t.name: QuantKernels(t, t.kernels) for t in TYPES if t.kernels is not None
+    t.name: QuantKernels(t) for t in TYPES if t.kernels is not None
 }
 
 
