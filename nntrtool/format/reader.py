@@ -51,9 +51,7 @@ class Directory:
     """What the header of an NNTR file says: version, config, tensors and where data starts."""
 
     version: int
-    flags: int
     config: dict
-    config_bytes: int
     data_start: int
     tensors: tuple[TensorEntry, ...]
 
@@ -89,7 +87,7 @@ def read_directory(buf: Any, file_size: int | None = None) -> Directory:
     ``file_size`` defaults to ``len(buf)``. Reads only the header bytes; raises ``FormatError``.
     """
     size = len(buf) if file_size is None else file_size
-    version, flags, config, config_len, data_start, pos, count = _read_header(buf, size)
+    version, config, data_start, pos, count = _read_header(buf, size)
     entries: list[TensorEntry] = []
     names: set[str] = set()
     for index in range(count):
@@ -106,12 +104,12 @@ def read_directory(buf: Any, file_size: int | None = None) -> Directory:
     if data_start > size:
         raise FormatError(f"truncated file: data starts at {data_start}, the file is {size} bytes")
     _check_placement(entries, data_start, size)
-    return Directory(version, flags, config, config_len, data_start, tuple(entries))
+    return Directory(version, config, data_start, tuple(entries))
 
 
-def _read_header(buf: Any, size: int) -> tuple[int, int, dict[str, Any], int, int, int, int]:
-    """The fixed header, the config and the tensor count: ``(version, flags, config,
-    config_len, data_start, position after the count, count)``."""
+def _read_header(buf: Any, size: int) -> tuple[int, dict[str, Any], int, int, int]:
+    """The fixed header (checked), the config and the tensor count: ``(version, config,
+    data_start, position after the count, count)``."""
     if size == 0:
         raise FormatError("the file is empty, not an NNTR file")
     if size < len(MAGIC) or bytes(buf[: len(MAGIC)]) != MAGIC:
@@ -144,7 +142,7 @@ def _read_header(buf: Any, size: int) -> tuple[int, int, dict[str, Any], int, in
             f"truncated directory: {count} tensors need at least {count * ENTRY_FIXED_BYTES} "
             f"bytes at offset {pos}, the file has {size - pos} left"
         )
-    return version, flags, config, config_len, data_start, pos, count
+    return version, config, data_start, pos, count
 
 
 def _read_name(buf: Any, size: int, pos: int, index: int) -> tuple[str, int]:
