@@ -59,10 +59,8 @@ _FIX_CONFIG = (
     "the config does not describe these weights; fix config.json or give the right one with "
     "--config"
 )
-_FIX_GGUF = (
-    "the GGUF's metadata does not describe its tensors; download or convert the GGUF again, or "
-    "give the original Hugging Face model instead"
-)
+_GGUF_AGAIN = "download or convert the GGUF again, or give the original Hugging Face model instead"
+_FIX_GGUF = f"the GGUF's metadata does not describe its tensors; {_GGUF_AGAIN}"
 
 
 def config_mismatch(label: str, value: int, tensor: str, shape: Sequence[int]) -> str:
@@ -164,10 +162,8 @@ def gguf_count_mismatch(path: Path, label: str, value: int, found: str) -> str:
 
 
 def gguf_unreadable(path: str | Path, problem: str) -> str:
-    return (
-        f"{Path(path).name}: {problem}; the GGUF is damaged or not as its architecture expects: "
-        "download or convert the GGUF again, or give the original Hugging Face model instead"
-    )
+    damaged = "the GGUF is damaged or not as its architecture expects"
+    return f"{Path(path).name}: {problem}; {damaged}: {_GGUF_AGAIN}"
 
 
 def checkpoint_unreadable(where: str, problem: str) -> str:
