@@ -1,10 +1,10 @@
 """The tensor-type registry: the single source of truth for every stored type.
 
-Each stored type is one :class:`TensorType` entry: its NNTR type id, block geometry, the GGML
-type it corresponds to, the module holding its kernels, the type a row that does not fit its
-blocks falls back to, and the error verify allows by default. Sizes, file validation, plans,
-GGUF block copies, kernels and displays all derive from this table; adding a type is one entry
-here plus its kernel module (see docs/ARCHITECTURE.md).
+Each stored type is one row of the table below: its NNTR type id, block geometry, the GGML
+type it corresponds to, the type a row that does not fit its blocks falls back to, the error
+verify allows by default, its fp16 fields, and whether it has kernels (modules named after it).
+Sizes, file validation, plans, GGUF block copies, kernels and displays all derive from this
+table; adding a type is one row here plus its kernel modules (see docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -22,29 +22,45 @@ class TensorType:
     type_id: int
     block_size: int
     block_bytes: int
-    quantized: bool
-    description: str
     #: The GGML/GGUF type number of the same bytes (``None``: GGML has no such type).
-    ggml_type: int | None = None
-    #: The module with this type's array kernels (numpy / cupy; ``None``: no kernels, as for
-    #: F32 or a repacked layout) and the one with its numba kernels (imported on first use).
-    kernels: str | None = None
-    numba_kernels: str | None = None
-    #: Whether an importance matrix changes this type's bytes (ggml ignores it for Q8_0).
-    uses_imatrix: bool = False
-    #: Offered to users as a ``--quant-type`` / ``--type`` target.
-    target: bool = False
+    ggml_type: int | None
     #: What a matrix whose rows do not fit this type's blocks is stored as instead.
-    fallback: str | None = None
+    fallback: str | None
     #: The largest relative error ``||x - x'|| / ||x||`` verify accepts by default (about twice
     #: what the type gives on Gaussian weights, so real weights pass and a wrong scale does not).
-    max_rel_err: float = 0.0
-    #: The plain type whose blocks a layout type interleaves (itself for every other type).
-    plain_name: str | None = None
+    max_rel_err: float
     #: Byte offsets in a block of its float16 fields (scales, mins; for F16 the value itself):
     #: finite input whose field would pass 65504 decodes to inf, so such a tensor is stored in
     #: another type (nntrtool/quant/range_check.py).
-    fp16_fields: tuple[int, ...] = ()
+    fp16_fields: tuple[int, ...]
+    #: Whether an importance matrix changes this type's bytes (ggml ignores it for Q8_0).
+    uses_imatrix: bool
+    #: Whether the type has kernels: ``nntrtool/quant/<name>.py`` (numpy / cupy) and
+    #: ``nntrtool/quant/_<name>_numba.py`` (numba, imported on first use). F32 and a layout
+    #: type have none.
+    has_kernels: bool
+    #: The plain type whose blocks a layout type interleaves (``None`` for every other type).
+    plain_name: str | None = None
+
+    @property
+    def quantized(self) -> bool:
+        """Whether values are stored in blocks with scales (every type but F32 and F16)."""
+        return self.block_size > 1
+
+    @property
+    def target(self) -> bool:
+        """Offered to users as a ``--quant-type`` / ``--type`` target (every plain type)."""
+        return self.plain_name is None
+
+    @property
+    def kernels(self) -> str | None:
+        """The module with this type's array kernels (``None``: no kernels)."""
+        return f"nntrtool.quant.{self.name}" if self.has_kernels else None
+
+    @property
+    def numba_kernels(self) -> str | None:
+        """The module with this type's numba kernels (``None``: no kernels)."""
+        return f"nntrtool.quant._{self.name}_numba" if self.has_kernels else None
 
     @property
     def plain(self) -> TensorType:
@@ -77,146 +93,24 @@ class TensorType:
         return rows * self.row_bytes(shape[-1])
 
 
-# Default verify limits were measured on 512 x 4096 N(0, 0.02) weights (q4_0 0.086, q6_k 0.018,
-# q8_0 0.0054; heavy-tailed Student-t(3) weights give 0.127, 0.026, 0.0085; q4_k 0.071 / 0.092,
-# q5_k 0.036 / 0.047, q5_0 0.043 / 0.066, q5_1 0.038 / 0.049, f16 0.00021). F32 is bit-exact.
-F32 = TensorType("f32", 6, 1, 4, False, "IEEE float32", ggml_type=0, target=True)
-Q4_0 = TensorType(
-    "q4_0",
-    4,
-    32,
-    18,
-    True,
-    "GGML Q4_0: fp16 scale + 32 x 4-bit",
-    ggml_type=2,
-    kernels="nntrtool.quant.q4_0",
-    numba_kernels="nntrtool.quant._q4_0_numba",
-    uses_imatrix=True,
-    target=True,
-    fallback="f32",
-    max_rel_err=0.18,
-    fp16_fields=(0,),
-)
-Q4_0_REPACKED = TensorType(
-    "q4_0_repacked",
-    3,
-    32,
-    18,
-    True,
-    "GGML Q4_0 blocks interleaved across rows for CPU SIMD",
-    max_rel_err=0.18,
-    plain_name="q4_0",
-)
-Q6_K = TensorType(
-    "q6_k",
-    5,
-    256,
-    210,
-    True,
-    "GGML Q6_K: 16 x 6-bit sub-blocks, int8 scales",
-    ggml_type=14,
-    kernels="nntrtool.quant.q6_k",
-    numba_kernels="nntrtool.quant._q6_k_numba",
-    uses_imatrix=True,
-    target=True,
-    fallback="q8_0",
-    max_rel_err=0.04,
-    fp16_fields=(208,),
-)
-Q8_0 = TensorType(
-    "q8_0",
-    7,
-    32,
-    34,
-    True,
-    "GGML Q8_0: fp16 scale + 32 x int8",
-    ggml_type=8,
-    kernels="nntrtool.quant.q8_0",
-    numba_kernels="nntrtool.quant._q8_0_numba",
-    target=True,
-    fallback="f32",
-    max_rel_err=0.012,
-    fp16_fields=(0,),
-)
-
-Q4_K = TensorType(
-    "q4_k",
-    8,
-    256,
-    144,
-    True,
-    "GGML Q4_K: 8 x 32 4-bit sub-blocks, 6-bit scales and mins",
-    ggml_type=12,
-    kernels="nntrtool.quant.q4_k",
-    numba_kernels="nntrtool.quant._q4_k_numba",
-    uses_imatrix=True,
-    target=True,
-    fallback="q5_0",
-    max_rel_err=0.15,
-    fp16_fields=(0, 2),
-)
-Q5_K = TensorType(
-    "q5_k",
-    9,
-    256,
-    176,
-    True,
-    "GGML Q5_K: 8 x 32 5-bit sub-blocks, 6-bit scales and mins",
-    ggml_type=13,
-    kernels="nntrtool.quant.q5_k",
-    numba_kernels="nntrtool.quant._q5_k_numba",
-    uses_imatrix=True,
-    target=True,
-    fallback="q5_1",
-    max_rel_err=0.075,
-    fp16_fields=(0, 2),
-)
-Q5_0 = TensorType(
-    "q5_0",
-    10,
-    32,
-    22,
-    True,
-    "GGML Q5_0: fp16 scale + 32 x 5-bit",
-    ggml_type=6,
-    kernels="nntrtool.quant.q5_0",
-    numba_kernels="nntrtool.quant._q5_0_numba",
-    uses_imatrix=True,
-    target=True,
-    fallback="f32",
-    max_rel_err=0.09,
-    fp16_fields=(0,),
-)
-Q5_1 = TensorType(
-    "q5_1",
-    11,
-    32,
-    24,
-    True,
-    "GGML Q5_1: fp16 scale and min + 32 x 5-bit",
-    ggml_type=7,
-    kernels="nntrtool.quant.q5_1",
-    numba_kernels="nntrtool.quant._q5_1_numba",
-    uses_imatrix=True,
-    target=True,
-    fallback="f32",
-    max_rel_err=0.08,
-    fp16_fields=(0, 2),
-)
-F16 = TensorType(
-    "f16",
-    12,
-    1,
-    2,
-    False,
-    "IEEE float16 (round to nearest even)",
-    ggml_type=1,
-    kernels="nntrtool.quant.f16",
-    numba_kernels="nntrtool.quant._f16_numba",
-    target=True,
-    max_rel_err=0.0005,
-    fp16_fields=(0,),
-)
+# The stored types, one a row, with the columns of TensorType. Default verify limits were
+# measured on 512 x 4096 N(0, 0.02) weights (q4_0 0.086, q6_k 0.018, q8_0 0.0054; heavy-tailed
+# Student-t(3) weights give 0.127, 0.026, 0.0085; q4_k 0.071 / 0.092, q5_k 0.036 / 0.047,
+# q5_0 0.043 / 0.066, q5_1 0.038 / 0.049, f16 0.00021). F32 is bit-exact.
+# fmt: off
+#                 name    id block bytes ggml fallback verify  fp16   imatrix kernels
+F32 = TensorType("f32",    6,   1,   4,  0,  None,   0.0,    (),     False, False) # IEEE float32
+F16 = TensorType("f16",   12,   1,   2,  1,  None,   0.0005, (0,),   False, True)  # IEEE float16
+Q4_0 = TensorType("q4_0",  4,  32,  18,  2,  "f32",  0.18,   (0,),   True,  True)  # d, 32 x 4 bit
+Q8_0 = TensorType("q8_0",  7,  32,  34,  8,  "f32",  0.012,  (0,),   False, True)  # d, 32 x 8 bit
+Q5_0 = TensorType("q5_0", 10,  32,  22,  6,  "f32",  0.09,   (0,),   True,  True)  # d, 32 x 5 bit
+Q5_1 = TensorType("q5_1", 11,  32,  24,  7,  "f32",  0.08,   (0, 2), True,  True)  # d, m, 32 x 5
+Q4_K = TensorType("q4_k",  8, 256, 144, 12,  "q5_0", 0.15,   (0, 2), True,  True)  # 8 x 32 x 4 bit
+Q5_K = TensorType("q5_k",  9, 256, 176, 13,  "q5_1", 0.075,  (0, 2), True,  True)  # 8 x 32 x 5 bit
+Q6_K = TensorType("q6_k",  5, 256, 210, 14,  "q8_0", 0.04,   (208,), True,  True)  # 16 x 16 x 6 bit
+# Q4_0 blocks interleaved across rows for CPU SIMD kernels (the layouts below).
+Q4_0_REPACKED = TensorType("q4_0_repacked", 3, 32, 18, None, None, 0.18, (), False, False, "q4_0")
+# fmt: on
 
 TYPES: tuple[TensorType, ...] = (Q4_0_REPACKED, Q4_0, Q6_K, F32, Q8_0, Q4_K, Q5_K, Q5_0, Q5_1, F16)
 TYPES_BY_ID: dict[int, TensorType] = {t.type_id: t for t in TYPES}
