@@ -91,11 +91,6 @@ class KernelUse:
     kernel: str
     elements: int
 
-    @property
-    def family(self) -> str:
-        """The kernel without its source element type: what the speed tables are keyed on."""
-        return self.kernel.removesuffix("-float32").removesuffix("-uint16")
-
 
 def quantize_use(
     qtype: str, source_dtype: str, elements: int, *, imatrix: bool = False
@@ -220,9 +215,19 @@ def mark_compiled(kernel: str) -> None:
 # ---------------------------------------------------------------------------- the choice
 
 
+def _run_seconds(uses: Iterable[KernelUse], rates: dict[str, float]) -> float:
+    """Seconds to run ``uses`` at ``rates``, which are keyed by the kernel without its source
+    element type."""
+    seconds = 0.0
+    for u in uses:
+        family = u.kernel.removesuffix("-float32").removesuffix("-uint16")
+        seconds += u.elements / rates.get(family, _UNKNOWN_RATE)
+    return seconds
+
+
 def numpy_seconds(uses: Iterable[KernelUse]) -> float:
     """Expected seconds of ``uses`` on the numpy backend."""
-    return sum(u.elements / NUMPY_RATE.get(u.family, _UNKNOWN_RATE) for u in uses)
+    return _run_seconds(uses, NUMPY_RATE)
 
 
 def numba_seconds(uses: Iterable[KernelUse], *, all_cached: bool = False) -> float:
@@ -241,7 +246,7 @@ def numba_seconds(uses: Iterable[KernelUse], *, all_cached: bool = False) -> flo
             seconds += COMPILE_S.get(kernel, _UNKNOWN_COMPILE_S)
     if compiled_any:
         seconds += FIRST_COMPILE_S
-    return seconds + sum(u.elements / NUMBA_RATE.get(u.family, _UNKNOWN_RATE) for u in uses)
+    return seconds + _run_seconds(uses, NUMBA_RATE)
 
 
 def choose_backend(requested: str | None, uses: Iterable[KernelUse]) -> str:
