@@ -51,7 +51,7 @@ class Directory:
     """What the header of an NNTR file says: version, config, tensors and where data starts."""
 
     version: int
-    config: dict
+    config: dict[str, Any]
     data_start: int
     tensors: tuple[TensorEntry, ...]
 
