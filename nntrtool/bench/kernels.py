@@ -94,7 +94,7 @@ def set_threads(threads: int | None) -> None:
 @dataclass
 class _Group:
     """One case measured for several implementations: references first, then nntrtool's.
-    Every kernel case works on one ``(rows, cols)`` matrix, its ``params``."""
+    Every kernel case works on one ``shape = (rows, cols)`` matrix of ``rows * cols`` params."""
 
     name: str
     op: str
