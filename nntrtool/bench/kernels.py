@@ -93,16 +93,20 @@ def set_threads(threads: int | None) -> None:
 
 @dataclass
 class _Group:
-    """One case measured for several implementations: references first, then nntrtool's."""
+    """One case measured for several implementations: references first, then nntrtool's.
+    Every kernel case works on one ``shape = (rows, cols)`` matrix of ``rows * cols`` params."""
 
     name: str
     op: str
-    params: int
+    qtype: str
+    shape: tuple[int, int]
     bytes_in: int
     bytes_out: int
-    qtype: str | None = None
     layout: str | None = None
-    shape: list[int] | None = None
+
+    @property
+    def params(self) -> int:
+        return self.shape[0] * self.shape[1]
 
 
 class _Runner:
@@ -127,7 +131,7 @@ class _Runner:
         ``impls`` maps a backend to (full-size call, tiny call); the tiny call is made first
         the first time a kernel is seen, to time its JIT compile or cache load apart.
         """
-        meta = {"qtype": g.qtype, "layout": g.layout, "shape": g.shape}
+        meta = {"qtype": g.qtype, "layout": g.layout, "shape": list(g.shape)}
         sizes = {"params": g.params, "bytes_in": g.bytes_in, "bytes_out": g.bytes_out}
         same = check or _same_output
         expected: dict[str, Any] = {}
@@ -184,8 +188,9 @@ def kernel_cases(
         q4_0_data = None
         for qtype in options.qtypes:
             qbytes = rows * get_type(qtype).row_bytes(cols)
-            g = _Group(f"quantize {qtype} {size}", "quantize", params, x.nbytes, qbytes,
-                       qtype=qtype, shape=[rows, cols])  # fmt: skip
+            g = _Group(
+                f"quantize {qtype} {size}", "quantize", qtype, (rows, cols), x.nbytes, qbytes
+            )
             ref_fns: dict[str, Callable[[], Any]] = {}
             if refs.ggml is not None:
                 ref_fns[REF_GGML] = partial(refs.ggml.quantize, x, qtype)
@@ -206,8 +211,8 @@ def kernel_cases(
             if qtype == Q4_0.name:
                 q4_0_data = data
             tiny_data = np.ascontiguousarray(data[:ROW_MULTIPLE])
-            g = _Group(f"dequantize {qtype} {size}", "dequantize", params, data.nbytes,
-                       params * 4, qtype=qtype, shape=[rows, cols])  # fmt: skip
+            g = _Group(f"dequantize {qtype} {size}", "dequantize", qtype, (rows, cols),
+                       data.nbytes, params * 4)  # fmt: skip
             ref_fns = {}
             if refs.ggml is not None:
                 ref_fns[REF_GGML] = partial(refs.ggml.dequantize, data, qtype, cols)
@@ -237,8 +242,8 @@ def _imatrix_case(
 
     rows, cols = x.shape
     qw = np.random.default_rng(seed + 1).exponential(1.0, cols).astype(np.float32)
-    g = _Group(f"quantize {qtype} imatrix {size_text(rows, cols)}", "imatrix",
-               rows * cols, x.nbytes, qbytes, qtype=qtype, shape=[rows, cols])  # fmt: skip
+    g = _Group(f"quantize {qtype} imatrix {size_text(rows, cols)}", "imatrix", qtype,
+               (rows, cols), x.nbytes, qbytes)  # fmt: skip
     ref_fns = {REF_GGML: partial(refs.ggml.quantize, x, qtype, qw)} if refs.ggml else {}
     impls = {
         b: (partial(quant.quantize, x, qtype, backend=b, imatrix=qw),
@@ -265,8 +270,8 @@ def _repack_cases(
     cpu = [b for b in backends if b != "cupy"] or ["numba"]
     tiny = np.ascontiguousarray(data[:ROW_MULTIPLE])
     for layout in runner.options.layouts:
-        common = {"params": rows * cols, "bytes_in": data.nbytes, "bytes_out": data.nbytes,
-                  "qtype": Q4_0.name, "layout": layout, "shape": [rows, cols]}  # fmt: skip
+        common = {"qtype": Q4_0.name, "shape": (rows, cols), "bytes_in": data.nbytes,
+                  "bytes_out": data.nbytes, "layout": layout}  # fmt: skip
         ref_fns = {REF_GGML: partial(refs.ggml.repack, data, layout)} if refs.ggml else {}
         impls = _layout_impls(quant.repack, data, tiny, layout, cpu)
         g = _Group(f"repack {layout} {size_text(rows, cols)}", "repack", **common)

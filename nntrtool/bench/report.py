@@ -26,9 +26,10 @@ from nntrtool.bench.timing import Timing
 # ---------------------------------------------------------------------------- results
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CaseResult:
-    """One measured case; ``seconds`` is the median of the repeats."""
+    """One measured case; ``seconds`` is the median of the repeats. Every case has a ``qtype``
+    (repack and unpack: Q4_0; convert: the type converted to)."""
 
     name: str
     op: str
@@ -44,7 +45,7 @@ class CaseResult:
     seconds_q3: float
     params_per_s: float
     gb_per_s: float
-    qtype: str | None = None
+    qtype: str
     layout: str | None = None
     shape: list[int] | None = None
     reference: bool = False

@@ -108,15 +108,13 @@ def export_command(
         eos_token_ids=list(eos_token_id) if eos_token_id else None,
     )
 
-    progress = progress_factory(quiet)
-
     result = export_nntr(
         file,
         out_dir,
         target,
         isa,
         force=force,
-        progress=progress,
+        progress=progress_factory(quiet),
         runtime=runtime,
         source_dir=tokenizer,
         dry_run=dry_run,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,19 +106,8 @@ class ImatrixReport:
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "out": self.out,
-            "source": self.source,
-            "text": self.text,
-            "tensors": self.tensors,
-            "matrices": self.matrices,
-            "chunks": self.chunks,
-            "chunk_size": self.chunk_size,
-            "tokens": self.tokens,
-            "text_tokens": self.text_tokens,
-            "never_activated": list(self.never_activated),
-            "seconds": round(self.seconds, 3),
-        }
+        """The fields in order, ``seconds`` rounded to milliseconds."""
+        return {**asdict(self), "seconds": round(self.seconds, 3)}
 
 
 class ImatrixCollector:

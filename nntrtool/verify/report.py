@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 STATUS_OK = "ok"
@@ -77,11 +77,9 @@ class TypeSummary:
     worst: dict[str, float | None]
 
     def to_json(self) -> dict[str, Any]:
+        """The fields in order, non-finite figures as null."""
         return {
-            "type": self.type,
-            "tensors": self.tensors,
-            "params": self.params,
-            "failed": self.failed,
+            **asdict(self),
             "mean": {k: json_float(v) for k, v in self.mean.items()},
             "worst": {k: json_float(v) for k, v in self.worst.items()},
         }
