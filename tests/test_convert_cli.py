@@ -281,3 +281,18 @@ def test_ctrl_c_leaves_no_file(tmp_path):
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert files_in(outdir) == []
+
+
+@pytest.mark.parametrize("command", ["convert", "bench"])
+def test_help_names_every_type(command, capsys, monkeypatch):
+    """The help of --quant-type (convert) and --type (bench) lists what the type table offers,
+    so a type added to the table shows up there without an edit."""
+    from nntrtool.plan.options import QUANT_TYPE_CHOICES
+    from nntrtool.qtypes import QUANT_TYPE_NAMES
+
+    monkeypatch.setenv("COLUMNS", "400")
+    code, out, _ = run([command, "--help"], capsys)
+    assert code == 0
+    words = set(out.replace(",", " ").replace(";", " ").replace(".", " ").split())
+    wanted = QUANT_TYPE_CHOICES if command == "convert" else QUANT_TYPE_NAMES
+    assert set(wanted) <= words, set(wanted) - words

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import typer
 
 from nntrtool.cli.display import human_bytes, human_count, stderr_console
+from nntrtool.qtypes import QUANT_TYPE_NAMES
 
 
 def _fmt_s(s: float | None) -> str:
@@ -247,9 +248,9 @@ def bench_command(
         None,
         "--type",
         "-t",
-        metavar="q4_0|q6_k|q8_0",
-        help="Quantization type to measure (repeatable). Default: all three for the kernels, "
-        "q4_0 and q6_k end to end.",
+        metavar="TYPE",
+        help=f"Quantization type to measure (repeatable): {', '.join(QUANT_TYPE_NAMES)}. "
+        "Default: every one for the kernels, q4_0 and q6_k end to end.",
     ),
     threads: Optional[int] = typer.Option(  # noqa: UP045
         None, "--threads", min=1, help="CPU threads for the parallel kernels (default: all)."

@@ -14,6 +14,7 @@ import typer
 
 from nntrtool.cli import options as opts
 from nntrtool.cli.display import human_bytes, human_count
+from nntrtool.qtypes import TARGET_TYPE_NAMES
 from nntrtool.units import size_change
 
 
@@ -29,8 +30,9 @@ def convert_command(
     quant_type: str = typer.Option(
         "auto",
         "--quant-type",
-        help="Type of the weight matrices: q4_0, q6_k, q8_0, f32, or keep (GGUF blocks as they "
-        "are, other types to q6_k/q8_0, floats to f32). auto: keep for GGUF sources, else q4_0 "
+        help=f"Type of the weight matrices: {', '.join(TARGET_TYPE_NAMES)}; llama.cpp's mixtures "
+        "q4_k_m, q5_k_m; or keep (GGUF blocks as they are, other types to q6_k/q8_0, floats to "
+        "f32). auto: keep for GGUF sources, else q4_0 "
         "(with --target nntrainer --isa x86: q4_k where every linear layer fits it).",
     ),
     repack_format: str = typer.Option(
