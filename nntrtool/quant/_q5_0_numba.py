@@ -73,22 +73,13 @@ def _quantize_weighted_rows(x, src_kind, qw, out, bad):
     rows, cols = x.shape
     nb = cols // QK
     for r in nc.prange(rows):
-        row = x[r]
         orow = out[r]
         xr = np.empty(cols, dtype=np.float32)
         w = np.empty(QK, dtype=np.float32)
         codes = np.empty(QK, dtype=np.int32)
-        total = _F0
-        chk = _F0
-        for k in range(cols):
-            v = nc.load_f32(row, k, src_kind)
-            xr[k] = v
-            chk = chk + (v - v)
-            total = total + v * v
-        if chk != _F0:
-            bad[r] = 0
+        sigma2 = nc.load_row_sigma2(x, r, src_kind, xr, bad)
+        if bad[r] >= 0:
             continue
-        sigma2 = total / np.float32(cols)
         for b in range(nb):
             base = b * QK
             amax = _F0

@@ -71,19 +71,12 @@ def _quantize_weighted_rows(x, src_kind, qw, out, bad):
     rows, cols = x.shape
     nb = cols // QK
     for r in nc.prange(rows):
-        row = x[r]
         orow = out[r]
         s = np.empty(kn.SCRATCH, dtype=np.float32)
-        total = _F0
-        chk = _F0
-        for k in range(cols):
-            v = nc.load_f32(row, k, src_kind)
-            chk = chk + (v - v)
-            total = total + v * v
-        if chk != _F0:
-            bad[r] = 0
+        xr = np.empty(cols, dtype=np.float32)
+        sigma2 = nc.load_row_sigma2(x, r, src_kind, xr, bad)
+        if bad[r] >= 0:
             continue
-        sigma2 = total / np.float32(cols)
         for b0 in range(0, nb, _L):
             n = min(_L, nb - b0)
             kn.load_tile(x, r, b0 * QK, n, src_kind, s)
