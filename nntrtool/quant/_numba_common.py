@@ -252,6 +252,24 @@ def _load_f32_overload(row, j, src_kind):
     return None
 
 
+@register_jitable(inline="always")
+def load_row_sigma2(x, r, src_kind, xr, bad):
+    """Decode source row ``x[r]`` into float32 ``xr``; returns ggml's ``sigma2 = sum(x*x) / n``
+    of the importance-weighted quantizers (summed in column order in float32, as ggml does).
+    A row holding a NaN or inf is marked ``bad[r] = 0`` (see :func:`run_quantize`)."""
+    row = x[r]
+    total = F32(0.0)
+    chk = F32(0.0)
+    for k in range(row.shape[0]):
+        v = load_f32(row, k, src_kind)
+        xr[k] = v
+        chk = chk + (v - v)  # stays 0 unless some v is inf or NaN
+        total = total + v * v
+    if chk != F32(0.0):
+        bad[r] = 0
+    return total / F32(row.shape[0])
+
+
 _launch_lock = threading.Lock()
 _threading_layer: str | None = None
 
@@ -429,5 +447,6 @@ __all__ = [
     "load_f16",
     "nearest_int",
     "load_f32",
+    "load_row_sigma2",
     "make_clamp",
 ]

@@ -141,23 +141,12 @@ def _quantize_group(xr, qwt, sigma2, b0, nblocks, orow, s):
 def _quantize_rows(x, src_kind, qwt, out, bad):
     rows, cols = x.shape
     nb = cols // QK
-    ncols = np.float32(cols)
     for r in nc.prange(rows):
-        row = x[r]
         xr = np.empty(cols, dtype=np.float32)
         s = np.empty(_SCRATCH, dtype=np.float32)
-        # sigma2 = sum(x*x) / cols, summed in column order in float32 as ggml does.
-        total = _ZERO
-        chk = _ZERO
-        for k in range(cols):
-            v = nc.load_f32(row, k, src_kind)
-            xr[k] = v
-            chk = chk + (v - v)  # stays 0 unless some v is inf or NaN
-            total = total + v * v
-        if chk != _ZERO:
-            bad[r] = 0
+        sigma2 = nc.load_row_sigma2(x, r, src_kind, xr, bad)
+        if bad[r] >= 0:
             continue
-        sigma2 = total / ncols
         for b0 in range(0, nb, _LANES):
             g = b0 * QK
             _quantize_group(

@@ -25,6 +25,12 @@ _copy8 = simd.make_copy_xor(8, XOR)
 
 
 @njit(inline="always")
+def _ends(plain, packed, to_plain):
+    """(source, destination) offsets of a copy between the two layouts."""
+    return (packed, plain) if to_plain else (plain, packed)
+
+
+@njit(inline="always")
 def _copy_chunk(src, s, dst, o, interleave):
     if interleave == 8:
         _copy8(src, s, dst, o)
@@ -32,55 +38,52 @@ def _copy_chunk(src, s, dst, o, interleave):
         _copy4(src, s, dst, o)
 
 
-@njit(cache=True, nogil=True)
-def _repack_kernel(src, dst, rows, row_bytes, R, B):
+@njit(inline="always")
+def _shuffle(src, dst, rows, row_bytes, R, B, to_plain):
+    """Copy plain Q4_0 rows into the interleaved layout (each group of R rows: the R scales of
+    a block, then its quants B bytes at a time, row after row), or back with ``to_plain``."""
     nb = row_bytes // BLOCK_BYTES
     nchunks = QS_BYTES // B
     for g in range(rows // R):
         gbase = g * R * row_bytes
         for b in range(nb):
-            o = gbase + b * BLOCK_BYTES * R
+            packed = gbase + b * BLOCK_BYTES * R
             for r in range(R):
-                _copy_d(src, gbase + r * row_bytes + b * BLOCK_BYTES, dst, o + D_BYTES * r)
-            o += D_BYTES * R
+                s, o = _ends(
+                    gbase + r * row_bytes + b * BLOCK_BYTES, packed + D_BYTES * r, to_plain
+                )
+                _copy_d(src, s, dst, o)
+            packed += D_BYTES * R
             for c in range(nchunks):
                 for r in range(R):
-                    s = gbase + r * row_bytes + b * BLOCK_BYTES + D_BYTES + c * B
+                    plain = gbase + r * row_bytes + b * BLOCK_BYTES + D_BYTES + c * B
+                    s, o = _ends(plain, packed, to_plain)
                     _copy_chunk(src, s, dst, o, B)
-                    o += B
+                    packed += B
+
+
+@njit(cache=True, nogil=True)
+def _repack_kernel(src, dst, rows, row_bytes, R, B):
+    _shuffle(src, dst, rows, row_bytes, R, B, False)
 
 
 @njit(cache=True, nogil=True)
 def _unpack_kernel(src, dst, rows, row_bytes, R, B):
-    nb = row_bytes // BLOCK_BYTES
-    nchunks = QS_BYTES // B
-    for g in range(rows // R):
-        gbase = g * R * row_bytes
-        for b in range(nb):
-            s = gbase + b * BLOCK_BYTES * R
-            for r in range(R):
-                _copy_d(src, s + D_BYTES * r, dst, gbase + r * row_bytes + b * BLOCK_BYTES)
-            s += D_BYTES * R
-            for c in range(nchunks):
-                for r in range(R):
-                    o = gbase + r * row_bytes + b * BLOCK_BYTES + D_BYTES + c * B
-                    _copy_chunk(src, s, dst, o, B)
-                    s += B
+    _shuffle(src, dst, rows, row_bytes, R, B, True)
+
+
+def _run(kernel, data: np.ndarray, rows_per_group: int, interleave: int) -> np.ndarray:
+    out = np.empty_like(data)
+    rows, row_bytes = data.shape
+    kernel(data.reshape(-1), out.reshape(-1), rows, row_bytes, rows_per_group, interleave)
+    return out
 
 
 def repack(data: np.ndarray, rows_per_group: int, interleave: int) -> np.ndarray:
     """Interleaved copy of a C-contiguous plain Q4_0 (rows, row_bytes) array."""
-    out = np.empty_like(data)
-    _repack_kernel(
-        data.reshape(-1), out.reshape(-1), data.shape[0], data.shape[1], rows_per_group, interleave
-    )
-    return out
+    return _run(_repack_kernel, data, rows_per_group, interleave)
 
 
 def unpack(data: np.ndarray, rows_per_group: int, interleave: int) -> np.ndarray:
     """Plain Q4_0 copy of a C-contiguous interleaved (rows, row_bytes) array."""
-    out = np.empty_like(data)
-    _unpack_kernel(
-        data.reshape(-1), out.reshape(-1), data.shape[0], data.shape[1], rows_per_group, interleave
-    )
-    return out
+    return _run(_unpack_kernel, data, rows_per_group, interleave)

@@ -156,42 +156,66 @@ def make_first_abs(n: int, op: str):
     return first_abs
 
 
-def make_q4_0_pack(qk: int):
-    """Intrinsic ``f(row, base, kind, inv, out, obase)``: ``out[obase:obase+qk/2] = lo | hi << 4``
-    with lo/hi the Q4_0 codes ``min(15, int(x * inv + 8.5))`` of the block's two halves."""
-    half = qk // 2
+def _make_pack(name: str, pack_block):
+    """Intrinsic ``f(row, base, kind, inv, out, obase)`` storing at ``out[obase:]`` the byte
+    vector ``pack_block(builder, load, base, vinv)`` builds, where ``load(offset, n)`` is the n
+    source values at ``row[offset:]`` as a float32 vector and ``vinv(n)`` is ``inv`` splatted
+    to n lanes."""
 
     @intrinsic
-    def q4_0_pack(typingctx, row, base, kind, inv, out, obase):
-        _check_source(row, "q4_0_pack")
-        _check_array(out, types.uint8, "q4_0_pack")
-        _check_f32(inv, "q4_0_pack")
+    def pack(typingctx, row, base, kind, inv, out, obase):
+        _check_source(row, name)
+        _check_array(out, types.uint8, name)
+        _check_f32(inv, name)
 
         def codegen(context, builder, sig, args):
-            rowty, _, _, _, outty, _ = sig.args
+            rowty, outty = sig.args[0], sig.args[4]
             ary, base, kind, inv, oary, obase = args
-            fvec = ir.VectorType(_F32, half)
-            ivec = ir.VectorType(_I32, half)
-            bvec = ir.VectorType(_I8, half)
-            vinv = _splat(builder, inv, fvec)
-            bias = _const_vec(fvec, 8.5)
-            fifteen = _const_vec(ivec, 15)
 
-            def codes(offset):
-                x = _load_f32(context, builder, rowty, ary, offset, kind, half)
-                q = builder.fptosi(builder.fadd(builder.fmul(x, vinv), bias), ivec)
-                q = builder.select(builder.icmp_signed("<", q, fifteen), q, fifteen)
-                return builder.trunc(q, bvec)
+            def load(offset, n):
+                return _load_f32(context, builder, rowty, ary, offset, kind, n)
 
-            lo = codes(base)
-            hi = codes(builder.add(base, ir.Constant(base.type, half)))
-            packed = builder.or_(lo, builder.shl(hi, _const_vec(bvec, 4)))
-            builder.store(packed, _block_ptr(context, builder, outty, oary, obase, bvec), align=1)
+            def vinv(n):
+                return _splat(builder, inv, ir.VectorType(_F32, n))
+
+            packed = pack_block(builder, load, base, vinv)
+            dst = _block_ptr(context, builder, outty, oary, obase, packed.type)
+            builder.store(packed, dst, align=1)
             return context.get_dummy_value()
 
         return types.none(row, base, kind, inv, out, obase), codegen
 
-    return q4_0_pack
+    return pack
+
+
+def _make_nibble_pack(name: str, qk: int, codes):
+    """A :func:`_make_pack` intrinsic storing ``lo | hi << 4``, with lo/hi the int8 codes
+    ``codes(builder, x, inv)`` of the two halves of the block (float32 vectors ``x``)."""
+    half = qk // 2
+
+    def pack_block(builder, load, base, vinv):
+        inv = vinv(half)
+        lo = codes(builder, load(base, half), inv)
+        hi = codes(builder, load(builder.add(base, ir.Constant(base.type, half)), half), inv)
+        return builder.or_(lo, builder.shl(hi, _const_vec(lo.type, 4)))
+
+    return _make_pack(name, pack_block)
+
+
+def make_q4_0_pack(qk: int):
+    """Intrinsic ``f(row, base, kind, inv, out, obase)``: ``out[obase:obase+qk/2] = lo | hi << 4``
+    with lo/hi the Q4_0 codes ``min(15, int(x * inv + 8.5))`` of the block's two halves."""
+    half = qk // 2
+    ivec = ir.VectorType(_I32, half)
+    bias = _const_vec(ir.VectorType(_F32, half), 8.5)
+    fifteen = _const_vec(ivec, 15)
+
+    def codes(builder, x, inv):
+        q = builder.fptosi(builder.fadd(builder.fmul(x, inv), bias), ivec)
+        q = builder.select(builder.icmp_signed("<", q, fifteen), q, fifteen)
+        return builder.trunc(q, ir.VectorType(_I8, half))
+
+    return _make_nibble_pack("q4_0_pack", qk, codes)
 
 
 def make_q4_0_pack_nearest(qk: int, nmax: int):
@@ -199,126 +223,90 @@ def make_q4_0_pack_nearest(qk: int, nmax: int):
     with lo/hi the codes ``clamp(nearest_int(x * inv), -nmax, nmax-1) + nmax`` of the block's
     two halves (ggml's make_qx_quants codes; ``x * inv`` finite and within +-2^22)."""
     half = qk // 2
+    fvec = ir.VectorType(_F32, half)
+    bias = _const_vec(fvec, 12582912.0)  # 1.5 * 2^23: rounds half to even
+    lo_lim = _const_vec(fvec, float(-nmax))
+    hi_lim = _const_vec(fvec, float(nmax - 1))
+    offset = _const_vec(fvec, float(nmax))
 
-    @intrinsic
-    def q4_0_pack_nearest(typingctx, row, base, kind, inv, out, obase):
-        _check_source(row, "q4_0_pack_nearest")
-        _check_array(out, types.uint8, "q4_0_pack_nearest")
-        _check_f32(inv, "q4_0_pack_nearest")
+    def codes(builder, x, inv):
+        v = builder.fsub(builder.fadd(builder.fmul(x, inv), bias), bias)
+        v = builder.select(builder.fcmp_ordered(">", v, lo_lim), v, lo_lim)
+        v = builder.select(builder.fcmp_ordered("<", v, hi_lim), v, hi_lim)
+        q = builder.fptosi(builder.fadd(v, offset), ir.VectorType(_I32, half))
+        return builder.trunc(q, ir.VectorType(_I8, half))
 
-        def codegen(context, builder, sig, args):
-            rowty, _, _, _, outty, _ = sig.args
-            ary, base, kind, inv, oary, obase = args
-            fvec = ir.VectorType(_F32, half)
-            ivec = ir.VectorType(_I32, half)
-            bvec = ir.VectorType(_I8, half)
-            vinv = _splat(builder, inv, fvec)
-            bias = _const_vec(fvec, 12582912.0)  # 1.5 * 2^23: rounds half to even
-            lo_lim = _const_vec(fvec, float(-nmax))
-            hi_lim = _const_vec(fvec, float(nmax - 1))
-            offset = _const_vec(fvec, float(nmax))
-
-            def codes(offs):
-                x = _load_f32(context, builder, rowty, ary, offs, kind, half)
-                v = builder.fsub(builder.fadd(builder.fmul(x, vinv), bias), bias)
-                v = builder.select(builder.fcmp_ordered(">", v, lo_lim), v, lo_lim)
-                v = builder.select(builder.fcmp_ordered("<", v, hi_lim), v, hi_lim)
-                return builder.trunc(builder.fptosi(builder.fadd(v, offset), ivec), bvec)
-
-            lo = codes(base)
-            hi = codes(builder.add(base, ir.Constant(base.type, half)))
-            packed = builder.or_(lo, builder.shl(hi, _const_vec(bvec, 4)))
-            builder.store(packed, _block_ptr(context, builder, outty, oary, obase, bvec), align=1)
-            return context.get_dummy_value()
-
-        return types.none(row, base, kind, inv, out, obase), codegen
-
-    return q4_0_pack_nearest
+    return _make_nibble_pack("q4_0_pack_nearest", qk, codes)
 
 
 def make_q8_0_pack(qk: int):
     """Intrinsic ``f(row, base, kind, inv, out, obase)``: ``out[obase:obase+qk]`` = the Q8_0
     codes ``roundf(x * inv)`` (halves away from zero) of ``row[base:base+qk]`` as int8."""
+    fvec = ir.VectorType(_F32, qk)
+
+    def pack_block(builder, load, base, vinv):
+        v = builder.fmul(load(base, qk), vinv(qk))
+        r = _call(builder, f"llvm.round.v{qk}f32", fvec, [v])  # C roundf
+        return builder.trunc(builder.fptosi(r, ir.VectorType(_I32, qk)), ir.VectorType(_I8, qk))
+
+    return _make_pack("q8_0_pack", pack_block)
+
+
+def _make_unpack(name: str, nbytes: int, unpack_block):
+    """Intrinsic ``f(data, obase, d, out, base)`` loading the ``nbytes`` code bytes at
+    ``data[obase:]`` as an int8 vector ``qs`` and storing each ``(at, v)`` of
+    ``unpack_block(builder, qs, d)`` (float32 vectors) at ``out[base+at:]``."""
 
     @intrinsic
-    def q8_0_pack(typingctx, row, base, kind, inv, out, obase):
-        _check_source(row, "q8_0_pack")
-        _check_array(out, types.uint8, "q8_0_pack")
-        _check_f32(inv, "q8_0_pack")
+    def unpack(typingctx, data, obase, d, out, base):
+        _check_array(data, types.uint8, name)
+        _check_array(out, types.float32, name)
+        _check_f32(d, name)
 
         def codegen(context, builder, sig, args):
-            rowty, _, _, _, outty, _ = sig.args
-            ary, base, kind, inv, oary, obase = args
-            fvec = ir.VectorType(_F32, qk)
-            x = _load_f32(context, builder, rowty, ary, base, kind, qk)
-            v = builder.fmul(x, _splat(builder, inv, fvec))
-            r = _call(builder, f"llvm.round.v{qk}f32", fvec, [v])  # C roundf
-            q = builder.trunc(builder.fptosi(r, ir.VectorType(_I32, qk)), ir.VectorType(_I8, qk))
-            builder.store(q, _block_ptr(context, builder, outty, oary, obase, q.type), align=1)
+            dataty, outty = sig.args[0], sig.args[3]
+            dary, obase, d, oary, base = args
+            bvec = ir.VectorType(_I8, nbytes)
+            qs = builder.load(_block_ptr(context, builder, dataty, dary, obase, bvec), align=1)
+            for at, v in unpack_block(builder, qs, d):
+                dst = builder.add(base, ir.Constant(base.type, at)) if at else base
+                builder.store(v, _block_ptr(context, builder, outty, oary, dst, v.type), align=1)
             return context.get_dummy_value()
 
-        return types.none(row, base, kind, inv, out, obase), codegen
+        return types.none(data, obase, d, out, base), codegen
 
-    return q8_0_pack
+    return unpack
 
 
 def make_q4_0_unpack(qk: int):
     """Intrinsic ``f(data, obase, d, out, base)``: ``out[base:base+qk]`` = ``(nibble - 8) * d``
     of the ``qk/2`` code bytes at ``data[obase:]`` (low nibbles first)."""
     half = qk // 2
+    bvec = ir.VectorType(_I8, half)
+    ivec = ir.VectorType(_I32, half)
+    fvec = ir.VectorType(_F32, half)
 
-    @intrinsic
-    def q4_0_unpack(typingctx, data, obase, d, out, base):
-        _check_array(data, types.uint8, "q4_0_unpack")
-        _check_array(out, types.float32, "q4_0_unpack")
-        _check_f32(d, "q4_0_unpack")
+    def unpack_block(builder, qs, d):
+        vd = _splat(builder, d, fvec)
+        nibbles = (
+            (0, builder.and_(qs, _const_vec(bvec, 0x0F))),
+            (half, builder.lshr(qs, _const_vec(bvec, 4))),
+        )
+        for at, nib in nibbles:
+            q = builder.sub(builder.zext(nib, ivec), _const_vec(ivec, 8))
+            yield at, builder.fmul(builder.sitofp(q, fvec), vd)
 
-        def codegen(context, builder, sig, args):
-            dataty, _, _, outty, _ = sig.args
-            dary, obase, d, oary, base = args
-            bvec = ir.VectorType(_I8, half)
-            ivec = ir.VectorType(_I32, half)
-            fvec = ir.VectorType(_F32, half)
-            qs = builder.load(_block_ptr(context, builder, dataty, dary, obase, bvec), align=1)
-            vd = _splat(builder, d, fvec)
-            nibbles = (
-                (0, builder.and_(qs, _const_vec(bvec, 0x0F))),
-                (half, builder.lshr(qs, _const_vec(bvec, 4))),
-            )
-            for at, nib in nibbles:
-                q = builder.sub(builder.zext(nib, ivec), _const_vec(ivec, 8))
-                v = builder.fmul(builder.sitofp(q, fvec), vd)
-                dst = builder.add(base, ir.Constant(base.type, at))
-                builder.store(v, _block_ptr(context, builder, outty, oary, dst, fvec), align=1)
-            return context.get_dummy_value()
-
-        return types.none(data, obase, d, out, base), codegen
-
-    return q4_0_unpack
+    return _make_unpack("q4_0_unpack", half, unpack_block)
 
 
 def make_q8_0_unpack(qk: int):
     """Intrinsic ``f(data, obase, d, out, base)``: ``out[base:base+qk] = int8(data[obase+j]) * d``."""
+    fvec = ir.VectorType(_F32, qk)
 
-    @intrinsic
-    def q8_0_unpack(typingctx, data, obase, d, out, base):
-        _check_array(data, types.uint8, "q8_0_unpack")
-        _check_array(out, types.float32, "q8_0_unpack")
-        _check_f32(d, "q8_0_unpack")
+    def unpack_block(builder, qs, d):
+        yield 0, builder.fmul(builder.sitofp(qs, fvec), _splat(builder, d, fvec))
 
-        def codegen(context, builder, sig, args):
-            dataty, _, _, outty, _ = sig.args
-            dary, obase, d, oary, base = args
-            bvec = ir.VectorType(_I8, qk)
-            fvec = ir.VectorType(_F32, qk)
-            qs = builder.load(_block_ptr(context, builder, dataty, dary, obase, bvec), align=1)
-            v = builder.fmul(builder.sitofp(qs, fvec), _splat(builder, d, fvec))
-            builder.store(v, _block_ptr(context, builder, outty, oary, base, fvec), align=1)
-            return context.get_dummy_value()
-
-        return types.none(data, obase, d, out, base), codegen
-
-    return q8_0_unpack
+    return _make_unpack("q8_0_unpack", qk, unpack_block)
 
 
 def make_copy_xor(n: int, xor: int):

@@ -367,6 +367,20 @@ def check_blocks(data: Any, xp: Any, name: str, block_bytes: int) -> tuple[int, 
     return int(data.shape[0]), int(data.shape[1]) // block_bytes
 
 
+def row_dequantizer(name: str, block_bytes: int, unpack: Any) -> Any:
+    """A K-quant type's ``dequantize_xp(data, xp)``: float32 ``(rows, cols)`` of its bytes, as
+    ggml's dequantize_row. ``unpack(b, xp)`` gives the codes ``(n, 256)``, in value order, of
+    superblocks ``b`` ``(n, block_bytes)``."""
+
+    def dequantize_xp(data: Any, xp: Any = np) -> Any:
+        rows, per_row = check_blocks(data, xp, name, block_bytes)
+        b = xp.ascontiguousarray(data).reshape(rows * per_row, block_bytes)
+        return dequantize_blocks(b, unpack(b, xp), xp).reshape(rows, per_row * QK)
+
+    dequantize_xp.__doc__ = f"float32 ``(rows, cols)`` of {name} bytes, as ggml dequantizes them."
+    return dequantize_xp
+
+
 def dequantize_blocks(b: Any, q: Any, xp: Any) -> Any:
     """float32 ``(n, 256)`` values of superblocks ``b`` ``(n, block_bytes)`` whose codes, in
     value order, are ``q`` ``(n, 256)``: ``(d*sc)*q - dmin*m`` as ggml evaluates it."""

@@ -5,14 +5,12 @@ Block layout: ``d`` (fp16), ``dmin`` (fp16), ``scales[12]`` (8 six-bit scales an
 :func:`nntrtool.quant.kquants.pack_scales`), ``qs[128]``: codes 0..15, byte ``32g + l`` of
 which holds value ``64g + l`` in its low nibble and value ``64g + 32 + l`` in its high one.
 Value = ``d*sc[j]*q - dmin*m[j]`` for sub-block ``j``. The array code (numpy / cupy) is
-shared with Q5_K in :mod:`nntrtool.quant.kquants`; the numba kernels live in ``_q4_k_numba``.
+shared with Q5_K in :mod:`nntrtool.quant.kquants`; the numba kernels in ``_kquants_numba``.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-import numpy as np
 
 from nntrtool.qtypes import Q4_K
 
@@ -34,14 +32,10 @@ def _pack(head: Any, codes: Any, xp: Any) -> Any:
     return out
 
 
+def _unpack(b: Any, xp: Any) -> Any:
+    qs = b[:, QS_OFF:].reshape(b.shape[0], 4, 1, 32)
+    return xp.concatenate([qs & xp.uint8(15), qs >> xp.uint8(4)], axis=2).reshape(-1, QK)
+
+
 quantize_xp, quantize_imatrix_xp = kq.row_quantizers("q4_k", NMAX, BLOCK_BYTES, _pack)
-
-
-def dequantize_xp(data: Any, xp: Any = np) -> Any:
-    """float32 ``(rows, cols)`` of Q4_K bytes, as ggml's ``dequantize_row_q4_K``."""
-    rows, per_row = kq.check_blocks(data, xp, "q4_k", BLOCK_BYTES)
-    b = xp.ascontiguousarray(data).reshape(rows * per_row, BLOCK_BYTES)
-    n = b.shape[0]
-    qs = b[:, QS_OFF:].reshape(n, 4, 1, 32)
-    q = xp.concatenate([qs & xp.uint8(15), qs >> xp.uint8(4)], axis=2).reshape(n, QK)
-    return kq.dequantize_blocks(b, q, xp).reshape(rows, per_row * QK)
+dequantize_xp = kq.row_dequantizer("q4_k", BLOCK_BYTES, _unpack)

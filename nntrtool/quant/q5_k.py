@@ -4,7 +4,7 @@ with an importance matrix, to ``quantize_q5_K`` given ``quant_weights``.
 Block layout: ``d`` (fp16), ``dmin`` (fp16), ``scales[12]`` (as Q4_K), ``qh[32]``, ``qs[128]``:
 codes 0..31; the low 4 bits are laid out as Q4_K's, and bit ``2g`` (``2g + 1``) of ``qh[l]``
 is the fifth bit of value ``64g + l`` (``64g + 32 + l``). The array code is shared with Q4_K
-in :mod:`nntrtool.quant.kquants`; the numba kernels live in ``_q5_k_numba``.
+in :mod:`nntrtool.quant.kquants`; the numba kernels in ``_kquants_numba``.
 """
 
 from __future__ import annotations
@@ -41,17 +41,15 @@ def _pack(head: Any, codes: Any, xp: Any) -> Any:
     return out
 
 
-quantize_xp, quantize_imatrix_xp = kq.row_quantizers("q5_k", NMAX, BLOCK_BYTES, _pack)
-
-
-def dequantize_xp(data: Any, xp: Any = np) -> Any:
-    """float32 ``(rows, cols)`` of Q5_K bytes, as ggml's ``dequantize_row_q5_K``."""
-    rows, per_row = kq.check_blocks(data, xp, "q5_k", BLOCK_BYTES)
-    b = xp.ascontiguousarray(data).reshape(rows * per_row, BLOCK_BYTES)
+def _unpack(b: Any, xp: Any) -> Any:
     n = b.shape[0]
     qs = b[:, QS_OFF:].reshape(n, 4, 1, 32)
     qh = b[:, QH_OFF:QS_OFF].reshape(n, 1, 1, 32)
     shifts = xp.asarray(np.arange(8, dtype=np.uint8).reshape(1, 4, 2, 1))
     hi = ((qh >> shifts) & xp.uint8(1)) << xp.uint8(4)
     q = xp.concatenate([qs & xp.uint8(15), qs >> xp.uint8(4)], axis=2) | hi
-    return kq.dequantize_blocks(b, q.reshape(n, QK), xp).reshape(rows, per_row * QK)
+    return q.reshape(n, QK)
+
+
+quantize_xp, quantize_imatrix_xp = kq.row_quantizers("q5_k", NMAX, BLOCK_BYTES, _pack)
+dequantize_xp = kq.row_dequantizer("q5_k", BLOCK_BYTES, _unpack)
