@@ -77,9 +77,7 @@ class QuantKernels:
         return out
 
 
-KERNELS: dict[str, QuantKernels] = {
-    t.name: QuantKernels(t) for t in TYPES if t.kernels is not None
-}
+KERNELS: dict[str, QuantKernels] = {t.name: QuantKernels(t) for t in TYPES if t.kernels is not None}
 
 
 def get_kernels(qtype: str | TensorType) -> QuantKernels:
