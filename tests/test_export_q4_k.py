@@ -75,7 +75,7 @@ def test_q4_k_from_f32(sources, tmp_path, model):
     for t in result.plan.tensors:
         if t.out_type == "q4_k_x8":
             assert blob[offset : offset + 2] == b"\x03\x00"
-            assert t.nbytes == 2 + t.params // 256 * 144
+            assert t.nbytes == 2 + t.numel // 256 * 144
         offset += t.nbytes
     assert any(n.startswith("requantized to q4_k from f32 (lossy)") for n in result.plan.notes)
 
