@@ -1,6 +1,5 @@
 """numba code shared by the Q4_K, Q5_K and Q5_1 kernels: ggml's ``make_qkx2_quants`` /
-``make_qkx3_quants`` search on 64 runs of 32 values at once, and ``make_qp_quants``; and the
-Q4_K and Q5_K kernels themselves, which :mod:`._q4_k_numba` and :mod:`._q5_k_numba` expose.
+``make_qkx3_quants`` search on 64 runs of 32 values at once, and ``make_qp_quants``.
 
 The 64 runs sit in a position-major tile (``s[XT + 64*i + lane]`` is value i of run
 ``lane``), so each step of ggml's sequential per-run loops is one 64-lane loop that LLVM turns
@@ -20,7 +19,6 @@ import numpy as np
 from numba.extending import register_jitable
 
 from . import _numba_common as nc
-from . import q4_k, q5_k
 from .kquants import (
     GROUP_MAX_EPS,
     PLAIN_SEARCH,
@@ -531,68 +529,3 @@ def quantize(name, ttype, nmax, x, src_kind, qw):
         quantize_kernel(x, src_kind, qwt, weighted_flag, nmax, nums, ttype.block_bytes, out, bad)
 
     return nc.run_quantize(kernel, ttype, np.ascontiguousarray(x), src_kind)
-
-
-_U4 = np.uint8(0x0F)
-
-
-def _make_decode(qs_off, qh_off):
-    """``decode(row, o, orow, y)``: ggml's dequantize_row_q4_K (``qh_off`` None) or
-    dequantize_row_q5_K (the fifth bits at ``qh_off``) of the superblock at ``row[o:]``."""
-    fifth = qh_off is not None
-    qh_at = qh_off if fifth else 0
-
-    @nc.njit(inline="always")
-    def decode(row, o, orow, y):
-        d = nc.load_f16(row, o)
-        dmin = nc.load_f16(row, o + 2)
-        for g in range(4):
-            sc0, m0 = scale_min(row, o + 4, 2 * g)
-            sc1, m1 = scale_min(row, o + 4, 2 * g + 1)
-            d0, dm0 = d * sc0, dmin * m0
-            d1, dm1 = d * sc1, dmin * m1
-            q = o + qs_off + g * 32
-            for lane in range(32):
-                v = row[q + lane]
-                lo = v & _U4
-                hi = v >> 4
-                if fifth:
-                    h = row[o + qh_at + lane]
-                    lo = lo | (((h >> (2 * g)) & 1) << 4)
-                    hi = hi | (((h >> (2 * g + 1)) & 1) << 4)
-                orow[y + g * 64 + lane] = d0 * np.float32(lo) - dm0
-                orow[y + g * 64 + 32 + lane] = d1 * np.float32(hi) - dm1
-
-    return decode
-
-
-_decode_q4_k = _make_decode(q4_k.QS_OFF, None)
-_decode_q5_k = _make_decode(q5_k.QS_OFF, q5_k.QH_OFF)
-
-
-@nc.njit(parallel=True, cache=True, nogil=True)
-def dequantize_kernel(data, out, nmax):
-    """float32 values of every row of Q4_K (``nmax`` 15) or Q5_K bytes."""
-    for r in nc.prange(data.shape[0]):
-        if nmax == 15:
-            nc.decode_row(_decode_q4_k, q4_k.BLOCK_BYTES, q4_k.QK, data[r], out[r])
-        else:
-            nc.decode_row(_decode_q5_k, q5_k.BLOCK_BYTES, q5_k.QK, data[r], out[r])
-
-
-def entry_points(ttype, nmax):
-    """The numba contract's ``quantize`` and ``dequantize`` (:mod:`nntrtool.quant.registry`) of
-    the K-quant ``ttype``, whose codes are 0..``nmax``."""
-
-    def quantize_type(x: np.ndarray, src_kind: int, qw: np.ndarray | None = None) -> np.ndarray:
-        return quantize(ttype.name, ttype, nmax, x, src_kind, qw)
-
-    def dequantize(data: np.ndarray) -> np.ndarray:
-        def kernel(data, out):
-            dequantize_kernel(data, out, nmax)
-
-        return nc.run_dequantize(kernel, ttype, np.ascontiguousarray(data))
-
-    quantize_type.__doc__ = f"{ttype.name.upper()} bytes of ``x``."
-    dequantize.__doc__ = f"float32 values of {ttype.name.upper()} bytes."
-    return quantize_type, dequantize
