@@ -185,33 +185,29 @@ def test_experts_used_per_token_outside_the_count(used, tmp_path, capsys):
     _refused(path, tmp_path, capsys, f"qwen3moe.expert_used_count = {used}", "4 experts")
 
 
-def test_what_the_config_then_says_is_phrased_in_gguf_terms(tmp_path, capsys):
-    """A contradiction found on the rebuilt config names the GGUF's key and tensor."""
+def _set_u32(path, key: str, value: int) -> None:
+    """Overwrite the uint32 metadata value ``key`` of the GGUF at ``path`` in place."""
     import gguf
 
-    path = _write(tmp_path / "m.gguf", layers=2)
-    # a file that says one layer but holds two
     reader = gguf.GGUFReader(str(path))
-    field = reader.fields["llama.block_count"]
-    data = bytearray(path.read_bytes())
+    field = reader.fields[key]
     at = field.parts[field.data[0]].ctypes.data - reader.data.ctypes.data
-    data[at : at + 4] = (1).to_bytes(4, "little")
     del reader
+    data = bytearray(path.read_bytes())
+    data[at : at + 4] = value.to_bytes(4, "little")
     path.write_bytes(bytes(data))
+
+
+def test_what_the_config_then_says_is_phrased_in_gguf_terms(tmp_path, capsys):
+    """A contradiction found on the rebuilt config names the GGUF's key and tensor."""
+    path = _write(tmp_path / "m.gguf", layers=2)
+    _set_u32(path, "llama.block_count", 1)  # a file that says one layer but holds two
     _refused(path, tmp_path, capsys, "llama.block_count (num_hidden_layers) = 1", "2 layers")
 
 
 def test_a_feed_forward_length_unlike_the_tensors(tmp_path, capsys):
-    import gguf
-
     path = _write(tmp_path / "m.gguf")
-    reader = gguf.GGUFReader(str(path))
-    field = reader.fields["llama.feed_forward_length"]
-    data = bytearray(path.read_bytes())
-    at = field.parts[field.data[0]].ctypes.data - reader.data.ctypes.data
-    data[at : at + 4] = (96).to_bytes(4, "little")
-    del reader
-    path.write_bytes(bytes(data))
+    _set_u32(path, "llama.feed_forward_length", 96)
     _refused(
         path,
         tmp_path,
